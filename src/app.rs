@@ -1,0 +1,172 @@
+//! Start-up shared by `main` and the tests: `App::build` connects the store, migrates,
+//! makes sure an admin key exists, binds the listener and returns the bound address
+//! (port 0 works). `App::run` serves until the shutdown future resolves, then drains.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+
+use crate::{
+    config::Config,
+    http,
+    keys::{
+        bootstrap::{self, Bootstrap},
+        cache::KeyCache,
+        KeysService,
+    },
+    state::AppState,
+    store::{self, DynStore},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the store at {url}: {source}")]
+    Store {
+        url: String,
+        source: store::StoreError,
+    },
+    #[error("cannot apply migrations: {0}")]
+    Migrate(store::StoreError),
+    #[error("cannot create the bootstrap admin key: {0}")]
+    Bootstrap(#[from] bootstrap::BootstrapError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+pub struct App {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    state: AppState,
+    /// What the first-start check did; a generated key must be shown to the operator.
+    pub bootstrap: Bootstrap,
+}
+
+/// Opens and migrates the store named by the configuration.
+pub async fn open_store(config: &Config) -> Result<DynStore, StartError> {
+    let store = store::connect(&config.database_url)
+        .await
+        .map_err(|source| StartError::Store {
+            url: store::redact_url(&config.database_url),
+            source,
+        })?;
+    store.migrate().await.map_err(StartError::Migrate)?;
+    Ok(store)
+}
+
+pub fn keys_service(config: &Config, store: DynStore) -> KeysService {
+    KeysService::new(
+        store,
+        KeyCache::new(Duration::from_millis(config.keys.cache_ttl_ms)),
+    )
+}
+
+impl App {
+    pub async fn build(config: Config) -> Result<App, StartError> {
+        let store = open_store(&config).await?;
+        let keys = keys_service(&config, store.clone());
+        let bootstrap =
+            bootstrap::ensure_admin_key(&keys, config.bootstrap_admin_key.as_ref()).await?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let state = AppState {
+            auth_attempts: Arc::new(http::auth::attempt_limiter(
+                config.keys.failed_auth_per_minute,
+            )),
+            config: Arc::new(config),
+            store,
+            keys,
+        };
+        Ok(App {
+            listener,
+            local_addr,
+            state,
+            bootstrap,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests
+    /// finish and stops the background tasks.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let tasks = spawn_background(&self.state, stop_rx);
+        let router = http::router(self.state.clone());
+        tracing::info!(addr = %self.local_addr, store = self.state.store.backend(), "keygate listening");
+        let result = axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
+        let _ = stop_tx.send(true);
+        for task in tasks {
+            let _ = task.await;
+        }
+        tracing::info!("keygate stopped");
+        result
+    }
+}
+
+/// Owned, cancellable background work (STYLE §3 rule 15).
+fn spawn_background(state: &AppState, mut stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+    let attempts = state.auth_attempts.clone();
+    let gc = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    // governor's keyed store grows with every address it sees; drop the idle ones.
+                    attempts.retain_recent();
+                    attempts.shrink_to_fit();
+                }
+                _ = stop.changed() => break,
+            }
+        }
+    });
+    vec![gc]
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown signal received; draining");
+}

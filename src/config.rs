@@ -1,0 +1,370 @@
+//! Configuration: built-in defaults → `config/keygate.toml` (or `--config PATH`) →
+//! `DATABASE_URL` / `REDIS_URL` → `KEYGATE_*` variables (`__` between nesting levels,
+//! e.g. `KEYGATE_PROXY__TIMEOUT_SECS`). Unknown keys and bad values stop start-up with
+//! a message that names the key (DESIGN §2, §9).
+
+use std::{collections::HashSet, fmt, net::SocketAddr, path::Path};
+
+use figment::{
+    providers::{Env, Format, Toml},
+    Figment,
+};
+use rust_decimal::Decimal;
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// Where `serve` looks for its config file when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "config/keygate.toml";
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://keygate.db";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// figment's message names the key and where its value came from.
+    #[error("invalid configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration: `{field}`: {message}")]
+    Invalid { field: String, message: String },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    /// Shared rate-limit state for several instances; `None` = in-process limiter.
+    pub redis_url: Option<String>,
+    pub log_format: LogFormat,
+    /// Admin key to install on first start instead of printing a generated one.
+    pub bootstrap_admin_key: Option<SecretString>,
+    pub keys: KeysConfig,
+    pub http: HttpConfig,
+    pub proxy: ProxyConfig,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub models: Vec<ModelPrice>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field(
+                "database_url",
+                &crate::store::redact_url(&self.database_url),
+            )
+            .field(
+                "redis_url",
+                &self.redis_url.as_deref().map(crate::store::redact_url),
+            )
+            .field("log_format", &self.log_format)
+            .field(
+                "bootstrap_admin_key",
+                &self.bootstrap_admin_key.as_ref().map(|_| "[REDACTED]"),
+            )
+            .field("keys", &self.keys)
+            .field("http", &self.http)
+            .field("proxy", &self.proxy)
+            .field("upstreams", &self.upstreams)
+            .field("models", &self.models)
+            .finish()
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: DEFAULT_DATABASE_URL.to_string(),
+            redis_url: None,
+            log_format: LogFormat::Text,
+            bootstrap_admin_key: None,
+            keys: KeysConfig::default(),
+            http: HttpConfig::default(),
+            proxy: ProxyConfig::default(),
+            upstreams: Vec::new(),
+            models: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeysConfig {
+    /// How long a verified key is trusted before its row is read again (revocation made on
+    /// another instance takes effect within this time).
+    pub cache_ttl_ms: u64,
+    /// Live-key cap given to workspaces created after the first start.
+    pub default_workspace_key_cap: Option<i64>,
+    /// Failed authentications allowed per source address per minute.
+    pub failed_auth_per_minute: u32,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        KeysConfig {
+            cache_ttl_ms: 1000,
+            default_workspace_key_cap: Some(10),
+            failed_auth_per_minute: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Trust the left-most `X-Forwarded-For` address as the client's (behind a proxy only).
+    pub trust_forwarded_for: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_body_bytes: 4 * 1024 * 1024,
+            trust_forwarded_for: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    pub connect_timeout_secs: f64,
+    /// From sending the request to the first byte of the answer.
+    pub first_byte_timeout_secs: f64,
+    /// Longest silence between two chunks of a streamed answer.
+    pub idle_timeout_secs: f64,
+    /// Whole request, first byte to last.
+    pub timeout_secs: f64,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            connect_timeout_secs: 5.0,
+            first_byte_timeout_secs: 60.0,
+            idle_timeout_secs: 60.0,
+            timeout_secs: 600.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub name: String,
+    /// e.g. `https://api.openai.com/v1`: request paths after `/v1` are appended to it.
+    pub base_url: String,
+    /// Name of the environment variable holding this upstream's credential.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Exact model names, or `*` for any model not served by an earlier upstream.
+    pub models: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPrice {
+    pub name: String,
+    #[serde(with = "crate::money::usd")]
+    pub input_usd_per_mtok: Decimal,
+    #[serde(with = "crate::money::usd")]
+    pub output_usd_per_mtok: Decimal,
+}
+
+impl Config {
+    /// Loads and validates the configuration. `path` is `--config`; without it the default
+    /// path is read when present.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new();
+        match path {
+            Some(path) => {
+                if !path.exists() {
+                    return Err(invalid(
+                        "--config",
+                        format!("{} does not exist", path.display()),
+                    ));
+                }
+                figment = figment.merge(Toml::file_exact(path));
+            }
+            None => figment = figment.merge(Toml::file(DEFAULT_CONFIG_PATH)),
+        }
+        let config: Config = figment
+            .merge(Env::raw().only(&["DATABASE_URL", "REDIS_URL"]))
+            .merge(
+                Env::prefixed("KEYGATE_")
+                    .split("__")
+                    // Kept apart from configuration: read by the test suite only.
+                    .ignore(&["TEST_PG_URL"]),
+            )
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let db = &self.database_url;
+        if !(db.starts_with("sqlite:")
+            || db.starts_with("postgres://")
+            || db.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "database_url",
+                "must start with sqlite:, postgres:// or postgresql://",
+            ));
+        }
+        if let Some(redis) = &self.redis_url {
+            if !(redis.starts_with("redis://") || redis.starts_with("rediss://")) {
+                return Err(invalid(
+                    "redis_url",
+                    "must start with redis:// or rediss://",
+                ));
+            }
+        }
+        if self
+            .keys
+            .default_workspace_key_cap
+            .is_some_and(|cap| cap < 0)
+        {
+            return Err(invalid("keys.default_workspace_key_cap", "must be >= 0"));
+        }
+        if self.http.max_body_bytes < 1024 {
+            return Err(invalid("http.max_body_bytes", "must be at least 1024"));
+        }
+        for (field, value) in [
+            (
+                "proxy.connect_timeout_secs",
+                self.proxy.connect_timeout_secs,
+            ),
+            (
+                "proxy.first_byte_timeout_secs",
+                self.proxy.first_byte_timeout_secs,
+            ),
+            ("proxy.idle_timeout_secs", self.proxy.idle_timeout_secs),
+            ("proxy.timeout_secs", self.proxy.timeout_secs),
+        ] {
+            if !(value.is_finite() && value > 0.0 && value <= 86_400.0) {
+                return Err(invalid(field, "must be a number of seconds in (0, 86400]"));
+            }
+        }
+        let mut names = HashSet::new();
+        for (i, upstream) in self.upstreams.iter().enumerate() {
+            let at = |f: &str| format!("upstreams[{i}].{f}");
+            if upstream.name.trim().is_empty() || !names.insert(upstream.name.as_str()) {
+                return Err(invalid(at("name"), "must be non-empty and unique"));
+            }
+            match url::Url::parse(&upstream.base_url) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+                _ => {
+                    return Err(invalid(
+                        at("base_url"),
+                        "must be an http:// or https:// URL",
+                    ))
+                }
+            }
+            if upstream.models.is_empty() || upstream.models.iter().any(|m| m.trim().is_empty()) {
+                return Err(invalid(
+                    at("models"),
+                    "must list at least one model name or \"*\"",
+                ));
+            }
+        }
+        let mut priced = HashSet::new();
+        for (i, model) in self.models.iter().enumerate() {
+            if model.name.trim().is_empty() || !priced.insert(model.name.as_str()) {
+                return Err(invalid(
+                    format!("models[{i}].name"),
+                    "must be non-empty and unique",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_from(toml: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.toml");
+        std::fs::write(&path, toml).unwrap();
+        Config::load(Some(&path))
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let config = Config::default();
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.database_url, DEFAULT_DATABASE_URL);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn the_shipped_example_file_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_PATH);
+        Config::load(Some(&path)).unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = load_from("listne = \"1.2.3.4:5\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listne"), "{err}");
+        let err = load_from("[proxy]\ntimeout = 3\n").unwrap_err().to_string();
+        assert!(err.contains("timeout"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = load_from("listen = \"nowhere\"\n").unwrap_err().to_string();
+        assert!(err.contains("listen"), "{err}");
+        let err = load_from("database_url = \"mysql://x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("database_url"), "{err}");
+        let err = load_from("[proxy]\ntimeout_secs = -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("proxy.timeout_secs"), "{err}");
+        let err =
+            load_from("[[upstreams]]\nname = \"a\"\nbase_url = \"ftp://x\"\nmodels = [\"*\"]\n")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("upstreams[0].base_url"), "{err}");
+    }
+
+    #[test]
+    fn prices_are_exact_decimals() {
+        let config = load_from(
+            "[[models]]\nname = \"m\"\ninput_usd_per_mtok = 0.15\noutput_usd_per_mtok = 0.6\n",
+        )
+        .unwrap();
+        assert_eq!(config.models[0].input_usd_per_mtok.to_string(), "0.15");
+        let err = load_from(
+            "[[models]]\nname = \"m\"\ninput_usd_per_mtok = -1\noutput_usd_per_mtok = 0.6\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("input_usd_per_mtok"), "{err}");
+    }
+}

@@ -1,0 +1,195 @@
+//! The HTTP edge's error type. Domain errors convert into `ApiError` with `From`, so
+//! handlers use `?`. Internal causes are logged once here and never sent to the client.
+//!
+//! One shape per surface (STYLE §3 rule 3): the native admin API answers
+//! `{"error": {"code", "message", "field"?}}`; `/v1` answers OpenAI's
+//! `{"error": {"message", "type", "code", "param"}}`. The surface is chosen by the route
+//! family that produced the error.
+
+use axum::{
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde_json::json;
+
+use crate::keys::{AuthError, KeyError};
+
+/// Which wire format an error is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    Admin,
+    OpenAi,
+}
+
+impl Surface {
+    pub fn for_path(path: &str) -> Surface {
+        if path.starts_with("/v1/") || path == "/v1" {
+            Surface::OpenAi
+        } else {
+            Surface::Admin
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// Stable machine-readable code, e.g. `invalid_field`, `not_found`, `invalid_api_key`.
+    pub code: &'static str,
+    pub message: String,
+    /// The request field at fault, when one is.
+    pub field: Option<String>,
+    pub retry_after_secs: Option<u64>,
+    pub surface: Surface,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+            retry_after_secs: None,
+            surface: Surface::Admin,
+        }
+    }
+
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    pub fn on(mut self, surface: Surface) -> Self {
+        self.surface = surface;
+        self
+    }
+
+    pub fn invalid_field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        let field = field.into();
+        let message = message.into();
+        let message = if message.contains(&format!("`{field}`")) || message.starts_with(&field) {
+            message
+        } else {
+            format!("`{field}`: {message}")
+        };
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message).with_field(field)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn internal() -> Self {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "internal error; see the server log",
+        )
+    }
+
+    fn openai_type(&self) -> &'static str {
+        match self.status.as_u16() {
+            401 => "authentication_error",
+            402 | 429 => "insufficient_quota",
+            403 => "permission_error",
+            404 => "not_found_error",
+            500..=599 => "api_error",
+            _ => "invalid_request_error",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = match self.surface {
+            Surface::Admin => {
+                let mut error = json!({ "code": self.code, "message": self.message });
+                if let Some(field) = &self.field {
+                    error["field"] = json!(field);
+                }
+                json!({ "error": error })
+            }
+            Surface::OpenAi => json!({ "error": {
+                "message": self.message,
+                "type": self.openai_type(),
+                "code": self.code,
+                "param": self.field,
+            }}),
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<KeyError> for ApiError {
+    fn from(err: KeyError) -> Self {
+        match err {
+            KeyError::Invalid { field, message } => ApiError::invalid_field(field, message),
+            KeyError::NotFound => ApiError::not_found("no such key in this workspace"),
+            KeyError::CapReached { cap } => ApiError::new(
+                StatusCode::CONFLICT,
+                "key_cap_reached",
+                format!(
+                    "this workspace allows at most {cap} live keys; delete one or raise the cap"
+                ),
+            ),
+            KeyError::Forbidden(message) => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+            }
+            KeyError::Store(err) => {
+                tracing::error!(error = %err, "store error");
+                ApiError::internal()
+            }
+            KeyError::Hash(err) => {
+                tracing::error!(error = %err, "hashing error");
+                ApiError::internal()
+            }
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(err: AuthError) -> Self {
+        match err {
+            AuthError::Store(err) => {
+                tracing::error!(error = %err, "store error during authentication");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "key store unavailable; retry",
+                )
+            }
+            AuthError::Hash(err) => {
+                tracing::error!(error = %err, "hashing error during authentication");
+                ApiError::internal()
+            }
+            other => {
+                let message = match other {
+                    AuthError::Missing => {
+                        "no API key: send `Authorization: Bearer kg_…`".to_string()
+                    }
+                    other => other.to_string(),
+                };
+                ApiError::new(StatusCode::UNAUTHORIZED, "invalid_api_key", message)
+            }
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(err: crate::store::StoreError) -> Self {
+        KeyError::from(err).into()
+    }
+}

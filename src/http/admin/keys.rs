@@ -1,0 +1,136 @@
+//! `/admin/v1/keys`: thin adapters over `keys::KeysService`.
+
+use axum::{
+    body::Bytes,
+    extract::{Path, State},
+    http::StatusCode,
+    Json,
+};
+
+use super::views::{ErrorBody, KeyList, KeyView, KeyWithSecretView, PageParams, RotateRequest};
+use crate::{
+    error::ApiError,
+    http::{
+        auth::AdminKey,
+        extract::{parse_id, parse_json, AppJson, AppQuery},
+    },
+    keys::input::{KeyPatch, NewKey},
+    state::AppState,
+};
+
+#[utoipa::path(post, path = "/admin/v1/keys", tag = "keys", request_body = NewKey,
+    responses(
+        (status = 201, description = "Created; `secret` is shown only now", body = KeyWithSecretView),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
+        (status = 403, description = "Not an admin key", body = ErrorBody),
+        (status = 409, description = "Workspace key cap reached", body = ErrorBody),
+        (status = 422, description = "A field is invalid; `field` names it", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn create_key(
+    State(state): State<AppState>,
+    admin: AdminKey,
+    AppJson(new): AppJson<NewKey>,
+) -> Result<(StatusCode, Json<KeyWithSecretView>), ApiError> {
+    let created = state.keys.create(&admin.caller, new).await?;
+    Ok((StatusCode::CREATED, Json(KeyWithSecretView::from(&created))))
+}
+
+#[utoipa::path(get, path = "/admin/v1/keys", tag = "keys", params(PageParams),
+    responses(
+        (status = 200, description = "One page of the workspace's live keys, oldest first", body = KeyList),
+        (status = 422, description = "Bad `page` or `limit`", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn list_keys(
+    State(state): State<AppState>,
+    admin: AdminKey,
+    AppQuery(params): AppQuery<PageParams>,
+) -> Result<Json<KeyList>, ApiError> {
+    let page = params.page()?;
+    let keys = state.keys.list(&admin.caller, page).await?;
+    Ok(Json(KeyList::new(&keys, page)))
+}
+
+#[utoipa::path(get, path = "/admin/v1/keys/{id}", tag = "keys",
+    params(("id" = String, Path, description = "Key id (UUID)")),
+    responses(
+        (status = 200, body = KeyView),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 404, description = "No such live key in this workspace", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn get_key(
+    State(state): State<AppState>,
+    admin: AdminKey,
+    Path(id): Path<String>,
+) -> Result<Json<KeyView>, ApiError> {
+    let key = state.keys.get(&admin.caller, parse_id(&id)?).await?;
+    Ok(Json(KeyView::from(&key)))
+}
+
+#[utoipa::path(patch, path = "/admin/v1/keys/{id}", tag = "keys", request_body = KeyPatch,
+    params(("id" = String, Path, description = "Key id (UUID)")),
+    responses(
+        (status = 200, description = "The updated key; absent fields unchanged, `null` clears", body = KeyView),
+        (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn update_key(
+    State(state): State<AppState>,
+    admin: AdminKey,
+    Path(id): Path<String>,
+    AppJson(patch): AppJson<KeyPatch>,
+) -> Result<Json<KeyView>, ApiError> {
+    let key = state
+        .keys
+        .update(&admin.caller, parse_id(&id)?, patch)
+        .await?;
+    Ok(Json(KeyView::from(&key)))
+}
+
+#[utoipa::path(delete, path = "/admin/v1/keys/{id}", tag = "keys",
+    params(("id" = String, Path, description = "Key id (UUID)")),
+    responses(
+        (status = 204, description = "Revoked; the key stops working at once"),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn delete_key(
+    State(state): State<AppState>,
+    admin: AdminKey,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.keys.revoke(&admin.caller, parse_id(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/admin/v1/keys/{id}/rotate", tag = "keys", request_body(content = Option<RotateRequest>),
+    params(("id" = String, Path, description = "Key id (UUID)")),
+    responses(
+        (status = 200, description = "The key with its new secret, shown only now", body = KeyWithSecretView),
+        (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn rotate_key(
+    State(state): State<AppState>,
+    admin: AdminKey,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<KeyWithSecretView>, ApiError> {
+    let id = parse_id(&id)?;
+    // The body is optional: no body means "no grace period".
+    let request: RotateRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateRequest::default()
+    } else {
+        parse_json(&body)?
+    };
+    let rotated = state
+        .keys
+        .rotate(&admin.caller, id, request.grace_seconds.unwrap_or(0))
+        .await?;
+    Ok(Json(KeyWithSecretView::from(&rotated)))
+}

@@ -1,0 +1,189 @@
+//! Authentication for every route but those in `UNAUTHENTICATED`: a new route is
+//! protected unless someone exempts it here on purpose (STYLE §3 rule 6). The middleware
+//! puts the verified key into request extensions; the `AdminKey` / `InferenceKey`
+//! extractors then check the key's kind per route group.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    num::NonZeroU32,
+    sync::Arc,
+};
+
+use axum::{
+    extract::{ConnectInfo, FromRequestParts, Request, State},
+    http::{header, request::Parts, HeaderMap, StatusCode},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use governor::{DefaultKeyedRateLimiter, Quota};
+
+use crate::{
+    error::{ApiError, Surface},
+    keys::{ApiKey, AuthError, Caller, CallerRole, KeyKind},
+    state::AppState,
+};
+
+/// Routes that need no key. Everything else requires one.
+const UNAUTHENTICATED: &[&str] = &["/healthz", "/readyz", "/metrics", "/openapi.json"];
+/// Path prefixes that need no key (the reference pages).
+const UNAUTHENTICATED_PREFIXES: &[&str] = &["/docs"];
+
+fn is_public(path: &str) -> bool {
+    UNAUTHENTICATED.contains(&path)
+        || UNAUTHENTICATED_PREFIXES
+            .iter()
+            .any(|p| path == *p || path.starts_with(&format!("{p}/")))
+}
+
+/// The verified key of this request, put into extensions by `authenticate`.
+#[derive(Clone)]
+pub struct Authenticated(pub Arc<ApiKey>);
+
+/// The client's address: the peer, or the left-most `X-Forwarded-For` entry when the
+/// operator trusts a proxy in front (`http.trust_forwarded_for`).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub Option<IpAddr>);
+
+pub fn client_ip(
+    parts_headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    trust_forwarded_for: bool,
+) -> Option<IpAddr> {
+    if trust_forwarded_for {
+        let forwarded = parts_headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse::<IpAddr>().ok());
+        if forwarded.is_some() {
+            return forwarded;
+        }
+    }
+    peer.map(|addr| addr.ip())
+}
+
+/// Failed-or-uncached authentication attempts per client address (DESIGN §8). Only
+/// attempts that would reach the store or argon2 count, so a client using a valid,
+/// cached key is never slowed.
+pub type AttemptLimiter = DefaultKeyedRateLimiter<IpAddr>;
+
+pub fn attempt_limiter(per_minute: u32) -> AttemptLimiter {
+    let per_minute = NonZeroU32::new(per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
+    AttemptLimiter::keyed(Quota::per_minute(per_minute))
+}
+
+/// The presented key: `Authorization: Bearer …` (OpenAI, Venice, ours),
+/// `Authorization: Token …` (aiXplain v1), `x-api-key` or `x-aixplain-key` (aiXplain v2).
+pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let value = value.trim();
+        for scheme in ["Bearer ", "bearer ", "Token ", "token "] {
+            if let Some(rest) = value.strip_prefix(scheme) {
+                return Some(rest.trim());
+            }
+        }
+        return Some(value);
+    }
+    ["x-api-key", "x-aixplain-key"]
+        .iter()
+        .find_map(|name| headers.get(*name).and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+}
+
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let ip = client_ip(
+        request.headers(),
+        peer,
+        state.config.http.trust_forwarded_for,
+    );
+    request.extensions_mut().insert(ClientIp(ip));
+    let path = request.uri().path();
+    if is_public(path) {
+        return next.run(request).await;
+    }
+    let surface = Surface::for_path(path);
+    let Some(presented) = presented_key(request.headers()).map(str::to_owned) else {
+        return ApiError::from(AuthError::Missing)
+            .on(surface)
+            .into_response();
+    };
+    if state.keys.needs_store(&presented) {
+        if let Some(ip) = ip {
+            if state.auth_attempts.check_key(&ip).is_err() {
+                return ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_auth_attempts",
+                    "too many authentication attempts from this address; wait a minute",
+                )
+                .on(surface)
+                .into_response_with_retry(60);
+            }
+        }
+    }
+    match state.keys.authenticate(&presented).await {
+        Ok(key) => {
+            tracing::Span::current().record("key_id", tracing::field::display(key.id));
+            request.extensions_mut().insert(Authenticated(key));
+            next.run(request).await
+        }
+        Err(err) => {
+            tracing::info!(reason = %err, ip = ?ip, "authentication refused");
+            ApiError::from(err).on(surface).into_response()
+        }
+    }
+}
+
+impl ApiError {
+    fn into_response_with_retry(mut self, secs: u64) -> Response {
+        self.retry_after_secs = Some(secs);
+        self.into_response()
+    }
+}
+
+fn authenticated(parts: &Parts) -> Result<Arc<ApiKey>, ApiError> {
+    parts
+        .extensions
+        .get::<Authenticated>()
+        .map(|a| a.0.clone())
+        .ok_or_else(|| ApiError::from(AuthError::Missing))
+}
+
+/// An admin key, turned into the `Caller` the keys service expects.
+pub struct AdminKey {
+    pub key: Arc<ApiKey>,
+    pub caller: Caller,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for AdminKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let key = authenticated(parts)?;
+        if key.kind != KeyKind::Admin {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "inference_key_not_for_admin",
+                "this is an inference key; the admin API needs an admin key",
+            ));
+        }
+        let ip = parts.extensions.get::<ClientIp>().and_then(|c| c.0);
+        let caller = Caller {
+            workspace_id: key.workspace_id,
+            actor: format!("key:{}", key.id),
+            source: ip.map(|ip| ip.to_string()),
+            role: CallerRole::Admin,
+        };
+        Ok(AdminKey { key, caller })
+    }
+}

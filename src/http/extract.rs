@@ -1,0 +1,204 @@
+//! Extractors whose rejections come out in our error shape and name the field at fault
+//! (axum's own rejections are plain text). JSON and query strings are parsed with
+//! `serde_path_to_error`, so `limits.rpm` rather than "invalid type" reaches the client.
+
+use axum::{
+    body::Bytes,
+    extract::{FromRequest, FromRequestParts, Request},
+    http::{header, request::Parts, StatusCode},
+};
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+/// JSON body; bad JSON → 400 `invalid_json`, a bad field → 422 `invalid_field` naming it.
+pub struct AppJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for AppJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if let Some(content_type) = req.headers().get(header::CONTENT_TYPE) {
+            let content_type = content_type
+                .to_str()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            if !content_type.starts_with("application/json") && !content_type.contains("+json") {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    format!("expected `Content-Type: application/json`, got `{content_type}`"),
+                ));
+            }
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            let status = rejection.status();
+            if status == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(status, "body_too_large", "request body is too large")
+            } else {
+                ApiError::new(status, "invalid_body", rejection.body_text())
+            }
+        })?;
+        parse_json(&bytes).map(AppJson)
+    }
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "request body is empty; expected a JSON object",
+        ));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if inner.is_data() {
+            let message = inner.to_string();
+            ApiError::invalid_field(field_name(&path, &message), strip_position(&message))
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("request body is not valid JSON: {inner}"),
+            )
+        }
+    })?;
+    deserializer.end().map_err(|err| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("request body is not valid JSON: {err}"),
+        )
+    })?;
+    Ok(value)
+}
+
+/// The field a serde data error is about. For unknown or missing fields serde reports the
+/// parent's path and puts the name in the message (`unknown field `foo``).
+fn field_name(path: &str, message: &str) -> String {
+    let named = ["unknown field `", "missing field `"]
+        .iter()
+        .find_map(|prefix| message.strip_prefix(prefix))
+        .and_then(|rest| rest.split('`').next());
+    match (named, path) {
+        (Some(name), "." | "") => name.to_string(),
+        (Some(name), parent) => format!("{parent}.{name}"),
+        (None, "." | "") => "body".to_string(),
+        (None, path) => path.to_string(),
+    }
+}
+
+fn strip_position(message: &str) -> String {
+    match message.find(" at line ") {
+        Some(at) => message[..at].to_string(),
+        None => message.to_string(),
+    }
+}
+
+/// Query string; a bad parameter → 422 naming it.
+pub struct AppQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for AppQuery<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded_parse(query));
+        serde_path_to_error::deserialize(deserializer)
+            .map(AppQuery)
+            .map_err(|err| {
+                let path = err.path().to_string();
+                let message = err.into_inner().to_string();
+                ApiError::invalid_field(field_name(&path, &message), message)
+            })
+    }
+}
+
+fn form_urlencoded_parse(query: &str) -> form_urlencoded::Parse<'_> {
+    form_urlencoded::parse(query.as_bytes())
+}
+
+/// Parses an id from the path; a malformed one is a 400 naming `id`, never a 500.
+pub fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+            format!(
+                "`{}` is not a valid id (expected a UUID)",
+                raw.chars().take(64).collect::<String>()
+            ),
+        )
+        .with_field("id")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        rpm: Option<u64>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        name: String,
+        limits: Option<Inner>,
+    }
+
+    fn field_of(json: &str) -> (StatusCode, Option<String>) {
+        let err = parse_json::<Body>(json.as_bytes()).unwrap_err();
+        (err.status, err.field)
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert_eq!(
+            field_of(r#"{"name": 5}"#),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("name".into()))
+        );
+        assert_eq!(
+            field_of(r#"{"name": "a", "limits": {"rpm": -1}}"#)
+                .1
+                .as_deref(),
+            Some("limits.rpm")
+        );
+        assert_eq!(
+            field_of(r#"{"name": "a", "colour": 1}"#).1.as_deref(),
+            Some("colour")
+        );
+        assert_eq!(
+            field_of(r#"{"name": "a", "limits": {"rmp": 1}}"#)
+                .1
+                .as_deref(),
+            Some("limits.rmp")
+        );
+        assert_eq!(field_of(r#"{}"#).1.as_deref(), Some("name"));
+        assert_eq!(field_of(r#"{"name": "a""#).0, StatusCode::BAD_REQUEST);
+        assert_eq!(field_of("").0, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            field_of(r#"{"name": "a"} trailing"#).0,
+            StatusCode::BAD_REQUEST
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! The HTTP surfaces. This is the only module that imports axum (with `error`).
+//!
+//! Middleware, outermost first (ServiceBuilder runs top to bottom):
+//! 1. `SetRequestId`: an `x-request-id` for every request (kept if the client sent one).
+//! 2. `TraceLayer`: one span per request with the matched route, request id and key id.
+//! 3. `PropagateRequestId`: echoes the id on the response.
+//! 4. `SetSensitiveRequestHeaders`: `Authorization` and key headers never reach logs.
+//! 5. `CatchPanic`: a panic becomes a JSON 500, never a dropped connection.
+//! 6. body limit: bodies over `http.max_body_bytes` get 413.
+//! 7. `auth::authenticate`: every route but the public allow-list needs a key.
+
+pub mod admin;
+pub mod auth;
+pub mod extract;
+pub mod openapi;
+pub mod ops;
+
+use std::any::Any;
+
+use axum::{
+    extract::{DefaultBodyLimit, MatchedPath, Request},
+    http::{header, HeaderName, StatusCode},
+    middleware,
+    response::{IntoResponse, Response},
+    routing::get,
+    Router,
+};
+use tower::ServiceBuilder;
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    limit::RequestBodyLimitLayer,
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    sensitive_headers::SetSensitiveRequestHeadersLayer,
+    trace::{DefaultOnResponse, TraceLayer},
+    LatencyUnit,
+};
+use tracing::Level;
+
+use crate::{error::ApiError, state::AppState};
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.http.max_body_bytes;
+    let api = Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .merge(admin::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
+        .with_state(state);
+
+    Router::new().merge(openapi::docs()).merge(api).layer(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(make_span)
+                    .on_request(())
+                    .on_response(
+                        DefaultOnResponse::new()
+                            .level(Level::DEBUG)
+                            .latency_unit(LatencyUnit::Micros),
+                    ),
+            )
+            .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+            .layer(SetSensitiveRequestHeadersLayer::new([
+                header::AUTHORIZATION,
+                HeaderName::from_static("x-api-key"),
+                HeaderName::from_static("x-aixplain-key"),
+            ]))
+            .layer(CatchPanicLayer::custom(panic_response))
+            .layer(DefaultBodyLimit::max(max_body))
+            .layer(RequestBodyLimitLayer::new(max_body)),
+    )
+}
+
+fn make_span(request: &Request) -> tracing::Span {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str)
+        .unwrap_or("unmatched");
+    let request_id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let path = request.uri().path();
+    if path == "/healthz" || path == "/readyz" {
+        tracing::span!(Level::DEBUG, "request", method = %request.method(), route, request_id, key_id = tracing::field::Empty)
+    } else {
+        tracing::info_span!("request", method = %request.method(), route, request_id, key_id = tracing::field::Empty)
+    }
+}
+
+fn panic_response(_panic: Box<dyn Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    ApiError::internal().into_response()
+}
+
+async fn not_found(request: Request) -> ApiError {
+    let surface = crate::error::Surface::for_path(request.uri().path());
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {} {}", request.method(), request.uri().path()),
+    )
+    .on(surface)
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    let surface = crate::error::Surface::for_path(request.uri().path());
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+    .on(surface)
+}

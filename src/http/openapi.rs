@@ -1,0 +1,53 @@
+//! `/openapi.json`, generated from the handlers and types, and `/docs`, a browsable
+//! reference whose assets are compiled into the binary (utoipa-swagger-ui's `vendored`
+//! feature), so it works on machines without internet.
+
+use utoipa::{
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+    Modify, OpenApi,
+};
+use utoipa_swagger_ui::SwaggerUi;
+
+use super::{admin, ops};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "keygate", description = "Self-hosted API-key gateway for LLM inference"),
+    paths(
+        ops::healthz,
+        ops::readyz,
+        admin::keys::create_key,
+        admin::keys::list_keys,
+        admin::keys::get_key,
+        admin::keys::update_key,
+        admin::keys::delete_key,
+        admin::keys::rotate_key,
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "keys", description = "Create, list, change, rotate and revoke API keys (admin keys only)"),
+        (name = "ops", description = "Health and readiness"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("kg_…")
+                    .build(),
+            ),
+        );
+    }
+}
+
+pub fn docs() -> SwaggerUi {
+    SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi())
+}

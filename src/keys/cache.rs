@@ -1,0 +1,109 @@
+//! Verified keys, indexed by the SHA-256 digest of the presented secret and held in memory
+//! only (DESIGN §8). argon2 runs once per key per instance; after `ttl` an entry is
+//! re-read from the store by lookup id (one indexed read, no argon2) so that a revocation
+//! or change made on another instance takes effect within `ttl`. Changes made on this
+//! instance mark the key's entries stale at once.
+//!
+//! The index is the digest of the whole secret, never the lookup id alone: a hit must
+//! prove possession of the secret, or anyone knowing a public lookup id would get in.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::model::ApiKey;
+
+#[derive(Debug, Clone)]
+pub struct CachedKey {
+    pub key: Arc<ApiKey>,
+    pub lookup_id: String,
+    /// The PHC hash that was verified; a refresh that finds another hash re-verifies.
+    pub hash: String,
+    /// End of a rotation's grace period for this secret, if any.
+    pub secret_valid_until: Option<DateTime<Utc>>,
+    pub refreshed_at: Instant,
+}
+
+/// Cache size bound: beyond it, the stalest entries are dropped (they re-verify on next use).
+const MAX_ENTRIES: usize = 100_000;
+
+#[derive(Clone)]
+pub struct KeyCache {
+    entries: Arc<RwLock<HashMap<[u8; 32], CachedKey>>>,
+    ttl: Duration,
+}
+
+pub enum Lookup {
+    Fresh(CachedKey),
+    /// Known but older than the TTL: re-read the row before trusting it.
+    Stale(CachedKey),
+    Miss,
+}
+
+impl KeyCache {
+    pub fn new(ttl: Duration) -> Self {
+        KeyCache {
+            entries: Arc::default(),
+            ttl,
+        }
+    }
+
+    pub fn get(&self, digest: &[u8; 32]) -> Lookup {
+        let entries = self
+            .entries
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match entries.get(digest) {
+            Some(entry) if entry.refreshed_at.elapsed() < self.ttl => Lookup::Fresh(entry.clone()),
+            Some(entry) => Lookup::Stale(entry.clone()),
+            None => Lookup::Miss,
+        }
+    }
+
+    pub fn insert(&self, digest: [u8; 32], entry: CachedKey) {
+        let mut entries = self
+            .entries
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if entries.len() >= MAX_ENTRIES {
+            let ttl = self.ttl;
+            entries.retain(|_, e| e.refreshed_at.elapsed() < ttl);
+        }
+        entries.insert(digest, entry);
+    }
+
+    pub fn remove(&self, digest: &[u8; 32]) {
+        let mut entries = self
+            .entries
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        entries.remove(digest);
+    }
+
+    /// Makes every entry of `key_id` re-read the store on its next use.
+    pub fn mark_stale(&self, key_id: Uuid) {
+        let mut entries = self
+            .entries
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let long_ago = Instant::now()
+            .checked_sub(self.ttl)
+            .unwrap_or_else(Instant::now);
+        for entry in entries.values_mut().filter(|e| e.key.id == key_id) {
+            entry.refreshed_at = long_ago;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.read().map(|e| e.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

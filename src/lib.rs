@@ -1,0 +1,20 @@
+//! keygate: a self-hosted API-key gateway for LLM inference.
+//!
+//! Dependencies point one way: `http → {keys, limits, proxy, usage} → store`. Only `http`
+//! and `error` know about axum or status codes.
+
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod keys;
+pub mod limits;
+pub mod money;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+
+pub use app::App;
+pub use config::Config;

@@ -1,0 +1,13 @@
+//! Shared application state handed to every handler.
+
+use std::sync::Arc;
+
+use crate::{config::Config, http::auth::AttemptLimiter, keys::KeysService, store::DynStore};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: DynStore,
+    pub keys: KeysService,
+    pub auth_attempts: Arc<AttemptLimiter>,
+}

@@ -1,0 +1,383 @@
+//! The storage boundary: one trait, two backends (PostgreSQL for production, SQLite as the
+//! embedded default), chosen once from the URL scheme. Each method is one unit of work and
+//! opens its own transaction, so callers never see a backend's transaction type
+//! (STYLE §3 rules 11–12). Both backends pass `tests/store_conformance.rs`.
+
+mod postgres;
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub use self::{postgres::PgStore, sqlite::SqliteStore};
+use crate::keys::model::ApiKey;
+
+/// Name of the workspace that exists from the first start.
+pub const DEFAULT_WORKSPACE: &str = "default";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// A uniqueness rule was broken; `constraint` names it (e.g. `member_username`).
+    #[error("conflict on {constraint}")]
+    Conflict { constraint: &'static str },
+    /// Creating one more live key would pass the workspace's cap.
+    #[error("the workspace allows at most {cap} live keys")]
+    KeyCapReached { cap: i64 },
+    #[error("unsupported database url: {0}")]
+    UnsupportedUrl(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored JSON column could not be decoded: the row was written by something else.
+    #[error("corrupt row in {table}: {reason}")]
+    Corrupt { table: &'static str, reason: String },
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workspace {
+    pub id: Uuid,
+    pub name: String,
+    /// Maximum number of live (not revoked) keys; `None` = no cap.
+    pub key_cap: Option<i64>,
+    /// Prepaid credit balance in USD; `None` = credits are not enforced.
+    pub credits_usd: Option<Decimal>,
+    pub webhook_url: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Owner,
+    Admin,
+    Member,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Member => "member",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "owner" => Some(Role::Owner),
+            "admin" => Some(Role::Admin),
+            "member" => Some(Role::Member),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    pub username: String,
+    pub role: Role,
+    /// argon2id PHC string of the console password.
+    pub password_hash: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One secret that authenticates a key. A key has one current secret, plus the previous
+/// ones during a rotation's grace period (`valid_until` set).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecretRecord {
+    /// Public lookup id embedded in the token (`kg_<lookup_id>_…`); unique across all keys.
+    pub lookup_id: String,
+    pub key_id: Uuid,
+    /// argon2id PHC string of the whole presented token.
+    pub hash: String,
+    /// `None` for the current secret; set on the old one when the key is rotated.
+    pub valid_until: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEvent {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    /// Who acted: `key:<uuid>`, `member:<username>`, `cli`, `bootstrap`, `web3:<address>`.
+    pub actor: String,
+    /// e.g. `key.create`, `key.update`, `key.rotate`, `key.revoke`, `member.create`.
+    pub action: String,
+    /// What was acted on, e.g. `key:<uuid>`.
+    pub target: String,
+    pub at: DateTime<Utc>,
+    /// Client address as seen by the server, when the action came over HTTP.
+    pub source: Option<String>,
+    /// Extra facts (field names changed, grace seconds…). Never secrets.
+    pub details: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    /// 1-based.
+    pub page: u32,
+    pub limit: u32,
+}
+
+impl Page {
+    pub fn offset(self) -> i64 {
+        i64::from(self.page.saturating_sub(1)) * i64::from(self.limit)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Paged<T> {
+    pub items: Vec<T>,
+    pub total: u64,
+}
+
+/// Usage to add to one key·model·minute bucket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageDelta {
+    pub key_id: Uuid,
+    pub workspace_id: Uuid,
+    pub model: String,
+    /// Start of the minute (seconds are zero).
+    pub minute: DateTime<Utc>,
+    pub requests: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    /// Cost in pico-USD (see `money::PICO_PER_USD`).
+    pub cost_pico: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Granularity {
+    Minute,
+    Hour,
+    Day,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageQuery {
+    pub key_id: Uuid,
+    /// Inclusive.
+    pub from: DateTime<Utc>,
+    /// Exclusive.
+    pub to: DateTime<Utc>,
+    pub granularity: Granularity,
+    pub model: Option<String>,
+}
+
+/// One aggregated usage bucket, ordered by (`start`, `model`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageRow {
+    pub start: DateTime<Utc>,
+    pub model: String,
+    pub requests: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_pico: i64,
+}
+
+/// Sums over a time range, for budgets and self-service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UsageTotals {
+    pub requests: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_pico: i64,
+}
+
+/// A refused inference request (DESIGN §3).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitEvent {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    pub key_id: Uuid,
+    pub model: Option<String>,
+    /// `rpm | rpd | tpm | tpd | budget | credits | concurrency`.
+    pub limit: String,
+    /// The limit's configured value, as text (`"60"`, `"25.00"`).
+    pub limit_value: String,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventFilter {
+    pub key_id: Option<Uuid>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Short name for logs and metrics: `postgres` or `sqlite`.
+    fn backend(&self) -> &'static str;
+    async fn migrate(&self) -> StoreResult<()>;
+    /// The database answers a trivial query.
+    async fn ping(&self) -> StoreResult<()>;
+    /// Every embedded migration has been applied successfully.
+    async fn migrations_applied(&self) -> StoreResult<bool>;
+
+    // --- workspaces and members ---
+    /// The `default` workspace, created by the migrations.
+    async fn default_workspace(&self) -> StoreResult<Workspace>;
+    /// `Conflict{constraint: "workspace_name"}` on a duplicate name.
+    async fn create_workspace(&self, ws: &Workspace, audit: &AuditEvent) -> StoreResult<()>;
+    async fn get_workspace(&self, id: Uuid) -> StoreResult<Workspace>;
+    async fn find_workspace(&self, name: &str) -> StoreResult<Workspace>;
+    async fn list_workspaces(&self) -> StoreResult<Vec<Workspace>>;
+    async fn update_workspace(&self, ws: &Workspace, audit: &AuditEvent) -> StoreResult<()>;
+    /// `Conflict{constraint: "member_username"}` on a duplicate username in the workspace.
+    async fn create_member(&self, member: &Member, audit: &AuditEvent) -> StoreResult<()>;
+    async fn find_member(&self, workspace_id: Uuid, username: &str) -> StoreResult<Member>;
+    async fn list_members(&self, workspace_id: Uuid) -> StoreResult<Vec<Member>>;
+    async fn delete_member(
+        &self,
+        workspace_id: Uuid,
+        id: Uuid,
+        audit: &AuditEvent,
+    ) -> StoreResult<()>;
+
+    // --- keys ---
+    /// Inserts the key, its first secret and the audit event atomically. When `key_cap` is
+    /// set and the workspace already has that many live keys, nothing is written and
+    /// `KeyCapReached` is returned; this holds under concurrent inserts.
+    async fn insert_key(
+        &self,
+        key: &ApiKey,
+        secret: &SecretRecord,
+        key_cap: Option<i64>,
+        audit: &AuditEvent,
+    ) -> StoreResult<()>;
+    /// A live (not revoked) key of the workspace; `NotFound` otherwise.
+    async fn get_key(&self, workspace_id: Uuid, id: Uuid) -> StoreResult<ApiKey>;
+    /// Live keys of the workspace, oldest first (`created_at`, then `id`).
+    async fn list_keys(&self, workspace_id: Uuid, page: Page) -> StoreResult<Paged<ApiKey>>;
+    /// Writes every mutable field of `key` (name, expires_at, limits…, updated_at) and the
+    /// audit event. `NotFound` if the key is revoked or missing.
+    async fn update_key(&self, key: &ApiKey, audit: &AuditEvent) -> StoreResult<()>;
+    /// Sets `revoked_at`; `NotFound` if missing or already revoked. Returns the revoked key.
+    async fn revoke_key(
+        &self,
+        workspace_id: Uuid,
+        id: Uuid,
+        at: DateTime<Utc>,
+        audit: &AuditEvent,
+    ) -> StoreResult<ApiKey>;
+    /// Adds `new_secret` as the key's current secret, limits every older secret to
+    /// `old_valid_until` (deleting those already past it), sets `partial_key`/`last6`/
+    /// `updated_at`, writes the audit event. Returns the updated key.
+    async fn rotate_key(
+        &self,
+        workspace_id: Uuid,
+        id: Uuid,
+        new_secret: &SecretRecord,
+        partial_key: &str,
+        last6: &str,
+        old_valid_until: DateTime<Utc>,
+        audit: &AuditEvent,
+    ) -> StoreResult<ApiKey>;
+    /// The secret with this lookup id and its key, revoked or not (the caller decides).
+    async fn find_secret(&self, lookup_id: &str) -> StoreResult<Option<(SecretRecord, ApiKey)>>;
+    /// Number of live admin keys across all workspaces (bootstrap checks for zero).
+    async fn count_live_admin_keys(&self) -> StoreResult<u64>;
+    /// Raises `last_used_at` to the given times (never lowers it). Batched by the caller.
+    async fn touch_keys(&self, uses: &[(Uuid, DateTime<Utc>)]) -> StoreResult<()>;
+
+    // --- audit ---
+    /// Newest first.
+    async fn list_audit_events(
+        &self,
+        workspace_id: Uuid,
+        page: Page,
+    ) -> StoreResult<Paged<AuditEvent>>;
+
+    // --- usage ---
+    /// Adds each delta to its key·model·minute bucket (upsert, summing), in one transaction.
+    async fn add_usage(&self, deltas: &[UsageDelta]) -> StoreResult<()>;
+    /// Buckets aggregated to the query's granularity (UTC), ordered by start then model.
+    async fn usage(&self, query: &UsageQuery) -> StoreResult<Vec<UsageRow>>;
+    /// Sums for one key since `since` (inclusive), optionally one model.
+    async fn key_usage_totals(
+        &self,
+        key_id: Uuid,
+        since: DateTime<Utc>,
+        model: Option<&str>,
+    ) -> StoreResult<UsageTotals>;
+    /// Sums for every key of a workspace since `since` (inclusive).
+    async fn workspace_usage_totals(
+        &self,
+        workspace_id: Uuid,
+        since: DateTime<Utc>,
+    ) -> StoreResult<UsageTotals>;
+
+    // --- rate-limit events ---
+    async fn add_rate_limit_events(&self, events: &[RateLimitEvent]) -> StoreResult<()>;
+    /// Newest first.
+    async fn list_rate_limit_events(
+        &self,
+        workspace_id: Uuid,
+        filter: &EventFilter,
+        page: Page,
+    ) -> StoreResult<Paged<RateLimitEvent>>;
+
+    // --- one-time tokens and alerts ---
+    /// Records a one-time token (Web3 sign-in) as used. `false` if it was used before.
+    async fn consume_once_token(
+        &self,
+        token_id: &str,
+        expires_at: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+    /// Claims the right to send one budget alert (key, period start, threshold in basis
+    /// points). `false` if it was claimed before.
+    async fn claim_budget_alert(
+        &self,
+        key_id: Uuid,
+        period_start: DateTime<Utc>,
+        threshold_bp: i64,
+    ) -> StoreResult<bool>;
+}
+
+pub type DynStore = Arc<dyn Store>;
+
+/// Opens the store named by `url` (`postgres://…` or `sqlite://…`). Does not migrate.
+pub async fn connect(url: &str) -> StoreResult<DynStore> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PgStore::connect(url).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(url).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(redact_url(url)))
+    }
+}
+
+/// The URL with any password replaced, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}://{}:***{}",
+                    &url[..scheme_end],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
