@@ -14,9 +14,15 @@ use crate::{
         cache::KeyCache,
         KeysService,
     },
+    limits::MemoryLimiter,
+    proxy::{upstreams::Upstreams, Gateway, Shared},
     state::AppState,
     store::{self, DynStore},
+    usage::{self, budget::BudgetLedger, pricing::Pricing},
 };
+
+/// Usage is written to the store at least this often (DESIGN §7).
+const USAGE_FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -29,6 +35,8 @@ pub enum StartError {
     Migrate(store::StoreError),
     #[error("cannot create the bootstrap admin key: {0}")]
     Bootstrap(#[from] bootstrap::BootstrapError),
+    #[error(transparent)]
+    Upstreams(#[from] crate::proxy::upstreams::UpstreamConfigError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -40,6 +48,9 @@ pub struct App {
     listener: TcpListener,
     local_addr: SocketAddr,
     state: AppState,
+    limiter: MemoryLimiter,
+    usage_writer: JoinHandle<()>,
+    stop_tx: watch::Sender<bool>,
     /// What the first-start check did; a generated key must be shown to the operator.
     pub bootstrap: Bootstrap,
 }
@@ -80,6 +91,24 @@ impl App {
             addr: config.listen,
             source,
         })?;
+        let upstreams = Upstreams::from_config(&config)?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (recorder, usage_writer) =
+            usage::spawn_writer(store.clone(), USAGE_FLUSH_EVERY, stop_rx);
+        let limiter = MemoryLimiter::new();
+        let shared = Shared {
+            limiter: Arc::new(limiter.clone()),
+            budgets: BudgetLedger::new(store.clone()),
+            recorder: recorder.clone(),
+            pricing: Pricing::from_config(&config.models),
+        };
+        let gateway = Gateway::new(
+            shared,
+            upstreams,
+            store.clone(),
+            &config.proxy,
+            Duration::from_millis(config.keys.cache_ttl_ms),
+        );
         let state = AppState {
             auth_attempts: Arc::new(http::auth::attempt_limiter(
                 config.keys.failed_auth_per_minute,
@@ -87,11 +116,16 @@ impl App {
             config: Arc::new(config),
             store,
             keys,
+            gateway: Arc::new(gateway),
+            recorder,
         };
         Ok(App {
             listener,
             local_addr,
             state,
+            limiter,
+            usage_writer,
+            stop_tx,
             bootstrap,
         })
     }
@@ -110,8 +144,12 @@ impl App {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let tasks = spawn_background(&self.state, stop_rx);
+        let stop_tx = self.stop_tx;
+        let mut tasks = spawn_background(&self.state, stop_tx.subscribe());
+        let mut stop = stop_tx.subscribe();
+        tasks.push(self.limiter.spawn_evictor(Duration::from_secs(60), async move {
+            let _ = stop.changed().await;
+        }));
         let router = http::router(self.state.clone());
         tracing::info!(addr = %self.local_addr, store = self.state.store.backend(), "keygate listening");
         let result = axum::serve(
@@ -120,10 +158,13 @@ impl App {
         )
         .with_graceful_shutdown(shutdown)
         .await;
+        // In-flight requests have drained (their meters recorded usage); now stop the
+        // background tasks, and let the usage writer do its final flush.
         let _ = stop_tx.send(true);
         for task in tasks {
             let _ = task.await;
         }
+        let _ = self.usage_writer.await;
         tracing::info!("keygate stopped");
         result
     }

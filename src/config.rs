@@ -176,6 +176,10 @@ pub struct UpstreamConfig {
     pub api_key_env: Option<String>,
     /// Exact model names, or `*` for any model not served by an earlier upstream.
     pub models: Vec<String>,
+    /// Other paths under `/v1` this upstream serves and keygate passes through as they
+    /// are (e.g. `["/moderations", "/files"]`), still authenticated and counted.
+    #[serde(default)]
+    pub passthrough: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -12,9 +12,11 @@ pub mod http;
 pub mod keys;
 pub mod limits;
 pub mod money;
+pub mod proxy;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod usage;
 
 pub use app::App;
 pub use config::Config;

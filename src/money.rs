@@ -49,3 +49,13 @@ pub mod usd {
         Ok(amount)
     }
 }
+
+/// Like `usd`, for amounts that may be negative (what remains of an overspent budget).
+pub mod signed_usd {
+    use rust_decimal::{prelude::ToPrimitive, Decimal};
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(value: &Decimal, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(value.to_f64().unwrap_or(0.0))
+    }
+}

@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use crate::{config::Config, http::auth::AttemptLimiter, keys::KeysService, store::DynStore};
+use crate::{
+    config::Config, http::auth::AttemptLimiter, keys::KeysService, proxy::Gateway, store::DynStore,
+    usage::Recorder,
+};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -10,4 +13,6 @@ pub struct AppState {
     pub store: DynStore,
     pub keys: KeysService,
     pub auth_attempts: Arc<AttemptLimiter>,
+    pub gateway: Arc<Gateway>,
+    pub recorder: Recorder,
 }

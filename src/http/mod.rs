@@ -12,8 +12,11 @@
 pub mod admin;
 pub mod auth;
 pub mod extract;
+pub mod inference;
+pub mod me;
 pub mod openapi;
 pub mod ops;
+pub mod ratelimit_headers;
 
 use std::any::Any;
 
@@ -22,7 +25,7 @@ use axum::{
     http::{header, HeaderName, StatusCode},
     middleware,
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{any, get, post},
     Router,
 };
 use tower::ServiceBuilder;
@@ -46,6 +49,12 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .merge(admin::router())
+        .route("/v1/chat/completions", post(inference::chat_completions))
+        .route("/v1/completions", post(inference::completions))
+        .route("/v1/embeddings", post(inference::embeddings))
+        .route("/v1/models", get(inference::list_models))
+        .route("/v1/key", get(me::key_info))
+        .route("/v1/{*path}", any(inference::passthrough))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(

@@ -8,7 +8,7 @@ use utoipa::{
 };
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{admin, ops};
+use super::{admin, inference, me, ops};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,10 +22,20 @@ use super::{admin, ops};
         admin::keys::update_key,
         admin::keys::delete_key,
         admin::keys::rotate_key,
+        admin::usage::key_usage,
+        admin::usage::rate_limit_events,
+        inference::chat_completions,
+        inference::completions,
+        inference::embeddings,
+        inference::list_models,
+        inference::passthrough,
+        me::key_info,
     ),
     modifiers(&BearerAuth),
     tags(
         (name = "keys", description = "Create, list, change, rotate and revoke API keys (admin keys only)"),
+        (name = "usage", description = "Usage per key and model, and the log of refused requests"),
+        (name = "inference", description = "OpenAI-compatible inference, the model list and key self-service"),
         (name = "ops", description = "Health and readiness"),
     )
 )]

@@ -279,6 +279,7 @@ pub trait Store: Send + Sync + 'static {
     /// Adds `new_secret` as the key's current secret, limits every older secret to
     /// `old_valid_until` (deleting those already past it), sets `partial_key`/`last6`/
     /// `updated_at`, writes the audit event. Returns the updated key.
+    #[allow(clippy::too_many_arguments)]
     async fn rotate_key(
         &self,
         workspace_id: Uuid,

@@ -1,9 +1,13 @@
 //! The native admin API under `/admin/v1`, authenticated by admin keys.
 
 pub mod keys;
+pub mod usage;
 pub mod views;
 
-use axum::{routing::get, Router};
+use axum::{
+    routing::{get, post},
+    Router,
+};
 
 use crate::state::AppState;
 
@@ -19,8 +23,7 @@ pub fn router() -> Router<AppState> {
                 .patch(keys::update_key)
                 .delete(keys::delete_key),
         )
-        .route(
-            "/admin/v1/keys/{id}/rotate",
-            axum::routing::post(keys::rotate_key),
-        )
+        .route("/admin/v1/keys/{id}/rotate", post(keys::rotate_key))
+        .route("/admin/v1/keys/{id}/usage", get(usage::key_usage))
+        .route("/admin/v1/rate-limit-events", get(usage::rate_limit_events))
 }

@@ -1,0 +1,202 @@
+//! `/admin/v1/keys/{id}/usage` and `/admin/v1/rate-limit-events`.
+
+use axum::{
+    extract::{Path, State},
+    Json,
+};
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::views::{ErrorBody, PageParams};
+use crate::{
+    error::ApiError,
+    http::{
+        auth::AdminKey,
+        extract::{parse_id, AppQuery},
+    },
+    money::pico_to_usd,
+    state::AppState,
+    store::{EventFilter, Granularity, UsageQuery},
+};
+
+/// Longest range one usage query may cover, per granularity (keeps answers bounded).
+fn max_range(granularity: Granularity) -> Duration {
+    match granularity {
+        Granularity::Minute => Duration::days(7),
+        Granularity::Hour => Duration::days(93),
+        Granularity::Day => Duration::days(3660),
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct UsageParams {
+    /// Start, RFC 3339 (inclusive; default: 24 hours before `to`).
+    pub from: Option<DateTime<Utc>>,
+    /// End, RFC 3339 (exclusive; default: now).
+    pub to: Option<DateTime<Utc>>,
+    /// `minute`, `hour` (default) or `day`, aligned to UTC.
+    pub granularity: Option<Granularity>,
+    /// Only this model.
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageBucket {
+    pub start: DateTime<Utc>,
+    pub model: String,
+    pub requests: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    /// Exact decimal USD, as a JSON number.
+    #[schema(value_type = f64)]
+    #[serde(with = "crate::money::usd")]
+    pub cost_usd: rust_decimal::Decimal,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageAnswer {
+    pub data: Vec<UsageBucket>,
+}
+
+#[utoipa::path(get, path = "/admin/v1/keys/{id}/usage", tag = "usage", params(("id" = String, Path, description = "Key id"), UsageParams),
+    responses(
+        (status = 200, description = "Usage per bucket and model, oldest first", body = UsageAnswer),
+        (status = 404, body = ErrorBody),
+        (status = 422, description = "Bad `from`, `to`, `granularity` or range", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn key_usage(
+    State(state): State<AppState>,
+    admin: AdminKey,
+    Path(id): Path<String>,
+    AppQuery(params): AppQuery<UsageParams>,
+) -> Result<Json<UsageAnswer>, ApiError> {
+    let id = parse_id(&id)?;
+    // 404 for keys of other workspaces; revoked keys keep their history.
+    let key = state.keys.get(&admin.caller, id).await?;
+    let to = params.to.unwrap_or_else(Utc::now);
+    let from = params.from.unwrap_or(to - Duration::hours(24));
+    let granularity = params.granularity.unwrap_or(Granularity::Hour);
+    if from >= to {
+        return Err(ApiError::invalid_field("from", "must be before `to`"));
+    }
+    if to - from > max_range(granularity) {
+        return Err(ApiError::invalid_field(
+            "from",
+            format!("the range is too long for granularity {granularity:?}; use a coarser granularity or a shorter range"),
+        ));
+    }
+    // Show what this instance recorded up to now, not only what the last tick wrote.
+    if let Err(err) = state.recorder.flush_now().await {
+        tracing::warn!(error = %err, "usage flush before a read failed");
+    }
+    let rows = state
+        .store
+        .usage(&UsageQuery {
+            key_id: key.id,
+            from,
+            to,
+            granularity,
+            model: params.model,
+        })
+        .await?;
+    Ok(Json(UsageAnswer {
+        data: rows
+            .into_iter()
+            .map(|row| UsageBucket {
+                start: row.start,
+                model: row.model,
+                requests: row.requests,
+                input_tokens: row.input_tokens,
+                output_tokens: row.output_tokens,
+                cost_usd: pico_to_usd(row.cost_pico),
+            })
+            .collect(),
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EventParams {
+    pub key_id: Option<String>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub page: Option<u32>,
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RateLimitEventView {
+    pub key_id: Uuid,
+    pub model: Option<String>,
+    /// `rpm | rpd | tpm | tpd | budget | credits | concurrency`.
+    pub limit: String,
+    pub limit_value: String,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RateLimitEventList {
+    pub data: Vec<RateLimitEventView>,
+    pub page: u32,
+    pub limit: u32,
+    pub total: u64,
+}
+
+#[utoipa::path(get, path = "/admin/v1/rate-limit-events", tag = "usage", params(EventParams),
+    responses(
+        (status = 200, description = "Refused requests of the workspace, newest first", body = RateLimitEventList),
+        (status = 422, body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn rate_limit_events(
+    State(state): State<AppState>,
+    admin: AdminKey,
+    AppQuery(params): AppQuery<EventParams>,
+) -> Result<Json<RateLimitEventList>, ApiError> {
+    let page = PageParams {
+        page: params.page,
+        limit: params.limit,
+    }
+    .page()?;
+    let key_id = params
+        .key_id
+        .as_deref()
+        .map(|raw| parse_id(raw).map_err(|e| e.with_field("key_id")))
+        .transpose()?;
+    // Show what this instance recorded up to now, not only what the last tick wrote.
+    if let Err(err) = state.recorder.flush_now().await {
+        tracing::warn!(error = %err, "usage flush before a read failed");
+    }
+    let events = state
+        .store
+        .list_rate_limit_events(
+            admin.caller.workspace_id,
+            &EventFilter {
+                key_id,
+                from: params.from,
+                to: params.to,
+            },
+            page,
+        )
+        .await?;
+    Ok(Json(RateLimitEventList {
+        data: events
+            .items
+            .into_iter()
+            .map(|e| RateLimitEventView {
+                key_id: e.key_id,
+                model: e.model,
+                limit: e.limit,
+                limit_value: e.limit_value,
+                at: e.at,
+            })
+            .collect(),
+        page: page.page,
+        limit: page.limit,
+        total: events.total,
+    }))
+}

@@ -1,0 +1,294 @@
+//! `/v1/*`: OpenAI-compatible inference through `proxy::Gateway`, the model list, and key
+//! self-service. Errors use OpenAI's body (DESIGN §4).
+
+use std::sync::Arc;
+
+use axum::{
+    body::{Body, Bytes},
+    extract::{FromRequestParts, OriginalUri, State},
+    http::{request::Parts, HeaderMap, Method, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde_json::json;
+
+use super::{
+    auth::{Authenticated, ClientIp},
+    ratelimit_headers,
+};
+use crate::{
+    error::{ApiError, Surface},
+    keys::{ApiKey, AuthError, KeyKind},
+    proxy::{AnswerBody, Endpoint, InferenceError, InferenceRequest},
+    state::AppState,
+    usage::budget::BudgetRefusal,
+};
+
+/// Venice's SDK raises `ApiKeyIpRestrictedError` on a 403 whose message starts with this.
+pub const IP_RESTRICTED_MESSAGE: &str = "This API key is restricted to configured IP addresses";
+
+/// An inference-capable key, used from an allowed address.
+pub struct InferenceKey(pub Arc<ApiKey>);
+
+impl FromRequestParts<AppState> for InferenceKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let key = any_key(parts)?;
+        if key.kind == KeyKind::Admin {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "admin_key_not_for_inference",
+                "admin keys cannot call inference; use an inference key",
+            )
+            .on(Surface::OpenAi));
+        }
+        check_ip(parts, &key)?;
+        state.recorder.touch(key.id, crate::clock::now());
+        Ok(InferenceKey(key))
+    }
+}
+
+/// Any valid key (self-service), used from an allowed address.
+pub struct AnyKey(pub Arc<ApiKey>);
+
+impl FromRequestParts<AppState> for AnyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let key = any_key(parts)?;
+        check_ip(parts, &key)?;
+        Ok(AnyKey(key))
+    }
+}
+
+fn any_key(parts: &Parts) -> Result<Arc<ApiKey>, ApiError> {
+    parts
+        .extensions
+        .get::<Authenticated>()
+        .map(|a| a.0.clone())
+        .ok_or_else(|| ApiError::from(AuthError::Missing).on(Surface::OpenAi))
+}
+
+fn check_ip(parts: &Parts, key: &ApiKey) -> Result<(), ApiError> {
+    let Some(allowlist) = &key.ip_allowlist else {
+        return Ok(());
+    };
+    let ip = parts.extensions.get::<ClientIp>().and_then(|c| c.0);
+    if ip.is_some_and(|ip| allowlist.iter().any(|net| net.contains(&ip))) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "ip_not_allowed",
+        format!(
+            "{IP_RESTRICTED_MESSAGE}; this request came from {}",
+            ip.map(|ip| ip.to_string())
+                .unwrap_or_else(|| "an unknown address".into())
+        ),
+    )
+    .on(Surface::OpenAi))
+}
+
+impl From<InferenceError> for ApiError {
+    fn from(err: InferenceError) -> Self {
+        let message = err.to_string();
+        let error = match err {
+            InferenceError::InvalidRequest { param, .. } => {
+                let error = ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message);
+                match param {
+                    Some(param) => error.with_field(param),
+                    None => error,
+                }
+            }
+            InferenceError::ModelNotAllowed(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, "model_not_allowed", message)
+                    .with_field("model")
+            }
+            InferenceError::ModelNotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "model_not_found", message).with_field("model")
+            }
+            InferenceError::PathNotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+            }
+            InferenceError::RateLimited(refusal) => {
+                let mut error = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_exceeded",
+                    format!(
+                        "rate limit exceeded: {} limit of {} ({}){}",
+                        refusal.kind,
+                        refusal.limit,
+                        refusal.scope,
+                        refusal
+                            .retry_after
+                            .map(|d| format!("; retry in {}", ratelimit_headers::go_duration(d)))
+                            .unwrap_or_else(|| "; this request can never fit this limit".into())
+                    ),
+                );
+                error.retry_after_secs = refusal
+                    .retry_after
+                    .map(|d| d.as_secs_f64().ceil().max(1.0) as u64);
+                error
+            }
+            InferenceError::Budget(BudgetRefusal::Budget { resets_at, .. }) => {
+                let mut error =
+                    ApiError::new(StatusCode::PAYMENT_REQUIRED, "budget_exceeded", message);
+                error.retry_after_secs =
+                    resets_at.map(|at| (at - chrono::Utc::now()).num_seconds().max(1) as u64);
+                error
+            }
+            InferenceError::BudgetUnavailable
+            | InferenceError::Budget(BudgetRefusal::Unavailable(_)) => {
+                let mut error = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "budget_unavailable",
+                    message,
+                );
+                error.retry_after_secs = Some(1);
+                error
+            }
+            InferenceError::Budget(BudgetRefusal::Credits { .. }) => ApiError::new(
+                StatusCode::PAYMENT_REQUIRED,
+                "insufficient_credits",
+                message,
+            ),
+            InferenceError::Concurrency { .. } => {
+                let mut error = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_exceeded",
+                    format!("rate limit exceeded: concurrency: {message}"),
+                );
+                error.retry_after_secs = Some(1);
+                error
+            }
+            InferenceError::UpstreamTimeout => {
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", message)
+            }
+            InferenceError::Upstream(_) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", message)
+            }
+        };
+        error.on(Surface::OpenAi)
+    }
+}
+
+async fn proxy(
+    state: AppState,
+    key: Arc<ApiKey>,
+    endpoint: Endpoint,
+    method: Method,
+    uri: &axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri
+        .path()
+        .strip_prefix("/v1")
+        .unwrap_or(uri.path())
+        .to_string();
+    let request = InferenceRequest {
+        key,
+        endpoint,
+        path,
+        query: uri.query().map(str::to_owned),
+        method,
+        headers,
+        body,
+    };
+    match state.gateway.handle(request).await {
+        Ok(answer) => {
+            let mut response = match answer.body {
+                AnswerBody::Whole(bytes) => Response::new(Body::from(bytes)),
+                AnswerBody::Stream(stream) => Response::new(Body::from_stream(stream)),
+            };
+            *response.status_mut() = answer.status;
+            *response.headers_mut() = answer.headers;
+            ratelimit_headers::apply(response.headers_mut(), &answer.limits);
+            response
+        }
+        Err(err) => {
+            let states = match &err {
+                InferenceError::RateLimited(refusal) => refusal.states.clone(),
+                _ => Vec::new(),
+            };
+            let mut response = ApiError::from(err).into_response();
+            ratelimit_headers::apply(response.headers_mut(), &states);
+            response
+        }
+    }
+}
+
+macro_rules! endpoint_handler {
+    ($name:ident, $endpoint:expr, $path:literal, $summary:literal) => {
+        #[utoipa::path(post, path = $path, tag = "inference", summary = $summary,
+            request_body(content = Object, description = "OpenAI request body"),
+            responses(
+                (status = 200, description = "The upstream's answer (JSON, or SSE when `stream` is true)"),
+                (status = 401, description = "invalid_api_key"),
+                (status = 402, description = "budget_exceeded / insufficient_credits"),
+                (status = 403, description = "model_not_allowed / admin_key_not_for_inference"),
+                (status = 429, description = "rate_limit_exceeded; see Retry-After"),
+                (status = 502, description = "upstream_error"),
+                (status = 504, description = "upstream_timeout"),
+            ),
+            security(("bearer" = [])))]
+        pub async fn $name(
+            State(state): State<AppState>,
+            InferenceKey(key): InferenceKey,
+            method: Method,
+            OriginalUri(uri): OriginalUri,
+            headers: HeaderMap,
+            body: Bytes,
+        ) -> Response {
+            proxy(state, key, $endpoint, method, &uri, headers, body).await
+        }
+    };
+}
+
+endpoint_handler!(
+    chat_completions,
+    Endpoint::ChatCompletions,
+    "/v1/chat/completions",
+    "Chat completion (streaming or not)"
+);
+endpoint_handler!(
+    completions,
+    Endpoint::Completions,
+    "/v1/completions",
+    "Legacy text completion"
+);
+endpoint_handler!(
+    embeddings,
+    Endpoint::Embeddings,
+    "/v1/embeddings",
+    "Embeddings"
+);
+endpoint_handler!(
+    passthrough,
+    Endpoint::Other,
+    "/v1/{path}",
+    "Other /v1 paths an upstream declares (any method)"
+);
+
+/// Models this key may use.
+#[utoipa::path(get, path = "/v1/models", tag = "inference",
+    responses((status = 200, description = "OpenAI model list, only models the key may use")),
+    security(("bearer" = [])))]
+pub async fn list_models(
+    State(state): State<AppState>,
+    InferenceKey(key): InferenceKey,
+) -> Json<serde_json::Value> {
+    let models = state.gateway.models_for(&key).await;
+    let data: Vec<_> = models
+        .into_iter()
+        .map(|(id, owner)| json!({ "id": id, "object": "model", "created": 0, "owned_by": owner }))
+        .collect();
+    Json(json!({ "object": "list", "data": data }))
+}

@@ -1,0 +1,373 @@
+//! In-process [`Limiter`]: the default for one instance, and the fallback when Redis is
+//! unreachable (DESIGN §7).
+//!
+//! Buckets live in 64 `Mutex<HashMap>` shards chosen by key id, so all buckets of one
+//! request share a shard and `reserve` takes one short lock in which it checks and charges
+//! every bucket. (Charges of several keys lock their shards in index order, which cannot
+//! deadlock.) A bucket whose TAT is behind the clock is full, the same as an absent one,
+//! so [`MemoryLimiter::evict_idle`] drops it without changing any answer: memory stays
+//! bounded by the buckets used within their last window, however many keys come and go.
+//! Run it periodically with [`MemoryLimiter::spawn_evictor`].
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    hash::{BuildHasher, RandomState},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard, PoisonError,
+    },
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use tokio::{task::JoinHandle, time::MissedTickBehavior};
+use uuid::Uuid;
+
+use super::{
+    gcra::{duration_ns, Bucket, Rate},
+    BucketKey, BucketState, Charge, Limiter, Refusal, Reservation, TokenUsage,
+};
+
+/// A monotonic clock in nanoseconds since an arbitrary origin.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> u64;
+}
+
+/// Nanoseconds since the clock was made, from `Instant` (monotonic, never jumps back).
+#[derive(Debug, Clone, Copy)]
+pub struct SystemClock {
+    origin: Instant,
+}
+
+impl SystemClock {
+    pub fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+        }
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> u64 {
+        duration_ns(self.origin.elapsed())
+    }
+}
+
+/// A clock that moves only when told to, for deterministic tests.
+#[derive(Debug, Default)]
+pub struct ManualClock {
+    now: AtomicU64,
+}
+
+impl ManualClock {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.now.fetch_add(duration_ns(by), Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> u64 {
+        self.now.load(Ordering::SeqCst)
+    }
+}
+
+impl<C: Clock> Clock for Arc<C> {
+    fn now(&self) -> u64 {
+        (**self).now()
+    }
+}
+
+const SHARDS: usize = 64;
+
+type Shard = HashMap<BucketKey, Bucket>;
+
+struct Shared<C> {
+    clock: C,
+    shards: Vec<Mutex<Shard>>,
+    hasher: RandomState,
+}
+
+/// In-process limiter; clones share the same buckets.
+pub struct MemoryLimiter<C = SystemClock> {
+    shared: Arc<Shared<C>>,
+}
+
+impl<C> Clone for MemoryLimiter<C> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl MemoryLimiter<SystemClock> {
+    pub fn new() -> Self {
+        Self::with_clock(SystemClock::new())
+    }
+}
+
+impl Default for MemoryLimiter<SystemClock> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The locked shards of one operation, sorted by shard index.
+struct Locked<'a> {
+    guards: Vec<(usize, MutexGuard<'a, Shard>)>,
+}
+
+impl Locked<'_> {
+    fn shard(&mut self, index: usize) -> &mut Shard {
+        let pos = self.guards.partition_point(|(i, _)| *i < index);
+        // Every index asked for was locked in `lock`.
+        &mut self.guards[pos].1
+    }
+}
+
+impl<C: Clock> MemoryLimiter<C> {
+    pub fn with_clock(clock: C) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                clock,
+                shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+                hasher: RandomState::new(),
+            }),
+        }
+    }
+
+    fn shard_of(&self, key_id: &Uuid) -> usize {
+        // Truncation is fine: only the low bits pick the shard.
+        (self.shared.hasher.hash_one(key_id) as usize) % SHARDS
+    }
+
+    /// Locks the shards of `charges` in index order (so two callers cannot deadlock).
+    fn lock<'a>(&self, charges: impl Iterator<Item = &'a Charge>) -> Locked<'_> {
+        let mut indexes: Vec<usize> = charges.map(|c| self.shard_of(&c.bucket.key_id)).collect();
+        indexes.sort_unstable();
+        indexes.dedup();
+        let guards = indexes
+            .into_iter()
+            .map(|i| {
+                let guard = self.shared.shards[i]
+                    .lock()
+                    // The critical sections only do arithmetic; a poisoned shard is consistent.
+                    .unwrap_or_else(PoisonError::into_inner);
+                (i, guard)
+            })
+            .collect();
+        Locked { guards }
+    }
+
+    /// [`Limiter::reserve`] without the async wrapper.
+    pub fn try_reserve(&self, charges: &[Charge]) -> Result<Reservation, Refusal> {
+        let mut locked = self.lock(charges.iter());
+        // Read after locking, so operations serialised by a lock also see time in order.
+        let now = self.shared.clock.now();
+        // Each bucket before and after its charge; a bucket named twice sees the first charge.
+        let mut plan: Vec<(Bucket, Result<Bucket, _>)> = Vec::with_capacity(charges.len());
+        let mut refused: Option<(usize, Option<Duration>)> = None;
+        for (i, charge) in charges.iter().enumerate() {
+            let earlier = charges[..i]
+                .iter()
+                .zip(&plan)
+                .rev()
+                .find(|(c, _)| c.bucket == charge.bucket)
+                .map(|(_, (before, after))| *after.as_ref().unwrap_or(before));
+            let stored = || {
+                let shard = locked.shard(self.shard_of(&charge.bucket.key_id));
+                shard.get(&charge.bucket).copied()
+            };
+            let mut before = earlier.or_else(stored).unwrap_or_else(|| fresh(charge));
+            before.set_limit(charge.limit, now);
+            let after = before.charge(charge.amount, now);
+            if let Err(denied) = after {
+                if refused.is_none_or(|(_, worst)| longer(denied.retry_after, worst)) {
+                    refused = Some((i, denied.retry_after));
+                }
+            }
+            plan.push((before, after));
+        }
+
+        if let Some((i, retry_after)) = refused {
+            let charge = &charges[i];
+            return Err(Refusal {
+                kind: charge.bucket.kind,
+                scope: charge.bucket.scope.clone(),
+                limit: charge.limit,
+                retry_after,
+                states: charges
+                    .iter()
+                    .zip(&plan)
+                    .map(|(c, (before, _))| state(c, before, now))
+                    .collect(),
+            });
+        }
+
+        let mut states = Vec::with_capacity(charges.len());
+        for (charge, (before, after)) in charges.iter().zip(plan) {
+            let after = after.unwrap_or(before);
+            let shard = locked.shard(self.shard_of(&charge.bucket.key_id));
+            match shard.get_mut(&charge.bucket) {
+                Some(slot) => *slot = after,
+                None => {
+                    shard.insert(charge.bucket.clone(), after);
+                }
+            }
+            states.push(state(charge, &after, now));
+        }
+        Ok(Reservation {
+            charges: charges.to_vec(),
+            states,
+        })
+    }
+
+    /// [`Limiter::settle`] without the async wrapper (usable from `Drop`).
+    pub fn settle_now(&self, reservation: Reservation, actual: TokenUsage) {
+        let token_charges = || {
+            reservation
+                .charges
+                .iter()
+                .filter(|c| c.token_type.is_some())
+        };
+        let mut locked = self.lock(token_charges());
+        let now = self.shared.clock.now();
+        for charge in token_charges() {
+            let Some(token_type) = charge.token_type else {
+                continue;
+            };
+            let used = actual.count(token_type);
+            if used == charge.amount {
+                continue;
+            }
+            let shard = locked.shard(self.shard_of(&charge.bucket.key_id));
+            if let Some(bucket) = shard.get_mut(&charge.bucket) {
+                bucket.settle(charge.amount, used, now);
+            } else if used > charge.amount {
+                // Evicted since the reservation (full again): the extra starts from now.
+                let mut bucket = fresh(charge);
+                bucket.settle(charge.amount, used, now);
+                shard.insert(charge.bucket.clone(), bucket);
+            }
+        }
+    }
+
+    /// [`Limiter::snapshot`] without the async wrapper.
+    pub fn states(&self, buckets: &[Charge]) -> Vec<BucketState> {
+        let mut locked = self.lock(buckets.iter());
+        let now = self.shared.clock.now();
+        buckets
+            .iter()
+            .map(|charge| {
+                let shard = locked.shard(self.shard_of(&charge.bucket.key_id));
+                let mut bucket = shard
+                    .get(&charge.bucket)
+                    .copied()
+                    .unwrap_or_else(|| fresh(charge));
+                bucket.set_limit(charge.limit, now);
+                state(charge, &bucket, now)
+            })
+            .collect()
+    }
+
+    /// Drops every full bucket; returns how many. Changes no answer (see the module doc).
+    pub fn evict_idle(&self) -> usize {
+        let mut evicted = 0;
+        for shard in &self.shared.shards {
+            let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = self.shared.clock.now();
+            let before = shard.len();
+            shard.retain(|_, bucket| !bucket.is_idle(now));
+            evicted += before - shard.len();
+        }
+        evicted
+    }
+
+    /// Buckets currently held in memory.
+    pub fn len(&self) -> usize {
+        self.shared
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Runs [`Self::evict_idle`] every `every` until `shutdown` completes (e.g.
+    /// `async move { let _ = stop_rx.changed().await; }` on a `tokio::sync::watch`).
+    /// Await the handle at shutdown; the task holds a clone of the limiter until then.
+    pub fn spawn_evictor<F>(&self, every: Duration, shutdown: F) -> JoinHandle<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let limiter = self.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every.max(Duration::from_millis(1)));
+            ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            tokio::pin!(shutdown);
+            loop {
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => break,
+                    _ = ticks.tick() => {
+                        let evicted = limiter.evict_idle();
+                        tracing::trace!(evicted, "evicted idle rate-limit buckets");
+                    }
+                }
+            }
+        })
+    }
+}
+
+#[async_trait]
+impl<C: Clock> Limiter for MemoryLimiter<C> {
+    async fn reserve(&self, charges: &[Charge]) -> Result<Reservation, Refusal> {
+        self.try_reserve(charges)
+    }
+
+    async fn settle(&self, reservation: Reservation, actual: TokenUsage) {
+        self.settle_now(reservation, actual);
+    }
+
+    async fn snapshot(&self, buckets: &[Charge]) -> Vec<BucketState> {
+        self.states(buckets)
+    }
+}
+
+/// A full bucket for `charge`.
+fn fresh(charge: &Charge) -> Bucket {
+    Bucket::new(Rate::new(charge.limit, charge.bucket.kind.window()))
+}
+
+/// Whether wait `a` is longer than `b`; `None` (no wait helps) is the longest.
+fn longer(a: Option<Duration>, b: Option<Duration>) -> bool {
+    match (a, b) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        (Some(a), Some(b)) => a > b,
+    }
+}
+
+fn state(charge: &Charge, bucket: &Bucket, now: u64) -> BucketState {
+    BucketState {
+        kind: charge.bucket.kind,
+        scope: charge.bucket.scope.clone(),
+        limit: charge.limit,
+        remaining: bucket.remaining(now),
+        reset_after: bucket.reset_after(now),
+    }
+}

@@ -1,0 +1,151 @@
+//! Settlement that happens exactly once per admitted request, on every path: the answer
+//! ends, the upstream fails, a timeout fires, or the client goes away (DESIGN §4–5).
+//! `Meter::finish` settles with what is known; if the meter is dropped unfinished
+//! (a client disconnect drops the response body), `Drop` settles with the fallback count:
+//! prompt tokens plus the tokenizer's count of the text produced so far.
+
+use std::sync::Arc;
+
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::{saturating_i64, tokens, Shared};
+use crate::{
+    keys::ApiKey,
+    limits::{Reservation, TokenUsage},
+    usage::{budget::BudgetHold, UsageEvent},
+};
+
+/// How a request ended, for accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The upstream answered; charge these tokens.
+    Charged(TokenUsage),
+    /// The upstream refused or failed before producing anything: refund the token
+    /// estimate (the request still counts toward rpm/rpd).
+    NotCharged,
+}
+
+pub struct Meter {
+    pending: Option<Pending>,
+}
+
+struct Pending {
+    shared: Arc<Shared>,
+    key: Arc<ApiKey>,
+    model: String,
+    prompt_tokens: u64,
+    reservation: Reservation,
+    hold: Option<BudgetHold>,
+    /// Released when the meter settles: the `max_parallel` slot can never leak.
+    _slot: Option<OwnedSemaphorePermit>,
+    /// Text streamed so far, counted only if the stream ends without `usage`.
+    produced: String,
+    reported: Option<TokenUsage>,
+}
+
+impl Meter {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        key: Arc<ApiKey>,
+        model: String,
+        prompt_tokens: u64,
+        reservation: Reservation,
+        hold: Option<BudgetHold>,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> Self {
+        Meter {
+            pending: Some(Pending {
+                shared,
+                key,
+                model,
+                prompt_tokens,
+                reservation,
+                hold,
+                _slot: slot,
+                produced: String::new(),
+                reported: None,
+            }),
+        }
+    }
+
+    /// Remembers streamed text, for the fallback count.
+    pub fn produced(&mut self, text: &str) {
+        if let Some(pending) = &mut self.pending {
+            pending.produced.push_str(text);
+        }
+    }
+
+    /// Remembers the upstream's reported usage (the stream may still go on).
+    pub fn reported(&mut self, usage: TokenUsage) {
+        if let Some(pending) = &mut self.pending {
+            pending.reported = Some(usage);
+        }
+    }
+
+    /// The usage to charge when no more is coming: reported, else counted.
+    fn fallback(pending: &Pending) -> TokenUsage {
+        pending.reported.unwrap_or(TokenUsage {
+            input: pending.prompt_tokens,
+            output: tokens::count(&pending.produced),
+        })
+    }
+
+    /// Settles with the reported usage, or the fallback count if none was reported.
+    pub fn finish_streamed(&mut self) {
+        if let Some(pending) = &self.pending {
+            let usage = Self::fallback(pending);
+            self.finish(Outcome::Charged(usage));
+        }
+    }
+
+    /// Settles now. Later calls (and the drop) do nothing.
+    pub fn finish(&mut self, outcome: Outcome) {
+        let Some(pending) = self.pending.take() else {
+            return;
+        };
+        let Pending {
+            shared,
+            key,
+            model,
+            reservation,
+            hold,
+            ..
+        } = pending;
+        let usage = match outcome {
+            Outcome::Charged(usage) => usage,
+            Outcome::NotCharged => TokenUsage::default(),
+        };
+        let cost_pico = shared.pricing.cost_pico(
+            &model,
+            saturating_i64(usage.input),
+            saturating_i64(usage.output),
+        );
+        if let Some(hold) = hold {
+            shared.budgets.settle(hold, cost_pico);
+        }
+        if let Outcome::Charged(usage) = outcome {
+            shared.recorder.record(UsageEvent {
+                key_id: key.id,
+                workspace_id: key.workspace_id,
+                model,
+                at: crate::clock::now(),
+                requests: 1,
+                input_tokens: saturating_i64(usage.input),
+                output_tokens: saturating_i64(usage.output),
+                cost_pico,
+            });
+        }
+        // The limiter's settle may be a network round trip (Redis); don't make the response
+        // (or a Drop) wait for it.
+        let limiter = shared.limiter.clone();
+        tokio::spawn(async move { limiter.settle(reservation, usage).await });
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        if self.pending.is_some() {
+            self.finish_streamed();
+        }
+    }
+}

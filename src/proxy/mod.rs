@@ -1,0 +1,706 @@
+//! The inference proxy (DESIGN §4–5): admit a request against the key's model rules,
+//! budget, concurrency cap and rate limits; forward it to the upstream serving its model
+//! with the upstream's own credential; pass the answer back (streamed chunk by chunk or
+//! whole) and settle exactly once with the real usage. No axum here: the HTTP layer
+//! turns `ProxyAnswer` and `InferenceError` into responses.
+
+pub mod meter;
+pub mod sse;
+pub mod stream;
+pub mod tokens;
+pub mod upstreams;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::Instant,
+};
+use uuid::Uuid;
+
+use self::{
+    meter::{Meter, Outcome},
+    stream::{ByteStream, MeteredStream},
+    tokens::BodyKind,
+    upstreams::{Upstream, Upstreams},
+};
+use crate::{
+    config::ProxyConfig,
+    keys::ApiKey,
+    limits::{charges_for, BucketState, Limiter, Refusal, TokenEstimate},
+    store::{DynStore, RateLimitEvent},
+    usage::{
+        budget::{BudgetLedger, BudgetRefusal},
+        pricing::Pricing,
+        Recorder,
+    },
+};
+
+/// Largest upstream answer read whole (non-streamed); larger ones are refused as an upstream error.
+const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
+
+/// What the gateway shares with every in-flight request.
+pub struct Shared {
+    pub limiter: Arc<dyn Limiter>,
+    pub budgets: BudgetLedger,
+    pub recorder: Recorder,
+    pub pricing: Pricing,
+}
+
+pub struct Gateway {
+    shared: Arc<Shared>,
+    upstreams: Upstreams,
+    store: DynStore,
+    timeouts: Timeouts,
+    slots: Mutex<HashMap<Uuid, (u32, Arc<Semaphore>)>>,
+    credits: Mutex<HashMap<Uuid, (Option<Decimal>, std::time::Instant)>>,
+    credits_ttl: Duration,
+    model_lists: Mutex<HashMap<String, (Vec<String>, std::time::Instant)>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    first_byte: Duration,
+    idle: Duration,
+    total: Duration,
+}
+
+/// The endpoint family of a `/v1` request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+    /// A path an upstream declares for pass-through.
+    Other,
+}
+
+impl Endpoint {
+    fn body_kind(self) -> BodyKind {
+        match self {
+            Endpoint::ChatCompletions => BodyKind::Chat,
+            Endpoint::Completions => BodyKind::Completion,
+            Endpoint::Embeddings => BodyKind::Embedding,
+            Endpoint::Other => BodyKind::Other,
+        }
+    }
+}
+
+pub struct InferenceRequest {
+    pub key: Arc<ApiKey>,
+    pub endpoint: Endpoint,
+    /// Path after `/v1`, e.g. `/chat/completions`.
+    pub path: String,
+    pub query: Option<String>,
+    pub method: Method,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// An answer to pass to the client, plus the buckets for the rate-limit headers.
+pub struct ProxyAnswer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: AnswerBody,
+    pub limits: Vec<BucketState>,
+}
+
+pub enum AnswerBody {
+    Whole(Bytes),
+    Stream(ByteStream),
+}
+
+/// Why a request was not proxied, with the buckets' states where known.
+#[derive(Debug, thiserror::Error)]
+pub enum InferenceError {
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        param: Option<String>,
+    },
+    #[error("this key may not use model `{0}`")]
+    ModelNotAllowed(String),
+    #[error("the model `{0}` does not exist or no upstream serves it")]
+    ModelNotFound(String),
+    #[error("no upstream serves {0}")]
+    PathNotFound(String),
+    #[error(transparent)]
+    RateLimited(Refusal),
+    #[error("{0}")]
+    Budget(BudgetRefusal),
+    #[error("budget state is unavailable; try again")]
+    BudgetUnavailable,
+    #[error("too many requests in flight for this key (max_parallel = {limit})")]
+    Concurrency { limit: u32 },
+    #[error("the upstream did not answer in time")]
+    UpstreamTimeout,
+    #[error("{0}")]
+    Upstream(String),
+}
+
+/// Request headers never sent upstream: hop-by-hop headers, the client's own key, and
+/// anything that would change the answer's encoding or identity.
+const STRIPPED_REQUEST_HEADERS: &[&str] = &[
+    "authorization",
+    "x-api-key",
+    "x-aixplain-key",
+    "host",
+    "content-length",
+    "connection",
+    "keep-alive",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "accept-encoding",
+    "cookie",
+    "openai-organization",
+    "openai-project",
+    "x-forwarded-for",
+    "x-real-ip",
+    "forwarded",
+];
+
+/// Answer headers never passed back: hop-by-hop, lengths we recompute, and the
+/// upstream's own rate-limit view (the client's limits are keygate's).
+fn keep_answer_header(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    !matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "transfer-encoding"
+            | "content-length"
+            | "content-encoding"
+            | "trailer"
+            | "upgrade"
+            | "set-cookie"
+            | "proxy-authenticate"
+            | "retry-after"
+    ) && !name.starts_with("x-ratelimit")
+        && !name.starts_with("ratelimit")
+}
+
+#[derive(Deserialize)]
+struct AnswerUsage {
+    #[serde(default)]
+    usage: Option<sse::UsageFields>,
+}
+
+impl Gateway {
+    pub fn new(
+        shared: Shared,
+        upstreams: Upstreams,
+        store: DynStore,
+        config: &ProxyConfig,
+        credits_ttl: Duration,
+    ) -> Self {
+        Gateway {
+            shared: Arc::new(shared),
+            upstreams,
+            store,
+            timeouts: Timeouts {
+                first_byte: Duration::from_secs_f64(config.first_byte_timeout_secs),
+                idle: Duration::from_secs_f64(config.idle_timeout_secs),
+                total: Duration::from_secs_f64(config.timeout_secs),
+            },
+            slots: Mutex::default(),
+            credits: Mutex::default(),
+            credits_ttl,
+            model_lists: Mutex::default(),
+        }
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.upstreams
+    }
+
+    /// Admits, forwards and meters one request.
+    pub async fn handle(&self, request: InferenceRequest) -> Result<ProxyAnswer, InferenceError> {
+        let key = request.key.clone();
+        let parsed: Option<Value> = if request.body.is_empty() {
+            None
+        } else {
+            Some(serde_json::from_slice(&request.body).map_err(|err| {
+                InferenceError::InvalidRequest {
+                    message: format!("request body is not valid JSON: {err}"),
+                    param: None,
+                }
+            })?)
+        };
+        if request.endpoint != Endpoint::Other && !parsed.as_ref().is_some_and(Value::is_object) {
+            return Err(InferenceError::InvalidRequest {
+                message: "request body must be a JSON object".into(),
+                param: None,
+            });
+        }
+        let model = match parsed.as_ref().and_then(|b| b.get("model")) {
+            Some(Value::String(model)) if !model.is_empty() => Some(model.clone()),
+            Some(_) => {
+                return Err(InferenceError::InvalidRequest {
+                    message: "`model` must be a non-empty string".into(),
+                    param: Some("model".into()),
+                })
+            }
+            None => None,
+        };
+        let upstream = match (request.endpoint, &model) {
+            (Endpoint::Other, _) => self
+                .upstreams
+                .for_path(&request.path)
+                .ok_or_else(|| InferenceError::PathNotFound(format!("/v1{}", request.path)))?,
+            (_, None) => {
+                return Err(InferenceError::InvalidRequest {
+                    message: "you must provide a `model`".into(),
+                    param: Some("model".into()),
+                })
+            }
+            (_, Some(model)) => {
+                if !model_allowed(&key, model) {
+                    return Err(InferenceError::ModelNotAllowed(model.clone()));
+                }
+                self.upstreams
+                    .for_model(model)
+                    .ok_or_else(|| InferenceError::ModelNotFound(model.clone()))?
+            }
+        };
+        if let Some(model) = &model {
+            if !model_allowed(&key, model) {
+                return Err(InferenceError::ModelNotAllowed(model.clone()));
+            }
+        }
+        let model_name = model.clone().unwrap_or_default();
+        let stream = parsed
+            .as_ref()
+            .and_then(|b| b.get("stream"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+
+        let estimate = match &parsed {
+            Some(body) if needs_estimate(&key) => {
+                tokens::estimate(request.endpoint.body_kind(), body)
+            }
+            _ => TokenEstimate::default(),
+        };
+
+        // Admission: concurrency slot, then budget and credits, then rate limits. Each
+        // refusal releases what earlier steps took (RAII), so nothing refused is counted.
+        let slot = self.take_slot(&key).inspect_err(|_| {
+            self.record_refusal(
+                &key,
+                model.as_deref(),
+                "concurrency",
+                key.max_parallel.unwrap_or(0).to_string(),
+            );
+        })?;
+        let estimate_cost = self.shared.pricing.cost_pico(
+            &model_name,
+            saturating_i64(estimate.input),
+            saturating_i64(estimate.output),
+        );
+        let credits = self.workspace_credits(key.workspace_id).await;
+        let hold = match self
+            .shared
+            .budgets
+            .admit(
+                &key,
+                credits.map(|c| (key.workspace_id, c)),
+                estimate_cost,
+                crate::clock::now(),
+            )
+            .await
+        {
+            Ok(hold) => hold,
+            Err(BudgetRefusal::Unavailable(err)) => {
+                tracing::error!(error = %err, "budget state unavailable; refusing (fail closed)");
+                return Err(InferenceError::BudgetUnavailable);
+            }
+            Err(refusal) => {
+                let (limit, value) = match &refusal {
+                    BudgetRefusal::Credits { credits_usd } => ("credits", credits_usd.to_string()),
+                    BudgetRefusal::Budget { limit_usd, .. } => ("budget", limit_usd.to_string()),
+                    BudgetRefusal::Unavailable(_) => ("budget", String::new()),
+                };
+                self.record_refusal(&key, model.as_deref(), limit, value);
+                return Err(InferenceError::Budget(refusal));
+            }
+        };
+        let charges = charges_for(
+            key.id,
+            &key.limits,
+            &key.model_limits,
+            &model_name,
+            estimate,
+        );
+        let reservation = match self.shared.limiter.reserve(&charges).await {
+            Ok(reservation) => reservation,
+            Err(refusal) => {
+                self.record_refusal(
+                    &key,
+                    refusal.scope.model().or(model.as_deref()),
+                    refusal.kind.as_str(),
+                    refusal.limit.to_string(),
+                );
+                return Err(InferenceError::RateLimited(refusal));
+            }
+        };
+        let limits = reservation.states().to_vec();
+        let mut meter = Meter::new(
+            self.shared.clone(),
+            key.clone(),
+            model_name,
+            estimate.input,
+            reservation,
+            Some(hold),
+            slot,
+        );
+
+        // Forward.
+        let client_wants_usage = parsed
+            .as_ref()
+            .and_then(|b| b.pointer("/stream_options/include_usage"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let body = match parsed {
+            Some(mut body) if stream && request.endpoint != Endpoint::Embeddings => {
+                // Ask for the final usage chunk; `hide` drops it again if the client didn't.
+                body["stream_options"]["include_usage"] = Value::Bool(true);
+                Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+            }
+            _ => request.body,
+        };
+        let started = Instant::now();
+        let deadline = started + self.timeouts.total;
+        let upstream_request = self.build_request(
+            upstream,
+            &request.method,
+            &request.path,
+            request.query.as_deref(),
+            &request.headers,
+            body,
+        );
+        let response = match tokio::time::timeout(
+            self.timeouts.first_byte.min(self.timeouts.total),
+            upstream_request.send(),
+        )
+        .await
+        {
+            Err(_) => {
+                meter.finish(Outcome::NotCharged);
+                return Err(InferenceError::UpstreamTimeout);
+            }
+            Ok(Err(err)) => {
+                meter.finish(Outcome::NotCharged);
+                tracing::warn!(upstream = %upstream.name, error = %err, "upstream request failed");
+                return Err(if err.is_timeout() {
+                    InferenceError::UpstreamTimeout
+                } else {
+                    InferenceError::Upstream(format!("cannot reach upstream `{}`", upstream.name))
+                });
+            }
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status();
+        let mut headers = HeaderMap::with_capacity(response.headers().len());
+        for (name, value) in response.headers() {
+            if keep_answer_header(name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        let is_sse = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+
+        if status.is_success() && is_sse {
+            let body = MeteredStream::new(
+                response,
+                meter,
+                client_wants_usage,
+                self.timeouts.idle,
+                deadline,
+            );
+            return Ok(ProxyAnswer {
+                status,
+                headers,
+                body: AnswerBody::Stream(Box::pin(body)),
+                limits,
+            });
+        }
+
+        let bytes = match read_whole(response, deadline, self.timeouts.idle).await {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                meter.finish(Outcome::NotCharged);
+                return Err(err);
+            }
+        };
+        if !status.is_success() {
+            // Upstream errors pass through as they are and are not charged.
+            meter.finish(Outcome::NotCharged);
+        } else {
+            let usage = match serde_json::from_slice::<AnswerUsage>(&bytes) {
+                Ok(AnswerUsage { usage: Some(usage) }) => usage.into(),
+                _ => crate::limits::TokenUsage {
+                    input: estimate.input,
+                    output: serde_json::from_slice::<Value>(&bytes)
+                        .map(|v| tokens::completion_tokens(&v))
+                        .unwrap_or(0),
+                },
+            };
+            meter.finish(Outcome::Charged(usage));
+        }
+        Ok(ProxyAnswer {
+            status,
+            headers,
+            body: AnswerBody::Whole(bytes),
+            limits,
+        })
+    }
+
+    fn build_request(
+        &self,
+        upstream: &Upstream,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> reqwest::RequestBuilder {
+        let mut url = format!("{}{}", upstream.base_url, path);
+        if let Some(query) = query {
+            url.push('?');
+            url.push_str(query);
+        }
+        let mut forwarded = HeaderMap::with_capacity(headers.len() + 1);
+        for (name, value) in headers {
+            if !STRIPPED_REQUEST_HEADERS.contains(&name.as_str()) {
+                forwarded.append(name.clone(), value.clone());
+            }
+        }
+        if let Some(authorization) = upstream.authorization() {
+            if let Ok(mut value) = HeaderValue::from_str(&authorization) {
+                value.set_sensitive(true);
+                forwarded.insert(header::AUTHORIZATION, value);
+            }
+        }
+        let mut builder = self
+            .upstreams
+            .client
+            .request(method.clone(), url)
+            .headers(forwarded);
+        if !body.is_empty() {
+            builder = builder.body(body);
+        }
+        builder
+    }
+
+    fn take_slot(&self, key: &ApiKey) -> Result<Option<OwnedSemaphorePermit>, InferenceError> {
+        let Some(limit) = key.max_parallel else {
+            return Ok(None);
+        };
+        let semaphore = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = slots
+                .entry(key.id)
+                .or_insert_with(|| (limit, Arc::new(Semaphore::new(limit as usize))));
+            if entry.0 != limit {
+                // The cap changed: requests in flight keep their slots on the old semaphore.
+                *entry = (limit, Arc::new(Semaphore::new(limit as usize)));
+            }
+            entry.1.clone()
+        };
+        semaphore
+            .try_acquire_owned()
+            .map(Some)
+            .map_err(|_| InferenceError::Concurrency { limit })
+    }
+
+    async fn workspace_credits(&self, workspace_id: Uuid) -> Option<Decimal> {
+        {
+            let credits = self.credits.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((value, at)) = credits.get(&workspace_id) {
+                if at.elapsed() < self.credits_ttl {
+                    return *value;
+                }
+            }
+        }
+        let value = match self.store.get_workspace(workspace_id).await {
+            Ok(ws) => ws.credits_usd,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read workspace credits; not enforcing them for now");
+                None
+            }
+        };
+        let mut credits = self.credits.lock().unwrap_or_else(|p| p.into_inner());
+        credits.insert(workspace_id, (value, std::time::Instant::now()));
+        value
+    }
+
+    fn record_refusal(&self, key: &ApiKey, model: Option<&str>, limit: &str, limit_value: String) {
+        self.shared.recorder.refusal(RateLimitEvent {
+            id: Uuid::now_v7(),
+            workspace_id: key.workspace_id,
+            key_id: key.id,
+            model: model.map(str::to_owned),
+            limit: limit.to_string(),
+            limit_value,
+            at: crate::clock::now(),
+        });
+    }
+}
+
+/// Token counts are u64 on the wire and i64 in the stores.
+pub fn saturating_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+pub fn model_allowed(key: &ApiKey, model: &str) -> bool {
+    key.allowed_models
+        .as_ref()
+        .is_none_or(|allowed| allowed.iter().any(|m| m == model))
+}
+
+/// The estimate only matters when a token bucket or a budget will be charged.
+fn needs_estimate(key: &ApiKey) -> bool {
+    key.budget.is_some()
+        || key.limits.tpm.is_some()
+        || key.limits.tpd.is_some()
+        || key
+            .model_limits
+            .iter()
+            .any(|m| m.tpm.is_some() || m.tpd.is_some())
+}
+
+async fn read_whole(
+    response: reqwest::Response,
+    deadline: Instant,
+    idle: Duration,
+) -> Result<Bytes, InferenceError> {
+    use futures::StreamExt;
+    let mut stream = response.bytes_stream();
+    let mut body = bytes::BytesMut::new();
+    loop {
+        let wait = idle.min(deadline.saturating_duration_since(Instant::now()));
+        match tokio::time::timeout(wait, stream.next()).await {
+            Err(_) => return Err(InferenceError::UpstreamTimeout),
+            Ok(None) => return Ok(body.freeze()),
+            Ok(Some(Err(err))) => {
+                tracing::warn!(error = %err, "upstream answer broke");
+                return Err(InferenceError::Upstream(
+                    "the upstream connection broke".into(),
+                ));
+            }
+            Ok(Some(Ok(chunk))) => {
+                if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                    return Err(InferenceError::Upstream(
+                        "the upstream answer is too large".into(),
+                    ));
+                }
+                body.extend_from_slice(&chunk);
+            }
+        }
+    }
+}
+
+/// How long a wildcard upstream's own model list is reused.
+const MODEL_LIST_TTL: Duration = Duration::from_secs(60);
+
+impl Gateway {
+    /// The models `key` may use, with the upstream serving each: models named in the
+    /// config, plus what wildcard (`*`) upstreams list at their `/models`.
+    pub async fn models_for(&self, key: &ApiKey) -> Vec<(String, String)> {
+        let mut models: Vec<(String, String)> = Vec::new();
+        let push = |id: &str, owner: &str, models: &mut Vec<(String, String)>| {
+            if model_allowed(key, id) && !models.iter().any(|(m, _)| m == id) {
+                models.push((id.to_string(), owner.to_string()));
+            }
+        };
+        for upstream in self.upstreams.all() {
+            for model in upstream.named_models() {
+                push(model, &upstream.name, &mut models);
+            }
+            if upstream.serves_any() {
+                for model in self.upstream_models(upstream).await {
+                    push(&model, &upstream.name, &mut models);
+                }
+                // Allowed models routed to this wildcard upstream exist even if it doesn't list them.
+                for model in key.allowed_models.iter().flatten() {
+                    if self
+                        .upstreams
+                        .for_model(model)
+                        .is_some_and(|u| u.name == upstream.name)
+                    {
+                        push(model, &upstream.name, &mut models);
+                    }
+                }
+            }
+        }
+        models
+    }
+
+    async fn upstream_models(&self, upstream: &Upstream) -> Vec<String> {
+        {
+            let cache = self.model_lists.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((models, at)) = cache.get(&upstream.name) {
+                if at.elapsed() < MODEL_LIST_TTL {
+                    return models.clone();
+                }
+            }
+        }
+        #[derive(Deserialize)]
+        struct ModelList {
+            data: Vec<ModelEntry>,
+        }
+        #[derive(Deserialize)]
+        struct ModelEntry {
+            id: String,
+        }
+        let request = self.build_request(
+            upstream,
+            &Method::GET,
+            "/models",
+            None,
+            &HeaderMap::new(),
+            Bytes::new(),
+        );
+        let models = match tokio::time::timeout(self.timeouts.first_byte, request.send()).await {
+            Ok(Ok(response)) if response.status().is_success() => {
+                match response.json::<ModelList>().await {
+                    Ok(list) => list.data.into_iter().map(|m| m.id).collect(),
+                    Err(err) => {
+                        tracing::warn!(upstream = %upstream.name, error = %err, "upstream model list unreadable");
+                        Vec::new()
+                    }
+                }
+            }
+            _ => {
+                tracing::warn!(upstream = %upstream.name, "upstream model list unavailable");
+                Vec::new()
+            }
+        };
+        let mut cache = self.model_lists.lock().unwrap_or_else(|p| p.into_inner());
+        cache.insert(
+            upstream.name.clone(),
+            (models.clone(), std::time::Instant::now()),
+        );
+        models
+    }
+}

@@ -1,0 +1,188 @@
+//! Server-sent events as OpenAI streams them: split the upstream's bytes into whole events
+//! (each passed on as soon as its blank-line terminator arrives, never the whole
+//! response), read each chunk's `usage` and text, and recognise the extra usage chunk
+//! that keygate asked for on the client's behalf.
+
+use bytes::{Bytes, BytesMut};
+use serde::Deserialize;
+
+use crate::limits::TokenUsage;
+
+/// `usage` as OpenAI reports it (chat, completions, embeddings).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+pub struct UsageFields {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+}
+
+impl From<UsageFields> for TokenUsage {
+    fn from(usage: UsageFields) -> Self {
+        TokenUsage {
+            input: usage.prompt_tokens,
+            output: usage.completion_tokens,
+        }
+    }
+}
+
+/// Splits a byte stream into whole SSE events.
+#[derive(Default)]
+pub struct EventSplitter {
+    buffer: BytesMut,
+}
+
+impl EventSplitter {
+    /// Adds bytes; returns the events completed by them, each with its terminator.
+    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<Bytes>) {
+        self.buffer.extend_from_slice(chunk);
+        while let Some(end) = event_end(&self.buffer) {
+            out.push(self.buffer.split_to(end).freeze());
+        }
+    }
+
+    /// Whatever is left when the stream ends (an unterminated last event).
+    pub fn finish(&mut self) -> Option<Bytes> {
+        (!self.buffer.is_empty()).then(|| self.buffer.split().freeze())
+    }
+}
+
+/// End (exclusive) of the first complete event: after `\n\n` or `\r\n\r\n`.
+fn event_end(buffer: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i + 1 < buffer.len() {
+        if buffer[i] == b'\n' && buffer[i + 1] == b'\n' {
+            return Some(i + 2);
+        }
+        if buffer[i] == b'\r'
+            && buffer[i + 1] == b'\n'
+            && buffer.get(i + 2) == Some(&b'\r')
+            && buffer.get(i + 3) == Some(&b'\n')
+        {
+            return Some(i + 4);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// What one event says that accounting needs.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct EventInfo {
+    pub done: bool,
+    pub usage: Option<UsageFields>,
+    /// The chunk has `usage` and no choices: the extra chunk `include_usage` adds.
+    pub usage_only: bool,
+    /// Generated text in this chunk (for counting when no usage arrives).
+    pub text: String,
+}
+
+#[derive(Deserialize)]
+struct Chunk {
+    #[serde(default)]
+    choices: Vec<ChunkChoice>,
+    #[serde(default)]
+    usage: Option<UsageFields>,
+}
+
+#[derive(Deserialize)]
+struct ChunkChoice {
+    #[serde(default)]
+    delta: Option<Delta>,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Delta {
+    #[serde(default)]
+    content: Option<String>,
+}
+
+pub fn inspect(event: &[u8]) -> EventInfo {
+    let mut data = Vec::new();
+    for line in event.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(rest) = line.strip_prefix(b"data:") {
+            if !data.is_empty() {
+                data.push(b'\n');
+            }
+            data.extend_from_slice(rest.strip_prefix(b" ").unwrap_or(rest));
+        }
+    }
+    if data.is_empty() {
+        return EventInfo::default();
+    }
+    if data.trim_ascii() == b"[DONE]" {
+        return EventInfo {
+            done: true,
+            ..EventInfo::default()
+        };
+    }
+    let Ok(chunk) = serde_json::from_slice::<Chunk>(&data) else {
+        return EventInfo::default();
+    };
+    let mut text = String::new();
+    for choice in &chunk.choices {
+        if let Some(content) = choice.delta.as_ref().and_then(|d| d.content.as_deref()) {
+            text.push_str(content);
+        }
+        if let Some(piece) = &choice.text {
+            text.push_str(piece);
+        }
+    }
+    EventInfo {
+        done: false,
+        usage_only: chunk.usage.is_some() && chunk.choices.is_empty(),
+        usage: chunk.usage,
+        text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_events_across_arbitrary_chunk_boundaries() {
+        let stream = b"data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: [DONE]\n\n";
+        for cut in 0..stream.len() {
+            let mut splitter = EventSplitter::default();
+            let mut events = Vec::new();
+            splitter.push(&stream[..cut], &mut events);
+            splitter.push(&stream[cut..], &mut events);
+            assert_eq!(events.len(), 2, "cut at {cut}");
+            assert_eq!(inspect(&events[0]).text, "Hi");
+            assert!(inspect(&events[1]).done);
+            assert!(splitter.finish().is_none());
+        }
+    }
+
+    #[test]
+    fn crlf_events_and_leftovers() {
+        let mut splitter = EventSplitter::default();
+        let mut events = Vec::new();
+        splitter.push(b"data: [DONE]\r\n\r\ndata: {", &mut events);
+        assert_eq!(events.len(), 1);
+        assert!(inspect(&events[0]).done);
+        assert_eq!(splitter.finish().as_deref(), Some(&b"data: {"[..]));
+    }
+
+    #[test]
+    fn recognises_the_usage_only_chunk() {
+        let info = inspect(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":7,\"total_tokens\":19}}\n\n");
+        assert!(info.usage_only);
+        assert_eq!(
+            info.usage,
+            Some(UsageFields {
+                prompt_tokens: 12,
+                completion_tokens: 7
+            })
+        );
+        let info =
+            inspect(b"data: {\"choices\":[{\"text\":\"a\"}],\"usage\":{\"prompt_tokens\":1}}\n\n");
+        assert!(!info.usage_only);
+        assert_eq!(info.text, "a");
+        assert_eq!(inspect(b": keep-alive\n\n"), EventInfo::default());
+    }
+}

@@ -1,0 +1,141 @@
+//! The streamed answer's body: upstream bytes → whole SSE events → client, one event at a
+//! time as each arrives. Hides the usage chunk the client did not ask for, feeds the
+//! meter, and enforces the idle and total timeouts. Dropping it (client disconnect)
+//! drops the upstream response, which cancels the upstream call, and the meter settles.
+
+use std::{
+    collections::VecDeque,
+    future::Future,
+    io,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use serde_json::json;
+use tokio::time::{Instant, Sleep};
+
+use super::{
+    meter::Meter,
+    sse::{inspect, EventSplitter},
+};
+
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, io::Error>> + Send>>;
+
+pub struct MeteredStream {
+    upstream: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    splitter: EventSplitter,
+    ready: VecDeque<Bytes>,
+    scratch: Vec<Bytes>,
+    meter: Meter,
+    client_wants_usage: bool,
+    idle: Duration,
+    idle_timer: Pin<Box<Sleep>>,
+    deadline: Pin<Box<Sleep>>,
+    ended: bool,
+}
+
+impl MeteredStream {
+    pub fn new(
+        response: reqwest::Response,
+        meter: Meter,
+        client_wants_usage: bool,
+        idle: Duration,
+        deadline: Instant,
+    ) -> Self {
+        MeteredStream {
+            upstream: Box::pin(response.bytes_stream()),
+            splitter: EventSplitter::default(),
+            ready: VecDeque::new(),
+            scratch: Vec::new(),
+            meter,
+            client_wants_usage,
+            idle,
+            idle_timer: Box::pin(tokio::time::sleep(idle)),
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            ended: false,
+        }
+    }
+
+    fn take_events(&mut self) {
+        for event in self.scratch.drain(..) {
+            let info = inspect(&event);
+            if !info.text.is_empty() {
+                self.meter.produced(&info.text);
+            }
+            if let Some(usage) = info.usage {
+                self.meter.reported(usage.into());
+            }
+            if info.usage_only && !self.client_wants_usage {
+                continue;
+            }
+            self.ready.push_back(event);
+        }
+    }
+
+    /// Ends the stream early with an OpenAI-style error event, so SDKs raise a clear
+    /// error instead of seeing a silently truncated answer.
+    fn fail(&mut self, code: &str, message: &str) {
+        self.meter.finish_streamed();
+        self.ended = true;
+        // Dropping the upstream response closes its connection: the upstream call is cancelled.
+        self.upstream = Box::pin(futures::stream::empty());
+        let event = json!({ "error": { "message": message, "type": "api_error", "code": code, "param": null } });
+        self.ready
+            .push_back(Bytes::from(format!("data: {event}\n\n")));
+    }
+}
+
+impl Stream for MeteredStream {
+    type Item = Result<Bytes, io::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(event) = this.ready.pop_front() {
+                return Poll::Ready(Some(Ok(event)));
+            }
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            match this.upstream.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    this.idle_timer.as_mut().reset(Instant::now() + this.idle);
+                    this.splitter.push(&chunk, &mut this.scratch);
+                    this.take_events();
+                }
+                Poll::Ready(Some(Err(err))) => {
+                    tracing::warn!(error = %err, "upstream stream broke");
+                    this.fail("upstream_error", "the upstream connection broke mid-stream");
+                }
+                Poll::Ready(None) => {
+                    if let Some(rest) = this.splitter.finish() {
+                        this.scratch.push(rest);
+                        this.take_events();
+                    }
+                    this.meter.finish_streamed();
+                    this.ended = true;
+                }
+                Poll::Pending => {
+                    if this.deadline.as_mut().poll(cx).is_ready() {
+                        this.fail(
+                            "upstream_timeout",
+                            "the upstream did not finish within the total timeout",
+                        );
+                        continue;
+                    }
+                    if this.idle_timer.as_mut().poll(cx).is_ready() {
+                        this.fail(
+                            "upstream_timeout",
+                            "the upstream stopped sending (idle timeout)",
+                        );
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Token counting with a real BPE tokenizer (tiktoken's `cl100k_base`): the admission
+//! estimate (prompt tokens + `max_tokens`), and the fallback count when an upstream
+//! reports no usage or a stream ends early (DESIGN §4–5).
+//!
+//! One encoding serves every model: the estimate only has to be close, since the
+//! upstream's own `usage` settles the real count. The tokenizer is built on first use, so
+//! keys without token limits or budgets never pay for it.
+
+use std::sync::OnceLock;
+
+use serde_json::Value;
+use tiktoken_rs::CoreBPE;
+
+use crate::limits::TokenEstimate;
+
+/// OpenAI's chat format adds about this many tokens per message, and per reply.
+const TOKENS_PER_MESSAGE: u64 = 3;
+const TOKENS_PER_REPLY: u64 = 3;
+
+fn bpe() -> Option<&'static CoreBPE> {
+    static BPE: OnceLock<Option<CoreBPE>> = OnceLock::new();
+    BPE.get_or_init(|| match tiktoken_rs::cl100k_base() {
+        Ok(bpe) => Some(bpe),
+        Err(err) => {
+            tracing::error!(error = %err, "tokenizer unavailable; counting 1 token per 4 bytes");
+            None
+        }
+    })
+    .as_ref()
+}
+
+/// Tokens in `text`.
+pub fn count(text: &str) -> u64 {
+    if text.is_empty() {
+        return 0;
+    }
+    match bpe() {
+        Some(bpe) => bpe.encode_ordinary(text).len() as u64,
+        None => (text.len() as u64).div_ceil(4),
+    }
+}
+
+/// Which request shape a body has, for estimating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    Chat,
+    Completion,
+    Embedding,
+    Other,
+}
+
+/// Prompt tokens of a request body, plus `max_tokens` (or `max_completion_tokens`) as the
+/// output estimate when given.
+pub fn estimate(kind: BodyKind, body: &Value) -> TokenEstimate {
+    let input = match kind {
+        BodyKind::Chat => chat_prompt_tokens(body),
+        BodyKind::Completion => text_or_list_tokens(body.get("prompt")),
+        BodyKind::Embedding => text_or_list_tokens(body.get("input")),
+        BodyKind::Other => 0,
+    };
+    let output = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|field| body.get(*field).and_then(Value::as_u64))
+        .unwrap_or(0);
+    TokenEstimate { input, output }
+}
+
+fn chat_prompt_tokens(body: &Value) -> u64 {
+    let Some(messages) = body.get("messages").and_then(Value::as_array) else {
+        return 0;
+    };
+    let mut total = TOKENS_PER_REPLY;
+    for message in messages {
+        total += TOKENS_PER_MESSAGE;
+        total += message.get("content").map(content_tokens).unwrap_or(0);
+        if let Some(name) = message.get("name").and_then(Value::as_str) {
+            total += count(name);
+        }
+        if let Some(role) = message.get("role").and_then(Value::as_str) {
+            total += count(role);
+        }
+    }
+    total
+}
+
+/// `content` is a string or a list of parts (`{"type": "text", "text": …}`); non-text
+/// parts (images, audio) are not estimated.
+fn content_tokens(content: &Value) -> u64 {
+    match content {
+        Value::String(text) => count(text),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|part| part.get("text").and_then(Value::as_str))
+            .map(count)
+            .sum(),
+        _ => 0,
+    }
+}
+
+/// A string, a list of strings, or token-id lists (counted by length).
+fn text_or_list_tokens(value: Option<&Value>) -> u64 {
+    match value {
+        Some(Value::String(text)) => count(text),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| match item {
+                Value::String(text) => count(text),
+                Value::Array(ids) => ids.len() as u64,
+                Value::Number(_) => 1,
+                _ => 0,
+            })
+            .sum(),
+        _ => 0,
+    }
+}
+
+/// Output tokens of a complete (non-streamed) answer, when the upstream gave no usage.
+pub fn completion_tokens(answer: &Value) -> u64 {
+    let Some(choices) = answer.get("choices").and_then(Value::as_array) else {
+        return 0;
+    };
+    choices
+        .iter()
+        .map(|choice| {
+            let text = choice
+                .get("message")
+                .and_then(|m| m.get("content"))
+                .and_then(Value::as_str)
+                .or_else(|| choice.get("text").and_then(Value::as_str))
+                .unwrap_or_default();
+            count(text)
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn counts_with_a_real_tokenizer() {
+        // cl100k_base: "hello world" is two tokens, " hello" one.
+        assert_eq!(count("hello world"), 2);
+        assert_eq!(count(""), 0);
+        assert!(count(&"lorem ipsum ".repeat(100)) >= 200);
+    }
+
+    #[test]
+    fn chat_estimate_counts_messages_and_max_tokens() {
+        let body = json!({"model": "m", "max_tokens": 50, "messages": [
+            {"role": "user", "content": "hello world"},
+            {"role": "system", "content": [{"type": "text", "text": "hello"}]},
+        ]});
+        let estimate = estimate(BodyKind::Chat, &body);
+        // reply 3 + 2 messages × 3 + "hello world" 2 + "hello" 1 + roles "user" 1, "system" 1
+        assert_eq!(estimate.input, 3 + 6 + 2 + 1 + 2);
+        assert_eq!(estimate.output, 50);
+    }
+
+    #[test]
+    fn embedding_inputs_of_every_shape() {
+        assert_eq!(
+            estimate(BodyKind::Embedding, &json!({"input": "hello world"})).input,
+            2
+        );
+        assert_eq!(
+            estimate(BodyKind::Embedding, &json!({"input": ["hello", "world"]})).input,
+            2
+        );
+        assert_eq!(
+            estimate(BodyKind::Embedding, &json!({"input": [[1, 2, 3]]})).input,
+            3
+        );
+    }
+
+    #[test]
+    fn completion_tokens_of_an_answer() {
+        let answer =
+            json!({"choices": [{"message": {"content": "hello world"}}, {"text": "hello"}]});
+        assert_eq!(completion_tokens(&answer), 3);
+    }
+}

@@ -1,0 +1,141 @@
+//! Model prices from config (`[[models]]`) and the exact cost of a request:
+//! `tokens × usd_per_mtok / 1e6`, computed in `Decimal` and rounded once, half-up, to the
+//! pico-USD (`money::PICO_PER_USD`). No floats anywhere (DESIGN §4).
+
+use std::collections::HashMap;
+
+use rust_decimal::{prelude::ToPrimitive, Decimal, RoundingStrategy};
+
+use crate::config::ModelPrice;
+
+/// pico-USD per (USD per million tokens): 1e12 / 1e6.
+const PICO_PER_USD_PER_TOKEN_PER_MTOK: i64 = 1_000_000;
+
+/// The configured price list, looked up by exact model name.
+#[derive(Debug, Clone, Default)]
+pub struct Pricing {
+    models: HashMap<String, ModelPrice>,
+}
+
+impl Pricing {
+    /// Builds the table. Config validation already rejects duplicate names; should one slip
+    /// through, the first entry wins.
+    pub fn from_config(models: &[ModelPrice]) -> Self {
+        let mut table = HashMap::with_capacity(models.len());
+        for price in models {
+            table
+                .entry(price.name.clone())
+                .or_insert_with(|| price.clone());
+        }
+        Pricing { models: table }
+    }
+
+    pub fn price(&self, model: &str) -> Option<&ModelPrice> {
+        self.models.get(model)
+    }
+
+    /// True when requests to `model` cannot cost anything: it has no configured price, or
+    /// both its prices are zero.
+    pub fn is_free(&self, model: &str) -> bool {
+        self.price(model)
+            .is_none_or(|p| p.input_usd_per_mtok.is_zero() && p.output_usd_per_mtok.is_zero())
+    }
+
+    /// Exact cost in pico-USD: `(input × input_price + output × output_price) / 1e6` USD,
+    /// rounded half-up at the pico (once, on the sum). Negative token counts count as 0.
+    ///
+    /// A model without a configured price costs 0. That is deliberate (PEERS §2.12): local
+    /// or unpriced models must never be blocked by a budget, and a budget gate fed a 0
+    /// estimate admits (see `usage::budget`). A result beyond `i64` saturates at `i64::MAX`.
+    pub fn cost_pico(&self, model: &str, input_tokens: i64, output_tokens: i64) -> i64 {
+        let Some(price) = self.price(model) else {
+            return 0;
+        };
+        let input = Decimal::from(input_tokens.max(0));
+        let output = Decimal::from(output_tokens.max(0));
+        let usd_per_mtok_times_tokens = input
+            .checked_mul(price.input_usd_per_mtok)
+            .zip(output.checked_mul(price.output_usd_per_mtok))
+            .and_then(|(a, b)| a.checked_add(b));
+        usd_per_mtok_times_tokens
+            .and_then(|sum| sum.checked_mul(Decimal::from(PICO_PER_USD_PER_TOKEN_PER_MTOK)))
+            .map(|pico| pico.round_dp_with_strategy(0, RoundingStrategy::MidpointAwayFromZero))
+            .and_then(|pico| pico.to_i64())
+            .unwrap_or(i64::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use super::*;
+
+    fn price(name: &str, input: &str, output: &str) -> ModelPrice {
+        ModelPrice {
+            name: name.to_string(),
+            input_usd_per_mtok: Decimal::from_str(input).unwrap(),
+            output_usd_per_mtok: Decimal::from_str(output).unwrap(),
+        }
+    }
+
+    fn pricing() -> Pricing {
+        Pricing::from_config(&[
+            price("gpt-4o-mini", "0.15", "0.60"),
+            price("gpt-4o", "2.50", "10"),
+            price("tiny", "0.0000025", "0.0000015"),
+            price("local-free", "0", "0"),
+        ])
+    }
+
+    #[test]
+    fn exact_costs() {
+        let p = pricing();
+        // 1234 × 0.15 / 1e6 USD = 0.0001851 USD
+        assert_eq!(p.cost_pico("gpt-4o-mini", 1234, 0), 185_100_000);
+        // 1000 × 0.60 / 1e6 USD = 0.0006 USD
+        assert_eq!(p.cost_pico("gpt-4o-mini", 0, 1000), 600_000_000);
+        assert_eq!(p.cost_pico("gpt-4o-mini", 1234, 1000), 785_100_000);
+        // 1M input + 1M output of gpt-4o = 12.50 USD
+        assert_eq!(
+            p.cost_pico("gpt-4o", 1_000_000, 1_000_000),
+            12_500_000_000_000
+        );
+        assert_eq!(p.cost_pico("gpt-4o", 1, 1), 12_500_000);
+        assert_eq!(p.cost_pico("gpt-4o", 0, 0), 0);
+    }
+
+    #[test]
+    fn rounds_half_up_at_the_pico_once() {
+        let p = pricing();
+        // 1 × 0.0000025 / 1e6 USD = 2.5 pico → 3 (banker's rounding would give 2)
+        assert_eq!(p.cost_pico("tiny", 1, 0), 3);
+        // 1.5 pico → 2
+        assert_eq!(p.cost_pico("tiny", 0, 1), 2);
+        // rounded on the sum: 2.5 + 1.5 = 4.0, not 3 + 2
+        assert_eq!(p.cost_pico("tiny", 1, 1), 4);
+        // 3 × 2.5 = 7.5 → 8
+        assert_eq!(p.cost_pico("tiny", 3, 0), 8);
+    }
+
+    #[test]
+    fn unpriced_models_are_free() {
+        let p = pricing();
+        assert_eq!(p.cost_pico("llama-local", 1_000_000, 1_000_000), 0);
+        assert!(p.price("llama-local").is_none());
+        assert!(p.is_free("llama-local"));
+        assert!(p.is_free("local-free"));
+        assert!(!p.is_free("gpt-4o-mini"));
+        assert_eq!(
+            p.price("gpt-4o-mini").unwrap().output_usd_per_mtok,
+            Decimal::from_str("0.6").unwrap()
+        );
+    }
+
+    #[test]
+    fn negative_and_huge_token_counts() {
+        let p = pricing();
+        assert_eq!(p.cost_pico("gpt-4o-mini", -5, -5), 0);
+        assert_eq!(p.cost_pico("gpt-4o", i64::MAX, i64::MAX), i64::MAX);
+    }
+}

@@ -1,0 +1,100 @@
+//! The store conformance suite (DESIGN §2): every body is written once as
+//! `pub async fn name(store: DynStore)` in a module under `store_conformance/` and runs
+//! against both backends: SQLite on a fresh temporary file (`sqlite::name`) and PostgreSQL
+//! on a fresh database (`postgres::name`, server from `KEYGATE_TEST_PG_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/postgres`).
+
+// Test bodies are plain async fns (not `#[test]`s), which `allow-unwrap-in-tests` does not cover.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "store_conformance/auth.rs"]
+mod auth;
+#[path = "store_conformance/events.rs"]
+mod events;
+#[path = "store_conformance/harness.rs"]
+mod harness;
+#[path = "store_conformance/keys.rs"]
+mod keys;
+#[path = "store_conformance/usage.rs"]
+mod usage;
+#[path = "store_conformance/workspaces.rs"]
+mod workspaces;
+
+/// Generates `mod sqlite` and `mod postgres` with one `#[tokio::test]` per body. Bodies
+/// under `migrated` get a migrated store, those under `empty` a store on an empty database,
+/// those under `with_url` a migrated store and its URL (to reach the database directly).
+macro_rules! conformance {
+    (
+        migrated: [$($module:ident::$name:ident),* $(,)?],
+        empty: [$($e_module:ident::$e_name:ident),* $(,)?],
+        with_url: [$($u_module:ident::$u_name:ident),* $(,)?] $(,)?
+    ) => {
+        conformance!(@backend sqlite, run_sqlite,
+            [$($module::$name),*], [$($e_module::$e_name),*], [$($u_module::$u_name),*]);
+        conformance!(@backend postgres, run_postgres,
+            [$($module::$name),*], [$($e_module::$e_name),*], [$($u_module::$u_name),*]);
+    };
+    (
+        @backend $backend:ident, $run:ident,
+        [$($module:ident::$name:ident),*],
+        [$($e_module:ident::$e_name:ident),*],
+        [$($u_module:ident::$u_name:ident),*]
+    ) => {
+        mod $backend {
+            use crate::harness::{$run, Setup};
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    $run(|store, _| crate::$module::$name(store), Setup::Migrated).await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $e_name() {
+                    $run(|store, _| crate::$e_module::$e_name(store), Setup::Empty).await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $u_name() {
+                    $run(crate::$u_module::$u_name, Setup::Migrated).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    migrated: [
+        workspaces::default_workspace_exists_after_migrate,
+        workspaces::migrate_twice_is_idempotent,
+        workspaces::default_workspace_survives_a_rename,
+        workspaces::workspaces_create_find_list_update,
+        workspaces::duplicate_workspace_name_is_a_conflict,
+        workspaces::members_create_find_list_delete,
+        workspaces::duplicate_username_is_a_conflict,
+        keys::insert_get_and_list_keys_oldest_first,
+        keys::keys_of_another_workspace_are_invisible,
+        keys::update_key_round_trips_every_field,
+        keys::update_key_of_missing_or_revoked_key_is_not_found,
+        keys::insert_key_is_all_or_nothing,
+        keys::revoke_hides_key_but_find_secret_still_sees_it,
+        keys::key_cap_holds_under_concurrent_inserts,
+        keys::key_cap_ignores_revoked_keys,
+        auth::rotate_limits_old_secrets_and_deletes_expired_ones,
+        auth::rotate_with_no_grace_deletes_old_secrets,
+        auth::find_secret_of_unknown_lookup_id_is_none,
+        auth::count_live_admin_keys_across_workspaces,
+        auth::touch_keys_never_lowers_last_used_at,
+        usage::add_usage_sums_into_the_same_minute_bucket,
+        usage::concurrent_usage_flushes_sum_exactly,
+        usage::usage_aggregates_by_granularity_and_filters,
+        usage::usage_totals_per_key_and_workspace,
+        events::audit_events_are_listed_newest_first,
+        events::rate_limit_events_filter_and_page_newest_first,
+        events::once_tokens_are_single_use,
+        events::budget_alerts_are_claimed_once,
+    ],
+    empty: [workspaces::fresh_database_reports_migrations_missing],
+    with_url: [keys::undecodable_json_is_reported_as_corrupt],
+);
