@@ -147,9 +147,12 @@ impl App {
         let stop_tx = self.stop_tx;
         let mut tasks = spawn_background(&self.state, stop_tx.subscribe());
         let mut stop = stop_tx.subscribe();
-        tasks.push(self.limiter.spawn_evictor(Duration::from_secs(60), async move {
-            let _ = stop.changed().await;
-        }));
+        tasks.push(
+            self.limiter
+                .spawn_evictor(Duration::from_secs(60), async move {
+                    let _ = stop.changed().await;
+                }),
+        );
         let router = http::router(self.state.clone());
         tracing::info!(addr = %self.local_addr, store = self.state.store.backend(), "keygate listening");
         let result = axum::serve(

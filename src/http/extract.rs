@@ -40,6 +40,7 @@ where
             let status = rejection.status();
             if status == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(status, "body_too_large", "request body is too large")
+                    .with_field("body")
             } else {
                 ApiError::new(status, "invalid_body", rejection.body_text())
             }
@@ -54,6 +55,15 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             StatusCode::BAD_REQUEST,
             "invalid_json",
             "request body is empty; expected a JSON object",
+        )
+        .with_field("body"));
+    }
+    // serde lets a derived struct be read from a JSON array (fields by position), so
+    // `["name"]` would pass for `{"name": …}`; our bodies are objects, nothing else.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::invalid_field(
+            "body",
+            "expected a JSON object, got an array",
         ));
     }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
@@ -63,12 +73,23 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         if inner.is_data() {
             let message = inner.to_string();
             ApiError::invalid_field(field_name(&path, &message), strip_position(&message))
+        } else if inner.is_syntax()
+            && !matches!(path.as_str(), "." | "")
+            && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
+        {
+            // The document is valid JSON, so this "syntax" error is serde_json refusing a
+            // value of the wrong type for an enum (`"kind": 1`): name the field.
+            ApiError::invalid_field(
+                path,
+                "has the wrong type (expected one of the documented string values)",
+            )
         } else {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_json",
                 format!("request body is not valid JSON: {inner}"),
             )
+            .with_field("body")
         }
     })?;
     deserializer.end().map_err(|err| {
@@ -77,19 +98,29 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             "invalid_json",
             format!("request body is not valid JSON: {err}"),
         )
+        .with_field("body")
     })?;
     Ok(value)
 }
 
-/// The field a serde data error is about. For unknown or missing fields serde reports the
-/// parent's path and puts the name in the message (`unknown field `foo``).
-fn field_name(path: &str, message: &str) -> String {
-    let named = ["unknown field `", "missing field `"]
+/// The name in a serde message about an unknown, missing or repeated field
+/// (`unknown field `foo``).
+fn named_field(message: &str) -> Option<&str> {
+    ["unknown field `", "missing field `", "duplicate field `"]
         .iter()
         .find_map(|prefix| message.strip_prefix(prefix))
-        .and_then(|rest| rest.split('`').next());
-    match (named, path) {
+        .and_then(|rest| rest.split('`').next())
+}
+
+/// The field a serde data error is about. A missing field is reported at its parent's
+/// path, with its name in the message (`missing field `foo``); an unknown or repeated key
+/// is already the last segment of the path.
+fn field_name(path: &str, message: &str) -> String {
+    match (named_field(message), path) {
         (Some(name), "." | "") => name.to_string(),
+        (Some(name), path) if path == name || path.ends_with(&format!(".{name}")) => {
+            path.to_string()
+        }
         (Some(name), parent) => format!("{parent}.{name}"),
         (None, "." | "") => "body".to_string(),
         (None, path) => path.to_string(),

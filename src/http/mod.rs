@@ -23,7 +23,7 @@ use std::any::Any;
 use axum::{
     extract::{DefaultBodyLimit, MatchedPath, Request},
     http::{header, HeaderName, StatusCode},
-    middleware,
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{any, get, post},
     Router,
@@ -83,6 +83,7 @@ pub fn router(state: AppState) -> Router {
                 HeaderName::from_static("x-aixplain-key"),
             ]))
             .layer(CatchPanicLayer::custom(panic_response))
+            .layer(middleware::from_fn(body_too_large_as_json))
             .layer(DefaultBodyLimit::max(max_body))
             .layer(RequestBodyLimitLayer::new(max_body)),
     )
@@ -105,6 +106,29 @@ fn make_span(request: &Request) -> tracing::Span {
     } else {
         tracing::info_span!("request", method = %request.method(), route, request_id, key_id = tracing::field::Empty)
     }
+}
+
+/// `RequestBodyLimitLayer` refuses a body whose `Content-Length` is over the limit with a
+/// plain-text 413 before any extractor runs; answer in the surface's JSON error shape.
+async fn body_too_large_as_json(request: Request, next: Next) -> Response {
+    let surface = crate::error::Surface::for_path(request.uri().path());
+    let response = next.run(request).await;
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "request body is larger than the server accepts (http.max_body_bytes)",
+        )
+        .with_field("body")
+        .on(surface)
+        .into_response();
+    }
+    response
 }
 
 fn panic_response(_panic: Box<dyn Any + Send + 'static>) -> Response {

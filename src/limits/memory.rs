@@ -12,7 +12,6 @@
 use std::{
     collections::HashMap,
     future::Future,
-    hash::{BuildHasher, RandomState},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex, MutexGuard, PoisonError,
@@ -95,7 +94,6 @@ type Shard = HashMap<BucketKey, Bucket>;
 struct Shared<C> {
     clock: C,
     shards: Vec<Mutex<Shard>>,
-    hasher: RandomState,
 }
 
 /// In-process limiter; clones share the same buckets.
@@ -142,14 +140,16 @@ impl<C: Clock> MemoryLimiter<C> {
             shared: Arc::new(Shared {
                 clock,
                 shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-                hasher: RandomState::new(),
             }),
         }
     }
 
+    /// Key ids are random (v4) or end in random bits (v7), and the gateway makes them, so
+    /// folding the id spreads keys evenly without hashing.
     fn shard_of(&self, key_id: &Uuid) -> usize {
-        // Truncation is fine: only the low bits pick the shard.
-        (self.shared.hasher.hash_one(key_id) as usize) % SHARDS
+        let (high, low) = key_id.as_u64_pair();
+        // The remainder is below SHARDS, so the cast cannot truncate.
+        ((high ^ low) % SHARDS as u64) as usize
     }
 
     /// Locks the shards of `charges` in index order (so two callers cannot deadlock).

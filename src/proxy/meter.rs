@@ -41,6 +41,9 @@ struct Pending {
     /// Text streamed so far, counted only if the stream ends without `usage`.
     produced: String,
     reported: Option<TokenUsage>,
+    /// Usage is booked at admission time, the same period the budget charged it to, so a
+    /// stream crossing midnight is stored under the day it started.
+    admitted_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl Meter {
@@ -64,6 +67,7 @@ impl Meter {
                 _slot: slot,
                 produced: String::new(),
                 reported: None,
+                admitted_at: crate::clock::now(),
             }),
         }
     }
@@ -109,6 +113,7 @@ impl Meter {
             model,
             reservation,
             hold,
+            admitted_at,
             ..
         } = pending;
         let usage = match outcome {
@@ -128,7 +133,7 @@ impl Meter {
                 key_id: key.id,
                 workspace_id: key.workspace_id,
                 model,
-                at: crate::clock::now(),
+                at: admitted_at,
                 requests: 1,
                 input_tokens: saturating_i64(usage.input),
                 output_tokens: saturating_i64(usage.output),

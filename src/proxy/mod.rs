@@ -419,7 +419,14 @@ impl Gateway {
         let status = response.status();
         let mut headers = HeaderMap::with_capacity(response.headers().len());
         for (name, value) in response.headers() {
-            if keep_answer_header(name) {
+            if name.as_str() == "x-request-id" {
+                // The client's `x-request-id` is keygate's (it is in keygate's logs); the
+                // upstream's is kept under its own name for support tickets upstream.
+                headers.append(
+                    HeaderName::from_static("x-upstream-request-id"),
+                    value.clone(),
+                );
+            } else if keep_answer_header(name) {
                 headers.append(name.clone(), value.clone());
             }
         }

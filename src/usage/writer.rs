@@ -246,7 +246,14 @@ async fn run(
                     }
                 }
                 _ = tick.tick() => {
+                    let started = Instant::now();
                     let _ = writer.flush().await;
+                    // A flush that outlasted the interval (slow or failing store) restarts
+                    // the interval from its end, so the loop never degenerates into
+                    // back-to-back flushes that stop reading the channel.
+                    if started.elapsed() >= flush_every {
+                        tick.reset();
+                    }
                 }
                 message = rx.recv() => match message {
                     Some(message) => writer.handle(message).await,

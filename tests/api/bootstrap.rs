@@ -2,6 +2,9 @@
 //! `KEYGATE_BOOTSTRAP_ADMIN_KEY` silently, or prints one generated key, clearly marked, on
 //! stderr, once.
 
+// Test bodies are plain async fns (not `#[test]`s), which `allow-unwrap-in-tests` does not cover.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use keygate::keys::Token;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -83,7 +86,7 @@ async fn serve_prints_one_generated_key_once(backend: Backend) {
     );
     assert_eq!(list["data"][0]["kind"], "admin");
     assert_eq!(stderr.matches(generated.as_str()).count(), 1, "{stderr}");
-    assert_eq!(keys_in(&stderr), [generated.clone()]);
+    assert_eq!(keys_in(&stderr), std::slice::from_ref(&generated));
     assert!(
         stderr.contains("shown ONCE"),
         "the key is not marked:\n{stderr}"

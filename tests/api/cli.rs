@@ -2,6 +2,9 @@
 //! revoke|generate`, `--help` everywhere. Output contracts: machine-readable output on
 //! stdout (`--json`: one JSON object), everything else on stderr.
 
+// Test bodies are plain async fns (not `#[test]`s), which `allow-unwrap-in-tests` does not cover.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use keygate::keys::Token;
@@ -331,7 +334,8 @@ async fn cli_refuses_bad_input_with_a_message(backend: Backend) {
     let cases: &[(&[&str], &str)] = &[
         (&["keys", "create"], "--name"),
         (&["keys", "create", "--name", "x", "--kind", "root"], "root"),
-        (&["keys", "create", "--name", "x", "--rpm", "-1"], "--rpm"),
+        (&["keys", "create", "--name", "x", "--rpm", "-1"], "-1"),
+        (&["keys", "create", "--name", "x", "--rpm", "ten"], "--rpm"),
         (
             &["keys", "create", "--name", "x", "--expires-at", "soon"],
             "--expires-at",

@@ -4,6 +4,9 @@
 //!
 //! Every test body takes a `Backend` and is run once per backend by `both_backends!`.
 
+// Test bodies are plain async fns (not `#[test]`s), which `allow-unwrap-in-tests` does not cover.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::{
     path::{Path, PathBuf},
     process::Stdio,
@@ -197,10 +200,12 @@ pub struct TestApp {
 
 /// The configuration every in-process test server starts from.
 pub fn test_config(db_url: &str) -> Config {
-    let mut config = Config::default();
-    config.listen = "127.0.0.1:0".parse().expect("socket address");
-    config.database_url = db_url.to_string();
-    config.bootstrap_admin_key = Some(SecretString::from(Token::generate().expose().to_string()));
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().expect("socket address"),
+        database_url: db_url.to_string(),
+        bootstrap_admin_key: Some(SecretString::from(Token::generate().expose().to_string())),
+        ..Config::default()
+    };
     // The bad-input tests send many refused keys from 127.0.0.1; the per-address limit on
     // failed attempts has its own test.
     config.keys.failed_auth_per_minute = 100_000;

@@ -1,6 +1,9 @@
 //! Unauthenticated operational routes: health, readiness, the OpenAPI document and the
 //! offline reference pages.
 
+// Test bodies are plain async fns (not `#[test]`s), which `allow-unwrap-in-tests` does not cover.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use reqwest::{Method, StatusCode};
 
 use crate::helpers::{both_backends, json_of, spawn_app, Backend};

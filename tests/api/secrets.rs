@@ -1,6 +1,9 @@
 //! Secrets never rest anywhere in plain text: not in the SQLite files, not in any
 //! PostgreSQL row, not in the server's log output (even at `RUST_LOG=trace`).
 
+// Test bodies are plain async fns (not `#[test]`s), which `allow-unwrap-in-tests` does not cover.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use keygate::keys::Token;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
