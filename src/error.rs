@@ -18,14 +18,25 @@ use crate::keys::{AuthError, KeyError};
 /// Which wire format an error is written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Surface {
+    /// `{"error": {"code", "message", "field"?}}` (native admin API).
     Admin,
+    /// `{"error": {"message", "type", "code", "param"}}` (`/v1`).
     OpenAi,
+    /// `{"error": "<message>", "code": "<CODE>"}` (Venice-compatible `/api/v1`; the SDK maps
+    /// statuses to exception classes and reads `error` and `code`).
+    Venice,
+    /// `{"statusCode", "message", "error"}` (aiXplain-compatible `/sdk`, `/v2`).
+    Aixplain,
 }
 
 impl Surface {
     pub fn for_path(path: &str) -> Surface {
         if path.starts_with("/v1/") || path == "/v1" {
             Surface::OpenAi
+        } else if path.starts_with("/api/v1/") || path == "/api/v1" {
+            Surface::Venice
+        } else if path.starts_with("/sdk/") || path == "/sdk" || path.starts_with("/v2/") {
+            Surface::Aixplain
         } else {
             Surface::Admin
         }
@@ -117,6 +128,15 @@ impl IntoResponse for ApiError {
                 "code": self.code,
                 "param": self.field,
             }}),
+            Surface::Venice => json!({
+                "error": self.message,
+                "code": self.code.to_ascii_uppercase(),
+            }),
+            Surface::Aixplain => json!({
+                "statusCode": self.status.as_u16(),
+                "message": self.message,
+                "error": format!("err.{}", self.code),
+            }),
         };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after_secs {

@@ -134,6 +134,18 @@ pub async fn authenticate(
     match state.keys.authenticate(&presented).await {
         Ok(key) => {
             tracing::Span::current().record("key_id", tracing::field::display(key.id));
+            if !ip_allowed(&key, ip) {
+                return ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "ip_not_allowed",
+                    format!(
+                        "{IP_RESTRICTED_MESSAGE}; this request came from {}",
+                        ip.map(|ip| ip.to_string()).unwrap_or_else(|| "an unknown address".into())
+                    ),
+                )
+                .on(surface)
+                .into_response();
+            }
             request.extensions_mut().insert(Authenticated(key));
             next.run(request).await
         }
@@ -148,6 +160,18 @@ impl ApiError {
     fn into_response_with_retry(mut self, secs: u64) -> Response {
         self.retry_after_secs = Some(secs);
         self.into_response()
+    }
+}
+
+/// Venice's SDK raises `ApiKeyIpRestrictedError` on a 403 whose message starts with this.
+pub const IP_RESTRICTED_MESSAGE: &str = "This API key is restricted to configured IP addresses";
+
+/// A key's `ip_allowlist` holds on every request made with it: inference, self-service and
+/// key management alike. No allowlist means any address.
+fn ip_allowed(key: &ApiKey, ip: Option<IpAddr>) -> bool {
+    match &key.ip_allowlist {
+        None => true,
+        Some(nets) => ip.is_some_and(|ip| nets.iter().any(|net| net.contains(&ip))),
     }
 }
 

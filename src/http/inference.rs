@@ -13,7 +13,7 @@ use axum::{
 use serde_json::json;
 
 use super::{
-    auth::{Authenticated, ClientIp},
+    auth::Authenticated,
     ratelimit_headers,
 };
 use crate::{
@@ -24,10 +24,7 @@ use crate::{
     usage::budget::BudgetRefusal,
 };
 
-/// Venice's SDK raises `ApiKeyIpRestrictedError` on a 403 whose message starts with this.
-pub const IP_RESTRICTED_MESSAGE: &str = "This API key is restricted to configured IP addresses";
-
-/// An inference-capable key, used from an allowed address.
+/// An inference-capable key (the auth layer already checked its IP allowlist).
 pub struct InferenceKey(pub Arc<ApiKey>);
 
 impl FromRequestParts<AppState> for InferenceKey {
@@ -46,13 +43,12 @@ impl FromRequestParts<AppState> for InferenceKey {
             )
             .on(Surface::OpenAi));
         }
-        check_ip(parts, &key)?;
         state.recorder.touch(key.id, crate::clock::now());
         Ok(InferenceKey(key))
     }
 }
 
-/// Any valid key (self-service), used from an allowed address.
+/// Any valid key (self-service).
 pub struct AnyKey(pub Arc<ApiKey>);
 
 impl FromRequestParts<AppState> for AnyKey {
@@ -63,7 +59,6 @@ impl FromRequestParts<AppState> for AnyKey {
         _state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let key = any_key(parts)?;
-        check_ip(parts, &key)?;
         Ok(AnyKey(key))
     }
 }
@@ -74,26 +69,6 @@ fn any_key(parts: &Parts) -> Result<Arc<ApiKey>, ApiError> {
         .get::<Authenticated>()
         .map(|a| a.0.clone())
         .ok_or_else(|| ApiError::from(AuthError::Missing).on(Surface::OpenAi))
-}
-
-fn check_ip(parts: &Parts, key: &ApiKey) -> Result<(), ApiError> {
-    let Some(allowlist) = &key.ip_allowlist else {
-        return Ok(());
-    };
-    let ip = parts.extensions.get::<ClientIp>().and_then(|c| c.0);
-    if ip.is_some_and(|ip| allowlist.iter().any(|net| net.contains(&ip))) {
-        return Ok(());
-    }
-    Err(ApiError::new(
-        StatusCode::FORBIDDEN,
-        "ip_not_allowed",
-        format!(
-            "{IP_RESTRICTED_MESSAGE}; this request came from {}",
-            ip.map(|ip| ip.to_string())
-                .unwrap_or_else(|| "an unknown address".into())
-        ),
-    )
-    .on(Surface::OpenAi))
 }
 
 impl From<InferenceError> for ApiError {

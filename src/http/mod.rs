@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod compat;
 pub mod extract;
 pub mod inference;
 pub mod me;
@@ -49,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .merge(admin::router())
+        .merge(compat::router())
         .route("/v1/chat/completions", post(inference::chat_completions))
         .route("/v1/completions", post(inference::completions))
         .route("/v1/embeddings", post(inference::embeddings))

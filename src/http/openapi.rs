@@ -58,6 +58,14 @@ impl Modify for BearerAuth {
     }
 }
 
+/// The whole document: the native API plus the compatibility surfaces.
+pub fn document() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.merge(super::compat::venice::VeniceApi::openapi());
+    doc.merge(super::compat::aixplain::AixplainApi::openapi());
+    doc
+}
+
 pub fn docs() -> SwaggerUi {
-    SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi())
+    SwaggerUi::new("/docs").url("/openapi.json", document())
 }

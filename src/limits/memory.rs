@@ -1,13 +1,13 @@
 //! In-process [`Limiter`]: the default for one instance, and the fallback when Redis is
 //! unreachable (DESIGN §7).
 //!
-//! Buckets live in 64 `Mutex<HashMap>` shards chosen by key id, so all buckets of one
-//! request share a shard and `reserve` takes one short lock in which it checks and charges
-//! every bucket. (Charges of several keys lock their shards in index order, which cannot
-//! deadlock.) A bucket whose TAT is behind the clock is full, the same as an absent one,
-//! so [`MemoryLimiter::evict_idle`] drops it without changing any answer: memory stays
-//! bounded by the buckets used within their last window, however many keys come and go.
-//! Run it periodically with [`MemoryLimiter::spawn_evictor`].
+//! Buckets live in 64 `Mutex<HashMap<key id, its buckets>>` shards chosen by key id, so
+//! all buckets of one request share a shard and `reserve` takes one short lock in which
+//! it checks and charges every bucket. (Charges of several keys lock their shards in
+//! index order, which cannot deadlock.) A bucket whose TAT is behind the clock is full,
+//! the same as an absent one, so [`MemoryLimiter::evict_idle`] drops it without changing
+//! any answer: memory stays bounded by the buckets used within their last window, however
+//! many keys come and go. Run it periodically with [`MemoryLimiter::spawn_evictor`].
 
 use std::{
     collections::HashMap,
@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use super::{
     gcra::{duration_ns, Bucket, Rate},
-    BucketKey, BucketState, Charge, Limiter, Refusal, Reservation, TokenUsage,
+    BucketState, Charge, LimitKind, Limiter, Refusal, Reservation, Scope, TokenUsage,
 };
 
 /// A monotonic clock in nanoseconds since an arbitrary origin.
@@ -89,7 +89,70 @@ impl<C: Clock> Clock for Arc<C> {
 
 const SHARDS: usize = 64;
 
-type Shard = HashMap<BucketKey, Bucket>;
+/// The buckets of one key: each scope in use, with a slot per limit kind. A request
+/// touches one key, so a reserve hashes once and then scans a few scopes.
+#[derive(Debug, Default)]
+struct KeyBuckets {
+    scopes: Vec<(Scope, [Option<Bucket>; 4])>,
+}
+
+impl KeyBuckets {
+    fn get(&self, scope: &Scope, kind: LimitKind) -> Option<Bucket> {
+        let (_, slots) = self.scopes.iter().find(|(s, _)| s == scope)?;
+        slots[slot_of(kind)]
+    }
+
+    fn get_mut(&mut self, scope: &Scope, kind: LimitKind) -> Option<&mut Bucket> {
+        let (_, slots) = self.scopes.iter_mut().find(|(s, _)| s == scope)?;
+        slots[slot_of(kind)].as_mut()
+    }
+
+    fn put(&mut self, scope: &Scope, kind: LimitKind, bucket: Bucket) {
+        let slots = match self.scopes.iter().position(|(s, _)| s == scope) {
+            Some(pos) => &mut self.scopes[pos].1,
+            None => {
+                self.scopes.push((scope.clone(), [None; 4]));
+                let last = self.scopes.len() - 1;
+                &mut self.scopes[last].1
+            }
+        };
+        slots[slot_of(kind)] = Some(bucket);
+    }
+
+    /// Drops full buckets and scopes left empty; returns how many buckets went.
+    fn evict_idle(&mut self, now: u64) -> usize {
+        let mut evicted = 0;
+        for (_, slots) in &mut self.scopes {
+            for slot in slots.iter_mut() {
+                if slot.is_some_and(|bucket| bucket.is_idle(now)) {
+                    *slot = None;
+                    evicted += 1;
+                }
+            }
+        }
+        self.scopes
+            .retain(|(_, slots)| slots.iter().any(Option::is_some));
+        evicted
+    }
+
+    fn len(&self) -> usize {
+        self.scopes
+            .iter()
+            .map(|(_, slots)| slots.iter().flatten().count())
+            .sum()
+    }
+}
+
+fn slot_of(kind: LimitKind) -> usize {
+    match kind {
+        LimitKind::Rpm => 0,
+        LimitKind::Rpd => 1,
+        LimitKind::Tpm => 2,
+        LimitKind::Tpd => 3,
+    }
+}
+
+type Shard = HashMap<Uuid, KeyBuckets>;
 
 struct Shared<C> {
     clock: C,
@@ -121,15 +184,31 @@ impl Default for MemoryLimiter<SystemClock> {
     }
 }
 
+/// Key ids are random (v4) or end in random bits (v7), and the gateway makes them, so
+/// folding the id spreads keys evenly without hashing.
+fn shard_of(key_id: &Uuid) -> usize {
+    let (high, low) = key_id.as_u64_pair();
+    // The remainder is below SHARDS, so the cast cannot truncate.
+    ((high ^ low) % SHARDS as u64) as usize
+}
+
+/// Consecutive charges of one key (all of them, for a request built by `charges_for`).
+fn runs(charges: &[Charge]) -> impl Iterator<Item = (&Uuid, &[Charge])> {
+    charges
+        .chunk_by(|a, b| a.bucket.key_id == b.bucket.key_id)
+        .filter_map(|run| Some((&run.first()?.bucket.key_id, run)))
+}
+
 /// The locked shards of one operation, sorted by shard index.
 struct Locked<'a> {
     guards: Vec<(usize, MutexGuard<'a, Shard>)>,
 }
 
 impl Locked<'_> {
-    fn shard(&mut self, index: usize) -> &mut Shard {
+    fn shard(&mut self, key_id: &Uuid) -> &mut Shard {
+        let index = shard_of(key_id);
         let pos = self.guards.partition_point(|(i, _)| *i < index);
-        // Every index asked for was locked in `lock`.
+        // Every key's shard was locked in `lock`.
         &mut self.guards[pos].1
     }
 }
@@ -144,17 +223,9 @@ impl<C: Clock> MemoryLimiter<C> {
         }
     }
 
-    /// Key ids are random (v4) or end in random bits (v7), and the gateway makes them, so
-    /// folding the id spreads keys evenly without hashing.
-    fn shard_of(&self, key_id: &Uuid) -> usize {
-        let (high, low) = key_id.as_u64_pair();
-        // The remainder is below SHARDS, so the cast cannot truncate.
-        ((high ^ low) % SHARDS as u64) as usize
-    }
-
     /// Locks the shards of `charges` in index order (so two callers cannot deadlock).
-    fn lock<'a>(&self, charges: impl Iterator<Item = &'a Charge>) -> Locked<'_> {
-        let mut indexes: Vec<usize> = charges.map(|c| self.shard_of(&c.bucket.key_id)).collect();
+    fn lock(&self, charges: &[Charge]) -> Locked<'_> {
+        let mut indexes: Vec<usize> = runs(charges).map(|(key_id, _)| shard_of(key_id)).collect();
         indexes.sort_unstable();
         indexes.dedup();
         let guards = indexes
@@ -172,32 +243,35 @@ impl<C: Clock> MemoryLimiter<C> {
 
     /// [`Limiter::reserve`] without the async wrapper.
     pub fn try_reserve(&self, charges: &[Charge]) -> Result<Reservation, Refusal> {
-        let mut locked = self.lock(charges.iter());
+        let mut locked = self.lock(charges);
         // Read after locking, so operations serialised by a lock also see time in order.
         let now = self.shared.clock.now();
         // Each bucket before and after its charge; a bucket named twice sees the first charge.
         let mut plan: Vec<(Bucket, Result<Bucket, _>)> = Vec::with_capacity(charges.len());
         let mut refused: Option<(usize, Option<Duration>)> = None;
-        for (i, charge) in charges.iter().enumerate() {
-            let earlier = charges[..i]
-                .iter()
-                .zip(&plan)
-                .rev()
-                .find(|(c, _)| c.bucket == charge.bucket)
-                .map(|(_, (before, after))| *after.as_ref().unwrap_or(before));
-            let stored = || {
-                let shard = locked.shard(self.shard_of(&charge.bucket.key_id));
-                shard.get(&charge.bucket).copied()
-            };
-            let mut before = earlier.or_else(stored).unwrap_or_else(|| fresh(charge));
-            before.set_limit(charge.limit, now);
-            let after = before.charge(charge.amount, now);
-            if let Err(denied) = after {
-                if refused.is_none_or(|(_, worst)| longer(denied.retry_after, worst)) {
-                    refused = Some((i, denied.retry_after));
+        for (key_id, run) in runs(charges) {
+            let stored = locked.shard(key_id).get(key_id);
+            for charge in run {
+                let i = plan.len();
+                let earlier = charges[..i]
+                    .iter()
+                    .zip(&plan)
+                    .rev()
+                    .find(|(c, _)| c.bucket == charge.bucket)
+                    .map(|(_, (before, after))| *after.as_ref().unwrap_or(before));
+                let (scope, kind) = (&charge.bucket.scope, charge.bucket.kind);
+                let mut before = earlier
+                    .or_else(|| stored?.get(scope, kind))
+                    .unwrap_or_else(|| fresh(charge));
+                before.set_limit(charge.limit, now);
+                let after = before.charge(charge.amount, now);
+                if let Err(denied) = after {
+                    if refused.is_none_or(|(_, worst)| longer(denied.retry_after, worst)) {
+                        refused = Some((i, denied.retry_after));
+                    }
                 }
+                plan.push((before, after));
             }
-            plan.push((before, after));
         }
 
         if let Some((i, retry_after)) = refused {
@@ -216,16 +290,14 @@ impl<C: Clock> MemoryLimiter<C> {
         }
 
         let mut states = Vec::with_capacity(charges.len());
-        for (charge, (before, after)) in charges.iter().zip(plan) {
-            let after = after.unwrap_or(before);
-            let shard = locked.shard(self.shard_of(&charge.bucket.key_id));
-            match shard.get_mut(&charge.bucket) {
-                Some(slot) => *slot = after,
-                None => {
-                    shard.insert(charge.bucket.clone(), after);
-                }
+        let mut plan = plan.into_iter();
+        for (key_id, run) in runs(charges) {
+            let buckets = locked.shard(key_id).entry(*key_id).or_default();
+            for (charge, (before, after)) in run.iter().zip(plan.by_ref()) {
+                let after = after.unwrap_or(before);
+                buckets.put(&charge.bucket.scope, charge.bucket.kind, after);
+                states.push(state(charge, &after, now));
             }
-            states.push(state(charge, &after, now));
         }
         Ok(Reservation {
             charges: charges.to_vec(),
@@ -235,50 +307,52 @@ impl<C: Clock> MemoryLimiter<C> {
 
     /// [`Limiter::settle`] without the async wrapper (usable from `Drop`).
     pub fn settle_now(&self, reservation: Reservation, actual: TokenUsage) {
-        let token_charges = || {
-            reservation
-                .charges
-                .iter()
-                .filter(|c| c.token_type.is_some())
+        // Token buckets whose real count differs from the estimate, with that count.
+        let differs = |charge: &Charge| {
+            let used = actual.count(charge.token_type?);
+            (used != charge.amount).then_some(used)
         };
-        let mut locked = self.lock(token_charges());
+        let mut locked = self.lock(&reservation.charges);
         let now = self.shared.clock.now();
-        for charge in token_charges() {
-            let Some(token_type) = charge.token_type else {
-                continue;
-            };
-            let used = actual.count(token_type);
-            if used == charge.amount {
+        for (key_id, run) in runs(&reservation.charges) {
+            if !run.iter().any(|charge| differs(charge).is_some()) {
                 continue;
             }
-            let shard = locked.shard(self.shard_of(&charge.bucket.key_id));
-            if let Some(bucket) = shard.get_mut(&charge.bucket) {
-                bucket.settle(charge.amount, used, now);
-            } else if used > charge.amount {
-                // Evicted since the reservation (full again): the extra starts from now.
-                let mut bucket = fresh(charge);
-                bucket.settle(charge.amount, used, now);
-                shard.insert(charge.bucket.clone(), bucket);
+            let buckets = locked.shard(key_id).entry(*key_id).or_default();
+            for charge in run {
+                let Some(used) = differs(charge) else {
+                    continue;
+                };
+                let (scope, kind) = (&charge.bucket.scope, charge.bucket.kind);
+                if let Some(bucket) = buckets.get_mut(scope, kind) {
+                    bucket.settle(charge.amount, used, now);
+                } else if used > charge.amount {
+                    // Evicted since the reservation (full again): the extra starts from now.
+                    let mut bucket = fresh(charge);
+                    bucket.settle(charge.amount, used, now);
+                    buckets.put(scope, kind, bucket);
+                }
             }
         }
     }
 
     /// [`Limiter::snapshot`] without the async wrapper.
     pub fn states(&self, buckets: &[Charge]) -> Vec<BucketState> {
-        let mut locked = self.lock(buckets.iter());
+        let mut locked = self.lock(buckets);
         let now = self.shared.clock.now();
-        buckets
-            .iter()
-            .map(|charge| {
-                let shard = locked.shard(self.shard_of(&charge.bucket.key_id));
-                let mut bucket = shard
-                    .get(&charge.bucket)
-                    .copied()
+        let mut states = Vec::with_capacity(buckets.len());
+        for (key_id, run) in runs(buckets) {
+            let stored = locked.shard(key_id).get(key_id);
+            for charge in run {
+                let (scope, kind) = (&charge.bucket.scope, charge.bucket.kind);
+                let mut bucket = stored
+                    .and_then(|b| b.get(scope, kind))
                     .unwrap_or_else(|| fresh(charge));
                 bucket.set_limit(charge.limit, now);
-                state(charge, &bucket, now)
-            })
-            .collect()
+                states.push(state(charge, &bucket, now));
+            }
+        }
+        states
     }
 
     /// Drops every full bucket; returns how many. Changes no answer (see the module doc).
@@ -287,9 +361,10 @@ impl<C: Clock> MemoryLimiter<C> {
         for shard in &self.shared.shards {
             let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
             let now = self.shared.clock.now();
-            let before = shard.len();
-            shard.retain(|_, bucket| !bucket.is_idle(now));
-            evicted += before - shard.len();
+            shard.retain(|_, buckets| {
+                evicted += buckets.evict_idle(now);
+                !buckets.scopes.is_empty()
+            });
         }
         evicted
     }
@@ -299,7 +374,10 @@ impl<C: Clock> MemoryLimiter<C> {
         self.shared
             .shards
             .iter()
-            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
+            .map(|shard| {
+                let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+                shard.values().map(KeyBuckets::len).sum::<usize>()
+            })
             .sum()
     }
 

@@ -602,3 +602,27 @@ fn tightest_minute_picks_the_least_remaining() {
     assert_eq!(tokens.remaining, -3);
     assert_eq!(BucketState::tightest_minute(&[], true), None);
 }
+
+#[tokio::test]
+async fn charges_of_several_keys_are_all_or_nothing() {
+    let (limiter, _clock) = setup();
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let one = Limits {
+        rpm: Some(1),
+        ..Limits::default()
+    };
+    let two = Limits {
+        rpm: Some(2),
+        ..Limits::default()
+    };
+    let mut charges = charges_for(a, &two, &[], "m", est(0, 0));
+    charges.extend(charges_for(b, &one, &[], "m", est(0, 0)));
+    charges.extend(charges_for(a, &two, &[], "m", est(0, 0)));
+    let reservation = limiter.reserve(&charges).await.unwrap();
+    let left: Vec<_> = reservation.states().iter().map(|s| s.remaining).collect();
+    assert_eq!(left, [1, 0, 0]);
+
+    let refusal = limiter.reserve(&charges).await.unwrap_err();
+    assert_eq!((refusal.limit, refusal.retry_after), (1, Some(secs(60.0))));
+    assert_eq!(limiter.len(), 2);
+}
