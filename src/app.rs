@@ -110,7 +110,7 @@ impl App {
             Duration::from_millis(config.keys.cache_ttl_ms),
         );
         let state = AppState {
-            auth_attempts: Arc::new(http::auth::attempt_limiter(
+            auth_attempts: Arc::new(http::auth::FailedAuthGuard::new(
                 config.keys.failed_auth_per_minute,
             )),
             config: Arc::new(config),
@@ -183,7 +183,6 @@ fn spawn_background(state: &AppState, mut stop: watch::Receiver<bool>) -> Vec<Jo
                 _ = tick.tick() => {
                     // governor's keyed store grows with every address it sees; drop the idle ones.
                     attempts.retain_recent();
-                    attempts.shrink_to_fit();
                 }
                 _ = stop.changed() => break,
             }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::{
-    config::Config, http::auth::AttemptLimiter, keys::KeysService, proxy::Gateway, store::DynStore,
+    config::Config, http::auth::FailedAuthGuard, keys::KeysService, proxy::Gateway, store::DynStore,
     usage::Recorder,
 };
 
@@ -12,7 +12,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub store: DynStore,
     pub keys: KeysService,
-    pub auth_attempts: Arc<AttemptLimiter>,
+    pub auth_attempts: Arc<FailedAuthGuard>,
     pub gateway: Arc<Gateway>,
     pub recorder: Recorder,
 }

@@ -4,9 +4,11 @@
 //! extractors then check the key's kind per route group.
 
 use std::{
+    collections::HashMap,
     net::{IpAddr, SocketAddr},
     num::NonZeroU32,
-    sync::Arc,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -15,7 +17,7 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use governor::{DefaultKeyedRateLimiter, Quota};
+use governor::{clock::DefaultClock, DefaultKeyedRateLimiter, Quota};
 
 use crate::{
     error::{ApiError, Surface},
@@ -62,14 +64,63 @@ pub fn client_ip(
     peer.map(|addr| addr.ip())
 }
 
-/// Failed-or-uncached authentication attempts per client address (DESIGN §8). Only
-/// attempts that would reach the store or argon2 count, so a client using a valid,
-/// cached key is never slowed.
-pub type AttemptLimiter = DefaultKeyedRateLimiter<IpAddr>;
+/// Failed authentications per client address (DESIGN §8). governor counts failures; an
+/// address past its allowance gets 429 for anything that would reach the store or argon2
+/// until the allowance refills. Keys already verified on this instance are never slowed,
+/// so a busy client with a valid key cannot lock itself out.
+pub struct FailedAuthGuard {
+    failures: DefaultKeyedRateLimiter<IpAddr>,
+    blocked_until: Mutex<HashMap<IpAddr, Instant>>,
+}
 
-pub fn attempt_limiter(per_minute: u32) -> AttemptLimiter {
-    let per_minute = NonZeroU32::new(per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
-    AttemptLimiter::keyed(Quota::per_minute(per_minute))
+impl FailedAuthGuard {
+    pub fn new(per_minute: u32) -> Self {
+        let per_minute = NonZeroU32::new(per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
+        FailedAuthGuard {
+            failures: DefaultKeyedRateLimiter::keyed(Quota::per_minute(per_minute)),
+            blocked_until: Mutex::default(),
+        }
+    }
+
+    /// How long the address stays blocked, if it is.
+    pub fn blocked_for(&self, ip: IpAddr) -> Option<Duration> {
+        let blocked = self.blocked_until.lock().unwrap_or_else(|p| p.into_inner());
+        blocked
+            .get(&ip)
+            .and_then(|until| until.checked_duration_since(Instant::now()))
+    }
+
+    /// Counts one failure; returns how long the address is now blocked if this failure was
+    /// past its allowance.
+    pub fn record_failure(&self, ip: IpAddr) -> Option<Duration> {
+        let not_until = self.failures.check_key(&ip).err()?;
+        let wait = not_until
+            .wait_time_from(governor::clock::Clock::now(&DefaultClock::default()))
+            .max(Duration::from_secs(1));
+        let mut blocked = self.blocked_until.lock().unwrap_or_else(|p| p.into_inner());
+        blocked.insert(ip, Instant::now() + wait);
+        Some(wait)
+    }
+
+    /// Forgets addresses that are idle again (governor's keyed store grows with every
+    /// address it sees).
+    pub fn retain_recent(&self) {
+        self.failures.retain_recent();
+        self.failures.shrink_to_fit();
+        let now = Instant::now();
+        let mut blocked = self.blocked_until.lock().unwrap_or_else(|p| p.into_inner());
+        blocked.retain(|_, until| *until > now);
+    }
+}
+
+fn too_many_attempts(surface: Surface, wait: Duration) -> Response {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_auth_attempts",
+        "too many failed authentications from this address; wait and retry",
+    )
+    .on(surface)
+    .into_response_with_retry(wait.as_secs_f64().ceil() as u64)
 }
 
 /// The presented key: `Authorization: Bearer …` (OpenAI, Venice, ours),
@@ -118,16 +169,10 @@ pub async fn authenticate(
             .on(surface)
             .into_response();
     };
-    if state.keys.needs_store(&presented) {
-        if let Some(ip) = ip {
-            if state.auth_attempts.check_key(&ip).is_err() {
-                return ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too_many_auth_attempts",
-                    "too many authentication attempts from this address; wait a minute",
-                )
-                .on(surface)
-                .into_response_with_retry(60);
+    if let Some(ip) = ip {
+        if let Some(wait) = state.auth_attempts.blocked_for(ip) {
+            if !state.keys.is_cached(&presented) {
+                return too_many_attempts(surface, wait);
             }
         }
     }
@@ -151,6 +196,12 @@ pub async fn authenticate(
         }
         Err(err) => {
             tracing::info!(reason = %err, ip = ?ip, "authentication refused");
+            let counts_as_failure = !matches!(err, AuthError::Store(_) | AuthError::Hash(_));
+            if let Some(ip) = ip.filter(|_| counts_as_failure) {
+                if let Some(wait) = state.auth_attempts.record_failure(ip) {
+                    return too_many_attempts(surface, wait);
+                }
+            }
             ApiError::from(err).on(surface).into_response()
         }
     }

@@ -39,7 +39,12 @@ pub struct KeyCache {
 }
 
 pub enum Lookup {
-    Fresh(CachedKey),
+    /// Verified within the TTL: trust it without I/O. Only what the hot path needs is
+    /// copied out of the map.
+    Fresh {
+        key: Arc<ApiKey>,
+        secret_valid_until: Option<DateTime<Utc>>,
+    },
     /// Known but older than the TTL: re-read the row before trusting it.
     Stale(CachedKey),
     Miss,
@@ -59,7 +64,10 @@ impl KeyCache {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         match entries.get(digest) {
-            Some(entry) if entry.refreshed_at.elapsed() < self.ttl => Lookup::Fresh(entry.clone()),
+            Some(entry) if entry.refreshed_at.elapsed() < self.ttl => Lookup::Fresh {
+                key: entry.key.clone(),
+                secret_valid_until: entry.secret_valid_until,
+            },
             Some(entry) => Lookup::Stale(entry.clone()),
             None => Lookup::Miss,
         }

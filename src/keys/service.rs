@@ -367,24 +367,27 @@ impl KeysService {
         let digest = token.digest();
         let now = Utc::now();
         let entry = match self.cache.get(&digest) {
-            Lookup::Fresh(entry) => entry,
+            Lookup::Fresh {
+                key,
+                secret_valid_until,
+            } => {
+                check_usable(&key, secret_valid_until, now)?;
+                return Ok(key);
+            }
             Lookup::Stale(entry) => match self.refresh(digest, entry).await? {
                 Some(entry) => entry,
                 None => self.verify(&token, digest).await?,
             },
             Lookup::Miss => self.verify(&token, digest).await?,
         };
-        check_usable(&entry, now)?;
+        check_usable(&entry.key, entry.secret_valid_until, now)?;
         Ok(entry.key)
     }
 
-    /// Whether a presented key would need the store (a cache miss or stale entry). The
-    /// HTTP layer rate-limits such attempts per client address.
-    pub fn needs_store(&self, presented: &str) -> bool {
-        match Token::parse(presented) {
-            Ok(token) => !matches!(self.cache.get(&token.digest()), Lookup::Fresh(_)),
-            Err(_) => true,
-        }
+    /// Whether the presented key was verified on this instance before (its digest is in
+    /// the cache, fresh or due for a re-read). Such a key never needs argon2 again.
+    pub fn is_cached(&self, presented: &str) -> bool {
+        Token::parse(presented).is_ok_and(|token| !matches!(self.cache.get(&token.digest()), Lookup::Miss))
     }
 
     /// Re-reads a cached key's row. `None` when the stored hash changed and the secret must
@@ -437,14 +440,18 @@ impl KeysService {
     }
 }
 
-fn check_usable(entry: &CachedKey, now: DateTime<Utc>) -> Result<(), AuthError> {
-    if entry.key.revoked_at.is_some() {
+fn check_usable(
+    key: &ApiKey,
+    secret_valid_until: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<(), AuthError> {
+    if key.revoked_at.is_some() {
         return Err(AuthError::Revoked);
     }
-    if entry.key.expires_at.is_some_and(|at| at <= now) {
+    if key.expires_at.is_some_and(|at| at <= now) {
         return Err(AuthError::Expired);
     }
-    if entry.secret_valid_until.is_some_and(|at| at <= now) {
+    if secret_valid_until.is_some_and(|at| at <= now) {
         return Err(AuthError::Rotated);
     }
     Ok(())
