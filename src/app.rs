@@ -91,6 +91,10 @@ impl App {
             addr: config.listen,
             source,
         })?;
+        if config.redis_url.is_some() {
+            // Say so loudly: an operator who sets redis_url expects limits shared across instances.
+            tracing::warn!("redis_url is set, but this version keeps rate-limit buckets per instance; limits are not yet shared across instances");
+        }
         let upstreams = Upstreams::from_config(&config)?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let (recorder, usage_writer) =

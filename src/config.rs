@@ -57,6 +57,7 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub upstreams: Vec<UpstreamConfig>,
     pub models: Vec<ModelPrice>,
+    pub web3: Web3Config,
 }
 
 impl fmt::Debug for Config {
@@ -81,6 +82,7 @@ impl fmt::Debug for Config {
             .field("proxy", &self.proxy)
             .field("upstreams", &self.upstreams)
             .field("models", &self.models)
+            .field("web3", &self.web3)
             .finish()
     }
 }
@@ -98,6 +100,7 @@ impl Default for Config {
             proxy: ProxyConfig::default(),
             upstreams: Vec::new(),
             models: Vec::new(),
+            web3: Web3Config::default(),
         }
     }
 }
@@ -162,6 +165,47 @@ impl Default for ProxyConfig {
             idle_timeout_secs: 60.0,
             timeout_secs: 600.0,
         }
+    }
+}
+
+/// The Venice-compatible Web3 key flow (`/api/v1/api_keys/generate_web3_key`, see
+/// docs/compat.md). Its two routes need no API key, so it is off unless enabled.
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Web3Config {
+    /// Serve the flow at all. Off: both routes answer 403.
+    pub enabled: bool,
+    /// HMAC key for the challenge tokens. Unset: a random key per process, so a token is
+    /// only accepted by the instance that issued it; several instances need this value.
+    pub token_secret: Option<SecretString>,
+    /// How long a challenge token stays valid.
+    pub token_ttl_secs: u64,
+    /// Wallets allowed to create keys (`0x…`, any case). Empty: any wallet that signs.
+    pub allowed_addresses: Vec<String>,
+}
+
+impl Default for Web3Config {
+    fn default() -> Self {
+        Web3Config {
+            enabled: false,
+            token_secret: None,
+            token_ttl_secs: 300,
+            allowed_addresses: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Debug for Web3Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Web3Config")
+            .field("enabled", &self.enabled)
+            .field(
+                "token_secret",
+                &self.token_secret.as_ref().map(|_| "[REDACTED]"),
+            )
+            .field("token_ttl_secs", &self.token_ttl_secs)
+            .field("allowed_addresses", &self.allowed_addresses)
+            .finish()
     }
 }
 
@@ -290,6 +334,28 @@ impl Config {
                 ));
             }
         }
+        if !(1..=86_400).contains(&self.web3.token_ttl_secs) {
+            return Err(invalid(
+                "web3.token_ttl_secs",
+                "must be a number of seconds in [1, 86400]",
+            ));
+        }
+        if let Some(secret) = &self.web3.token_secret {
+            if secrecy::ExposeSecret::expose_secret(secret).len() < 32 {
+                return Err(invalid(
+                    "web3.token_secret",
+                    "must be at least 32 characters (e.g. `openssl rand -hex 32`)",
+                ));
+            }
+        }
+        for (i, address) in self.web3.allowed_addresses.iter().enumerate() {
+            if address.parse::<crate::web3::Address>().is_err() {
+                return Err(invalid(
+                    format!("web3.allowed_addresses[{i}]"),
+                    "must be an Ethereum address (0x followed by 40 hex digits)",
+                ));
+            }
+        }
         let mut priced = HashSet::new();
         for (i, model) in self.models.iter().enumerate() {
             if model.name.trim().is_empty() || !priced.insert(model.name.as_str()) {
@@ -355,6 +421,29 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(err.contains("upstreams[0].base_url"), "{err}");
+    }
+
+    #[test]
+    fn web3_settings_are_checked() {
+        let config = load_from(
+            "[web3]\nenabled = true\ntoken_ttl_secs = 60\nallowed_addresses = [\"0x2c7536E3605D9C16a7a3D7b1898e529396a65c23\"]\n",
+        )
+        .unwrap();
+        assert!(config.web3.enabled);
+        assert!(!Config::default().web3.enabled);
+        let err = load_from("[web3]\nallowed_addresses = [\"0x12\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("web3.allowed_addresses[0]"), "{err}");
+        let err = load_from("[web3]\ntoken_secret = \"short\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("web3.token_secret"), "{err}");
+        assert!(!err.contains("short"), "{err}");
+        let err = load_from("[web3]\ntoken_ttl_secs = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("web3.token_ttl_secs"), "{err}");
     }
 
     #[test]

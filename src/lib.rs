@@ -17,6 +17,7 @@ pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod usage;
+pub mod web3;
 
 pub use app::App;
 pub use config::Config;

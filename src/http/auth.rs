@@ -25,8 +25,16 @@ use crate::{
     state::AppState,
 };
 
-/// Routes that need no key. Everything else requires one.
-const UNAUTHENTICATED: &[&str] = &["/healthz", "/readyz", "/metrics", "/openapi.json"];
+/// Routes that need no key. Everything else requires one. The Venice Web3 key flow
+/// (GET and POST `generate_web3_key`) proves a wallet instead of a key; it is off unless
+/// `web3.enabled` (see `http::compat::venice::web3`).
+const UNAUTHENTICATED: &[&str] = &[
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/api/v1/api_keys/generate_web3_key",
+];
 /// Path prefixes that need no key (the reference pages).
 const UNAUTHENTICATED_PREFIXES: &[&str] = &["/docs"];
 

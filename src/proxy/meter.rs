@@ -6,9 +6,10 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::{saturating_i64, tokens, Shared};
+use super::{saturating_i64, tokens, tokens::BodyKind, Shared};
 use crate::{
     keys::ApiKey,
     limits::{Reservation, TokenUsage},
@@ -25,6 +26,25 @@ pub enum Outcome {
     NotCharged,
 }
 
+/// The prompt's token count for the fallback: counted at admission when a limit or budget
+/// needed the estimate, else counted from the request body only if the upstream reports
+/// no usage (so keys without token limits still never pay for the tokenizer otherwise).
+pub enum PromptTokens {
+    Counted(u64),
+    Deferred(BodyKind, Bytes),
+}
+
+impl PromptTokens {
+    pub fn count(&self) -> u64 {
+        match self {
+            PromptTokens::Counted(n) => *n,
+            PromptTokens::Deferred(kind, body) => serde_json::from_slice(body)
+                .map(|body| tokens::estimate(*kind, &body).input)
+                .unwrap_or(0),
+        }
+    }
+}
+
 pub struct Meter {
     pending: Option<Pending>,
 }
@@ -33,7 +53,7 @@ struct Pending {
     shared: Arc<Shared>,
     key: Arc<ApiKey>,
     model: String,
-    prompt_tokens: u64,
+    prompt_tokens: PromptTokens,
     reservation: Reservation,
     hold: Option<BudgetHold>,
     /// Released when the meter settles: the `max_parallel` slot can never leak.
@@ -51,7 +71,7 @@ impl Meter {
         shared: Arc<Shared>,
         key: Arc<ApiKey>,
         model: String,
-        prompt_tokens: u64,
+        prompt_tokens: PromptTokens,
         reservation: Reservation,
         hold: Option<BudgetHold>,
         slot: Option<OwnedSemaphorePermit>,
@@ -88,10 +108,17 @@ impl Meter {
 
     /// The usage to charge when no more is coming: reported, else counted.
     fn fallback(pending: &Pending) -> TokenUsage {
-        pending.reported.unwrap_or(TokenUsage {
-            input: pending.prompt_tokens,
+        pending.reported.unwrap_or_else(|| TokenUsage {
+            input: pending.prompt_tokens.count(),
             output: tokens::count(&pending.produced),
         })
+    }
+
+    /// The prompt's tokens by keygate's count (0 once settled).
+    pub fn prompt_tokens(&self) -> u64 {
+        self.pending
+            .as_ref()
+            .map_or(0, |pending| pending.prompt_tokens.count())
     }
 
     /// Settles with the reported usage, or the fallback count if none was reported.

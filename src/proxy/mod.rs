@@ -4,6 +4,7 @@
 //! whole) and settle exactly once with the real usage. No axum here: the HTTP layer
 //! turns `ProxyAnswer` and `InferenceError` into responses.
 
+pub mod bpe;
 pub mod meter;
 pub mod sse;
 pub mod stream;
@@ -28,7 +29,7 @@ use tokio::{
 use uuid::Uuid;
 
 use self::{
-    meter::{Meter, Outcome},
+    meter::{Meter, Outcome, PromptTokens},
     stream::{ByteStream, MeteredStream},
     tokens::BodyKind,
     upstreams::{Upstream, Upstreams},
@@ -292,11 +293,21 @@ impl Gateway {
             .and_then(Value::as_bool)
             .unwrap_or(false);
 
-        let estimate = match &parsed {
-            Some(body) if needs_estimate(&key) => {
-                tokens::estimate(request.endpoint.body_kind(), body)
+        // Workspace credits are charged by cost too, so a priced request needs its estimate
+        // even on a key without limits or budget (a 0 estimate is always admitted).
+        let credits = self.workspace_credits(key.workspace_id).await;
+        let estimated = needs_estimate(&key)
+            || (credits.is_some() && !self.shared.pricing.is_free(&model_name));
+        let (estimate, prompt_tokens) = match &parsed {
+            Some(body) if estimated => {
+                let estimate = tokens::estimate(request.endpoint.body_kind(), body);
+                (estimate, PromptTokens::Counted(estimate.input))
             }
-            _ => TokenEstimate::default(),
+            // Counted from the body only if the upstream reports no usage.
+            _ => (
+                TokenEstimate::default(),
+                PromptTokens::Deferred(request.endpoint.body_kind(), request.body.clone()),
+            ),
         };
 
         // Admission: concurrency slot, then budget and credits, then rate limits. Each
@@ -314,7 +325,6 @@ impl Gateway {
             saturating_i64(estimate.input),
             saturating_i64(estimate.output),
         );
-        let credits = self.workspace_credits(key.workspace_id).await;
         let hold = match self
             .shared
             .budgets
@@ -365,7 +375,7 @@ impl Gateway {
             self.shared.clone(),
             key.clone(),
             model_name,
-            estimate.input,
+            prompt_tokens,
             reservation,
             Some(hold),
             slot,
@@ -466,7 +476,7 @@ impl Gateway {
             let usage = match serde_json::from_slice::<AnswerUsage>(&bytes) {
                 Ok(AnswerUsage { usage: Some(usage) }) => usage.into(),
                 _ => crate::limits::TokenUsage {
-                    input: estimate.input,
+                    input: meter.prompt_tokens(),
                     output: serde_json::from_slice::<Value>(&bytes)
                         .map(|v| tokens::completion_tokens(&v))
                         .unwrap_or(0),

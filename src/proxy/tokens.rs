@@ -4,22 +4,23 @@
 //!
 //! One encoding serves every model: the estimate only has to be close, since the
 //! upstream's own `usage` settles the real count. The tokenizer is built on first use, so
-//! keys without token limits or budgets never pay for it.
+//! keys without token limits or budgets never pay for it; it is the compact counter in
+//! `super::bpe` (~4 MB), not tiktoken-rs (25–45 MB), to keep the gateway's memory small.
 
 use std::sync::OnceLock;
 
 use serde_json::Value;
-use tiktoken_rs::CoreBPE;
 
+use super::bpe::Cl100k;
 use crate::limits::TokenEstimate;
 
 /// OpenAI's chat format adds about this many tokens per message, and per reply.
 const TOKENS_PER_MESSAGE: u64 = 3;
 const TOKENS_PER_REPLY: u64 = 3;
 
-fn bpe() -> Option<&'static CoreBPE> {
-    static BPE: OnceLock<Option<CoreBPE>> = OnceLock::new();
-    BPE.get_or_init(|| match tiktoken_rs::cl100k_base() {
+fn bpe() -> Option<&'static Cl100k> {
+    static BPE: OnceLock<Option<Cl100k>> = OnceLock::new();
+    BPE.get_or_init(|| match Cl100k::new() {
         Ok(bpe) => Some(bpe),
         Err(err) => {
             tracing::error!(error = %err, "tokenizer unavailable; counting 1 token per 4 bytes");
@@ -35,7 +36,7 @@ pub fn count(text: &str) -> u64 {
         return 0;
     }
     match bpe() {
-        Some(bpe) => bpe.encode_ordinary(text).len() as u64,
+        Some(bpe) => bpe.count(text) as u64,
         None => (text.len() as u64).div_ceil(4),
     }
 }
@@ -145,6 +146,24 @@ mod tests {
         assert_eq!(count("hello world"), 2);
         assert_eq!(count(""), 0);
         assert!(count(&"lorem ipsum ".repeat(100)) >= 200);
+    }
+
+    #[test]
+    fn counts_exactly_as_tiktoken() {
+        let tiktoken = tiktoken_rs::cl100k_base_singleton();
+        for text in [
+            "hello world",
+            "It's a test: 1234567 items, 3.5% off!\n\n  Thanks —\tBob 🙂",
+            "fn add(a: i32, b: i32) -> i32 {\n    a + b\n}\n",
+            "中文 日本語 한국어 кириллица हिन्दी   \r\n",
+            &"supercalifragilistic".repeat(50),
+        ] {
+            assert_eq!(
+                count(text),
+                tiktoken.encode_ordinary(text).len() as u64,
+                "{text:?}"
+            );
+        }
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! opens its own transaction, so callers never see a backend's transaction type
 //! (STYLE §3 rules 11–12). Both backends pass `tests/store_conformance.rs`.
 
+mod codec;
 mod postgres;
+mod rows;
 mod sqlite;
 
 use std::sync::Arc;
@@ -19,6 +21,10 @@ use crate::keys::model::ApiKey;
 
 /// Name of the workspace that exists from the first start.
 pub const DEFAULT_WORKSPACE: &str = "default";
+
+/// Id of the `default` workspace, inserted by the first migration of both backends. Looked
+/// up by id, not name, so renaming it does not lose it.
+const DEFAULT_WORKSPACE_ID: Uuid = Uuid::from_u128(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -40,6 +40,8 @@ pub struct KeyView {
     /// Canonical CIDRs.
     pub ip_allowlist: Option<Vec<String>>,
     pub alert_thresholds: Option<Vec<f64>>,
+    /// The wallet that made this key through the Web3 flow (EIP-55); `null` otherwise.
+    pub wallet_address: Option<String>,
 }
 
 impl From<&ApiKey> for KeyView {
@@ -68,6 +70,7 @@ impl From<&ApiKey> for KeyView {
                 .as_ref()
                 .map(|nets| nets.iter().map(ToString::to_string).collect()),
             alert_thresholds: key.alert_thresholds.clone(),
+            wallet_address: key.wallet_address.clone(),
         }
     }
 }

@@ -1,0 +1,150 @@
+//! Audit and rate-limit events, one-time tokens and budget alerts (PostgreSQL).
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::Pg;
+use crate::store::{
+    codec::page_limit,
+    rows::{AuditRow, RateLimitRow},
+    AuditEvent, EventFilter, Page, Paged, RateLimitEvent, StoreResult,
+};
+
+pub(super) async fn list_audit_events(
+    pool: &PgPool,
+    workspace_id: Uuid,
+    page: Page,
+) -> StoreResult<Paged<AuditEvent>> {
+    let total: i64 = sqlx::query_scalar("select count(*) from audit_event where workspace_id = $1")
+        .bind(workspace_id)
+        .fetch_one(pool)
+        .await?;
+    let items = sqlx::query_as::<_, AuditRow<Pg>>(
+        "select * from audit_event where workspace_id = $1
+         order by at desc, id desc limit $2 offset $3",
+    )
+    .bind(workspace_id)
+    .bind(page_limit(page))
+    .bind(page.offset())
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(AuditEvent::try_from)
+    .collect::<StoreResult<Vec<_>>>()?;
+    Ok(Paged {
+        items,
+        total: total.unsigned_abs(),
+    })
+}
+
+pub(super) async fn add_rate_limit_events(
+    pool: &PgPool,
+    events: &[RateLimitEvent],
+) -> StoreResult<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut tx = pool.begin().await?;
+    for e in events {
+        sqlx::query(
+            "insert into rate_limit_event (id, workspace_id, key_id, model, limit_kind, limit_value, at)
+             values ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(e.id)
+        .bind(e.workspace_id)
+        .bind(e.key_id)
+        .bind(&e.model)
+        .bind(&e.limit)
+        .bind(&e.limit_value)
+        .bind(e.at)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+pub(super) async fn list_rate_limit_events(
+    pool: &PgPool,
+    workspace_id: Uuid,
+    filter: &EventFilter,
+    page: Page,
+) -> StoreResult<Paged<RateLimitEvent>> {
+    const FILTER: &str = "where workspace_id = $1
+          and ($2::uuid is null or key_id = $2)
+          and ($3::timestamptz is null or at >= $3)
+          and ($4::timestamptz is null or at < $4)";
+    let count_sql = format!("select count(*) from rate_limit_event {FILTER}");
+    let total: i64 = sqlx::query_scalar(&count_sql)
+        .bind(workspace_id)
+        .bind(filter.key_id)
+        .bind(filter.from)
+        .bind(filter.to)
+        .fetch_one(pool)
+        .await?;
+    let list_sql = format!(
+        "select * from rate_limit_event {FILTER} order by at desc, id desc limit $5 offset $6"
+    );
+    let items = sqlx::query_as::<_, RateLimitRow<Pg>>(&list_sql)
+        .bind(workspace_id)
+        .bind(filter.key_id)
+        .bind(filter.from)
+        .bind(filter.to)
+        .bind(page_limit(page))
+        .bind(page.offset())
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(RateLimitEvent::try_from)
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(Paged {
+        items,
+        total: total.unsigned_abs(),
+    })
+}
+
+/// Also forgets tokens that expired more than a day ago: they are refused by their
+/// expiry before they reach the store, so their rows only grow the table.
+pub(super) async fn consume_once_token(
+    pool: &PgPool,
+    token_id: &str,
+    expires_at: DateTime<Utc>,
+) -> StoreResult<bool> {
+    let now = Utc::now();
+    let mut tx = pool.begin().await?;
+    sqlx::query("delete from once_token where expires_at < $1")
+        .bind(now - chrono::TimeDelta::days(1))
+        .execute(&mut *tx)
+        .await?;
+    let done = sqlx::query(
+        "insert into once_token (token_id, expires_at, used_at) values ($1, $2, $3)
+         on conflict (token_id) do nothing",
+    )
+    .bind(token_id)
+    .bind(expires_at)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub(super) async fn claim_budget_alert(
+    pool: &PgPool,
+    key_id: Uuid,
+    period_start: DateTime<Utc>,
+    threshold_bp: i64,
+) -> StoreResult<bool> {
+    let done = sqlx::query(
+        "insert into budget_alert (key_id, period_start, threshold_bp, sent_at) values ($1, $2, $3, $4)
+         on conflict (key_id, period_start, threshold_bp) do nothing",
+    )
+    .bind(key_id)
+    .bind(period_start)
+    .bind(threshold_bp)
+    .bind(Utc::now())
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

@@ -1,0 +1,150 @@
+//! Audit and rate-limit events, one-time tokens and budget alerts (SQLite).
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{id, micros, opt_micros, Lite, SqliteStore};
+use crate::store::{
+    codec::page_limit,
+    rows::{AuditRow, RateLimitRow},
+    AuditEvent, EventFilter, Page, Paged, RateLimitEvent, StoreResult,
+};
+
+pub(super) async fn list_audit_events(
+    store: &SqliteStore,
+    workspace_id: Uuid,
+    page: Page,
+) -> StoreResult<Paged<AuditEvent>> {
+    let total: i64 = sqlx::query_scalar("select count(*) from audit_event where workspace_id = ?")
+        .bind(id(workspace_id))
+        .fetch_one(&store.pool)
+        .await?;
+    let items = sqlx::query_as::<_, AuditRow<Lite>>(
+        "select * from audit_event where workspace_id = ?
+         order by at desc, id desc limit ? offset ?",
+    )
+    .bind(id(workspace_id))
+    .bind(page_limit(page))
+    .bind(page.offset())
+    .fetch_all(&store.pool)
+    .await?
+    .into_iter()
+    .map(AuditEvent::try_from)
+    .collect::<StoreResult<Vec<_>>>()?;
+    Ok(Paged {
+        items,
+        total: total.unsigned_abs(),
+    })
+}
+
+pub(super) async fn add_rate_limit_events(
+    store: &SqliteStore,
+    events: &[RateLimitEvent],
+) -> StoreResult<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut w = store.begin_write().await?;
+    for e in events {
+        sqlx::query(
+            "insert into rate_limit_event (id, workspace_id, key_id, model, limit_kind, limit_value, at)
+             values (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id(e.id))
+        .bind(id(e.workspace_id))
+        .bind(id(e.key_id))
+        .bind(&e.model)
+        .bind(&e.limit)
+        .bind(&e.limit_value)
+        .bind(micros(e.at))
+        .execute(w.conn())
+        .await?;
+    }
+    w.commit().await
+}
+
+pub(super) async fn list_rate_limit_events(
+    store: &SqliteStore,
+    workspace_id: Uuid,
+    filter: &EventFilter,
+    page: Page,
+) -> StoreResult<Paged<RateLimitEvent>> {
+    const FILTER: &str = "where workspace_id = ?1
+          and (?2 is null or key_id = ?2)
+          and (?3 is null or at >= ?3)
+          and (?4 is null or at < ?4)";
+    let count_sql = format!("select count(*) from rate_limit_event {FILTER}");
+    let total: i64 = sqlx::query_scalar(&count_sql)
+        .bind(id(workspace_id))
+        .bind(filter.key_id.map(id))
+        .bind(opt_micros(filter.from))
+        .bind(opt_micros(filter.to))
+        .fetch_one(&store.pool)
+        .await?;
+    let list_sql = format!(
+        "select * from rate_limit_event {FILTER} order by at desc, id desc limit ?5 offset ?6"
+    );
+    let items = sqlx::query_as::<_, RateLimitRow<Lite>>(&list_sql)
+        .bind(id(workspace_id))
+        .bind(filter.key_id.map(id))
+        .bind(opt_micros(filter.from))
+        .bind(opt_micros(filter.to))
+        .bind(page_limit(page))
+        .bind(page.offset())
+        .fetch_all(&store.pool)
+        .await?
+        .into_iter()
+        .map(RateLimitEvent::try_from)
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(Paged {
+        items,
+        total: total.unsigned_abs(),
+    })
+}
+
+/// Also forgets tokens that expired more than a day ago: they are refused by their
+/// expiry before they reach the store, so their rows only grow the table.
+pub(super) async fn consume_once_token(
+    store: &SqliteStore,
+    token_id: &str,
+    expires_at: DateTime<Utc>,
+) -> StoreResult<bool> {
+    let now = Utc::now();
+    let mut w = store.begin_write().await?;
+    sqlx::query("delete from once_token where expires_at < ?")
+        .bind(micros(now - chrono::TimeDelta::days(1)))
+        .execute(w.conn())
+        .await?;
+    let done = sqlx::query(
+        "insert into once_token (token_id, expires_at, used_at) values (?, ?, ?)
+         on conflict (token_id) do nothing",
+    )
+    .bind(token_id)
+    .bind(micros(expires_at))
+    .bind(micros(now))
+    .execute(w.conn())
+    .await?;
+    w.commit().await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub(super) async fn claim_budget_alert(
+    store: &SqliteStore,
+    key_id: Uuid,
+    period_start: DateTime<Utc>,
+    threshold_bp: i64,
+) -> StoreResult<bool> {
+    let mut w = store.begin_write().await?;
+    let done = sqlx::query(
+        "insert into budget_alert (key_id, period_start, threshold_bp, sent_at) values (?, ?, ?, ?)
+         on conflict (key_id, period_start, threshold_bp) do nothing",
+    )
+    .bind(id(key_id))
+    .bind(micros(period_start))
+    .bind(threshold_bp)
+    .bind(micros(Utc::now()))
+    .execute(w.conn())
+    .await?;
+    w.commit().await?;
+    Ok(done.rows_affected() == 1)
+}

@@ -1,0 +1,427 @@
+//! The SQLite backend (the embedded default: one instance, one file).
+//!
+//! Runtime `sqlx::query`/`query_as` with `FromRow` row structs, like the Postgres backend.
+//! Representations (see `migrations/sqlite/0001_init.sql`): uuids are hyphenated TEXT,
+//! timestamps are INTEGER microseconds since the Unix epoch (so SQL comparisons and ordering
+//! are exact), JSON is TEXT.
+//!
+//! Writes: SQLite has one writer at a time. A deferred transaction that reads and then
+//! writes fails with `SQLITE_BUSY` when another writer got there first, so every write
+//! transaction here is `BEGIN IMMEDIATE` (takes the write lock up front, waiting up to the
+//! busy timeout), and writers of this process queue on an async mutex first so they do not
+//! spin in SQLite's busy handler.
+//!
+//! This file holds the pool, the write lock, migrations and the [`Store`] impl, which hands
+//! each method to the module of its area; the SQL lives there. Row structs and conversions
+//! are shared with the Postgres backend (`store/rows.rs`, `store/codec.rs`).
+
+mod events;
+mod keys;
+mod usage;
+mod workspaces;
+
+use std::{str::FromStr, time::Duration};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{de::DeserializeOwned, Serialize};
+use serde_json::Value;
+use sqlx::{
+    error::DatabaseError,
+    migrate::Migrator,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+    Sqlite, SqliteConnection, SqlitePool, Transaction,
+};
+use tokio::sync::{Mutex, MutexGuard};
+use tracing::instrument;
+use uuid::{fmt::Hyphenated, Uuid};
+
+use super::{
+    codec::{self, corrupt, Columns},
+    AuditEvent, EventFilter, Member, Page, Paged, RateLimitEvent, SecretRecord, Store, StoreError,
+    StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals, Workspace, DEFAULT_WORKSPACE_ID,
+};
+use crate::keys::model::ApiKey;
+
+static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// SQLite implementation of [`Store`].
+#[derive(Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    /// Serialises this process's write transactions (see the module docs).
+    write_lock: Mutex<()>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database file named by `url` (`sqlite://path` or
+    /// `sqlite::memory:`), in WAL mode with foreign keys on. Does not migrate.
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        let memory = url.contains(":memory:") || url.contains("mode=memory");
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(if memory {
+                SqliteJournalMode::Memory
+            } else {
+                SqliteJournalMode::Wal
+            })
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true)
+            .synchronous(SqliteSynchronous::Normal);
+        let pool_options = if memory {
+            // An in-memory database lives as long as its one connection: keep exactly one.
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+        } else {
+            SqlitePoolOptions::new().max_connections(8)
+        };
+        let pool = pool_options
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        Ok(Self {
+            pool,
+            write_lock: Mutex::new(()),
+        })
+    }
+
+    /// Starts a write transaction (`BEGIN IMMEDIATE`) behind the process-wide write lock.
+    async fn begin_write(&self) -> StoreResult<WriteTx<'_>> {
+        let guard = self.write_lock.lock().await;
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(WriteTx { tx, _guard: guard })
+    }
+}
+
+/// A write transaction and the lock it holds. Field order matters: the transaction is
+/// dropped (rolled back, if not committed) before the lock is released.
+struct WriteTx<'a> {
+    tx: Transaction<'static, Sqlite>,
+    _guard: MutexGuard<'a, ()>,
+}
+
+impl WriteTx<'_> {
+    fn conn(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
+    }
+
+    async fn commit(self) -> StoreResult<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// representations
+
+/// SQLite columns: uuids as hyphenated TEXT, timestamps as INTEGER microseconds, JSON as
+/// TEXT.
+enum Lite {}
+
+impl Columns for Lite {
+    type Id = Hyphenated;
+    type Time = i64;
+    type Json = String;
+
+    fn time(table: &'static str, v: i64) -> StoreResult<DateTime<Utc>> {
+        DateTime::from_timestamp_micros(v)
+            .ok_or_else(|| corrupt(table, format!("timestamp {v} out of range")))
+    }
+
+    fn to_json<T: Serialize>(value: &T) -> serde_json::Result<String> {
+        serde_json::to_string(value)
+    }
+
+    fn from_json<T: DeserializeOwned>(json: String) -> serde_json::Result<T> {
+        serde_json::from_str(&json)
+    }
+
+    fn json_value(value: Value) -> String {
+        value.to_string()
+    }
+}
+
+type KeyJson = codec::KeyJson<Lite>;
+
+fn id(id: Uuid) -> Hyphenated {
+    id.hyphenated()
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn opt_micros(t: Option<DateTime<Utc>>) -> Option<i64> {
+    t.map(micros)
+}
+
+/// SQLite does not report constraint names, only `UNIQUE constraint failed: table.col, …`:
+/// the column lists, and the names callers see in `Conflict`.
+const UNIQUE_RULES: &[(&str, &str)] = &[
+    ("workspace.name", "workspace_name"),
+    ("member.workspace_id, member.username", "member_username"),
+    ("workspace.id", "workspace_id"),
+    ("member.id", "member_id"),
+    ("api_key.id", "api_key_id"),
+    ("api_key_secret.lookup_id", "secret_lookup_id"),
+];
+
+fn failed_columns(db: &dyn DatabaseError) -> Option<&str> {
+    db.message().rsplit(": ").next()
+}
+
+/// Unique violations become `Conflict` named after the rule; everything else passes through.
+fn map_unique(err: sqlx::Error) -> StoreError {
+    codec::map_unique(err, failed_columns, UNIQUE_RULES)
+}
+
+// ---------------------------------------------------------------------------------------
+// helpers that run inside a caller's transaction
+
+#[instrument(skip_all)]
+async fn insert_audit(conn: &mut SqliteConnection, event: &AuditEvent) -> StoreResult<()> {
+    sqlx::query(
+        "insert into audit_event (id, workspace_id, actor, action, target, at, source, details)
+         values (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(id(event.id))
+    .bind(id(event.workspace_id))
+    .bind(&event.actor)
+    .bind(&event.action)
+    .bind(&event.target)
+    .bind(micros(event.at))
+    .bind(&event.source)
+    .bind(event.details.to_string())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        let _guard = self.write_lock.lock().await;
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("select 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn migrations_applied(&self) -> StoreResult<bool> {
+        let exists: i64 = sqlx::query_scalar(
+            "select count(*) from sqlite_master where type = 'table' and name = '_sqlx_migrations'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        if exists == 0 {
+            return Ok(false);
+        }
+        let applied: Vec<i64> =
+            sqlx::query_scalar("select version from _sqlx_migrations where success")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(MIGRATOR
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration())
+            .all(|m| applied.contains(&m.version)))
+    }
+
+    // --- workspaces and members ---
+
+    async fn default_workspace(&self) -> StoreResult<Workspace> {
+        self.get_workspace(DEFAULT_WORKSPACE_ID).await
+    }
+
+    async fn create_workspace(&self, ws: &Workspace, audit: &AuditEvent) -> StoreResult<()> {
+        workspaces::create_workspace(self, ws, audit).await
+    }
+
+    async fn get_workspace(&self, ws_id: Uuid) -> StoreResult<Workspace> {
+        workspaces::get_workspace(self, ws_id).await
+    }
+
+    async fn find_workspace(&self, name: &str) -> StoreResult<Workspace> {
+        workspaces::find_workspace(self, name).await
+    }
+
+    async fn list_workspaces(&self) -> StoreResult<Vec<Workspace>> {
+        workspaces::list_workspaces(self).await
+    }
+
+    async fn update_workspace(&self, ws: &Workspace, audit: &AuditEvent) -> StoreResult<()> {
+        workspaces::update_workspace(self, ws, audit).await
+    }
+
+    async fn create_member(&self, member: &Member, audit: &AuditEvent) -> StoreResult<()> {
+        workspaces::create_member(self, member, audit).await
+    }
+
+    async fn find_member(&self, workspace_id: Uuid, username: &str) -> StoreResult<Member> {
+        workspaces::find_member(self, workspace_id, username).await
+    }
+
+    async fn list_members(&self, workspace_id: Uuid) -> StoreResult<Vec<Member>> {
+        workspaces::list_members(self, workspace_id).await
+    }
+
+    async fn delete_member(
+        &self,
+        workspace_id: Uuid,
+        member_id: Uuid,
+        audit: &AuditEvent,
+    ) -> StoreResult<()> {
+        workspaces::delete_member(self, workspace_id, member_id, audit).await
+    }
+
+    // --- keys ---
+
+    async fn insert_key(
+        &self,
+        key: &ApiKey,
+        secret: &SecretRecord,
+        key_cap: Option<i64>,
+        audit: &AuditEvent,
+    ) -> StoreResult<()> {
+        keys::insert_key(self, key, secret, key_cap, audit).await
+    }
+
+    async fn get_key(&self, workspace_id: Uuid, key_id: Uuid) -> StoreResult<ApiKey> {
+        keys::get_key(self, workspace_id, key_id).await
+    }
+
+    async fn list_keys(&self, workspace_id: Uuid, page: Page) -> StoreResult<Paged<ApiKey>> {
+        keys::list_keys(self, workspace_id, page).await
+    }
+
+    async fn update_key(&self, key: &ApiKey, audit: &AuditEvent) -> StoreResult<()> {
+        keys::update_key(self, key, audit).await
+    }
+
+    async fn revoke_key(
+        &self,
+        workspace_id: Uuid,
+        key_id: Uuid,
+        at: DateTime<Utc>,
+        audit: &AuditEvent,
+    ) -> StoreResult<ApiKey> {
+        keys::revoke_key(self, workspace_id, key_id, at, audit).await
+    }
+
+    async fn rotate_key(
+        &self,
+        workspace_id: Uuid,
+        key_id: Uuid,
+        new_secret: &SecretRecord,
+        partial_key: &str,
+        last6: &str,
+        old_valid_until: DateTime<Utc>,
+        audit: &AuditEvent,
+    ) -> StoreResult<ApiKey> {
+        keys::rotate_key(
+            self,
+            workspace_id,
+            key_id,
+            new_secret,
+            partial_key,
+            last6,
+            old_valid_until,
+            audit,
+        )
+        .await
+    }
+
+    async fn find_secret(&self, lookup_id: &str) -> StoreResult<Option<(SecretRecord, ApiKey)>> {
+        keys::find_secret(self, lookup_id).await
+    }
+
+    async fn count_live_admin_keys(&self) -> StoreResult<u64> {
+        keys::count_live_admin_keys(self).await
+    }
+
+    async fn touch_keys(&self, uses: &[(Uuid, DateTime<Utc>)]) -> StoreResult<()> {
+        keys::touch_keys(self, uses).await
+    }
+
+    // --- audit ---
+
+    async fn list_audit_events(
+        &self,
+        workspace_id: Uuid,
+        page: Page,
+    ) -> StoreResult<Paged<AuditEvent>> {
+        events::list_audit_events(self, workspace_id, page).await
+    }
+
+    // --- usage ---
+
+    async fn add_usage(&self, deltas: &[UsageDelta]) -> StoreResult<()> {
+        usage::add_usage(self, deltas).await
+    }
+
+    async fn usage(&self, query: &UsageQuery) -> StoreResult<Vec<UsageRow>> {
+        usage::usage(self, query).await
+    }
+
+    async fn key_usage_totals(
+        &self,
+        key_id: Uuid,
+        since: DateTime<Utc>,
+        model: Option<&str>,
+    ) -> StoreResult<UsageTotals> {
+        usage::key_usage_totals(self, key_id, since, model).await
+    }
+
+    async fn workspace_usage_totals(
+        &self,
+        workspace_id: Uuid,
+        since: DateTime<Utc>,
+    ) -> StoreResult<UsageTotals> {
+        usage::workspace_usage_totals(self, workspace_id, since).await
+    }
+
+    // --- rate-limit events ---
+
+    async fn add_rate_limit_events(&self, events: &[RateLimitEvent]) -> StoreResult<()> {
+        events::add_rate_limit_events(self, events).await
+    }
+
+    async fn list_rate_limit_events(
+        &self,
+        workspace_id: Uuid,
+        filter: &EventFilter,
+        page: Page,
+    ) -> StoreResult<Paged<RateLimitEvent>> {
+        events::list_rate_limit_events(self, workspace_id, filter, page).await
+    }
+
+    // --- one-time tokens and alerts ---
+
+    async fn consume_once_token(
+        &self,
+        token_id: &str,
+        expires_at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        events::consume_once_token(self, token_id, expires_at).await
+    }
+
+    async fn claim_budget_alert(
+        &self,
+        key_id: Uuid,
+        period_start: DateTime<Utc>,
+        threshold_bp: i64,
+    ) -> StoreResult<bool> {
+        events::claim_budget_alert(self, key_id, period_start, threshold_bp).await
+    }
+}

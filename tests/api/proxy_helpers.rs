@@ -1,0 +1,669 @@
+//! Fixtures for the inference-proxy tests: keygate in process on 127.0.0.1:0 in front of a
+//! [`MockUpstream`], with short timeouts and model prices chosen per test, plus helpers to
+//! call `/v1/*`, read SSE streams event by event, and read usage, rate-limit events and
+//! `/v1/key` back.
+//!
+//! Test bodies are `async fn name(Backend)`; `proxy_tests!` runs some on both backends and
+//! the rest on SQLite only.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    future::Future,
+    str::FromStr,
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use keygate::{
+    config::{ModelPrice, UpstreamConfig},
+    proxy::tokens::{self, BodyKind},
+    state::AppState,
+    store::{AuditEvent, Workspace},
+    App, Config,
+};
+use reqwest::{Response, StatusCode};
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+use tokio::{sync::oneshot, task::JoinHandle};
+use uuid::Uuid;
+
+#[path = "../support/mod.rs"]
+pub mod support;
+
+pub use self::support::upstream::MockUpstream;
+pub use crate::helpers::Backend;
+use crate::helpers::{test_config, TestDb};
+
+/// `proxy_tests! { both: [a, b], sqlite: [c] }` makes `sqlite::{a, b, c}` and
+/// `postgres::{a, b}` tests from `async fn a(Backend)` … in the invoking module.
+macro_rules! proxy_tests {
+    (both: [$($both:ident),* $(,)?], sqlite: [$($lite:ident),* $(,)?] $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $both() {
+                    super::$both($crate::proxy_helpers::Backend::Sqlite).await
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $lite() {
+                    super::$lite($crate::proxy_helpers::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $both() {
+                    super::$both($crate::proxy_helpers::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+pub(crate) use proxy_tests;
+
+/// Priced by default: `gpt-4o-mini` at 0.15 / 0.60 USD per million tokens (DESIGN §9).
+pub const PRICED_MODEL: &str = "gpt-4o-mini";
+pub const PRICED_INPUT: &str = "0.15";
+pub const PRICED_OUTPUT: &str = "0.60";
+/// Served by the mock like any model, but without a price.
+pub const UNPRICED_MODEL: &str = "mock-model";
+
+pub fn price(name: &str, input_usd_per_mtok: &str, output_usd_per_mtok: &str) -> ModelPrice {
+    ModelPrice {
+        name: name.to_string(),
+        input_usd_per_mtok: Decimal::from_str(input_usd_per_mtok).unwrap(),
+        output_usd_per_mtok: Decimal::from_str(output_usd_per_mtok).unwrap(),
+    }
+}
+
+/// keygate in front of a mock upstream.
+pub struct ProxyApp {
+    /// `http://127.0.0.1:<port>`
+    pub address: String,
+    /// The bootstrap admin key of the `default` workspace.
+    pub admin_key: String,
+    pub workspace_id: Uuid,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    pub config: Config,
+    pub mock: MockUpstream,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+    // Last: the database goes after everything that uses it.
+    _db: TestDb,
+}
+
+/// The configuration before a test's changes: one upstream serving every model (`*`) at
+/// the mock, `gpt-4o-mini` priced, timeouts short enough for tests to notice hangs.
+pub fn proxy_config(db: &TestDb, mock: &MockUpstream) -> Config {
+    let mut config = test_config(&db.url);
+    config.upstreams = vec![UpstreamConfig {
+        name: "mock".into(),
+        base_url: mock.base_url.clone(),
+        api_key_env: None,
+        models: vec!["*".into()],
+        passthrough: Vec::new(),
+    }];
+    config.models = vec![price(PRICED_MODEL, PRICED_INPUT, PRICED_OUTPUT)];
+    config.proxy.connect_timeout_secs = 2.0;
+    config.proxy.first_byte_timeout_secs = 10.0;
+    config.proxy.idle_timeout_secs = 10.0;
+    config.proxy.timeout_secs = 60.0;
+    config
+}
+
+pub async fn spawn_proxy(backend: Backend) -> ProxyApp {
+    spawn_proxy_with(backend, |_| {}).await
+}
+
+/// `spawn_proxy` with a chance to change the configuration first.
+pub async fn spawn_proxy_with(backend: Backend, configure: impl FnOnce(&mut Config)) -> ProxyApp {
+    let mock = MockUpstream::start().await;
+    let db = TestDb::new(backend).await;
+    let mut config = proxy_config(&db, &mock);
+    configure(&mut config);
+    let admin_key = config
+        .bootstrap_admin_key
+        .as_ref()
+        .map(|k| secrecy::ExposeSecret::expose_secret(k).to_string())
+        .expect("tests always install a bootstrap key");
+
+    let app = App::build(config.clone()).await.expect("the app builds");
+    let address = format!("http://{}", app.local_addr());
+    let state = app.state().clone();
+    let workspace_id = state
+        .store
+        .default_workspace()
+        .await
+        .expect("the default workspace exists")
+        .id;
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run(async move {
+        let _ = rx.await;
+    }));
+    ProxyApp {
+        address,
+        admin_key,
+        workspace_id,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("http client"),
+        state,
+        config,
+        mock,
+        shutdown: Some(tx),
+        server: Some(server),
+        _db: db,
+    }
+}
+
+impl Drop for ProxyApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+/// A key as created: its id and full secret.
+#[derive(Debug, Clone)]
+pub struct TestKey {
+    pub id: String,
+    pub secret: String,
+}
+
+impl ProxyApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    /// Stops the server as SIGTERM would (graceful shutdown, final usage flush) and waits
+    /// until `App::run` has returned.
+    pub async fn shut_down(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            tokio::time::timeout(Duration::from_secs(30), server)
+                .await
+                .expect("the app stops within 30 s")
+                .expect("the server task did not panic")
+                .expect("the server ended cleanly");
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // keys
+
+    /// Creates a key through the admin API; `body` is merged into `{"name": …}`.
+    pub async fn create_key(&self, body: Value) -> TestKey {
+        let mut full = json!({ "name": "proxy test key" });
+        if let (Some(full), Some(extra)) = (full.as_object_mut(), body.as_object()) {
+            for (k, v) in extra {
+                full.insert(k.clone(), v.clone());
+            }
+        }
+        let response = self
+            .client
+            .post(self.url("/admin/v1/keys"))
+            .bearer_auth(&self.admin_key)
+            .json(&full)
+            .send()
+            .await
+            .expect("POST /admin/v1/keys");
+        let (status, key) = json_body(response).await;
+        assert_eq!(status, StatusCode::CREATED, "create {full}: {key}");
+        TestKey {
+            id: key["id"].as_str().unwrap().to_string(),
+            secret: key["secret"].as_str().unwrap().to_string(),
+        }
+    }
+
+    /// An inference key without limits.
+    pub async fn plain_key(&self) -> TestKey {
+        self.create_key(json!({})).await
+    }
+
+    /// `GET /admin/v1/keys/{id}`.
+    pub async fn admin_get_key(&self, id: &str) -> Value {
+        let (status, key) = self.admin_get(&format!("/admin/v1/keys/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{key}");
+        key
+    }
+
+    pub async fn admin_get(&self, path: &str) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(&self.admin_key)
+            .send()
+            .await
+            .expect("admin GET");
+        json_body(response).await
+    }
+
+    pub async fn admin_delete(&self, path: &str) -> StatusCode {
+        self.client
+            .delete(self.url(path))
+            .bearer_auth(&self.admin_key)
+            .send()
+            .await
+            .expect("admin DELETE")
+            .status()
+    }
+
+    /// Sets the default workspace's credit balance straight in the store.
+    pub async fn set_workspace_credits(&self, credits_usd: Option<&str>) {
+        let store = &self.state.store;
+        let mut workspace: Workspace = store.get_workspace(self.workspace_id).await.unwrap();
+        workspace.credits_usd = credits_usd.map(|c| Decimal::from_str(c).unwrap());
+        workspace.updated_at = keygate::clock::now();
+        let audit = AuditEvent {
+            id: Uuid::now_v7(),
+            workspace_id: workspace.id,
+            actor: "test".into(),
+            action: "workspace.update".into(),
+            target: format!("workspace:{}", workspace.id),
+            at: keygate::clock::now(),
+            source: None,
+            details: json!({}),
+        };
+        store.update_workspace(&workspace, &audit).await.unwrap();
+    }
+
+    // -----------------------------------------------------------------------------------
+    // inference
+
+    /// `POST path` with `key` and a JSON body.
+    pub async fn post(&self, key: &str, path: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    /// `POST /v1/chat/completions`.
+    pub async fn chat(&self, key: &str, body: &Value) -> Response {
+        self.post(key, "/v1/chat/completions", body).await
+    }
+
+    /// A non-streamed chat call that must succeed; returns the answer.
+    pub async fn chat_ok(&self, key: &str, body: &Value) -> Value {
+        let (status, answer) = json_body(self.chat(key, body).await).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        answer
+    }
+
+    pub async fn get(&self, key: &str, path: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("GET")
+    }
+
+    /// `GET /v1/key` with the key itself.
+    pub async fn key_info(&self, key: &str) -> Value {
+        let (status, info) = json_body(self.get(key, "/v1/key").await).await;
+        assert_eq!(status, StatusCode::OK, "{info}");
+        info
+    }
+
+    /// `remaining` of one limit in `/v1/key` (`rpm`, `tpm`, …; `model` for model limits).
+    pub async fn remaining(&self, key: &str, limit: &str, model: Option<&str>) -> i64 {
+        let info = self.key_info(key).await;
+        limit_view(&info, limit, model)["remaining"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("no {limit} remaining in {info}"))
+    }
+
+    // -----------------------------------------------------------------------------------
+    // accounting
+
+    /// Usage rows of a key for the last hour, per minute (the usage API flushes first).
+    pub async fn usage_rows(&self, key_id: &str) -> Vec<Value> {
+        let from = (chrono::Utc::now() - chrono::Duration::hours(1))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let (status, body) = self
+            .admin_get(&format!(
+                "/admin/v1/keys/{key_id}/usage?granularity=minute&from={from}"
+            ))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["data"].as_array().unwrap().clone()
+    }
+
+    /// The key's usage summed over all rows.
+    pub async fn usage(&self, key_id: &str) -> UsageSum {
+        let mut sum = UsageSum::default();
+        for row in self.usage_rows(key_id).await {
+            sum.requests += row["requests"].as_i64().unwrap();
+            sum.input_tokens += row["input_tokens"].as_i64().unwrap();
+            sum.output_tokens += row["output_tokens"].as_i64().unwrap();
+            sum.cost_usd += usd(&row["cost_usd"]);
+        }
+        sum
+    }
+
+    /// Polls the usage API until `requests` requests are recorded (or 10 s pass), then
+    /// waits a little longer and reads again, so that a second settlement would show.
+    pub async fn settled_usage(&self, key_id: &str, requests: i64) -> UsageSum {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let sum = self.usage(key_id).await;
+            if sum.requests >= requests || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        self.usage(key_id).await
+    }
+
+    /// `GET /admin/v1/rate-limit-events` with a query string (without `?`).
+    pub async fn rate_limit_events(&self, query: &str) -> Value {
+        let (status, body) = self
+            .admin_get(&format!("/admin/v1/rate-limit-events?{query}"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+}
+
+/// Sum of usage rows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageSum {
+    pub requests: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_usd: Decimal,
+}
+
+/// A USD amount from a JSON number, exactly as written.
+pub fn usd(value: &Value) -> Decimal {
+    let text = match value {
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.clone(),
+        other => panic!("not a USD amount: {other}"),
+    };
+    Decimal::from_str(&text)
+        .or_else(|_| Decimal::from_scientific(&text))
+        .unwrap_or_else(|_| panic!("not a USD amount: {text}"))
+}
+
+/// Exact cost of `input` and `output` tokens at per-million prices.
+pub fn cost(input: i64, output: i64, input_per_mtok: &str, output_per_mtok: &str) -> Decimal {
+    (Decimal::from(input) * Decimal::from_str(input_per_mtok).unwrap()
+        + Decimal::from(output) * Decimal::from_str(output_per_mtok).unwrap())
+        / Decimal::from(1_000_000)
+}
+
+/// One entry of `/v1/key`'s `limits`.
+pub fn limit_view<'a>(info: &'a Value, limit: &str, model: Option<&str>) -> &'a Value {
+    info["limits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["limit"] == limit && l["model"].as_str() == model)
+        .unwrap_or_else(|| panic!("no {limit} ({model:?}) in {info}"))
+}
+
+/// keygate's own prompt-token count of a request body (what it records when the
+/// upstream reports no usage), from the same tokenizer.
+pub fn keygate_prompt_tokens(kind: BodyKind, body: &Value) -> i64 {
+    tokens::estimate(kind, body).input as i64
+}
+
+/// keygate's count of generated text.
+pub fn keygate_text_tokens(text: &str) -> i64 {
+    tokens::count(text) as i64
+}
+
+/// Status and JSON body; panics (showing the body) if it is not JSON.
+pub async fn json_body(response: Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let text = response.text().await.expect("response body");
+    let json = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{status}: body is not JSON ({e}): {text:?}"));
+    (status, json)
+}
+
+/// Asserts an OpenAI-shaped error (`{"error": {"message", "type", "code", "param"}}`) and
+/// returns the `error` object.
+pub async fn assert_openai_error(response: Response, status: StatusCode, code: &str) -> Value {
+    let (got, body) = json_body(response).await;
+    assert_eq!(got, status, "{body}");
+    let error = &body["error"];
+    assert_eq!(error["code"], code, "{body}");
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "error without a message: {body}"
+    );
+    assert!(error["type"].is_string(), "error without a type: {body}");
+    assert!(error.get("param").is_some(), "error without param: {body}");
+    error.clone()
+}
+
+/// A header as text.
+pub fn header<'a>(response: &'a Response, name: &str) -> Option<&'a str> {
+    response.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `1s`, `6m0s`, `1h2m3.5s`, `250ms`, `0s`: Go's duration format as OpenAI sends it.
+pub fn is_go_duration(text: &str) -> bool {
+    if let Some(ms) = text.strip_suffix("ms") {
+        return !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit());
+    }
+    let Some(mut rest) = text.strip_suffix('s') else {
+        return false;
+    };
+    for unit in ['h', 'm'] {
+        if let Some((number, tail)) = rest.split_once(unit) {
+            if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+                return false;
+            }
+            rest = tail;
+        }
+    }
+    let (whole, fraction) = rest.split_once('.').unwrap_or((rest, "0"));
+    !whole.is_empty()
+        && whole.bytes().all(|b| b.is_ascii_digit())
+        && !fraction.is_empty()
+        && fraction.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Seconds in a Go duration string.
+pub fn go_duration_secs(text: &str) -> f64 {
+    assert!(is_go_duration(text), "not a Go duration: {text:?}");
+    if let Some(ms) = text.strip_suffix("ms") {
+        return ms.parse::<f64>().unwrap() / 1000.0;
+    }
+    let mut rest = text.strip_suffix('s').unwrap();
+    let mut secs = 0.0;
+    for (unit, factor) in [('h', 3600.0), ('m', 60.0)] {
+        if let Some((number, tail)) = rest.split_once(unit) {
+            secs += number.parse::<f64>().unwrap() * factor;
+            rest = tail;
+        }
+    }
+    secs + rest.parse::<f64>().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------
+// SSE
+
+/// One SSE event as the client received it.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// The `data:` payload (`[DONE]` verbatim).
+    pub data: String,
+    /// When it arrived, from the start of the read.
+    pub at: Duration,
+}
+
+impl Event {
+    pub fn json(&self) -> Option<Value> {
+        serde_json::from_str(&self.data).ok()
+    }
+
+    /// Text of a chat or completion chunk.
+    pub fn text(&self) -> String {
+        let Some(chunk) = self.json() else {
+            return String::new();
+        };
+        chunk["choices"]
+            .as_array()
+            .map(|choices| {
+                choices
+                    .iter()
+                    .filter_map(|c| {
+                        c["delta"]["content"]
+                            .as_str()
+                            .or_else(|| c["text"].as_str())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Reads an SSE body event by event as it arrives.
+pub struct SseReader {
+    stream: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buffer: Vec<u8>,
+    started: Instant,
+    pub ended: bool,
+}
+
+impl SseReader {
+    pub fn new(response: Response) -> SseReader {
+        SseReader {
+            stream: response.bytes_stream().boxed(),
+            buffer: Vec::new(),
+            started: Instant::now(),
+            ended: false,
+        }
+    }
+
+    /// The next event; `None` at the end of the body (or on a broken body). Panics after 20 s.
+    pub async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(end) = find_event_end(&self.buffer) {
+                let raw: Vec<u8> = self.buffer.drain(..end).collect();
+                let text = String::from_utf8_lossy(&raw);
+                let data: Vec<&str> = text
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                    .collect();
+                if data.is_empty() {
+                    continue;
+                }
+                return Some(Event {
+                    data: data.join("\n"),
+                    at: self.started.elapsed(),
+                });
+            }
+            if self.ended {
+                return None;
+            }
+            match tokio::time::timeout(Duration::from_secs(20), self.stream.next()).await {
+                Err(_) => panic!("no SSE bytes for 20 s"),
+                Ok(Some(Ok(chunk))) => self.buffer.extend_from_slice(&chunk),
+                Ok(Some(Err(_))) | Ok(None) => self.ended = true,
+            }
+        }
+    }
+
+    /// All remaining events.
+    pub async fn rest(&mut self) -> Vec<Event> {
+        let mut events = Vec::new();
+        while let Some(event) = self.next().await {
+            events.push(event);
+        }
+        events
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+fn find_event_end(buffer: &[u8]) -> Option<usize> {
+    buffer.windows(2).position(|w| w == b"\n\n").map(|i| i + 2)
+}
+
+/// Reads a whole SSE answer.
+pub async fn read_sse(response: Response) -> Vec<Event> {
+    SseReader::new(response).rest().await
+}
+
+/// The generated text of a stream's events.
+pub fn stream_text(events: &[Event]) -> String {
+    events.iter().map(Event::text).collect()
+}
+
+/// Polls `check` every 50 ms until it returns true or `timeout` passes; returns the last result.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A chat body with `max_tokens`.
+pub fn chat_body(model: &str, content: &str, max_tokens: Option<u64>) -> Value {
+    let mut body = json!({
+        "model": model,
+        "messages": [{"role": "user", "content": content}],
+    });
+    if let Some(max_tokens) = max_tokens {
+        body["max_tokens"] = json!(max_tokens);
+    }
+    body
+}
+
+/// A streamed chat body.
+pub fn stream_body(model: &str, content: &str, include_usage: Option<bool>) -> Value {
+    let mut body = chat_body(model, content, None);
+    body["stream"] = json!(true);
+    if let Some(include_usage) = include_usage {
+        body["stream_options"] = json!({ "include_usage": include_usage });
+    }
+    body
+}
+
+/// A unique environment variable name for one test's upstream credential.
+pub fn unique_env_var(prefix: &str) -> String {
+    format!("{prefix}_{}", Uuid::new_v4().simple()).to_ascii_uppercase()
+}
+
+/// An address nothing listens on (bound, then released).
+pub fn closed_port_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}/v1")
+}
