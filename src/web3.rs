@@ -199,11 +199,16 @@ impl TokenSigner {
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let nonce = hex::encode(nonce);
         let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
-        let expires_at = now.checked_add_signed(ttl).unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let expires_at = now
+            .checked_add_signed(ttl)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         let payload = format!("{TOKEN_PREFIX}.{nonce}.{}", expires_at.timestamp());
         let mac = hex::encode(hmac_sha256(&self.key, payload.as_bytes()));
         let expires_at = DateTime::from_timestamp(expires_at.timestamp(), 0).unwrap_or(expires_at);
-        (format!("{payload}.{mac}"), TokenClaims { nonce, expires_at })
+        (
+            format!("{payload}.{mac}"),
+            TokenClaims { nonce, expires_at },
+        )
     }
 
     /// The token's claims if this signer issued it and it has not expired at `now`. The
@@ -307,12 +312,20 @@ mod tests {
         let lower: Address = ADDRESS.to_ascii_lowercase().parse().unwrap();
         assert_eq!(lower, address);
         // EIP-55 reference vector.
-        let vector: Address = "0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed".parse().unwrap();
+        let vector: Address = "0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed"
+            .parse()
+            .unwrap();
         assert_eq!(
             vector.to_string(),
             "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
         );
-        for bad in ["", "0x", "2c7536E3605D9C16a7a3D7b1898e529396a65c23", "0x123", "0xzz7536E3605D9C16a7a3D7b1898e529396a65c23"] {
+        for bad in [
+            "",
+            "0x",
+            "2c7536E3605D9C16a7a3D7b1898e529396a65c23",
+            "0x123",
+            "0xzz7536E3605D9C16a7a3D7b1898e529396a65c23",
+        ] {
             assert!(bad.parse::<Address>().is_err(), "{bad}");
         }
     }
@@ -320,16 +333,16 @@ mod tests {
     #[test]
     fn the_key_derives_its_address() {
         let key = SigningKey::from_slice(&hex::decode(KEY).unwrap()).unwrap();
-        assert_eq!(
-            Address::of_key(key.verifying_key()).to_string(),
-            ADDRESS
-        );
+        assert_eq!(Address::of_key(key.verifying_key()).to_string(), ADDRESS);
     }
 
     #[test]
     fn recovers_an_eth_account_signature() {
         let expected: Address = ADDRESS.parse().unwrap();
-        assert_eq!(recover_personal_sign(MESSAGE.as_bytes(), SIGNATURE).unwrap(), expected);
+        assert_eq!(
+            recover_personal_sign(MESSAGE.as_bytes(), SIGNATURE).unwrap(),
+            expected
+        );
         assert_eq!(
             recover_personal_sign(MESSAGE.as_bytes(), &format!("0x{SIGNATURE}")).unwrap(),
             expected
@@ -373,7 +386,13 @@ mod tests {
 
     #[test]
     fn malformed_signatures_are_refused() {
-        for bad in ["", "0x", "zz", &SIGNATURE[..128], &format!("{}1d", &SIGNATURE[..128])] {
+        for bad in [
+            "",
+            "0x",
+            "zz",
+            &SIGNATURE[..128],
+            &format!("{}1d", &SIGNATURE[..128]),
+        ] {
             assert_eq!(
                 recover_personal_sign(MESSAGE.as_bytes(), bad),
                 Err(Web3Error::MalformedSignature),

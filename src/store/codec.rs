@@ -1,5 +1,6 @@
 //! What the two backends share below the SQL: how a domain value becomes a column value and
-//! back, and how a broken uniqueness rule becomes [`StoreError::Conflict`].
+//! back, how a broken uniqueness rule becomes [`StoreError::Conflict`], paging, and the
+//! "all migrations applied" check.
 //!
 //! The backends differ only in how a column holds a uuid, a timestamp or a JSON document
 //! (Postgres: `uuid`, `timestamptz`, `jsonb`; SQLite: hyphenated TEXT, INTEGER microseconds,
@@ -10,10 +11,10 @@
 use chrono::{DateTime, Utc};
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
-use sqlx::error::DatabaseError;
+use sqlx::{error::DatabaseError, migrate::Migrator, query::Query, Database, Encode, Type};
 use uuid::Uuid;
 
-use super::{Page, StoreError, StoreResult};
+use super::{Page, Paged, StoreError, StoreResult};
 use crate::keys::model::{ApiKey, Budget};
 
 /// How one backend represents uuid, timestamp and JSON columns.
@@ -59,17 +60,17 @@ pub(super) fn decode<C: Columns, T: DeserializeOwned>(
 }
 
 /// The JSON columns of a key (and `max_parallel`, widened for the database), encoded for
-/// binding.
+/// binding with [`BindKeyJson::bind_key_json`].
 pub(super) struct KeyJson<C: Columns> {
-    pub metadata: C::Json,
-    pub allowed_models: Option<C::Json>,
-    pub budget: Option<C::Json>,
-    pub limits: C::Json,
-    pub model_limits: C::Json,
-    pub ip_allowlist: Option<C::Json>,
-    pub alert_thresholds: Option<C::Json>,
-    pub compat: C::Json,
-    pub max_parallel: Option<i64>,
+    metadata: C::Json,
+    allowed_models: Option<C::Json>,
+    budget: Option<C::Json>,
+    limits: C::Json,
+    model_limits: C::Json,
+    ip_allowlist: Option<C::Json>,
+    alert_thresholds: Option<C::Json>,
+    compat: C::Json,
+    max_parallel: Option<i64>,
 }
 
 impl<C: Columns> KeyJson<C> {
@@ -97,6 +98,35 @@ impl<C: Columns> KeyJson<C> {
             compat: encode::<C, _>("compat", &key.compat)?,
             max_parallel: key.max_parallel.map(i64::from),
         })
+    }
+}
+
+/// Binds a key's [`KeyJson`] as nine consecutive parameters, in the order in which both
+/// backends' `insert into api_key` and `update api_key` list those columns: `metadata,
+/// allowed_models, budget, limits, model_limits, max_parallel, ip_allowlist,
+/// alert_thresholds, compat`.
+pub(super) trait BindKeyJson<C: Columns> {
+    fn bind_key_json(self, json: KeyJson<C>) -> Self;
+}
+
+impl<'q, DB, C> BindKeyJson<C> for Query<'q, DB, <DB as Database>::Arguments<'q>>
+where
+    DB: Database,
+    C: Columns,
+    C::Json: 'q + Encode<'q, DB> + Type<DB>,
+    Option<C::Json>: 'q + Encode<'q, DB> + Type<DB>,
+    Option<i64>: Encode<'q, DB> + Type<DB>,
+{
+    fn bind_key_json(self, json: KeyJson<C>) -> Self {
+        self.bind(json.metadata)
+            .bind(json.allowed_models)
+            .bind(json.budget)
+            .bind(json.limits)
+            .bind(json.model_limits)
+            .bind(json.max_parallel)
+            .bind(json.ip_allowlist)
+            .bind(json.alert_thresholds)
+            .bind(json.compat)
     }
 }
 
@@ -133,4 +163,28 @@ pub(super) fn floor_minute(t: DateTime<Utc>) -> DateTime<Utc> {
 
 pub(super) fn page_limit(page: Page) -> i64 {
     i64::from(page.limit)
+}
+
+/// One page of rows as domain values, with the `count(*)` of all matching rows.
+pub(super) fn paged<R, T>(rows: Vec<R>, total: i64) -> StoreResult<Paged<T>>
+where
+    T: TryFrom<R, Error = StoreError>,
+{
+    let items = rows
+        .into_iter()
+        .map(T::try_from)
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(Paged {
+        items,
+        total: total.unsigned_abs(),
+    })
+}
+
+/// Every up migration of `migrator` is among the `applied` versions (those `_sqlx_migrations`
+/// records as successful).
+pub(super) fn all_applied(migrator: &Migrator, applied: &[i64]) -> bool {
+    migrator
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .all(|m| applied.contains(&m.version))
 }

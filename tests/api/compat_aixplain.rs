@@ -7,9 +7,6 @@
 // Test bodies are plain async fns (not `#[test]`s), which `allow-unwrap-in-tests` does not cover.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../support/mod.rs"]
-mod support;
-
 use keygate::config::UpstreamConfig;
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::{json, Value};
@@ -17,7 +14,8 @@ use serde_json::{json, Value};
 use crate::helpers::{
     both_backends, json_of, keys_in, secret_of, spawn_app, spawn_app_with, Backend, TestApp,
 };
-use support::upstream::{chat_request, MockUpstream};
+// tests/support is compiled once per test binary (clippy::duplicate_mod); proxy_helpers holds it.
+use crate::proxy_helpers::MockUpstream;
 
 both_backends!(
     list_is_a_bare_array_of_every_key_with_partial_access_keys,
@@ -239,7 +237,7 @@ async fn create_answers_the_wire_shape_with_the_full_key_once(backend: Backend) 
     let secret = key["accessKey"].as_str().unwrap().to_string();
     assert_eq!(
         keys_in(&secret),
-        [secret.clone()],
+        std::slice::from_ref(&secret),
         "create shows the full key"
     );
     let id = key["id"].as_str().unwrap().to_string();
@@ -996,7 +994,7 @@ async fn usage_limits_count_real_calls_and_limits_are_enforced() {
     let path = format!("/sdk/api-keys/{}/usage-limits", key["id"].as_str().unwrap());
     let chat = |model: &str| {
         app.req_as(&secret, Method::POST, "/v1/chat/completions")
-            .json(&chat_request(model, "hello there gateway", false))
+            .json(&json!({"model": model, "messages": [{"role": "user", "content": "hello there gateway"}]}))
             .send()
     };
     let mut usages = Vec::new();

@@ -35,13 +35,20 @@ both_backends!(
     web3_flow_creates_an_inference_key_for_the_signer,
     web3_refuses_bad_proofs_and_admin_keys,
     web3_is_off_by_default_and_honours_the_address_allowlist,
+    web3_failed_proofs_count_as_failed_authentications,
 );
 
 const KEYS: &str = "/api/v1/api_keys";
 const WEB3: &str = "/api/v1/api_keys/generate_web3_key";
 const WEB3_SECRET: &str = "a test secret that is long enough for web3";
 
-async fn venice(app: &TestApp, key: &str, method: Method, path: &str, body: Option<&Value>) -> (StatusCode, Value) {
+async fn venice(
+    app: &TestApp,
+    key: &str,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> (StatusCode, Value) {
     let mut request = app.req_as(key, method, path);
     if let Some(body) = body {
         request = request.json(body);
@@ -69,7 +76,14 @@ async fn create(app: &TestApp, body: &Value) -> Value {
 }
 
 async fn retrieve(app: &TestApp, id: &str) -> (StatusCode, Value) {
-    venice(app, &app.admin_key, Method::GET, &format!("{KEYS}/{id}"), None).await
+    venice(
+        app,
+        &app.admin_key,
+        Method::GET,
+        &format!("{KEYS}/{id}"),
+        None,
+    )
+    .await
 }
 
 fn keys_of(value: &Value) -> BTreeSet<String> {
@@ -92,25 +106,35 @@ fn assert_venice_error(status: StatusCode, body: &Value, expected: StatusCode) {
         body["error"].as_str().is_some_and(|m| !m.is_empty()),
         "`error` must be a string: {body}"
     );
-    let code = body["code"].as_str().unwrap_or_else(|| panic!("no code: {body}"));
+    let code = body["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no code: {body}"));
     assert_eq!(code, code.to_ascii_uppercase(), "{body}");
 }
 
 /// A 400 whose Zod-like `issues` name `path`.
 fn assert_issue(status: StatusCode, body: &Value, path: Value) {
     assert_venice_error(status, body, StatusCode::BAD_REQUEST);
-    let issues = body["issues"].as_array().unwrap_or_else(|| panic!("no issues: {body}"));
+    let issues = body["issues"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no issues: {body}"));
     assert!(
-        issues.iter().any(|i| i["path"] == path && i["message"].as_str().is_some_and(|m| !m.is_empty())),
+        issues
+            .iter()
+            .any(|i| i["path"] == path && i["message"].as_str().is_some_and(|m| !m.is_empty())),
         "no issue at {path}: {body}"
     );
 }
 
 /// ISO-8601 UTC with milliseconds, as Venice (JavaScript) writes it.
 fn assert_timestamp(value: &Value) {
-    let text = value.as_str().unwrap_or_else(|| panic!("not a string: {value}"));
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("not a string: {value}"));
     assert!(
-        text.len() == 24 && text.ends_with('Z') && chrono::DateTime::parse_from_rfc3339(text).is_ok(),
+        text.len() == 24
+            && text.ends_with('Z')
+            && chrono::DateTime::parse_from_rfc3339(text).is_ok(),
         "not YYYY-MM-DDTHH:MM:SS.mmmZ: {text}"
     );
 }
@@ -135,10 +159,16 @@ fn assert_api_key_shape(key: &Value) {
         ]),
         "{key}"
     );
-    assert!(key["id"].is_string() && key["apiKeyType"].is_string() && key["description"].is_string());
+    assert!(
+        key["id"].is_string() && key["apiKeyType"].is_string() && key["description"].is_string()
+    );
     assert_eq!(key["last6Chars"].as_str().map(str::len), Some(6), "{key}");
     assert_timestamp(&key["createdAt"]);
-    assert_eq!(keys_of(&key["consumptionLimits"]), set(&["usd", "diem", "vcu"]), "{key}");
+    assert_eq!(
+        keys_of(&key["consumptionLimits"]),
+        set(&["usd", "diem", "vcu"]),
+        "{key}"
+    );
     assert!(key["ipAllowlist"].is_array(), "{key}");
     let week = &key["usage"]["trailingSevenDays"];
     assert_eq!(keys_of(week), set(&["usd", "diem", "vcu"]), "{key}");
@@ -180,7 +210,12 @@ async fn web3_token(app: &TestApp) -> String {
 }
 
 async fn web3_post(app: &TestApp, body: &Value) -> (StatusCode, Value) {
-    let response = app.req_anon(Method::POST, WEB3).json(body).send().await.unwrap();
+    let response = app
+        .req_anon(Method::POST, WEB3)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
     json_of(response).await
 }
 
@@ -204,7 +239,16 @@ async fn create_answers_the_created_key_shape(backend: Backend) {
     .await;
 
     // CreatedApiKey: singular `consumptionLimit`, the full secret once.
-    for field in ["id", "apiKey", "apiKeyType", "description", "consumptionLimit", "expiresAt", "limitPeriod", "ipAllowlist"] {
+    for field in [
+        "id",
+        "apiKey",
+        "apiKeyType",
+        "description",
+        "consumptionLimit",
+        "expiresAt",
+        "limitPeriod",
+        "ipAllowlist",
+    ] {
         assert!(created.get(field).is_some(), "`{field}` missing: {created}");
     }
     assert!(created.get("consumptionLimits").is_none(), "{created}");
@@ -214,22 +258,41 @@ async fn create_answers_the_created_key_shape(backend: Backend) {
     assert_eq!(created["last6Chars"], &secret[secret.len() - 6..]);
     assert_eq!(created["apiKeyType"], "INFERENCE");
     assert_eq!(created["description"], "tenant-1");
-    assert_eq!(created["consumptionLimit"], json!({"usd": 10.5, "diem": 2.0, "vcu": null}));
-    assert!(created["consumptionLimit"]["usd"].is_f64(), "floats as JSON numbers");
+    assert_eq!(
+        created["consumptionLimit"],
+        json!({"usd": 10.5, "diem": 2.0, "vcu": null})
+    );
+    assert!(
+        created["consumptionLimit"]["usd"].is_f64(),
+        "floats as JSON numbers"
+    );
     assert_eq!(created["limitPeriod"], "MONTH");
     assert_eq!(created["modelPrivacy"], "PRIVATE_ONLY");
     assert_eq!(created["expiresAt"], "2031-02-03T04:05:06.000Z");
-    assert_eq!(created["ipAllowlist"], json!(["1.2.3.4/32", "10.0.0.0/8", "2001:db8::1/128"]));
+    assert_eq!(
+        created["ipAllowlist"],
+        json!(["1.2.3.4/32", "10.0.0.0/8", "2001:db8::1/128"])
+    );
 
     // An ADMIN key, and a key without any limit: `consumptionLimit` is still there.
     let admin = create(&app, &json!({"apiKeyType": "ADMIN", "description": "ops"})).await;
     assert_eq!(admin["apiKeyType"], "ADMIN");
-    assert_eq!(admin["consumptionLimit"], json!({"usd": null, "diem": null, "vcu": null}));
+    assert_eq!(
+        admin["consumptionLimit"],
+        json!({"usd": null, "diem": null, "vcu": null})
+    );
     assert_eq!(admin["limitPeriod"], Value::Null);
     assert_eq!(admin["expiresAt"], Value::Null);
     assert_eq!(admin["ipAllowlist"], json!([]));
     // The new admin key manages keys on this surface.
-    let (status, _) = venice(&app, admin["apiKey"].as_str().unwrap(), Method::GET, KEYS, None).await;
+    let (status, _) = venice(
+        &app,
+        admin["apiKey"].as_str().unwrap(),
+        Method::GET,
+        KEYS,
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
 
     // No `limitPeriod`: the USD limit is per EPOCH (a UTC day).
@@ -257,15 +320,28 @@ async fn list_retrieve_update_delete_answer_their_envelopes(backend: Backend) {
     assert_eq!(keys_of(&list), set(&["object", "data"]));
     assert_eq!(list["object"], "list");
     let items = list["data"].as_array().unwrap();
-    assert_eq!(items.len(), 2, "the bootstrap admin key and the new one: {list}");
+    assert_eq!(
+        items.len(),
+        2,
+        "the bootstrap admin key and the new one: {list}"
+    );
     items.iter().for_each(assert_api_key_shape);
     let mine = items.iter().find(|k| k["id"] == id.as_str()).unwrap();
-    assert_eq!(mine["consumptionLimits"], json!({"usd": 3.0, "diem": null, "vcu": null}));
+    assert_eq!(
+        mine["consumptionLimits"],
+        json!({"usd": 3.0, "diem": null, "vcu": null})
+    );
     assert_eq!(mine["limitPeriod"], "LIFETIME");
-    assert_eq!(mine["usage"]["trailingSevenDays"], json!({"usd": 0.0, "diem": 0.0, "vcu": 0.0}));
+    assert_eq!(
+        mine["usage"]["trailingSevenDays"],
+        json!({"usd": 0.0, "diem": 0.0, "vcu": 0.0})
+    );
     assert_eq!(mine["lastUsedAt"], Value::Null);
     assert_eq!(mine["modelPrivacy"], Value::Null);
-    let bootstrap = items.iter().find(|k| k["id"] == app.admin_key_id.to_string().as_str()).unwrap();
+    let bootstrap = items
+        .iter()
+        .find(|k| k["id"] == app.admin_key_id.to_string().as_str())
+        .unwrap();
     assert_eq!(bootstrap["apiKeyType"], "ADMIN");
     assert_eq!(bootstrap["limitPeriod"], Value::Null);
 
@@ -292,18 +368,37 @@ async fn list_retrieve_update_delete_answer_their_envelopes(backend: Backend) {
     assert_eq!(updated["data"]["description"], "renamed");
 
     // delete: exactly {"success": true}; afterwards the key is Venice's 404.
-    let (status, deleted) = venice(&app, &app.admin_key, Method::DELETE, &format!("{KEYS}?id={id}"), None).await;
+    let (status, deleted) = venice(
+        &app,
+        &app.admin_key,
+        Method::DELETE,
+        &format!("{KEYS}?id={id}"),
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{deleted}");
     assert_eq!(deleted, json!({"success": true}));
     let secret = created["apiKey"].as_str().unwrap();
-    let (status, body) = venice(&app, secret, Method::GET, "/api/v1/api_keys/rate_limits", None).await;
+    let (status, body) = venice(
+        &app,
+        secret,
+        Method::GET,
+        "/api/v1/api_keys/rate_limits",
+        None,
+    )
+    .await;
     assert_venice_error(status, &body, StatusCode::UNAUTHORIZED);
     for (method, path, body) in [
         (Method::GET, format!("{KEYS}/{id}"), None),
         (Method::DELETE, format!("{KEYS}?id={id}"), None),
-        (Method::PATCH, KEYS.to_string(), Some(json!({"id": id, "description": "x"}))),
+        (
+            Method::PATCH,
+            KEYS.to_string(),
+            Some(json!({"id": id, "description": "x"})),
+        ),
     ] {
-        let (status, body) = venice(&app, &app.admin_key, method.clone(), &path, body.as_ref()).await;
+        let (status, body) =
+            venice(&app, &app.admin_key, method.clone(), &path, body.as_ref()).await;
         assert_venice_error(status, &body, StatusCode::NOT_FOUND);
         assert_eq!(body["error"], "API key not found", "{method} {path}");
     }
@@ -329,14 +424,20 @@ async fn venice_keys_are_ordinary_keygate_keys(backend: Backend) {
     assert_eq!(status, StatusCode::OK, "{native}");
     assert_eq!(native["name"], "seen natively");
     assert_eq!(native["kind"], "inference");
-    assert_eq!(native["budget"], json!({"limit_usd": 0.1, "period": "month"}));
+    assert_eq!(
+        native["budget"],
+        json!({"limit_usd": 0.1, "period": "month"})
+    );
     assert_eq!(native["ip_allowlist"], json!(["192.0.2.7/32"]));
     assert_eq!(native["created_by"], format!("key:{}", app.admin_key_id));
     assert_eq!(native["last6"], created["last6Chars"]);
 
     // A native change shows on the Venice surface.
     let response = app
-        .patch_json(&format!("/admin/v1/keys/{id}"), &json!({"budget": {"limit_usd": 7, "period": "day"}, "ip_allowlist": null}))
+        .patch_json(
+            &format!("/admin/v1/keys/{id}"),
+            &json!({"budget": {"limit_usd": 7, "period": "day"}, "ip_allowlist": null}),
+        )
         .await;
     assert_eq!(response.status(), StatusCode::OK);
     let (_, got) = retrieve(&app, &id).await;
@@ -353,16 +454,36 @@ async fn venice_keys_are_ordinary_keygate_keys(backend: Backend) {
         Some(&json!({"id": id, "ipAllowlist": ["192.0.2.7"]})),
     )
     .await;
-    let (status, body) = venice(&app, created["apiKey"].as_str().unwrap(), Method::GET, "/api/v1/api_keys/rate_limits", None).await;
+    let (status, body) = venice(
+        &app,
+        created["apiKey"].as_str().unwrap(),
+        Method::GET,
+        "/api/v1/api_keys/rate_limits",
+        None,
+    )
+    .await;
     assert_venice_error(status, &body, StatusCode::FORBIDDEN);
     assert!(
-        body["error"].as_str().unwrap().starts_with("This API key is restricted to configured IP addresses"),
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("This API key is restricted to configured IP addresses"),
         "{body}"
     );
 
     // Delete through Venice = revoke: the native API answers 404 too.
-    let _ = venice(&app, &app.admin_key, Method::DELETE, &format!("{KEYS}?id={id}"), None).await;
-    assert_eq!(app.get(&format!("/admin/v1/keys/{id}")).await.status(), StatusCode::NOT_FOUND);
+    let _ = venice(
+        &app,
+        &app.admin_key,
+        Method::DELETE,
+        &format!("{KEYS}?id={id}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        app.get(&format!("/admin/v1/keys/{id}")).await.status(),
+        StatusCode::NOT_FOUND
+    );
 }
 
 async fn expires_at_accepts_its_three_forms(backend: Backend) {
@@ -370,12 +491,28 @@ async fn expires_at_accepts_its_three_forms(backend: Backend) {
     let year = Utc::now().year_ahead();
     for (given, expected) in [
         (json!(""), Value::Null),
-        (json!(format!("{year}-02-03")), json!(format!("{year}-02-03T00:00:00.000Z"))),
-        (json!(format!("{year}-02-03T04:05:06.789Z")), json!(format!("{year}-02-03T04:05:06.789Z"))),
-        (json!(format!("{year}-02-03T04:05:06+02:00")), json!(format!("{year}-02-03T02:05:06.000Z"))),
-        (json!(format!("{year}-02-03T04:05:06")), json!(format!("{year}-02-03T04:05:06.000Z"))),
+        (
+            json!(format!("{year}-02-03")),
+            json!(format!("{year}-02-03T00:00:00.000Z")),
+        ),
+        (
+            json!(format!("{year}-02-03T04:05:06.789Z")),
+            json!(format!("{year}-02-03T04:05:06.789Z")),
+        ),
+        (
+            json!(format!("{year}-02-03T04:05:06+02:00")),
+            json!(format!("{year}-02-03T02:05:06.000Z")),
+        ),
+        (
+            json!(format!("{year}-02-03T04:05:06")),
+            json!(format!("{year}-02-03T04:05:06.000Z")),
+        ),
     ] {
-        let created = create(&app, &json!({"apiKeyType": "INFERENCE", "description": "e", "expiresAt": given})).await;
+        let created = create(
+            &app,
+            &json!({"apiKeyType": "INFERENCE", "description": "e", "expiresAt": given}),
+        )
+        .await;
         assert_eq!(created["expiresAt"], expected, "{given}");
         let (_, got) = retrieve(&app, &id_of(&created)).await;
         assert_eq!(got["data"]["expiresAt"], expected, "{given}");
@@ -440,7 +577,8 @@ async fn update_changes_each_field_and_clears_with_empty_values(backend: Backend
         async move {
             let mut body = body;
             body["id"] = json!(id);
-            let (status, updated) = venice(app, &app.admin_key, Method::PATCH, KEYS, Some(&body)).await;
+            let (status, updated) =
+                venice(app, &app.admin_key, Method::PATCH, KEYS, Some(&body)).await;
             assert_eq!(status, StatusCode::OK, "{body}: {updated}");
             updated["data"].clone()
         }
@@ -448,7 +586,11 @@ async fn update_changes_each_field_and_clears_with_empty_values(backend: Backend
 
     let key = patch(json!({"description": "after"})).await;
     assert_eq!(key["description"], "after");
-    assert_eq!(key["consumptionLimits"], json!({"usd": 5.0, "diem": 1.0, "vcu": 2.0}), "unchanged");
+    assert_eq!(
+        key["consumptionLimits"],
+        json!({"usd": 5.0, "diem": 1.0, "vcu": 2.0}),
+        "unchanged"
+    );
 
     let key = patch(json!({"limitPeriod": "LIFETIME"})).await;
     assert_eq!(key["limitPeriod"], "LIFETIME");
@@ -456,15 +598,24 @@ async fn update_changes_each_field_and_clears_with_empty_values(backend: Backend
 
     // consumptionLimit replaces the limits as a whole and keeps the period.
     let key = patch(json!({"consumptionLimit": {"usd": 2.25}})).await;
-    assert_eq!(key["consumptionLimits"], json!({"usd": 2.25, "diem": null, "vcu": null}));
+    assert_eq!(
+        key["consumptionLimits"],
+        json!({"usd": 2.25, "diem": null, "vcu": null})
+    );
     assert_eq!(key["limitPeriod"], "LIFETIME");
     let key = patch(json!({"consumptionLimit": {"diem": 1.0}, "limitPeriod": "EPOCH"})).await;
-    assert_eq!(key["consumptionLimits"], json!({"usd": null, "diem": 1.0, "vcu": null}));
+    assert_eq!(
+        key["consumptionLimits"],
+        json!({"usd": null, "diem": 1.0, "vcu": null})
+    );
     assert_eq!(key["limitPeriod"], Value::Null, "no USD limit, no period");
     let key = patch(json!({"consumptionLimit": {"usd": 4}, "limitPeriod": "EPOCH"})).await;
     assert_eq!(key["limitPeriod"], "EPOCH");
     let key = patch(json!({"consumptionLimit": {}})).await;
-    assert_eq!(key["consumptionLimits"], json!({"usd": null, "diem": null, "vcu": null}));
+    assert_eq!(
+        key["consumptionLimits"],
+        json!({"usd": null, "diem": null, "vcu": null})
+    );
 
     let key = patch(json!({"modelPrivacy": "PRIVATE_TEXT"})).await;
     assert_eq!(key["modelPrivacy"], "PRIVATE_TEXT");
@@ -491,29 +642,61 @@ async fn update_changes_each_field_and_clears_with_empty_values(backend: Backend
 async fn list_pages_end_with_a_short_page(backend: Backend) {
     let app = spawn_app(backend).await;
     for i in 0..5 {
-        create(&app, &json!({"apiKeyType": "INFERENCE", "description": format!("k{i}")})).await;
+        create(
+            &app,
+            &json!({"apiKeyType": "INFERENCE", "description": format!("k{i}")}),
+        )
+        .await;
     }
     // 6 keys with the bootstrap admin key: pages of 4 are 4, 2, 0.
     let mut seen = BTreeSet::new();
     for (page, expected) in [(1, 4), (2, 2), (3, 0)] {
-        let (status, list) = venice(&app, &app.admin_key, Method::GET, &format!("{KEYS}?page={page}&limit=4"), None).await;
+        let (status, list) = venice(
+            &app,
+            &app.admin_key,
+            Method::GET,
+            &format!("{KEYS}?page={page}&limit=4"),
+            None,
+        )
+        .await;
         assert_eq!(status, StatusCode::OK, "{list}");
         let items = list["data"].as_array().unwrap();
         assert_eq!(items.len(), expected, "page {page}: {list}");
         for item in items {
-            assert!(seen.insert(item["id"].as_str().unwrap().to_string()), "a key on two pages");
+            assert!(
+                seen.insert(item["id"].as_str().unwrap().to_string()),
+                "a key on two pages"
+            );
         }
     }
     let (_, all) = venice(&app, &app.admin_key, Method::GET, KEYS, None).await;
-    assert_eq!(all["data"].as_array().unwrap().len(), 6, "no parameters: every key (up to 500)");
+    assert_eq!(
+        all["data"].as_array().unwrap().len(),
+        6,
+        "no parameters: every key (up to 500)"
+    );
 }
 
 async fn static_routes_win_over_the_id_route(backend: Backend) {
     let app = spawn_app(backend).await;
-    let (status, limits) = venice(&app, &app.admin_key, Method::GET, "/api/v1/api_keys/rate_limits", None).await;
+    let (status, limits) = venice(
+        &app,
+        &app.admin_key,
+        Method::GET,
+        "/api/v1/api_keys/rate_limits",
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{limits}");
     assert!(limits["data"]["accessPermitted"].is_boolean(), "{limits}");
-    let (status, log) = venice(&app, &app.admin_key, Method::GET, "/api/v1/api_keys/rate_limits/log", None).await;
+    let (status, log) = venice(
+        &app,
+        &app.admin_key,
+        Method::GET,
+        "/api/v1/api_keys/rate_limits/log",
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{log}");
     assert_eq!(log["object"], "list");
     // Web3 is off here: its own 403, not a key lookup, and without any key.
@@ -522,13 +705,25 @@ async fn static_routes_win_over_the_id_route(backend: Backend) {
     assert_venice_error(status, &body, StatusCode::FORBIDDEN);
     assert_eq!(body["code"], "WEB3_DISABLED");
     // Anything else under api_keys/ is an id: unknown ones and non-UUIDs are 404s.
-    for id in [Uuid::new_v4().to_string(), "rate_limit".to_string(), "generate_web3_keys".to_string(), "%20".to_string()] {
+    for id in [
+        Uuid::new_v4().to_string(),
+        "rate_limit".to_string(),
+        "generate_web3_keys".to_string(),
+        "%20".to_string(),
+    ] {
         let (status, body) = retrieve(&app, &id).await;
         assert_venice_error(status, &body, StatusCode::NOT_FOUND);
         assert_eq!(body["error"], "API key not found", "{id}");
     }
     // Deeper unknown paths are the router's 404, still in Venice's shape.
-    let (status, body) = venice(&app, &app.admin_key, Method::GET, "/api/v1/api_keys/rate_limits/nope", None).await;
+    let (status, body) = venice(
+        &app,
+        &app.admin_key,
+        Method::GET,
+        "/api/v1/api_keys/rate_limits/nope",
+        None,
+    )
+    .await;
     assert_venice_error(status, &body, StatusCode::NOT_FOUND);
     let (status, body) = venice(&app, &app.admin_key, Method::PUT, KEYS, None).await;
     assert_venice_error(status, &body, StatusCode::METHOD_NOT_ALLOWED);
@@ -536,7 +731,11 @@ async fn static_routes_win_over_the_id_route(backend: Backend) {
 
 async fn auth_failures_use_the_venice_shape_and_sdk_statuses(backend: Backend) {
     let app = spawn_app(backend).await;
-    let inference = create(&app, &json!({"apiKeyType": "INFERENCE", "description": "i"})).await;
+    let inference = create(
+        &app,
+        &json!({"apiKeyType": "INFERENCE", "description": "i"}),
+    )
+    .await;
     let inference = inference["apiKey"].as_str().unwrap();
 
     // No key / a bad key: 401 (AuthenticationError).
@@ -548,24 +747,59 @@ async fn auth_failures_use_the_venice_shape_and_sdk_statuses(backend: Backend) {
     assert_eq!(body["code"], "INVALID_API_KEY");
 
     // An inference key on management: 403 (PermissionDeniedError), not IP-restricted.
-    for (method, path) in [(Method::GET, KEYS.to_string()), (Method::POST, KEYS.to_string()), (Method::GET, format!("{KEYS}/{}", app.admin_key_id))] {
-        let (status, body) = venice(&app, inference, method, &path, Some(&json!({"apiKeyType": "INFERENCE", "description": "x"}))).await;
+    for (method, path) in [
+        (Method::GET, KEYS.to_string()),
+        (Method::POST, KEYS.to_string()),
+        (Method::GET, format!("{KEYS}/{}", app.admin_key_id)),
+    ] {
+        let (status, body) = venice(
+            &app,
+            inference,
+            method,
+            &path,
+            Some(&json!({"apiKeyType": "INFERENCE", "description": "x"})),
+        )
+        .await;
         assert_venice_error(status, &body, StatusCode::FORBIDDEN);
-        assert!(!body["error"].as_str().unwrap().starts_with("This API key is restricted"), "{body}");
+        assert!(
+            !body["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("This API key is restricted"),
+            "{body}"
+        );
     }
     // …but it reads its own rate limits and refusals.
-    for path in ["/api/v1/api_keys/rate_limits", "/api/v1/api_keys/rate_limits/log"] {
+    for path in [
+        "/api/v1/api_keys/rate_limits",
+        "/api/v1/api_keys/rate_limits/log",
+    ] {
         let (status, body) = venice(&app, inference, Method::GET, path, None).await;
         assert_eq!(status, StatusCode::OK, "{path}: {body}");
     }
 
     // A key restricted to other addresses: 403 with the message the SDK turns into
     // ApiKeyIpRestrictedError.
-    let restricted = create(&app, &json!({"apiKeyType": "ADMIN", "description": "r", "ipAllowlist": ["203.0.113.0/24"]})).await;
-    let (status, body) = venice(&app, restricted["apiKey"].as_str().unwrap(), Method::GET, KEYS, None).await;
+    let restricted = create(
+        &app,
+        &json!({"apiKeyType": "ADMIN", "description": "r", "ipAllowlist": ["203.0.113.0/24"]}),
+    )
+    .await;
+    let (status, body) = venice(
+        &app,
+        restricted["apiKey"].as_str().unwrap(),
+        Method::GET,
+        KEYS,
+        None,
+    )
+    .await;
     assert_venice_error(status, &body, StatusCode::FORBIDDEN);
     assert!(
-        body["error"].as_str().unwrap().to_lowercase().starts_with("this api key is restricted to configured ip addresses"),
+        body["error"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .starts_with("this api key is restricted to configured ip addresses"),
         "{body}"
     );
 }
@@ -585,25 +819,70 @@ async fn bad_inputs_are_400_in_venice_shape_never_500(backend: Backend) {
         (with("apiKeyType", json!(1)), json!(["apiKeyType"])),
         (with("description", json!("")), json!(["description"])),
         (with("description", json!("   ")), json!(["description"])),
-        (with("description", json!("x".repeat(201))), json!(["description"])),
+        (
+            with("description", json!("x".repeat(201))),
+            json!(["description"]),
+        ),
         (with("description", json!(null)), json!(["description"])),
-        (with("consumptionLimit", json!({"usd": -1})), json!(["consumptionLimit", "usd"])),
-        (with("consumptionLimit", json!({"usd": "ten"})), json!(["consumptionLimit", "usd"])),
-        (with("consumptionLimit", json!({"usd": 1e12})), json!(["consumptionLimit", "usd"])),
-        (with("consumptionLimit", json!({"diem": -0.5})), json!(["consumptionLimit", "diem"])),
-        (with("consumptionLimit", json!({"vcu": 1e300})), json!(["consumptionLimit", "vcu"])),
-        (with("consumptionLimit", json!({"eur": 1})), json!(["consumptionLimit", "eur"])),
-        (with("consumptionLimit", json!(5)), json!(["consumptionLimit"])),
+        (
+            with("consumptionLimit", json!({"usd": -1})),
+            json!(["consumptionLimit", "usd"]),
+        ),
+        (
+            with("consumptionLimit", json!({"usd": "ten"})),
+            json!(["consumptionLimit", "usd"]),
+        ),
+        (
+            with("consumptionLimit", json!({"usd": 1e12})),
+            json!(["consumptionLimit", "usd"]),
+        ),
+        (
+            with("consumptionLimit", json!({"diem": -0.5})),
+            json!(["consumptionLimit", "diem"]),
+        ),
+        (
+            with("consumptionLimit", json!({"vcu": 1e300})),
+            json!(["consumptionLimit", "vcu"]),
+        ),
+        (
+            with("consumptionLimit", json!({"eur": 1})),
+            json!(["consumptionLimit", "eur"]),
+        ),
+        (
+            with("consumptionLimit", json!(5)),
+            json!(["consumptionLimit"]),
+        ),
         (with("limitPeriod", json!("WEEK")), json!(["limitPeriod"])),
         (with("modelPrivacy", json!("NONE")), json!(["modelPrivacy"])),
-        (with("expiresAt", json!("next tuesday")), json!(["expiresAt"])),
+        (
+            with("expiresAt", json!("next tuesday")),
+            json!(["expiresAt"]),
+        ),
         (with("expiresAt", json!(1700000000)), json!(["expiresAt"])),
-        (with("ipAllowlist", json!(["banana"])), json!(["ipAllowlist", 0])),
-        (with("ipAllowlist", json!(["1.2.3.4", "1.2.3.4/33"])), json!(["ipAllowlist", 1])),
-        (with("ipAllowlist", json!(vec!["1.2.3.4"; 101])), json!(["ipAllowlist"])),
-        (with("ipAllowlist", json!(["1".repeat(65)])), json!(["ipAllowlist", 0])),
-        (with("ipAllowlist", json!("1.2.3.4")), json!(["ipAllowlist"])),
-        (with("consumptionLimits", json!({"usd": 1})), json!(["consumptionLimits"])),
+        (
+            with("ipAllowlist", json!(["banana"])),
+            json!(["ipAllowlist", 0]),
+        ),
+        (
+            with("ipAllowlist", json!(["1.2.3.4", "1.2.3.4/33"])),
+            json!(["ipAllowlist", 1]),
+        ),
+        (
+            with("ipAllowlist", json!(vec!["1.2.3.4"; 101])),
+            json!(["ipAllowlist"]),
+        ),
+        (
+            with("ipAllowlist", json!(["1".repeat(65)])),
+            json!(["ipAllowlist", 0]),
+        ),
+        (
+            with("ipAllowlist", json!("1.2.3.4")),
+            json!(["ipAllowlist"]),
+        ),
+        (
+            with("consumptionLimits", json!({"usd": 1})),
+            json!(["consumptionLimits"]),
+        ),
     ];
     for (body, path) in cases {
         let (status, answer) = venice(&app, &app.admin_key, Method::POST, KEYS, Some(&body)).await;
@@ -612,12 +891,25 @@ async fn bad_inputs_are_400_in_venice_shape_never_500(backend: Backend) {
     }
 
     // Bodies that are not a JSON object: 400 (415 for another content type).
-    for raw in ["", "{", "[]", "null", "\"x\"", "{\"apiKeyType\": \"INFERENCE\"} trailing"] {
+    for raw in [
+        "",
+        "{",
+        "[]",
+        "null",
+        "\"x\"",
+        "{\"apiKeyType\": \"INFERENCE\"} trailing",
+    ] {
         let response = app.send_raw(Method::POST, KEYS, raw).await;
         let (status, body) = json_of(response).await;
         assert_venice_error(status, &body, StatusCode::BAD_REQUEST);
     }
-    let response = app.req(Method::POST, KEYS).header("content-type", "text/plain").body("{}").send().await.unwrap();
+    let response = app
+        .req(Method::POST, KEYS)
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     let (status, body) = json_of(response).await;
     assert_venice_error(status, &body, StatusCode::UNSUPPORTED_MEDIA_TYPE);
 
@@ -628,28 +920,72 @@ async fn bad_inputs_are_400_in_venice_shape_never_500(backend: Backend) {
         (json!({"description": "no id"}), json!(["id"])),
         (json!({"id": id, "expiresAt": "soon"}), json!(["expiresAt"])),
         (json!({"id": id, "description": ""}), json!(["description"])),
-        (json!({"id": id, "ipAllowlist": ["300.1.1.1"]}), json!(["ipAllowlist", 0])),
-        (json!({"id": id, "consumptionLimit": {"usd": -2}}), json!(["consumptionLimit", "usd"])),
-        (json!({"id": id, "apiKeyType": "ADMIN"}), json!(["apiKeyType"])),
+        (
+            json!({"id": id, "ipAllowlist": ["300.1.1.1"]}),
+            json!(["ipAllowlist", 0]),
+        ),
+        (
+            json!({"id": id, "consumptionLimit": {"usd": -2}}),
+            json!(["consumptionLimit", "usd"]),
+        ),
+        (
+            json!({"id": id, "apiKeyType": "ADMIN"}),
+            json!(["apiKeyType"]),
+        ),
         (json!({"id": 5}), json!(["id"])),
     ] {
         let (status, answer) = venice(&app, &app.admin_key, Method::PATCH, KEYS, Some(&body)).await;
         assert_issue(status, &answer, path);
     }
-    let (status, answer) = venice(&app, &app.admin_key, Method::PATCH, KEYS, Some(&json!({"id": "nope"}))).await;
+    let (status, answer) = venice(
+        &app,
+        &app.admin_key,
+        Method::PATCH,
+        KEYS,
+        Some(&json!({"id": "nope"})),
+    )
+    .await;
     assert_venice_error(status, &answer, StatusCode::NOT_FOUND);
 
     // Queries.
-    for query in ["page=0", "page=abc", "limit=0", "limit=501", "limit=-1", "colour=red"] {
-        let (status, answer) = venice(&app, &app.admin_key, Method::GET, &format!("{KEYS}?{query}"), None).await;
+    for query in [
+        "page=0",
+        "page=abc",
+        "limit=0",
+        "limit=501",
+        "limit=-1",
+        "colour=red",
+    ] {
+        let (status, answer) = venice(
+            &app,
+            &app.admin_key,
+            Method::GET,
+            &format!("{KEYS}?{query}"),
+            None,
+        )
+        .await;
         assert_venice_error(status, &answer, StatusCode::BAD_REQUEST);
         assert!(answer["issues"].is_array(), "{query}: {answer}");
     }
     for query in ["", "?id=", "?key=1"] {
-        let (status, answer) = venice(&app, &app.admin_key, Method::DELETE, &format!("{KEYS}{query}"), None).await;
+        let (status, answer) = venice(
+            &app,
+            &app.admin_key,
+            Method::DELETE,
+            &format!("{KEYS}{query}"),
+            None,
+        )
+        .await;
         assert_venice_error(status, &answer, StatusCode::BAD_REQUEST);
     }
-    let (status, answer) = venice(&app, &app.admin_key, Method::DELETE, &format!("{KEYS}?id=not-a-uuid"), None).await;
+    let (status, answer) = venice(
+        &app,
+        &app.admin_key,
+        Method::DELETE,
+        &format!("{KEYS}?id=not-a-uuid"),
+        None,
+    )
+    .await;
     assert_venice_error(status, &answer, StatusCode::NOT_FOUND);
 
     // Nothing was created by any of that: the bootstrap key and `key` only.
@@ -666,7 +1002,10 @@ async fn key_cap_is_a_409_conflict(backend: Backend) {
     assert_eq!(status, StatusCode::OK, "{answer}");
     let (status, answer) = venice(&app, &admin, Method::POST, KEYS, Some(&body)).await;
     assert_venice_error(status, &answer, StatusCode::CONFLICT);
-    assert!(answer["error"].as_str().unwrap().contains('2'), "names the cap: {answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains('2'),
+        "names the cap: {answer}"
+    );
     assert_eq!(answer["code"], "KEY_CAP_REACHED");
 }
 
@@ -700,13 +1039,27 @@ async fn rate_limits_are_the_calling_keys_real_limits_and_balances(backend: Back
         .await
         .unwrap();
 
-    let (status, body) = venice(&app, secret, Method::GET, "/api/v1/api_keys/rate_limits", None).await;
+    let (status, body) = venice(
+        &app,
+        secret,
+        Method::GET,
+        "/api/v1/api_keys/rate_limits",
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(keys_of(&body), set(&["data"]));
     let data = &body["data"];
     assert_eq!(
         keys_of(data),
-        set(&["accessPermitted", "apiTier", "balances", "keyExpiration", "nextEpochBegins", "rateLimits"])
+        set(&[
+            "accessPermitted",
+            "apiTier",
+            "balances",
+            "keyExpiration",
+            "nextEpochBegins",
+            "rateLimits"
+        ])
     );
     assert_eq!(data["accessPermitted"], true);
     assert!(data["apiTier"]["id"].is_string());
@@ -714,7 +1067,8 @@ async fn rate_limits_are_the_calling_keys_real_limits_and_balances(backend: Back
     assert_eq!(data["balances"], json!({"USD": 1.75, "DIEM": 0.0}));
     assert_eq!(data["keyExpiration"], "2040-01-01T00:00:00.000Z");
     assert_timestamp(&data["nextEpochBegins"]);
-    let next = chrono::DateTime::parse_from_rfc3339(data["nextEpochBegins"].as_str().unwrap()).unwrap();
+    let next =
+        chrono::DateTime::parse_from_rfc3339(data["nextEpochBegins"].as_str().unwrap()).unwrap();
     assert!(next > Utc::now() && next <= Utc::now() + Duration::days(1));
     assert_eq!(next.format("%H:%M:%S").to_string(), "00:00:00");
     let scopes = data["rateLimits"].as_array().unwrap();
@@ -724,10 +1078,21 @@ async fn rate_limits_are_the_calling_keys_real_limits_and_balances(backend: Back
         .as_array()
         .unwrap()
         .iter()
-        .map(|l| (l["type"].as_str().unwrap().to_string(), l["amount"].as_f64().unwrap()))
+        .map(|l| {
+            (
+                l["type"].as_str().unwrap().to_string(),
+                l["amount"].as_f64().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(global, vec![("RPM".to_string(), 60.0), ("TPM".to_string(), 1000.0)]);
-    assert!(scopes[0]["rateLimits"][0]["amount"].is_f64(), "floats as JSON numbers");
+    assert_eq!(
+        global,
+        vec![("RPM".to_string(), 60.0), ("TPM".to_string(), 1000.0)]
+    );
+    assert!(
+        scopes[0]["rateLimits"][0]["amount"].is_f64(),
+        "floats as JSON numbers"
+    );
     assert_eq!(scopes[1]["apiModelId"], "m-1");
     assert_eq!(scopes[1]["rateLimits"][0]["type"], "RPD");
     assert_eq!(scopes[1]["rateLimits"][0]["amount"], 5.0);
@@ -738,20 +1103,49 @@ async fn rate_limits_are_the_calling_keys_real_limits_and_balances(backend: Back
     assert_eq!(got["data"]["currentPeriodUsage"]["usd"], 0.75);
 
     // An admin key cannot spend: accessPermitted false, USD 0, no limits.
-    let (_, admin) = venice(&app, &app.admin_key, Method::GET, "/api/v1/api_keys/rate_limits", None).await;
+    let (_, admin) = venice(
+        &app,
+        &app.admin_key,
+        Method::GET,
+        "/api/v1/api_keys/rate_limits",
+        None,
+    )
+    .await;
     assert_eq!(admin["data"]["accessPermitted"], false);
     assert_eq!(admin["data"]["balances"], json!({"USD": 0.0, "DIEM": 0.0}));
     assert_eq!(admin["data"]["rateLimits"], json!([]));
     assert_eq!(admin["data"]["keyExpiration"], Value::Null);
 
     // An exhausted budget: no access, nothing left.
-    let spent = create(&app, &json!({"apiKeyType": "INFERENCE", "description": "zero", "consumptionLimit": {"usd": 0}})).await;
-    let (_, zero) = venice(&app, spent["apiKey"].as_str().unwrap(), Method::GET, "/api/v1/api_keys/rate_limits", None).await;
+    let spent = create(
+        &app,
+        &json!({"apiKeyType": "INFERENCE", "description": "zero", "consumptionLimit": {"usd": 0}}),
+    )
+    .await;
+    let (_, zero) = venice(
+        &app,
+        spent["apiKey"].as_str().unwrap(),
+        Method::GET,
+        "/api/v1/api_keys/rate_limits",
+        None,
+    )
+    .await;
     assert_eq!(zero["data"]["accessPermitted"], false, "{zero}");
     assert_eq!(zero["data"]["balances"]["USD"], 0.0);
     // No budget, no credits: a number meaning "no limit".
-    let free = create(&app, &json!({"apiKeyType": "INFERENCE", "description": "free"})).await;
-    let (_, free) = venice(&app, free["apiKey"].as_str().unwrap(), Method::GET, "/api/v1/api_keys/rate_limits", None).await;
+    let free = create(
+        &app,
+        &json!({"apiKeyType": "INFERENCE", "description": "free"}),
+    )
+    .await;
+    let (_, free) = venice(
+        &app,
+        free["apiKey"].as_str().unwrap(),
+        Method::GET,
+        "/api/v1/api_keys/rate_limits",
+        None,
+    )
+    .await;
     assert_eq!(free["data"]["accessPermitted"], true);
     assert_eq!(free["data"]["apiTier"]["isCharged"], false);
     assert!(free["data"]["balances"]["USD"].as_f64().unwrap() >= 1e9);
@@ -770,8 +1164,16 @@ impl TruncMinute for chrono::DateTime<Utc> {
 
 async fn rate_limit_log_is_the_last_50_of_the_workspace_or_of_the_key(backend: Backend) {
     let app = spawn_app(backend).await;
-    let a = create(&app, &json!({"apiKeyType": "INFERENCE", "description": "a"})).await;
-    let b = create(&app, &json!({"apiKeyType": "INFERENCE", "description": "b"})).await;
+    let a = create(
+        &app,
+        &json!({"apiKeyType": "INFERENCE", "description": "a"}),
+    )
+    .await;
+    let b = create(
+        &app,
+        &json!({"apiKeyType": "INFERENCE", "description": "b"}),
+    )
+    .await;
     let a_id: Uuid = id_of(&a).parse().unwrap();
     let b_id: Uuid = id_of(&b).parse().unwrap();
     let start = keygate::clock::now() - Duration::minutes(10);
@@ -816,7 +1218,14 @@ async fn rate_limit_log_is_the_last_50_of_the_workspace_or_of_the_key(backend: B
         .unwrap();
 
     // An admin key: the workspace's last 50, newest first.
-    let (status, log) = venice(&app, &app.admin_key, Method::GET, "/api/v1/api_keys/rate_limits/log", None).await;
+    let (status, log) = venice(
+        &app,
+        &app.admin_key,
+        Method::GET,
+        "/api/v1/api_keys/rate_limits/log",
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{log}");
     assert_eq!(keys_of(&log), set(&["object", "data"]));
     assert_eq!(log["object"], "list");
@@ -825,10 +1234,26 @@ async fn rate_limit_log_is_the_last_50_of_the_workspace_or_of_the_key(backend: B
     let newest = &entries[0];
     assert_eq!(
         keys_of(newest),
-        set(&["apiKeyId", "modelId", "rateLimitTier", "rateLimitType", "timestamp", "limitValue"])
+        set(&[
+            "apiKeyId",
+            "modelId",
+            "rateLimitTier",
+            "rateLimitType",
+            "timestamp",
+            "limitValue"
+        ])
     );
-    for field in ["apiKeyId", "modelId", "rateLimitTier", "rateLimitType", "timestamp"] {
-        assert!(entries.iter().all(|e| e[field].is_string()), "`{field}` must be a string");
+    for field in [
+        "apiKeyId",
+        "modelId",
+        "rateLimitTier",
+        "rateLimitType",
+        "timestamp",
+    ] {
+        assert!(
+            entries.iter().all(|e| e[field].is_string()),
+            "`{field}` must be a string"
+        );
     }
     assert_eq!(newest["apiKeyId"], b_id.to_string());
     assert_eq!(newest["rateLimitType"], "BUDGET");
@@ -837,14 +1262,28 @@ async fn rate_limit_log_is_the_last_50_of_the_workspace_or_of_the_key(backend: B
     assert_eq!(entries[2]["apiKeyId"], a_id.to_string());
     assert_eq!(entries[2]["rateLimitType"], "RPM");
     assert_timestamp(&newest["timestamp"]);
-    assert!(entries.iter().any(|e| e["modelId"] == ""), "no model: empty string");
-    assert!(entries.iter().all(|e| e["apiKeyId"] != other_key.to_string().as_str()));
+    assert!(
+        entries.iter().any(|e| e["modelId"] == ""),
+        "no model: empty string"
+    );
+    assert!(entries
+        .iter()
+        .all(|e| e["apiKeyId"] != other_key.to_string().as_str()));
 
     // An inference key: its own refusals only.
-    let (_, own) = venice(&app, b["apiKey"].as_str().unwrap(), Method::GET, "/api/v1/api_keys/rate_limits/log", None).await;
+    let (_, own) = venice(
+        &app,
+        b["apiKey"].as_str().unwrap(),
+        Method::GET,
+        "/api/v1/api_keys/rate_limits/log",
+        None,
+    )
+    .await;
     let own = own["data"].as_array().unwrap();
     assert_eq!(own.len(), 2);
-    assert!(own.iter().all(|e| e["apiKeyId"] == b_id.to_string().as_str()));
+    assert!(own
+        .iter()
+        .all(|e| e["apiKeyId"] == b_id.to_string().as_str()));
 }
 
 async fn web3_flow_creates_an_inference_key_for_the_signer(backend: Backend) {
@@ -852,7 +1291,11 @@ async fn web3_flow_creates_an_inference_key_for_the_signer(backend: Backend) {
     let (wallet, address) = signing_key();
 
     // The token needs no API key; the SDK sends its Bearer key anyway, which is ignored.
-    let response = app.req_as("kg_whatever", Method::GET, WEB3).send().await.unwrap();
+    let response = app
+        .req_as("kg_whatever", Method::GET, WEB3)
+        .send()
+        .await
+        .unwrap();
     let (status, body) = json_of(response).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["success"], true);
@@ -881,7 +1324,10 @@ async fn web3_flow_creates_an_inference_key_for_the_signer(backend: Backend) {
     let created = &body["data"];
     assert_eq!(created["apiKeyType"], "INFERENCE");
     assert_eq!(created["description"], "Web3 API Key");
-    assert_eq!(created["consumptionLimit"], json!({"usd": 1.5, "diem": null, "vcu": null}));
+    assert_eq!(
+        created["consumptionLimit"],
+        json!({"usd": 1.5, "diem": null, "vcu": null})
+    );
     assert_eq!(created["limitPeriod"], "MONTH");
     assert_eq!(created["expiresAt"], format!("{year}-01-01T00:00:00.000Z"));
     let secret = created["apiKey"].as_str().unwrap();
@@ -892,12 +1338,24 @@ async fn web3_flow_creates_an_inference_key_for_the_signer(backend: Backend) {
     assert_eq!(native["workspace_id"], app.workspace_id.to_string());
     assert_eq!(native["wallet_address"], address.to_string(), "EIP-55 form");
     assert_eq!(native["created_by"], format!("web3:{address}"));
-    assert_eq!(native["budget"], json!({"limit_usd": 1.5, "period": "month"}));
-    let (status, limits) = venice(&app, secret, Method::GET, "/api/v1/api_keys/rate_limits", None).await;
+    assert_eq!(
+        native["budget"],
+        json!({"limit_usd": 1.5, "period": "month"})
+    );
+    let (status, limits) = venice(
+        &app,
+        secret,
+        Method::GET,
+        "/api/v1/api_keys/rate_limits",
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{limits}");
     assert_eq!(limits["data"]["balances"]["USD"], 1.5);
     let audit = app.audit_events(app.workspace_id).await;
-    assert!(audit.iter().any(|e| e.action == "key.create" && e.actor == format!("web3:{address}")));
+    assert!(audit
+        .iter()
+        .any(|e| e.action == "key.create" && e.actor == format!("web3:{address}")));
 
     // Another instance sharing `web3.token_secret` accepts this gateway's tokens.
     let signer = TokenSigner::from_secret(WEB3_SECRET.as_bytes());
@@ -908,42 +1366,69 @@ async fn web3_flow_creates_an_inference_key_for_the_signer(backend: Backend) {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["data"]["description"], "Web3 API Key", "the default description");
+    assert_eq!(
+        body["data"]["description"], "Web3 API Key",
+        "the default description"
+    );
 }
 
 async fn web3_refuses_bad_proofs_and_admin_keys(backend: Backend) {
     let app = spawn_web3_app(backend).await;
     let (wallet, address) = signing_key();
     let (other_wallet, _) = signing_key();
-    let request = |token: &str, signature: String| {
-        json!({"apiKeyType": "INFERENCE", "address": address.to_string(), "signature": signature, "token": token})
-    };
+    let request = |token: &str, signature: String| json!({"apiKeyType": "INFERENCE", "address": address.to_string(), "signature": signature, "token": token});
 
     // Signed by another wallet: 401.
     let token = web3_token(&app).await;
-    let (status, body) = web3_post(&app, &request(&token, personal_sign(&other_wallet, &token))).await;
+    let (status, body) =
+        web3_post(&app, &request(&token, personal_sign(&other_wallet, &token))).await;
     assert_venice_error(status, &body, StatusCode::UNAUTHORIZED);
     assert_eq!(body["code"], "INVALID_SIGNATURE");
     // A signature of another message: 401.
-    let (status, body) = web3_post(&app, &request(&token, personal_sign(&wallet, "something else"))).await;
+    let (status, body) = web3_post(
+        &app,
+        &request(&token, personal_sign(&wallet, "something else")),
+    )
+    .await;
     assert_venice_error(status, &body, StatusCode::UNAUTHORIZED);
     // Malformed signatures: 401 too (the proof failed), never 500.
-    for bad in ["", "0x", "0x1234", &"ab".repeat(65), &format!("0x{}", "00".repeat(65))] {
+    for bad in [
+        "",
+        "0x",
+        "0x1234",
+        &"ab".repeat(65),
+        &format!("0x{}", "00".repeat(65)),
+    ] {
         let (status, body) = web3_post(&app, &request(&token, bad.to_string())).await;
         assert_venice_error(status, &body, StatusCode::UNAUTHORIZED);
     }
     // A token this gateway did not issue, a tampered one, an expired one: 401.
     let signer = TokenSigner::from_secret(WEB3_SECRET.as_bytes());
-    let (expired, _) = signer.issue(Utc::now() - Duration::hours(1), std::time::Duration::from_secs(60));
+    let (expired, _) = signer.issue(
+        Utc::now() - Duration::hours(1),
+        std::time::Duration::from_secs(60),
+    );
     let (foreign, _) = TokenSigner::random().issue(Utc::now(), std::time::Duration::from_secs(60));
-    let tampered = format!("{}0", &token[..token.len() - 1]);
-    for bad in [expired.as_str(), foreign.as_str(), tampered.as_str(), "", "eyJhbGciOi.x.y"] {
+    // The MAC's last hex digit changed (to another digit, whatever it was).
+    let last = if token.ends_with('0') { '1' } else { '0' };
+    let tampered = format!("{}{last}", &token[..token.len() - 1]);
+    assert_ne!(tampered, token);
+    for bad in [
+        expired.as_str(),
+        foreign.as_str(),
+        tampered.as_str(),
+        "",
+        "eyJhbGciOi.x.y",
+    ] {
         let (status, body) = web3_post(&app, &request(bad, personal_sign(&wallet, bad))).await;
         assert_venice_error(status, &body, StatusCode::UNAUTHORIZED);
         assert_eq!(body["code"], "INVALID_WEB3_TOKEN", "{bad}: {body}");
     }
     let (_, body) = web3_post(&app, &request(&expired, personal_sign(&wallet, &expired))).await;
-    assert!(body["error"].as_str().unwrap().contains("expired"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("expired"),
+        "{body}"
+    );
 
     // ADMIN is refused before anything is checked or used: 403.
     let mut admin = request(&token, personal_sign(&wallet, &token));
@@ -952,7 +1437,11 @@ async fn web3_refuses_bad_proofs_and_admin_keys(backend: Backend) {
     assert_venice_error(status, &body, StatusCode::FORBIDDEN);
 
     // A bad body: 400 naming the field (the token stays unused).
-    for (field, value) in [("address", json!("0x123")), ("expiresAt", json!("never")), ("ipAllowlist", json!(["x"]))] {
+    for (field, value) in [
+        ("address", json!("0x123")),
+        ("expiresAt", json!("never")),
+        ("ipAllowlist", json!(["x"])),
+    ] {
         let mut body = request(&token, personal_sign(&wallet, &token));
         body[field] = value;
         let (status, answer) = web3_post(&app, &body).await;
@@ -975,9 +1464,22 @@ async fn web3_refuses_bad_proofs_and_admin_keys(backend: Backend) {
 async fn web3_is_off_by_default_and_honours_the_address_allowlist(backend: Backend) {
     // Off: both routes 403, without touching anything.
     let app = spawn_app(backend).await;
-    let (status, body) = web3_post(&app, &json!({"apiKeyType": "INFERENCE", "address": "0x0", "signature": "0x", "token": "t"})).await;
+    let (status, body) = web3_post(
+        &app,
+        &json!({"apiKeyType": "INFERENCE", "address": "0x0", "signature": "0x", "token": "t"}),
+    )
+    .await;
     assert_venice_error(status, &body, StatusCode::FORBIDDEN);
     assert_eq!(body["code"], "WEB3_DISABLED");
+    let response = app
+        .req_anon(Method::POST, WEB3)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = json_of(response).await;
+    assert_venice_error(status, &body, StatusCode::FORBIDDEN);
     drop(app);
 
     // On, with an allowlist: a proven but unlisted wallet gets 403; a listed one its key.
@@ -1006,7 +1508,13 @@ async fn web3_is_off_by_default_and_honours_the_address_allowlist(backend: Backe
     assert_eq!(status, StatusCode::OK, "{body}");
 
     // The OpenAPI document lists the Venice routes.
-    let (_, doc) = json_of(app.req_anon(Method::GET, "/openapi.json").send().await.unwrap()).await;
+    let (_, doc) = json_of(
+        app.req_anon(Method::GET, "/openapi.json")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     for path in [
         "/api/v1/api_keys",
         "/api/v1/api_keys/{id}",
@@ -1014,7 +1522,48 @@ async fn web3_is_off_by_default_and_honours_the_address_allowlist(backend: Backe
         "/api/v1/api_keys/rate_limits/log",
         "/api/v1/api_keys/generate_web3_key",
     ] {
-        assert!(doc["paths"][path].is_object(), "{path} missing from /openapi.json");
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from /openapi.json"
+        );
     }
-    assert_eq!(doc["paths"]["/api/v1/api_keys"]["get"]["tags"], json!(["venice"]));
+    assert_eq!(
+        doc["paths"]["/api/v1/api_keys"]["get"]["tags"],
+        json!(["venice"])
+    );
+}
+
+async fn web3_failed_proofs_count_as_failed_authentications(backend: Backend) {
+    let app = spawn_app_with(backend, |config| {
+        config.web3.enabled = true;
+        config.keys.failed_auth_per_minute = 3;
+    })
+    .await;
+    let (wallet, address) = signing_key();
+    let (stranger, _) = signing_key();
+    let token = web3_token(&app).await;
+    let forged = json!({"apiKeyType": "INFERENCE", "address": address.to_string(), "signature": personal_sign(&stranger, &token), "token": token});
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let (status, body) = web3_post(&app, &forged).await;
+        assert!(body["error"].is_string(), "{body}");
+        statuses.push(status);
+    }
+    assert_eq!(
+        &statuses[..3],
+        &[StatusCode::UNAUTHORIZED; 3],
+        "{statuses:?}"
+    );
+    assert_eq!(statuses[4], StatusCode::TOO_MANY_REQUESTS, "{statuses:?}");
+    // While blocked, even a good proof from the address waits (and the token stays unused).
+    let response = app
+        .req_anon(Method::POST, WEB3)
+        .json(&json!({"apiKeyType": "INFERENCE", "address": address.to_string(), "signature": personal_sign(&wallet, &token), "token": token}))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.headers().contains_key("retry-after"));
+    let (status, body) = json_of(response).await;
+    assert_venice_error(status, &body, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(body["code"], "TOO_MANY_AUTH_ATTEMPTS");
 }

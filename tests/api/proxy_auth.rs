@@ -7,8 +7,8 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::proxy_helpers::{
-    assert_openai_error, chat_body, eventually, header, proxy_tests, spawn_proxy,
-    spawn_proxy_with, support::upstream as mock, Backend, PRICED_MODEL,
+    assert_openai_error, chat_body, eventually, header, proxy_tests, spawn_proxy, spawn_proxy_with,
+    support::upstream as mock, Backend, PRICED_MODEL,
 };
 
 proxy_tests! {
@@ -32,7 +32,9 @@ async fn a_deleted_key_is_refused_at_once(backend: Backend) {
     app.chat_ok(&key.secret, &body).await;
 
     // Act
-    let deleted = app.admin_delete(&format!("/admin/v1/keys/{}", key.id)).await;
+    let deleted = app
+        .admin_delete(&format!("/admin/v1/keys/{}", key.id))
+        .await;
     let response = app.chat(&key.secret, &body).await;
 
     // Assert
@@ -42,9 +44,9 @@ async fn a_deleted_key_is_refused_at_once(backend: Backend) {
 }
 
 async fn an_expired_key_is_refused(backend: Backend) {
-    // Arrange: a key expiring in 2 s, used (and cached) while it is valid.
+    // Arrange: a key expiring in 3 s, used (and cached) while it is valid.
     let app = spawn_proxy(backend).await;
-    let expires_at = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let expires_at = chrono::Utc::now() + chrono::Duration::seconds(3);
     let key = app
         .create_key(json!({
             "expires_at": expires_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -61,7 +63,10 @@ async fn an_expired_key_is_refused(backend: Backend) {
 
     // Assert
     let error = assert_openai_error(response, StatusCode::UNAUTHORIZED, "invalid_api_key").await;
-    assert!(error["message"].as_str().unwrap().contains("expired"), "{error}");
+    assert!(
+        error["message"].as_str().unwrap().contains("expired"),
+        "{error}"
+    );
     assert_eq!(app.mock.requests_to("/v1/chat/completions").len(), 1);
 }
 
@@ -121,7 +126,12 @@ async fn malformed_keys_and_bad_checksums_are_401(backend: Backend) {
     let body = chat_body(mock::DEFAULT_MODEL, "hi", None);
 
     // Act / Assert
-    for presented in ["not-a-key", "kg_short", "sk-proj-0123456789abcdef", typo.as_str()] {
+    for presented in [
+        "not-a-key",
+        "kg_short",
+        "sk-proj-0123456789abcdef",
+        typo.as_str(),
+    ] {
         let response = app.chat(presented, &body).await;
         assert_openai_error(response, StatusCode::UNAUTHORIZED, "invalid_api_key").await;
     }

@@ -9,9 +9,8 @@ use rust_decimal::Decimal;
 use serde_json::json;
 
 use crate::proxy_helpers::{
-    assert_openai_error, chat_body, cost, json_body, keygate_prompt_tokens, proxy_tests, spawn_proxy,
-    usd, Backend, PRICED_INPUT, PRICED_MODEL, PRICED_OUTPUT,
-    UNPRICED_MODEL,
+    assert_openai_error, chat_body, cost, json_body, keygate_prompt_tokens, proxy_tests,
+    spawn_proxy, usd, Backend, PRICED_INPUT, PRICED_MODEL, PRICED_OUTPUT, UNPRICED_MODEL,
 };
 
 proxy_tests! {
@@ -43,13 +42,24 @@ async fn a_spent_budget_gets_402(backend: Backend) {
     let refused = app.chat(&key.secret, &body).await;
 
     // Assert
-    assert_eq!(first, StatusCode::OK, "admitted while the budget had money left");
+    assert_eq!(
+        first,
+        StatusCode::OK,
+        "admitted while the budget had money left"
+    );
     let error = assert_openai_error(refused, StatusCode::PAYMENT_REQUIRED, "budget_exceeded").await;
-    assert!(error["message"].as_str().unwrap().contains("budget"), "{error}");
+    assert!(
+        error["message"].as_str().unwrap().contains("budget"),
+        "{error}"
+    );
     assert_eq!(app.mock.requests_to("/v1/chat/completions").len(), 1);
     let info = app.key_info(&key.secret).await;
     assert_eq!(usd(&info["budget"]["spent_usd"]), one_call_cost(), "{info}");
-    assert_eq!(usd(&info["budget"]["remaining_usd"]), Decimal::ZERO, "{info}");
+    assert_eq!(
+        usd(&info["budget"]["remaining_usd"]),
+        Decimal::ZERO,
+        "{info}"
+    );
     let events = app.rate_limit_events(&format!("key_id={}", key.id)).await;
     assert_eq!(events["total"], 1, "{events}");
     assert_eq!(events["data"][0]["limit"], "budget");
@@ -74,7 +84,12 @@ async fn spent_workspace_credits_get_402(backend: Backend) {
 
     // Assert
     assert_eq!(first, StatusCode::OK, "admitted while credits were left");
-    assert_openai_error(refused, StatusCode::PAYMENT_REQUIRED, "insufficient_credits").await;
+    assert_openai_error(
+        refused,
+        StatusCode::PAYMENT_REQUIRED,
+        "insufficient_credits",
+    )
+    .await;
     assert_eq!(app.mock.requests_to("/v1/chat/completions").len(), 1);
     let events = app.rate_limit_events(&format!("key_id={}", key.id)).await;
     assert_eq!(events["total"], 1, "{events}");
@@ -115,9 +130,15 @@ async fn unpriced_models_are_never_refused_by_a_budget(backend: Backend) {
     assert_eq!(refused, StatusCode::PAYMENT_REQUIRED);
     assert_eq!(statuses, vec![StatusCode::OK; 3]);
     let rows = app.usage_rows(&key.id).await;
-    let unpriced: Vec<_> = rows.iter().filter(|r| r["model"] == UNPRICED_MODEL).collect();
+    let unpriced: Vec<_> = rows
+        .iter()
+        .filter(|r| r["model"] == UNPRICED_MODEL)
+        .collect();
     assert!(!unpriced.is_empty(), "{rows:?}");
-    assert!(unpriced.iter().all(|r| usd(&r["cost_usd"]).is_zero()), "{rows:?}");
+    assert!(
+        unpriced.iter().all(|r| usd(&r["cost_usd"]).is_zero()),
+        "{rows:?}"
+    );
 }
 
 async fn concurrent_requests_cannot_overshoot_a_budget(backend: Backend) {
@@ -163,7 +184,9 @@ async fn concurrent_requests_cannot_overshoot_a_budget(backend: Backend) {
         "spent {} > limit {limit} + one estimate {estimate}",
         usage.cost_usd
     );
-    let events = app.rate_limit_events(&format!("key_id={}&limit=500", key.id)).await;
+    let events = app
+        .rate_limit_events(&format!("key_id={}&limit=500", key.id))
+        .await;
     assert_eq!(events["total"], REQUESTS as i64 - admitted, "{events}");
     assert!(events["data"]
         .as_array()

@@ -8,9 +8,8 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::proxy_helpers::{
-    assert_openai_error, chat_body, closed_port_url, header, json_body, proxy_tests,
-    spawn_proxy, spawn_proxy_with, support::upstream as mock, unique_env_var, Backend,
-    PRICED_MODEL,
+    assert_openai_error, chat_body, closed_port_url, header, json_body, proxy_tests, spawn_proxy,
+    spawn_proxy_with, support::upstream as mock, unique_env_var, Backend, PRICED_MODEL,
 };
 
 proxy_tests! {
@@ -47,17 +46,25 @@ async fn chat_completions_are_proxied(backend: Backend) {
     );
     let expected = mock::expected_usage(&body);
     assert_eq!(answer["usage"]["prompt_tokens"], expected.prompt_tokens);
-    assert_eq!(answer["usage"]["completion_tokens"], expected.completion_tokens);
+    assert_eq!(
+        answer["usage"]["completion_tokens"],
+        expected.completion_tokens
+    );
     let received = app.mock.requests_to("/v1/chat/completions");
     assert_eq!(received.len(), 1);
-    assert_eq!(received[0].body.as_ref(), Some(&body), "body forwarded as sent");
+    assert_eq!(
+        received[0].body.as_ref(),
+        Some(&body),
+        "body forwarded as sent"
+    );
 }
 
 async fn completions_and_embeddings_are_proxied(backend: Backend) {
     // Arrange
     let app = spawn_proxy(backend).await;
     let key = app.plain_key().await;
-    let completion = json!({"model": "gpt-3.5-turbo-instruct", "prompt": "say this", "max_tokens": 3});
+    let completion =
+        json!({"model": "gpt-3.5-turbo-instruct", "prompt": "say this", "max_tokens": 3});
     let embedding = json!({"model": "text-embedding-3-small", "input": ["one two", "three"]});
 
     // Act
@@ -123,7 +130,10 @@ async fn models_lists_only_the_models_the_key_may_use(backend: Backend) {
     assert_eq!(open_status, StatusCode::OK, "{open_list}");
     let ids = model_ids(&open_list);
     for id in mock::MODEL_IDS {
-        assert!(ids.contains(&id.to_string()), "{id} missing from {open_list}");
+        assert!(
+            ids.contains(&id.to_string()),
+            "{id} missing from {open_list}"
+        );
     }
 }
 
@@ -146,8 +156,12 @@ async fn declared_passthrough_paths_are_forwarded_and_others_are_404(backend: Ba
 
     // Act
     let (status, moderation) = json_body(
-        app.post(&key.secret, "/v1/moderations", &json!({"input": "a kind word"}))
-            .await,
+        app.post(
+            &key.secret,
+            "/v1/moderations",
+            &json!({"input": "a kind word"}),
+        )
+        .await,
     )
     .await;
     let undeclared = app.get(&key.secret, "/v1/files").await;
@@ -155,7 +169,9 @@ async fn declared_passthrough_paths_are_forwarded_and_others_are_404(backend: Ba
     // Assert
     assert_eq!(status, StatusCode::OK, "{moderation}");
     assert!(
-        moderation["id"].as_str().is_some_and(|id| id.starts_with("modr-")),
+        moderation["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("modr-")),
         "{moderation}"
     );
     assert_eq!(app.mock.requests_to("/v1/moderations").len(), 1);
@@ -238,16 +254,28 @@ async fn hop_by_hop_and_identity_headers_are_not_forwarded(backend: Backend) {
     assert_eq!(response.status(), StatusCode::OK);
     // The upstream's own request id and rate limits are not the client's.
     assert!(header(&response, "x-upstream-request-id").is_some_and(|v| v.starts_with("req_")));
-    assert_ne!(header(&response, "x-ratelimit-limit-requests"), Some("9999"));
+    assert_ne!(
+        header(&response, "x-ratelimit-limit-requests"),
+        Some("9999")
+    );
     let request = app.mock.last_request().unwrap();
-    for name in ["keep-alive", "te", "proxy-authorization", "x-api-key", "cookie"] {
+    for name in [
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "x-api-key",
+        "cookie",
+    ] {
         assert!(
             request.header(name).is_none(),
             "`{name}` was forwarded: {:?}",
             request.headers
         );
     }
-    assert_eq!(request.authorization, None, "no credential configured, none sent");
+    assert_eq!(
+        request.authorization, None,
+        "no credential configured, none sent"
+    );
     assert_eq!(request.header("x-client-trace"), Some("trace-123"));
 }
 
@@ -260,18 +288,27 @@ async fn upstream_errors_pass_through_uncharged_but_count_toward_rpm(backend: Ba
 
     // Act
     let bad = app
-        .chat(&key.secret, &chat_body(mock::MODEL_ERROR_400, "hi", Some(50)))
+        .chat(
+            &key.secret,
+            &chat_body(mock::MODEL_ERROR_400, "hi", Some(50)),
+        )
         .await;
     let bad_status = bad.status();
     let bad_body = bad.text().await.unwrap();
     let (server_status, server_body) = json_body(
-        app.chat(&key.secret, &chat_body(mock::MODEL_ERROR_500, "hi", Some(50)))
-            .await,
+        app.chat(
+            &key.secret,
+            &chat_body(mock::MODEL_ERROR_500, "hi", Some(50)),
+        )
+        .await,
     )
     .await;
     let (busy_status, busy_body) = json_body(
-        app.chat(&key.secret, &chat_body(mock::MODEL_ERROR_503, "hi", Some(50)))
-            .await,
+        app.chat(
+            &key.secret,
+            &chat_body(mock::MODEL_ERROR_503, "hi", Some(50)),
+        )
+        .await,
     )
     .await;
     let fourth = app
@@ -285,13 +322,19 @@ async fn upstream_errors_pass_through_uncharged_but_count_toward_rpm(backend: Ba
         serde_json::from_str::<Value>(mock::ERROR_400_BODY).unwrap()
     );
     assert_eq!(server_status, StatusCode::INTERNAL_SERVER_ERROR);
-    assert_eq!(server_body["error"]["type"], "server_error", "{server_body}");
+    assert_eq!(
+        server_body["error"]["type"], "server_error",
+        "{server_body}"
+    );
     assert_eq!(busy_status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(busy_body["error"]["type"], "server_error", "{busy_body}");
     // They counted toward rpm …
-    let error = assert_openai_error(fourth, StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded")
-        .await;
-    assert!(error["message"].as_str().unwrap().contains("rpm"), "{error}");
+    let error =
+        assert_openai_error(fourth, StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded").await;
+    assert!(
+        error["message"].as_str().unwrap().contains("rpm"),
+        "{error}"
+    );
     assert_eq!(app.mock.requests_to("/v1/chat/completions").len(), 3);
     // … but nothing was charged: no usage, and the token estimates were refunded.
     assert!(app.usage_rows(&key.id).await.is_empty());
@@ -317,7 +360,7 @@ async fn slow_first_byte_is_a_504(backend: Backend) {
         .client
         .post(app.url("/v1/chat/completions"))
         .bearer_auth(&key.secret)
-        .header(mock::DELAY_HEADER, "3000")
+        .header(mock::DELAY_HEADER, "5000")
         .json(&chat_body(mock::MODEL_SLOW_FIRST_BYTE, "hi", Some(10)))
         .send()
         .await
@@ -327,10 +370,13 @@ async fn slow_first_byte_is_a_504(backend: Backend) {
     let elapsed = started.elapsed();
     assert_openai_error(response, StatusCode::GATEWAY_TIMEOUT, "upstream_timeout").await;
     assert!(
-        elapsed < Duration::from_millis(2500),
+        elapsed < Duration::from_secs(4),
         "keygate waited for the slow upstream: {elapsed:?}"
     );
-    assert!(app.usage_rows(&key.id).await.is_empty(), "a timeout is not charged");
+    assert!(
+        app.usage_rows(&key.id).await.is_empty(),
+        "a timeout is not charged"
+    );
 }
 
 async fn unreachable_upstream_is_a_502(backend: Backend) {
@@ -362,7 +408,10 @@ async fn dropped_upstream_connection_is_a_502(backend: Backend) {
 
     // Act
     let response = app
-        .chat(&key.secret, &chat_body(mock::MODEL_DROP_CONNECTION, "hi", None))
+        .chat(
+            &key.secret,
+            &chat_body(mock::MODEL_DROP_CONNECTION, "hi", None),
+        )
         .await;
 
     // Assert

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::Pg;
 use crate::store::{
-    codec::page_limit,
+    codec::{page_limit, paged},
     rows::{AuditRow, RateLimitRow},
     AuditEvent, EventFilter, Page, Paged, RateLimitEvent, StoreResult,
 };
@@ -20,7 +20,7 @@ pub(super) async fn list_audit_events(
         .bind(workspace_id)
         .fetch_one(pool)
         .await?;
-    let items = sqlx::query_as::<_, AuditRow<Pg>>(
+    let rows = sqlx::query_as::<_, AuditRow<Pg>>(
         "select * from audit_event where workspace_id = $1
          order by at desc, id desc limit $2 offset $3",
     )
@@ -28,14 +28,8 @@ pub(super) async fn list_audit_events(
     .bind(page_limit(page))
     .bind(page.offset())
     .fetch_all(pool)
-    .await?
-    .into_iter()
-    .map(AuditEvent::try_from)
-    .collect::<StoreResult<Vec<_>>>()?;
-    Ok(Paged {
-        items,
-        total: total.unsigned_abs(),
-    })
+    .await?;
+    paged(rows, total)
 }
 
 pub(super) async fn add_rate_limit_events(
@@ -86,7 +80,7 @@ pub(super) async fn list_rate_limit_events(
     let list_sql = format!(
         "select * from rate_limit_event {FILTER} order by at desc, id desc limit $5 offset $6"
     );
-    let items = sqlx::query_as::<_, RateLimitRow<Pg>>(&list_sql)
+    let rows = sqlx::query_as::<_, RateLimitRow<Pg>>(&list_sql)
         .bind(workspace_id)
         .bind(filter.key_id)
         .bind(filter.from)
@@ -94,14 +88,8 @@ pub(super) async fn list_rate_limit_events(
         .bind(page_limit(page))
         .bind(page.offset())
         .fetch_all(pool)
-        .await?
-        .into_iter()
-        .map(RateLimitEvent::try_from)
-        .collect::<StoreResult<Vec<_>>>()?;
-    Ok(Paged {
-        items,
-        total: total.unsigned_abs(),
-    })
+        .await?;
+    paged(rows, total)
 }
 
 /// Also forgets tokens that expired more than a day ago: they are refused by their

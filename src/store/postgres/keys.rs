@@ -9,7 +9,7 @@ use super::{insert_audit, map_unique, KeyJson, Pg, PgStore};
 use crate::{
     keys::model::ApiKey,
     store::{
-        codec::page_limit,
+        codec::{page_limit, paged, BindKeyJson},
         rows::{KeyRow, SecretKeyRow},
         AuditEvent, Page, Paged, SecretRecord, StoreError, StoreResult,
     },
@@ -88,15 +88,7 @@ pub(super) async fn insert_key(
     .bind(key.expires_at)
     .bind(key.last_used_at)
     .bind(key.revoked_at)
-    .bind(json.metadata)
-    .bind(json.allowed_models)
-    .bind(json.budget)
-    .bind(json.limits)
-    .bind(json.model_limits)
-    .bind(json.max_parallel)
-    .bind(json.ip_allowlist)
-    .bind(json.alert_thresholds)
-    .bind(json.compat)
+    .bind_key_json(json)
     .bind(&key.wallet_address)
     .execute(&mut *tx)
     .await
@@ -130,7 +122,7 @@ pub(super) async fn list_keys(
     .bind(workspace_id)
     .fetch_one(pool)
     .await?;
-    let items = sqlx::query_as::<_, KeyRow<Pg>>(
+    let rows = sqlx::query_as::<_, KeyRow<Pg>>(
         "select * from api_key where workspace_id = $1 and revoked_at is null
          order by created_at, id limit $2 offset $3",
     )
@@ -138,14 +130,8 @@ pub(super) async fn list_keys(
     .bind(page_limit(page))
     .bind(page.offset())
     .fetch_all(pool)
-    .await?
-    .into_iter()
-    .map(ApiKey::try_from)
-    .collect::<StoreResult<Vec<_>>>()?;
-    Ok(Paged {
-        items,
-        total: total.unsigned_abs(),
-    })
+    .await?;
+    paged(rows, total)
 }
 
 pub(super) async fn update_key(pool: &PgPool, key: &ApiKey, audit: &AuditEvent) -> StoreResult<()> {
@@ -163,15 +149,7 @@ pub(super) async fn update_key(pool: &PgPool, key: &ApiKey, audit: &AuditEvent) 
     .bind(&key.name)
     .bind(key.kind.as_str())
     .bind(key.expires_at)
-    .bind(json.metadata)
-    .bind(json.allowed_models)
-    .bind(json.budget)
-    .bind(json.limits)
-    .bind(json.model_limits)
-    .bind(json.max_parallel)
-    .bind(json.ip_allowlist)
-    .bind(json.alert_thresholds)
-    .bind(json.compat)
+    .bind_key_json(json)
     .bind(&key.wallet_address)
     .bind(key.updated_at)
     .execute(&mut *tx)

@@ -5,7 +5,7 @@ use uuid::Uuid;
 
 use super::{id, micros, opt_micros, Lite, SqliteStore};
 use crate::store::{
-    codec::page_limit,
+    codec::{page_limit, paged},
     rows::{AuditRow, RateLimitRow},
     AuditEvent, EventFilter, Page, Paged, RateLimitEvent, StoreResult,
 };
@@ -19,7 +19,7 @@ pub(super) async fn list_audit_events(
         .bind(id(workspace_id))
         .fetch_one(&store.pool)
         .await?;
-    let items = sqlx::query_as::<_, AuditRow<Lite>>(
+    let rows = sqlx::query_as::<_, AuditRow<Lite>>(
         "select * from audit_event where workspace_id = ?
          order by at desc, id desc limit ? offset ?",
     )
@@ -27,14 +27,8 @@ pub(super) async fn list_audit_events(
     .bind(page_limit(page))
     .bind(page.offset())
     .fetch_all(&store.pool)
-    .await?
-    .into_iter()
-    .map(AuditEvent::try_from)
-    .collect::<StoreResult<Vec<_>>>()?;
-    Ok(Paged {
-        items,
-        total: total.unsigned_abs(),
-    })
+    .await?;
+    paged(rows, total)
 }
 
 pub(super) async fn add_rate_limit_events(
@@ -84,7 +78,7 @@ pub(super) async fn list_rate_limit_events(
     let list_sql = format!(
         "select * from rate_limit_event {FILTER} order by at desc, id desc limit ?5 offset ?6"
     );
-    let items = sqlx::query_as::<_, RateLimitRow<Lite>>(&list_sql)
+    let rows = sqlx::query_as::<_, RateLimitRow<Lite>>(&list_sql)
         .bind(id(workspace_id))
         .bind(filter.key_id.map(id))
         .bind(opt_micros(filter.from))
@@ -92,14 +86,8 @@ pub(super) async fn list_rate_limit_events(
         .bind(page_limit(page))
         .bind(page.offset())
         .fetch_all(&store.pool)
-        .await?
-        .into_iter()
-        .map(RateLimitEvent::try_from)
-        .collect::<StoreResult<Vec<_>>>()?;
-    Ok(Paged {
-        items,
-        total: total.unsigned_abs(),
-    })
+        .await?;
+    paged(rows, total)
 }
 
 /// Also forgets tokens that expired more than a day ago: they are refused by their

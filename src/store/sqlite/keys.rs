@@ -9,7 +9,7 @@ use super::{id, insert_audit, map_unique, micros, opt_micros, KeyJson, Lite, Sql
 use crate::{
     keys::model::ApiKey,
     store::{
-        codec::page_limit,
+        codec::{page_limit, paged, BindKeyJson},
         rows::{KeyRow, SecretKeyRow},
         AuditEvent, Page, Paged, SecretRecord, StoreError, StoreResult,
     },
@@ -73,15 +73,7 @@ pub(super) async fn insert_key(
     .bind(opt_micros(key.expires_at))
     .bind(opt_micros(key.last_used_at))
     .bind(opt_micros(key.revoked_at))
-    .bind(json.metadata)
-    .bind(json.allowed_models)
-    .bind(json.budget)
-    .bind(json.limits)
-    .bind(json.model_limits)
-    .bind(json.max_parallel)
-    .bind(json.ip_allowlist)
-    .bind(json.alert_thresholds)
-    .bind(json.compat)
+    .bind_key_json(json)
     .bind(&key.wallet_address)
     .execute(w.conn())
     .await
@@ -118,7 +110,7 @@ pub(super) async fn list_keys(
     .bind(id(workspace_id))
     .fetch_one(&store.pool)
     .await?;
-    let items = sqlx::query_as::<_, KeyRow<Lite>>(
+    let rows = sqlx::query_as::<_, KeyRow<Lite>>(
         "select * from api_key where workspace_id = ? and revoked_at is null
          order by created_at, id limit ? offset ?",
     )
@@ -126,14 +118,8 @@ pub(super) async fn list_keys(
     .bind(page_limit(page))
     .bind(page.offset())
     .fetch_all(&store.pool)
-    .await?
-    .into_iter()
-    .map(ApiKey::try_from)
-    .collect::<StoreResult<Vec<_>>>()?;
-    Ok(Paged {
-        items,
-        total: total.unsigned_abs(),
-    })
+    .await?;
+    paged(rows, total)
 }
 
 pub(super) async fn update_key(
@@ -155,15 +141,7 @@ pub(super) async fn update_key(
     .bind(&key.name)
     .bind(key.kind.as_str())
     .bind(opt_micros(key.expires_at))
-    .bind(json.metadata)
-    .bind(json.allowed_models)
-    .bind(json.budget)
-    .bind(json.limits)
-    .bind(json.model_limits)
-    .bind(json.max_parallel)
-    .bind(json.ip_allowlist)
-    .bind(json.alert_thresholds)
-    .bind(json.compat)
+    .bind_key_json(json)
     .bind(&key.wallet_address)
     .bind(micros(key.updated_at))
     .execute(w.conn())

@@ -232,10 +232,7 @@ impl Store for SqliteStore {
             sqlx::query_scalar("select version from _sqlx_migrations where success")
                 .fetch_all(&self.pool)
                 .await?;
-        Ok(MIGRATOR
-            .iter()
-            .filter(|m| !m.migration_type.is_down_migration())
-            .all(|m| applied.contains(&m.version)))
+        Ok(codec::all_applied(&MIGRATOR, &applied))
     }
 
     // --- workspaces and members ---

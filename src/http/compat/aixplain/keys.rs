@@ -7,11 +7,10 @@ use axum::{
 };
 
 use super::{
-    key_id, unprocessable,
-    wire::{
-        budget, parse_timestamp, to_model_limits, AixplainError, AixplainKey, AixplainSaveRequest,
-        Secret,
-    },
+    key_id,
+    request::{budget, parse_timestamp, to_model_limits, AixplainSaveRequest},
+    unprocessable,
+    wire::{AixplainError, AixplainKey, Secret},
     AixAdmin, AixJson, AixResult,
 };
 use crate::{

@@ -17,6 +17,7 @@
 //! | GET | `/v2/models/{*path}` | any |
 
 mod keys;
+pub mod request;
 mod usage;
 pub mod wire;
 
@@ -122,7 +123,7 @@ impl From<KeyError> for AixError {
         AixError(match err {
             // Name the field as this surface calls it (`assetsLimits[0].assetId`).
             KeyError::Invalid { field, message } => {
-                ApiError::invalid_field(wire::wire_field(&field), message)
+                ApiError::invalid_field(request::wire_field(&field), message)
             }
             KeyError::NotFound => not_found(),
             other => ApiError::from(other),

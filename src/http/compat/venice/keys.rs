@@ -13,10 +13,10 @@ use uuid::Uuid;
 
 use super::{
     not_found,
-    wire::{
-        self, ApiKeyView, CreateApiKeyRequest, CreatedApiKey, Data, KeySpend, ListOf,
-        Succeeded, Success, UpdateApiKeyRequest, VeniceErrorBody,
+    views::{
+        ApiKeyView, CreatedApiKey, Data, KeySpend, ListOf, Succeeded, Success, VeniceErrorBody,
     },
+    wire::{self, CreateApiKeyRequest, UpdateApiKeyRequest},
     VeniceAdmin, VeniceError, VeniceJson, VeniceQuery, VeniceResult,
 };
 use crate::{
@@ -63,7 +63,8 @@ async fn spend_of(state: &AppState, key: &ApiKey) -> VeniceResult<KeySpend> {
     })
 }
 
-/// Writes what this instance recorded so far, so usage read back is current.
+/// Writes what this instance recorded so far (usage, `last_used_at`), so what is read
+/// back is current.
 async fn flush_usage(state: &AppState) {
     if let Err(err) = state.recorder.flush_now().await {
         tracing::warn!(error = %err, "usage flush before a read failed");
@@ -113,8 +114,8 @@ pub async fn list_keys(
             format!("must be between 1 and {MAX_PAGE_LIMIT}"),
         ));
     }
-    let keys = state.keys.list(&admin.caller, Page { page, limit }).await?;
     flush_usage(&state).await;
+    let keys = state.keys.list(&admin.caller, Page { page, limit }).await?;
     let views: Vec<ApiKeyView> = stream::iter(keys.items)
         .map(|key| {
             let state = state.clone();
@@ -210,6 +211,7 @@ pub async fn update_key(
     VeniceJson(request): VeniceJson<UpdateApiKeyRequest>,
 ) -> VeniceResult<Json<Succeeded<ApiKeyView>>> {
     let id = key_id(&request.id)?;
+    flush_usage(&state).await;
     // The current key: a new `consumptionLimit` keeps the budget's period unless
     // `limitPeriod` changes it, and `limitPeriod` alone changes the existing budget's.
     let current = state.keys.get(&admin.caller, id).await?;
@@ -252,7 +254,6 @@ pub async fn update_key(
         ));
     }
     let key = state.keys.update(&admin.caller, id, patch).await?;
-    flush_usage(&state).await;
     Ok(Json(Succeeded::new(view_of(&state, &key).await?)))
 }
 
@@ -296,8 +297,9 @@ pub async fn retrieve_key(
     path: Result<Path<String>, PathRejection>,
 ) -> VeniceResult<Json<Data<ApiKeyView>>> {
     let Path(raw) = path.map_err(|_| VeniceError(not_found()))?;
-    let key = state.keys.get(&admin.caller, key_id(&raw)?).await?;
+    let id = key_id(&raw)?;
     flush_usage(&state).await;
+    let key = state.keys.get(&admin.caller, id).await?;
     Ok(Json(Data {
         data: view_of(&state, &key).await?,
     }))

@@ -10,7 +10,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::{
-    wire::{timestamp, usd_number, Data, ListOf, VeniceErrorBody},
+    views::{timestamp, usd_number, Data, ListOf, VeniceErrorBody},
     VeniceAnyKey, VeniceResult,
 };
 use crate::{
@@ -109,9 +109,7 @@ pub async fn rate_limits(
                 kind: s.kind.as_str().to_ascii_uppercase(),
                 amount: s.limit as f64,
                 remaining: s.remaining,
-                resets_at: timestamp(
-                    now + Duration::from_std(s.reset_after).unwrap_or_default(),
-                ),
+                resets_at: timestamp(now + Duration::from_std(s.reset_after).unwrap_or_default()),
             });
     }
     let rate_limits = scopes

@@ -20,6 +20,7 @@
 
 mod keys;
 mod limits;
+pub mod views;
 mod web3;
 pub mod wire;
 
@@ -35,7 +36,7 @@ use axum::{
 use serde::de::DeserializeOwned;
 use utoipa::OpenApi;
 
-use self::wire::{issue_path, VeniceErrorBody};
+use self::views::{issue_path, Issue, VeniceErrorBody};
 use crate::{
     error::{ApiError, Surface},
     http::{
@@ -77,7 +78,10 @@ pub fn router() -> Router<AppState> {
                 .delete(keys::delete_key),
         )
         .route("/api/v1/api_keys/rate_limits", get(limits::rate_limits))
-        .route("/api/v1/api_keys/rate_limits/log", get(limits::rate_limit_log))
+        .route(
+            "/api/v1/api_keys/rate_limits/log",
+            get(limits::rate_limit_log),
+        )
         .route(
             "/api/v1/api_keys/generate_web3_key",
             get(web3::web3_token).post(web3::web3_create_key),
@@ -131,7 +135,7 @@ impl IntoResponse for VeniceError {
             } else {
                 error.code.to_ascii_uppercase()
             },
-            issues: Some(vec![wire::Issue {
+            issues: Some(vec![Issue {
                 code: "custom",
                 path: issue_path(&field),
                 message,

@@ -14,18 +14,12 @@
 
 use std::time::Duration;
 
-use axum::{
-    extract::State,
-    http::StatusCode,
-    Extension, Json,
-};
+use axum::{extract::State, http::StatusCode, Extension, Json};
 
 use super::{
     keys::{new_key, Settings},
-    wire::{
-        timestamp, ApiKeyType, CreatedApiKey, Succeeded, VeniceErrorBody, Web3CreateApiKeyRequest,
-        Web3Token,
-    },
+    views::{timestamp, CreatedApiKey, Succeeded, VeniceErrorBody, Web3Token},
+    wire::{ApiKeyType, Web3CreateApiKeyRequest},
     VeniceError, VeniceJson, VeniceResult,
 };
 use crate::{
@@ -102,7 +96,12 @@ fn precheck(new: &NewKey) -> VeniceResult<()> {
 
 /// A failed proof: counted against the client address, then answered 401 (or 429 once the
 /// address is past its allowance).
-fn refused(state: &AppState, ip: Option<std::net::IpAddr>, code: &'static str, message: String) -> VeniceError {
+fn refused(
+    state: &AppState,
+    ip: Option<std::net::IpAddr>,
+    code: &'static str,
+    message: String,
+) -> VeniceError {
     if let Some(wait) = ip.and_then(|ip| state.auth_attempts.record_failure(ip)) {
         return too_many_attempts(wait);
     }
@@ -131,10 +130,12 @@ fn too_many_attempts(wait: Duration) -> VeniceError {
 pub async fn web3_create_key(
     State(state): State<AppState>,
     client: Option<Extension<ClientIp>>,
-    VeniceJson(request): VeniceJson<Web3CreateApiKeyRequest>,
+    body: Result<VeniceJson<Web3CreateApiKeyRequest>, VeniceError>,
 ) -> VeniceResult<Json<Succeeded<CreatedApiKey>>> {
     let config = &state.config.web3;
+    // Disabled means disabled: 403 whatever the body is.
     require_enabled(config)?;
+    let VeniceJson(request) = body?;
     let ip = client.and_then(|Extension(ClientIp(ip))| ip);
     if let Some(wait) = ip.and_then(|ip| state.auth_attempts.blocked_for(ip)) {
         return Err(too_many_attempts(wait));

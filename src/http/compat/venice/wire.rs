@@ -12,15 +12,15 @@
 //! - `ipAllowlist`: `[]` = any address (clears on update); at most 100 entries of at most
 //!   64 characters; answered as canonical CIDRs.
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
-use rust_decimal::{prelude::ToPrimitive, Decimal};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
 use super::VeniceError;
 use crate::keys::{
     model::{Budget, BudgetPeriod, CompatFields},
-    ApiKey, KeyKind,
+    KeyKind,
 };
 
 /// At most this many `ipAllowlist` entries (Venice's limit, also keygate's).
@@ -313,253 +313,6 @@ pub fn wire_field(field: &str) -> String {
     field.to_string()
 }
 
-// ------------------------------------------------------------------------------------
-// responses
-
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ`, as JavaScript's `toISOString` writes it.
-pub fn timestamp(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-pub fn usd_number(amount: Decimal) -> f64 {
-    amount.to_f64().unwrap_or(0.0)
-}
-
-/// `{"usd", "diem", "vcu"}`, each a number or `null` (not set).
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ConsumptionLimits {
-    pub usd: Option<f64>,
-    pub diem: Option<f64>,
-    pub vcu: Option<f64>,
-}
-
-impl ConsumptionLimits {
-    pub fn of(key: &ApiKey) -> Self {
-        ConsumptionLimits {
-            usd: key.budget.as_ref().map(|b| usd_number(b.limit_usd)),
-            diem: key.compat.diem,
-            vcu: key.compat.vcu,
-        }
-    }
-}
-
-/// Spend in USD (keygate's real usage); `diem` and `vcu` are always 0 here.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct UsageAmounts {
-    pub usd: f64,
-    pub diem: f64,
-    pub vcu: f64,
-}
-
-impl UsageAmounts {
-    pub fn usd(amount: Decimal) -> Self {
-        UsageAmounts {
-            usd: usd_number(amount),
-            diem: 0.0,
-            vcu: 0.0,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ApiKeyUsage {
-    pub trailing_seven_days: UsageAmounts,
-}
-
-/// A key's spend: the trailing seven days, and the current limit period (the budget's
-/// period, or the current UTC day for a key without a USD limit).
-#[derive(Debug, Clone)]
-pub struct KeySpend {
-    pub trailing_seven_days: Decimal,
-    pub current_period: Decimal,
-}
-
-/// A key as list, retrieve and update answer it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ApiKeyView {
-    pub id: String,
-    /// `INFERENCE` or `ADMIN`.
-    pub api_key_type: String,
-    pub description: String,
-    #[serde(rename = "last6Chars")]
-    pub last6_chars: String,
-    pub created_at: String,
-    pub expires_at: Option<String>,
-    pub last_used_at: Option<String>,
-    /// Plural on this shape (Venice's naming).
-    pub consumption_limits: ConsumptionLimits,
-    pub model_privacy: Option<String>,
-    /// `EPOCH`, `MONTH` or `LIFETIME`; `null` without a USD limit.
-    pub limit_period: Option<LimitPeriod>,
-    /// Canonical CIDRs; `[]` = any address.
-    pub ip_allowlist: Vec<String>,
-    pub usage: ApiKeyUsage,
-    pub current_period_usage: UsageAmounts,
-}
-
-fn ip_allowlist_view(key: &ApiKey) -> Vec<String> {
-    key.ip_allowlist
-        .iter()
-        .flatten()
-        .map(ToString::to_string)
-        .collect()
-}
-
-impl ApiKeyView {
-    pub fn new(key: &ApiKey, spend: &KeySpend) -> Self {
-        ApiKeyView {
-            id: key.id.to_string(),
-            api_key_type: key_type(key.kind),
-            description: key.name.clone(),
-            last6_chars: key.last6.clone(),
-            created_at: timestamp(key.created_at),
-            expires_at: key.expires_at.map(timestamp),
-            last_used_at: key.last_used_at.map(timestamp),
-            consumption_limits: ConsumptionLimits::of(key),
-            model_privacy: key.compat.model_privacy.clone(),
-            limit_period: key.budget.as_ref().map(|b| b.period.into()),
-            ip_allowlist: ip_allowlist_view(key),
-            usage: ApiKeyUsage {
-                trailing_seven_days: UsageAmounts::usd(spend.trailing_seven_days),
-            },
-            current_period_usage: UsageAmounts::usd(spend.current_period),
-        }
-    }
-}
-
-/// The answer to create (and Web3 create): the key with its full secret, shown once.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct CreatedApiKey {
-    pub id: String,
-    /// The full key. It is not stored and cannot be shown again.
-    pub api_key: String,
-    pub api_key_type: String,
-    pub description: String,
-    pub expires_at: Option<String>,
-    /// Singular on this shape (Venice's naming); always present.
-    pub consumption_limit: ConsumptionLimits,
-    pub limit_period: Option<LimitPeriod>,
-    pub ip_allowlist: Vec<String>,
-    pub model_privacy: Option<String>,
-    pub created_at: String,
-    #[serde(rename = "last6Chars")]
-    pub last6_chars: String,
-}
-
-impl CreatedApiKey {
-    pub fn new(created: &crate::keys::KeyWithSecret) -> Self {
-        let key = &created.key;
-        CreatedApiKey {
-            id: key.id.to_string(),
-            api_key: created.secret.expose().to_string(),
-            api_key_type: key_type(key.kind),
-            description: key.name.clone(),
-            expires_at: key.expires_at.map(timestamp),
-            consumption_limit: ConsumptionLimits::of(key),
-            limit_period: key.budget.as_ref().map(|b| b.period.into()),
-            ip_allowlist: ip_allowlist_view(key),
-            model_privacy: key.compat.model_privacy.clone(),
-            created_at: timestamp(key.created_at),
-            last6_chars: key.last6.clone(),
-        }
-    }
-}
-
-/// `{"data": …}`
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Data<T> {
-    pub data: T,
-}
-
-/// `{"object": "list", "data": […]}`
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ListOf<T> {
-    pub object: &'static str,
-    pub data: Vec<T>,
-}
-
-impl<T> ListOf<T> {
-    pub fn new(data: Vec<T>) -> Self {
-        ListOf {
-            object: "list",
-            data,
-        }
-    }
-}
-
-/// `{"success": true, "data": …}` (create, update, Web3).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Succeeded<T> {
-    pub success: bool,
-    pub data: T,
-}
-
-impl<T> Succeeded<T> {
-    pub fn new(data: T) -> Self {
-        Succeeded {
-            success: true,
-            data,
-        }
-    }
-}
-
-/// `{"success": true}` (delete).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Success {
-    pub success: bool,
-}
-
-/// Web3 challenge: `{"token"}` (plus its expiry, which the SDK ignores).
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Web3Token {
-    /// Sign this exact string with `personal_sign`.
-    pub token: String,
-    pub expires_at: String,
-}
-
-/// `{"error": message, "code": CODE, "issues"?: [{"path", "message"}]}`
-#[derive(Debug, Serialize, ToSchema)]
-pub struct VeniceErrorBody {
-    pub error: String,
-    pub code: String,
-    /// Zod-style: the fields at fault, for 400s.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub issues: Option<Vec<Issue>>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Issue {
-    pub code: &'static str,
-    /// Field path, e.g. `["ipAllowlist", 2]`.
-    #[schema(value_type = Vec<Object>)]
-    pub path: Vec<serde_json::Value>,
-    pub message: String,
-}
-
-/// `consumptionLimit.usd` → `["consumptionLimit", "usd"]`, `ipAllowlist[2]` →
-/// `["ipAllowlist", 2]`.
-pub fn issue_path(field: &str) -> Vec<serde_json::Value> {
-    let mut path = Vec::new();
-    for part in field.split('.').filter(|p| !p.is_empty()) {
-        let mut pieces = part.split('[');
-        if let Some(name) = pieces.next().filter(|n| !n.is_empty()) {
-            path.push(serde_json::Value::from(name));
-        }
-        for index in pieces {
-            let index = index.trim_end_matches(']');
-            path.push(match index.parse::<u64>() {
-                Ok(i) => serde_json::Value::from(i),
-                Err(_) => serde_json::Value::from(index),
-            });
-        }
-    }
-    path
-}
-
 /// The compat fields after applying a model privacy and/or a consumption limit's units.
 pub fn compat_with(
     current: &CompatFields,
@@ -580,6 +333,7 @@ pub fn compat_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::compat::venice::views::timestamp;
 
     #[test]
     fn expiry_forms() {
@@ -598,7 +352,13 @@ mod tests {
             let at = parse_expires_at(text).unwrap().unwrap();
             assert_eq!(timestamp(at), expected, "{text}");
         }
-        for bad in ["tomorrow", "2031-13-01", "2031-02-30", "31-02-03", "2031-02-03T25:00:00Z"] {
+        for bad in [
+            "tomorrow",
+            "2031-13-01",
+            "2031-02-30",
+            "31-02-03",
+            "2031-02-03T25:00:00Z",
+        ] {
             assert!(parse_expires_at(bad).is_err(), "{bad}");
         }
     }
@@ -609,14 +369,6 @@ mod tests {
         assert_eq!(wire_field("budget.limit_usd"), "consumptionLimit.usd");
         assert_eq!(wire_field("name"), "description");
         assert_eq!(wire_field("names"), "names");
-        assert_eq!(
-            issue_path("ipAllowlist[3]"),
-            vec![serde_json::json!("ipAllowlist"), serde_json::json!(3)]
-        );
-        assert_eq!(
-            issue_path("consumptionLimit.usd"),
-            vec![serde_json::json!("consumptionLimit"), serde_json::json!("usd")]
-        );
     }
 
     #[test]
