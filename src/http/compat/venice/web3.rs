@@ -154,9 +154,9 @@ pub async fn web3_create_key(
 
     // The proof: a token this gateway issued, still valid, signed by the address's key.
     let claims = signer(config)
-        .verify(request.token.trim(), chrono::Utc::now())
+        .verify(&request.token, chrono::Utc::now())
         .map_err(|err| refused(&state, ip, "invalid_web3_token", err.to_string()))?;
-    let signer_address = recover_personal_sign(request.token.trim().as_bytes(), &request.signature)
+    let signer_address = recover_personal_sign(request.token.as_bytes(), &request.signature)
         .map_err(|err| refused(&state, ip, "invalid_signature", err.to_string()))?;
     if signer_address != address {
         return Err(refused(
