@@ -4,6 +4,7 @@
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
+use axum::serve::ListenerExt;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::{
@@ -159,8 +160,15 @@ impl App {
         );
         let router = http::router(self.state.clone());
         tracing::info!(addr = %self.local_addr, store = self.state.store.backend(), "keygate listening");
+        // SSE events are written one by one as they arrive; without TCP_NODELAY, Nagle's
+        // algorithm holds each small write until the client's delayed ACK (~40 ms).
+        let listener = self.listener.tap_io(|stream| {
+            if let Err(err) = stream.set_nodelay(true) {
+                tracing::debug!(error = %err, "cannot set TCP_NODELAY on a connection");
+            }
+        });
         let result = axum::serve(
-            self.listener,
+            listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown)
