@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use crate::{
-    config::Config, http::auth::FailedAuthGuard, keys::KeysService, proxy::Gateway, store::DynStore,
-    usage::Recorder,
+    config::Config, http::auth::FailedAuthGuard, keys::KeysService, proxy::Gateway,
+    store::DynStore, usage::Recorder,
 };
 
 #[derive(Clone)]

@@ -193,7 +193,8 @@ pub async fn authenticate(
                     "ip_not_allowed",
                     format!(
                         "{IP_RESTRICTED_MESSAGE}; this request came from {}",
-                        ip.map(|ip| ip.to_string()).unwrap_or_else(|| "an unknown address".into())
+                        ip.map(|ip| ip.to_string())
+                            .unwrap_or_else(|| "an unknown address".into())
                     ),
                 )
                 .on(surface)

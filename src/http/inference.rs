@@ -12,10 +12,7 @@ use axum::{
 };
 use serde_json::json;
 
-use super::{
-    auth::Authenticated,
-    ratelimit_headers,
-};
+use super::{auth::Authenticated, ratelimit_headers};
 use crate::{
     error::{ApiError, Surface},
     keys::{ApiKey, AuthError, KeyKind},

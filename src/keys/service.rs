@@ -387,7 +387,8 @@ impl KeysService {
     /// Whether the presented key was verified on this instance before (its digest is in
     /// the cache, fresh or due for a re-read). Such a key never needs argon2 again.
     pub fn is_cached(&self, presented: &str) -> bool {
-        Token::parse(presented).is_ok_and(|token| !matches!(self.cache.get(&token.digest()), Lookup::Miss))
+        Token::parse(presented)
+            .is_ok_and(|token| !matches!(self.cache.get(&token.digest()), Lookup::Miss))
     }
 
     /// Re-reads a cached key's row. `None` when the stored hash changed and the secret must
