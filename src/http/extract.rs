@@ -23,6 +23,22 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let JsonBytes(bytes) = JsonBytes::from_request(req, state).await?;
+        parse_json(&bytes).map(AppJson)
+    }
+}
+
+/// The raw bytes of a JSON body (content type checked, size limited), for handlers that
+/// look at the document before reading it into a type.
+pub struct JsonBytes(pub Bytes);
+
+impl<S> FromRequest<S> for JsonBytes
+where
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         if let Some(content_type) = req.headers().get(header::CONTENT_TYPE) {
             let content_type = content_type
                 .to_str()
@@ -45,7 +61,7 @@ where
                 ApiError::new(status, "invalid_body", rejection.body_text())
             }
         })?;
-        parse_json(&bytes).map(AppJson)
+        Ok(JsonBytes(bytes))
     }
 }
 
@@ -110,6 +126,31 @@ fn named_field(message: &str) -> Option<&str> {
         .iter()
         .find_map(|prefix| message.strip_prefix(prefix))
         .and_then(|rest| rest.split('`').next())
+}
+
+/// Fails when any of `fields` of the body object is a JSON array: serde reads a derived
+/// struct from an array too (fields by position), so `"limits": [1]` would pass as
+/// `{"rpm": 1}`. Entries of `lists` are checked one by one.
+pub fn require_objects(
+    body: &serde_json::Value,
+    fields: &[&str],
+    lists: &[&str],
+) -> Result<(), ApiError> {
+    let positional =
+        |field: String| ApiError::invalid_field(field, "expected a JSON object, got an array");
+    for field in fields {
+        if body.get(*field).is_some_and(serde_json::Value::is_array) {
+            return Err(positional((*field).to_string()));
+        }
+    }
+    for list in lists {
+        if let Some(serde_json::Value::Array(entries)) = body.get(*list) {
+            if let Some(i) = entries.iter().position(serde_json::Value::is_array) {
+                return Err(positional(format!("{list}[{i}]")));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The field a serde data error is about. A missing field is reported at its parent's

@@ -251,6 +251,22 @@ fn common_field_cases() -> Vec<Case> {
             json!({ "name": "a\u{0}b" }),
             "name",
         ),
+        // objects sent as arrays (serde would read them by position)
+        field(
+            "limits as an array",
+            json!({ "name": "a", "limits": [1, 2] }),
+            "limits",
+        ),
+        field(
+            "budget as an array",
+            json!({ "name": "a", "budget": [5, "day"] }),
+            "budget",
+        ),
+        field(
+            "a model limit as an array",
+            json!({ "name": "a", "model_limits": [{ "model": "m", "rpm": 1 }, ["m2", 1]] }),
+            "model_limits[1]",
+        ),
         // negative and absurd numbers
         field(
             "negative rpm",

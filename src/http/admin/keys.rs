@@ -12,7 +12,7 @@ use crate::{
     error::ApiError,
     http::{
         auth::AdminKey,
-        extract::{parse_id, parse_json, AppJson, AppQuery},
+        extract::{parse_id, parse_json, require_objects, AppQuery, JsonBytes},
     },
     keys::input::{KeyPatch, NewKey},
     state::AppState,
@@ -31,8 +31,9 @@ use crate::{
 pub async fn create_key(
     State(state): State<AppState>,
     admin: AdminKey,
-    AppJson(new): AppJson<NewKey>,
+    JsonBytes(body): JsonBytes,
 ) -> Result<(StatusCode, Json<KeyWithSecretView>), ApiError> {
+    let new: NewKey = key_body(&body)?;
     let created = state.keys.create(&admin.caller, new).await?;
     Ok((StatusCode::CREATED, Json(KeyWithSecretView::from(&created))))
 }
@@ -82,11 +83,11 @@ pub async fn update_key(
     State(state): State<AppState>,
     admin: AdminKey,
     Path(id): Path<String>,
-    AppJson(patch): AppJson<KeyPatch>,
+    JsonBytes(body): JsonBytes,
 ) -> Result<Json<KeyView>, ApiError> {
     let key = state
         .keys
-        .update(&admin.caller, parse_id(&id)?, patch)
+        .update(&admin.caller, parse_id(&id)?, key_body::<KeyPatch>(&body)?)
         .await?;
     Ok(Json(KeyView::from(&key)))
 }
@@ -133,4 +134,18 @@ pub async fn rotate_key(
         .rotate(&admin.caller, id, request.grace_seconds.unwrap_or(0))
         .await?;
     Ok(Json(KeyWithSecretView::from(&rotated)))
+}
+
+/// A create or update body: the key settings that are objects must be sent as objects.
+fn key_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let typed = parse_json(body)?;
+    // parse_json accepted it, so the bytes are one valid JSON document.
+    if let Ok(document) = serde_json::from_slice::<serde_json::Value>(body) {
+        require_objects(
+            &document,
+            &["limits", "budget", "metadata"],
+            &["model_limits"],
+        )?;
+    }
+    Ok(typed)
 }
