@@ -261,6 +261,10 @@ impl Gateway {
             }
             None => None,
         };
+        // Checked before routing, so a key learns nothing about models it may not use.
+        if let Some(model) = model.as_ref().filter(|m| !model_allowed(&key, m)) {
+            return Err(InferenceError::ModelNotAllowed(model.clone()));
+        }
         let upstream = match (request.endpoint, &model) {
             (Endpoint::Other, _) => self
                 .upstreams
@@ -272,20 +276,11 @@ impl Gateway {
                     param: Some("model".into()),
                 })
             }
-            (_, Some(model)) => {
-                if !model_allowed(&key, model) {
-                    return Err(InferenceError::ModelNotAllowed(model.clone()));
-                }
-                self.upstreams
-                    .for_model(model)
-                    .ok_or_else(|| InferenceError::ModelNotFound(model.clone()))?
-            }
+            (_, Some(model)) => self
+                .upstreams
+                .for_model(model)
+                .ok_or_else(|| InferenceError::ModelNotFound(model.clone()))?,
         };
-        if let Some(model) = &model {
-            if !model_allowed(&key, model) {
-                return Err(InferenceError::ModelNotAllowed(model.clone()));
-            }
-        }
         let model_name = model.clone().unwrap_or_default();
         let stream = parsed
             .as_ref()
