@@ -15,14 +15,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/pytest.rs"]
+mod pytest;
 #[path = "support/mod.rs"]
 mod support;
 
-use std::{
-    path::{Path, PathBuf},
-    process::Stdio,
-    time::Duration,
-};
+use std::time::Duration;
 
 use keygate::{
     config::{ModelPrice, UpstreamConfig},
@@ -38,66 +36,10 @@ use keygate::{
 use rust_decimal::Decimal;
 use secrecy::SecretString;
 use support::upstream::{MockUpstream, DEFAULT_MODEL};
-use tokio::{
-    io::{AsyncBufReadExt, AsyncRead, BufReader},
-    process::Command,
-    sync::oneshot,
-};
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
-/// The whole pytest run may not take longer than this.
-const PYTEST_TIMEOUT: Duration = Duration::from_secs(300);
 const WEB3_SECRET: &str = "venice sdk test secret, at least 32 characters";
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The virtualenv `ensure-venv.sh` creates (it honours `KEYGATE_TEST_VENV` too).
-fn venv_dir(root: &Path) -> PathBuf {
-    std::env::var_os("KEYGATE_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target").join("py-venv"))
-}
-
-/// Runs `tests/python/ensure-venv.sh`; a failure fails the test (never a skip).
-async fn ensure_venv(root: &Path) -> PathBuf {
-    let output = Command::new("bash")
-        .arg("tests/python/ensure-venv.sh")
-        .current_dir(root)
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("cannot run `bash tests/python/ensure-venv.sh`: {e}"));
-    assert!(
-        output.status.success(),
-        "`bash tests/python/ensure-venv.sh` failed ({}); the Venice SDK tests need the \
-         virtualenv with the SDKs of tests/python/requirements.txt (python3 with venv, and \
-         access to PyPI the first time).\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-    );
-    let python = venv_dir(root).join("bin").join("python");
-    assert!(
-        python.exists(),
-        "ensure-venv.sh succeeded but {} does not exist",
-        python.display()
-    );
-    python
-}
-
-/// Copies one output stream of the child to stderr line by line (so `--nocapture` shows
-/// it live) and returns everything it read.
-async fn pump(stream: impl AsyncRead + Unpin, label: &'static str) -> String {
-    let mut lines = BufReader::new(stream).lines();
-    let mut all = String::new();
-    while let Ok(Some(line)) = lines.next_line().await {
-        eprintln!("[pytest {label}] {line}");
-        all.push_str(&line);
-        all.push('\n');
-    }
-    all
-}
 
 fn caller(workspace_id: Uuid) -> Caller {
     Caller {
@@ -146,8 +88,7 @@ fn rpm1(name: &str) -> NewKey {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn venice_sdk_against_keygate() {
-    let root = repo_root();
-    let python = ensure_venv(&root).await;
+    let python = pytest::ensure_venv().await;
 
     let mock = MockUpstream::start().await;
     let db_dir = tempfile::tempdir().unwrap();
@@ -258,70 +199,37 @@ async fn venice_sdk_against_keygate() {
         Duration::from_secs(60),
     );
 
-    let mut command = Command::new(&python);
-    command
-        .args([
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "tests/python/test_venice_sdk.py",
-        ])
-        .current_dir(&root)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    // Nothing from the developer's environment may steer the SDKs elsewhere.
-    for (name, _) in std::env::vars_os() {
-        let upper = name.to_string_lossy().to_ascii_uppercase();
-        if upper.starts_with("OPENAI_") || upper.starts_with("VENICE_") || upper.ends_with("_PROXY")
-        {
-            command.env_remove(&name);
-        }
-    }
     let secret = |k: &KeyWithSecret| k.secret.expose().to_string();
-    command
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("PYTHONUNBUFFERED", "1")
-        .env("KEYGATE_VENICE_URL", format!("http://{address}"))
-        .env("KEYGATE_VENICE_ADMIN_KEY", secret(&admin_key))
-        .env("KEYGATE_VENICE_LIMITED_SYNC_KEY", secret(&limited_sync))
-        .env(
-            "KEYGATE_VENICE_LIMITED_SYNC_ID",
-            limited_sync.key.id.to_string(),
-        )
-        .env("KEYGATE_VENICE_LIMITED_ASYNC_KEY", secret(&limited_async))
-        .env(
-            "KEYGATE_VENICE_LIMITED_ASYNC_ID",
-            limited_async.key.id.to_string(),
-        )
-        .env("KEYGATE_VENICE_RPM1_SYNC_KEY", secret(&rpm1_sync))
-        .env("KEYGATE_VENICE_RPM1_SYNC_ID", rpm1_sync.key.id.to_string())
-        .env("KEYGATE_VENICE_RPM1_ASYNC_KEY", secret(&rpm1_async))
-        .env(
-            "KEYGATE_VENICE_RPM1_ASYNC_ID",
-            rpm1_async.key.id.to_string(),
-        )
-        .env("KEYGATE_VENICE_CAPPED_ADMIN_KEY", secret(&capped_admin))
-        .env("KEYGATE_VENICE_EXPIRED_TOKEN", &expired_token);
-
-    let mut child = command
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {} -m pytest: {e}", python.display()));
-    let stdout = tokio::spawn(pump(child.stdout.take().unwrap(), "out"));
-    let stderr = tokio::spawn(pump(child.stderr.take().unwrap(), "err"));
-    let status = match tokio::time::timeout(PYTEST_TIMEOUT, child.wait()).await {
-        Ok(status) => status.expect("wait for pytest"),
-        Err(_) => {
-            let _ = child.kill().await;
-            panic!("pytest did not finish within {PYTEST_TIMEOUT:?}");
-        }
-    };
-    let out = stdout.await.unwrap_or_default();
-    let err = stderr.await.unwrap_or_default();
+    let run = pytest::run_pytest(
+        &python,
+        "tests/python/test_venice_sdk.py",
+        |upper| upper.starts_with("OPENAI_") || upper.starts_with("VENICE_"),
+        &[
+            ("KEYGATE_VENICE_URL", format!("http://{address}")),
+            ("KEYGATE_VENICE_ADMIN_KEY", secret(&admin_key)),
+            ("KEYGATE_VENICE_LIMITED_SYNC_KEY", secret(&limited_sync)),
+            (
+                "KEYGATE_VENICE_LIMITED_SYNC_ID",
+                limited_sync.key.id.to_string(),
+            ),
+            ("KEYGATE_VENICE_LIMITED_ASYNC_KEY", secret(&limited_async)),
+            (
+                "KEYGATE_VENICE_LIMITED_ASYNC_ID",
+                limited_async.key.id.to_string(),
+            ),
+            ("KEYGATE_VENICE_RPM1_SYNC_KEY", secret(&rpm1_sync)),
+            ("KEYGATE_VENICE_RPM1_SYNC_ID", rpm1_sync.key.id.to_string()),
+            ("KEYGATE_VENICE_RPM1_ASYNC_KEY", secret(&rpm1_async)),
+            (
+                "KEYGATE_VENICE_RPM1_ASYNC_ID",
+                rpm1_async.key.id.to_string(),
+            ),
+            ("KEYGATE_VENICE_CAPPED_ADMIN_KEY", secret(&capped_admin)),
+            ("KEYGATE_VENICE_EXPIRED_TOKEN", expired_token.clone()),
+        ],
+    )
+    .await;
+    let pytest::PytestRun { status, out, err } = run;
 
     // Shut keygate down (draining in-flight requests) before judging the run.
     let _ = stop_tx.send(());
