@@ -169,7 +169,7 @@ impl App {
         });
         let result = axum::serve(
             listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
+            http::front::MakeFront::new(self.state.clone(), router),
         )
         .with_graceful_shutdown(shutdown)
         .await;

@@ -42,6 +42,9 @@ pub enum LogFormat {
     Json,
 }
 
+/// More threads than this only adds scheduling overhead on any machine keygate targets.
+const MAX_WORKER_THREADS: usize = 1024;
+
 #[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -50,6 +53,9 @@ pub struct Config {
     /// Shared rate-limit state for several instances; `None` = in-process limiter.
     pub redis_url: Option<String>,
     pub log_format: LogFormat,
+    /// Request-serving threads; `None` = one per CPU this process may run on. With one,
+    /// keygate runs tokio's single-threaded scheduler (see [`Config::worker_threads`]).
+    pub worker_threads: Option<usize>,
     /// Admin key to install on first start instead of printing a generated one.
     pub bootstrap_admin_key: Option<SecretString>,
     pub keys: KeysConfig,
@@ -73,6 +79,7 @@ impl fmt::Debug for Config {
                 &self.redis_url.as_deref().map(crate::store::redact_url),
             )
             .field("log_format", &self.log_format)
+            .field("worker_threads", &self.worker_threads)
             .field(
                 "bootstrap_admin_key",
                 &self.bootstrap_admin_key.as_ref().map(|_| "[REDACTED]"),
@@ -94,6 +101,7 @@ impl Default for Config {
             database_url: DEFAULT_DATABASE_URL.to_string(),
             redis_url: None,
             log_format: LogFormat::Text,
+            worker_threads: None,
             bootstrap_admin_key: None,
             keys: KeysConfig::default(),
             http: HttpConfig::default(),
@@ -267,7 +275,24 @@ impl Config {
         Ok(config)
     }
 
+    /// The request-serving threads to start: `worker_threads`, else the CPUs this process
+    /// may run on (its affinity mask, so `taskset -c 0` or a one-CPU container gives 1).
+    pub fn worker_threads(&self) -> usize {
+        self.worker_threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self
+            .worker_threads
+            .is_some_and(|n| !(1..=MAX_WORKER_THREADS).contains(&n))
+        {
+            return Err(invalid(
+                "worker_threads",
+                format!("must be a whole number in [1, {MAX_WORKER_THREADS}]"),
+            ));
+        }
         let db = &self.database_url;
         if !(db.starts_with("sqlite:")
             || db.starts_with("postgres://")

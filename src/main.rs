@@ -15,10 +15,15 @@ use keygate::{
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match run(cli).await {
+    let result = Config::load(cli.config.as_deref())
+        .map_err(anyhow::Error::from)
+        .and_then(|config| {
+            let runtime = runtime(config.worker_threads())?;
+            runtime.block_on(run(cli, config))
+        });
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("keygate: {err:#}");
@@ -27,8 +32,22 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut config = Config::load(cli.config.as_deref())?;
+/// On one CPU, tokio's single-threaded scheduler: the work-stealing one keeps its
+/// cross-thread queues, atomics and wake-ups even with one worker, and cost a third of
+/// the proxy's throughput in benchmarks (docs/performance.md). argon2 and other blocking
+/// work still run on the blocking pool either way.
+fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if worker_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(worker_threads);
+        builder
+    };
+    builder.enable_all().build()
+}
+
+async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
     telemetry::init(config.log_format);
     match cli.command {
         Command::Serve { listen } => {

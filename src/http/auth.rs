@@ -93,6 +93,9 @@ impl FailedAuthGuard {
     /// How long the address stays blocked, if it is.
     pub fn blocked_for(&self, ip: IpAddr) -> Option<Duration> {
         let blocked = self.blocked_until.lock().unwrap_or_else(|p| p.into_inner());
+        if blocked.is_empty() {
+            return None; // the usual case: no address is blocked, nothing to hash
+        }
         blocked
             .get(&ip)
             .and_then(|until| until.checked_duration_since(Instant::now()))
@@ -172,23 +175,41 @@ pub async fn authenticate(
         return next.run(request).await;
     }
     let surface = Surface::for_path(path);
-    let Some(presented) = presented_key(request.headers()).map(str::to_owned) else {
-        return ApiError::from(AuthError::Missing)
+    match verify(&state, request.headers(), ip, surface).await {
+        Ok(key) => {
+            request.extensions_mut().insert(Authenticated(key));
+            next.run(request).await
+        }
+        Err(refusal) => refusal,
+    }
+}
+
+/// The key a request presents, verified: known, usable, allowed from `ip`. A refusal is
+/// the finished answer on `surface` (401, 403 or 429). Shared by the middleware and the
+/// inference fast path (`super::front`), so both refuse alike.
+pub async fn verify(
+    state: &AppState,
+    headers: &HeaderMap,
+    ip: Option<IpAddr>,
+    surface: Surface,
+) -> Result<Arc<ApiKey>, Response> {
+    let Some(presented) = presented_key(headers) else {
+        return Err(ApiError::from(AuthError::Missing)
             .on(surface)
-            .into_response();
+            .into_response());
     };
     if let Some(ip) = ip {
         if let Some(wait) = state.auth_attempts.blocked_for(ip) {
-            if !state.keys.is_cached(&presented) {
-                return too_many_attempts(surface, wait);
+            if !state.keys.is_cached(presented) {
+                return Err(too_many_attempts(surface, wait));
             }
         }
     }
-    match state.keys.authenticate(&presented).await {
+    match state.keys.authenticate(presented).await {
         Ok(key) => {
             tracing::Span::current().record("key_id", tracing::field::display(key.id));
             if !ip_allowed(&key, ip) {
-                return ApiError::new(
+                return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     "ip_not_allowed",
                     format!(
@@ -198,20 +219,19 @@ pub async fn authenticate(
                     ),
                 )
                 .on(surface)
-                .into_response();
+                .into_response());
             }
-            request.extensions_mut().insert(Authenticated(key));
-            next.run(request).await
+            Ok(key)
         }
         Err(err) => {
             tracing::info!(reason = %err, ip = ?ip, "authentication refused");
             let counts_as_failure = !matches!(err, AuthError::Store(_) | AuthError::Hash(_));
             if let Some(ip) = ip.filter(|_| counts_as_failure) {
                 if let Some(wait) = state.auth_attempts.record_failure(ip) {
-                    return too_many_attempts(surface, wait);
+                    return Err(too_many_attempts(surface, wait));
                 }
             }
-            ApiError::from(err).on(surface).into_response()
+            Err(ApiError::from(err).on(surface).into_response())
         }
     }
 }

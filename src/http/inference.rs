@@ -31,18 +31,22 @@ impl FromRequestParts<AppState> for InferenceKey {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let key = any_key(parts)?;
-        if key.kind == KeyKind::Admin {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "admin_key_not_for_inference",
-                "admin keys cannot call inference; use an inference key",
-            )
-            .on(Surface::OpenAi));
-        }
-        state.recorder.touch(key.id, crate::clock::now());
-        Ok(InferenceKey(key))
+        inference_key(state, any_key(parts)?).map(InferenceKey)
     }
+}
+
+/// Refuses admin keys on inference routes; notes the key's use (`last_used_at`).
+pub(super) fn inference_key(state: &AppState, key: Arc<ApiKey>) -> Result<Arc<ApiKey>, ApiError> {
+    if key.kind == KeyKind::Admin {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin_key_not_for_inference",
+            "admin keys cannot call inference; use an inference key",
+        )
+        .on(Surface::OpenAi));
+    }
+    state.recorder.touch(key.id, crate::clock::now());
+    Ok(key)
 }
 
 /// Any valid key (self-service).
@@ -151,7 +155,7 @@ impl From<InferenceError> for ApiError {
     }
 }
 
-async fn proxy(
+pub(super) async fn proxy(
     state: AppState,
     key: Arc<ApiKey>,
     endpoint: Endpoint,

@@ -1,6 +1,9 @@
 //! The HTTP surfaces. This is the only module that imports axum (with `error`).
 //!
-//! Middleware, outermost first (ServiceBuilder runs top to bottom):
+//! Connections are served by `front::Front`, which sends the three hot inference routes
+//! to their handler directly and everything else to `router`.
+//!
+//! Router middleware, outermost first (ServiceBuilder runs top to bottom):
 //! 1. `SetRequestId`: an `x-request-id` for every request (kept if the client sent one).
 //! 2. `TraceLayer`: one span per request with the matched route, request id and key id.
 //! 3. `PropagateRequestId`: echoes the id on the response.
@@ -13,6 +16,7 @@ pub mod admin;
 pub mod auth;
 pub mod compat;
 pub mod extract;
+pub mod front;
 pub mod inference;
 pub mod me;
 pub mod openapi;

@@ -42,70 +42,95 @@ pub fn go_duration(d: Duration) -> String {
     out
 }
 
+/// Moves the formatted string into the header without copying it again.
 fn set(headers: &mut HeaderMap, name: &'static str, value: String) {
-    if let Ok(value) = HeaderValue::from_str(&value) {
+    if let Ok(value) = HeaderValue::try_from(value) {
         headers.insert(HeaderName::from_static(name), value);
     }
 }
 
+fn set_number<N: itoa::Integer>(headers: &mut HeaderMap, name: &'static str, number: N) {
+    let mut buffer = itoa::Buffer::new();
+    // Digits (and a minus sign) are always a valid header value.
+    if let Ok(value) = HeaderValue::from_str(buffer.format(number)) {
+        headers.insert(HeaderName::from_static(name), value);
+    }
+}
+
+/// Every `/v1` answer carries these; they are built on the hot path, so each header is
+/// written once into its own buffer (no intermediate strings per bucket).
 pub fn apply(headers: &mut HeaderMap, states: &[BucketState]) {
-    for (tokens, suffix) in [(false, "requests"), (true, "tokens")] {
-        if let Some(state) = BucketState::tightest_minute(states, tokens) {
-            let (limit, remaining, reset) = match suffix {
-                "requests" => (
-                    "x-ratelimit-limit-requests",
-                    "x-ratelimit-remaining-requests",
-                    "x-ratelimit-reset-requests",
-                ),
-                _ => (
-                    "x-ratelimit-limit-tokens",
-                    "x-ratelimit-remaining-tokens",
-                    "x-ratelimit-reset-tokens",
-                ),
-            };
-            set(headers, limit, state.limit.to_string());
-            set(headers, remaining, state.remaining.max(0).to_string());
-            set(headers, reset, go_duration(state.reset_after));
-        }
+    if let Some(state) = BucketState::tightest_minute(states, false) {
+        set_number(headers, "x-ratelimit-limit-requests", state.limit);
+        set_number(
+            headers,
+            "x-ratelimit-remaining-requests",
+            state.remaining.max(0),
+        );
+        set(
+            headers,
+            "x-ratelimit-reset-requests",
+            go_duration(state.reset_after),
+        );
+    }
+    if let Some(state) = BucketState::tightest_minute(states, true) {
+        set_number(headers, "x-ratelimit-limit-tokens", state.limit);
+        set_number(
+            headers,
+            "x-ratelimit-remaining-tokens",
+            state.remaining.max(0),
+        );
+        set(
+            headers,
+            "x-ratelimit-reset-tokens",
+            go_duration(state.reset_after),
+        );
     }
     if states.is_empty() {
         return;
     }
-    let mut policy = String::new();
-    let mut current = String::new();
-    for state in states {
-        let name = match &state.scope {
-            Scope::Global => state.kind.as_str().to_string(),
-            Scope::Model(model) => format!(
-                "{}:{}",
-                model.replace(['"', '\\'], "_"),
-                state.kind.as_str()
-            ),
-        };
-        let unit = if state.kind.is_tokens() {
-            ";qu=\"kg-tokens\""
-        } else {
-            ";qu=\"requests\""
-        };
-        if !policy.is_empty() {
+    let mut policy = String::with_capacity(40 * states.len());
+    let mut current = String::with_capacity(32 * states.len());
+    let mut number = itoa::Buffer::new();
+    for (i, state) in states.iter().enumerate() {
+        if i > 0 {
             policy.push_str(", ");
             current.push_str(", ");
         }
-        let _ = write!(
-            policy,
-            "\"{name}\";q={};w={}{unit}",
-            state.limit,
-            state.kind.window().as_secs()
-        );
-        let _ = write!(
-            current,
-            "\"{name}\";r={};t={}",
-            state.remaining.max(0),
-            state.reset_after.as_secs_f64().ceil() as u64
-        );
+        push_policy_name(&mut policy, state);
+        policy.push_str(";q=");
+        policy.push_str(number.format(state.limit));
+        policy.push_str(";w=");
+        policy.push_str(number.format(state.kind.window().as_secs()));
+        policy.push_str(if state.kind.is_tokens() {
+            ";qu=\"kg-tokens\""
+        } else {
+            ";qu=\"requests\""
+        });
+        push_policy_name(&mut current, state);
+        current.push_str(";r=");
+        current.push_str(number.format(state.remaining.max(0)));
+        current.push_str(";t=");
+        current.push_str(number.format(state.reset_after.as_secs_f64().ceil() as u64));
     }
     set(headers, "ratelimit-policy", policy);
     set(headers, "ratelimit", current);
+}
+
+/// `"rpm"` or `"<model>:rpm"`, quoted; quotes and backslashes in a model name become `_`
+/// so the structured field stays well-formed.
+fn push_policy_name(out: &mut String, state: &BucketState) {
+    out.push('"');
+    if let Scope::Model(model) = &state.scope {
+        out.extend(
+            model
+                .chars()
+                .map(|c| if matches!(c, '"' | '\\') { '_' } else { c }),
+        );
+        out.push(':');
+    }
+    out.push_str(state.kind.as_str());
+    out.push('"');
 }
 
 #[cfg(test)]
@@ -121,5 +146,42 @@ mod tests {
         assert_eq!(go_duration(Duration::from_secs(3723)), "1h2m3s");
         assert_eq!(go_duration(Duration::ZERO), "0s");
         assert_eq!(go_duration(Duration::from_micros(10)), "1ms");
+    }
+
+    #[test]
+    fn policy_names_are_quoted_and_sanitised() {
+        let states = [
+            BucketState {
+                kind: crate::limits::LimitKind::Rpm,
+                scope: Scope::Global,
+                limit: 60,
+                remaining: 59,
+                reset_after: Duration::from_millis(1500),
+            },
+            BucketState {
+                kind: crate::limits::LimitKind::Tpm,
+                scope: Scope::Model("we\"ird\\model".into()),
+                limit: 1000,
+                remaining: -5,
+                reset_after: Duration::from_secs(61),
+            },
+        ];
+        let mut headers = HeaderMap::new();
+        apply(&mut headers, &states);
+        let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        assert_eq!(get("x-ratelimit-limit-requests"), Some("60"));
+        assert_eq!(get("x-ratelimit-remaining-requests"), Some("59"));
+        assert_eq!(get("x-ratelimit-reset-requests"), Some("1.5s"));
+        assert_eq!(get("x-ratelimit-limit-tokens"), Some("1000"));
+        assert_eq!(get("x-ratelimit-remaining-tokens"), Some("0"));
+        assert_eq!(get("x-ratelimit-reset-tokens"), Some("1m1s"));
+        assert_eq!(
+            get("ratelimit-policy"),
+            Some("\"rpm\";q=60;w=60;qu=\"requests\", \"we_ird_model:tpm\";q=1000;w=60;qu=\"kg-tokens\"")
+        );
+        assert_eq!(
+            get("ratelimit"),
+            Some("\"rpm\";r=59;t=2, \"we_ird_model:tpm\";r=0;t=61")
+        );
     }
 }

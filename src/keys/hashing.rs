@@ -9,7 +9,10 @@
 //! not what makes a key unguessable; verification happens once per key per instance
 //! (then the SHA-256 cache answers), so the cost is paid at creation and first use only.
 
-use std::sync::Arc;
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
 
 use argon2::{
     password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString},
@@ -35,12 +38,14 @@ pub enum HashError {
 #[derive(Clone)]
 pub struct Hasher {
     permits: Arc<Semaphore>,
+    verifications: Arc<AtomicU64>,
 }
 
 impl Default for Hasher {
     fn default() -> Self {
         Hasher {
             permits: Arc::new(Semaphore::new(MAX_CONCURRENT)),
+            verifications: Arc::default(),
         }
     }
 }
@@ -61,6 +66,11 @@ fn give_back_memory() {
 }
 
 impl Hasher {
+    /// argon2 verifications started so far (each is a cache miss of a well-formed key).
+    pub fn verifications(&self) -> u64 {
+        self.verifications.load(Ordering::Relaxed)
+    }
+
     /// The argon2id PHC string of `secret`.
     pub async fn hash(&self, secret: String) -> Result<String, HashError> {
         let _permit = self
@@ -85,6 +95,7 @@ impl Hasher {
     /// Whether `secret` matches the PHC string `phc`. A malformed `phc` is an error, not a
     /// mismatch, so a corrupted row is noticed.
     pub async fn verify(&self, secret: String, phc: String) -> Result<bool, HashError> {
+        self.verifications.fetch_add(1, Ordering::Relaxed);
         let _permit = self
             .permits
             .acquire()

@@ -2,7 +2,11 @@
 //! compatibility surfaces, the console and the CLI all call these functions, so each rule
 //! (validation, caps, roles, audit) lives here once.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
@@ -75,6 +79,47 @@ pub struct KeysService {
     store: DynStore,
     cache: KeyCache,
     hasher: Hasher,
+    in_flight: Arc<InFlight>,
+}
+
+/// One verification (or re-read) per presented secret at a time. Without it, a client
+/// opening 32 connections with a key this instance has not seen yet runs 32 argon2
+/// hashes at once (seconds of CPU, ~7 MiB each) where one suffices: the others wait for
+/// it and then find the key in the cache. Keyed by the secret's digest, like the cache.
+#[derive(Default)]
+struct InFlight {
+    turns: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl InFlight {
+    fn turn_for(&self, digest: [u8; 32]) -> Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+        turns.entry(digest).or_default().clone()
+    }
+
+    /// Forgets the digest's turn once nobody holds or waits for it.
+    fn release(&self, digest: &[u8; 32]) {
+        let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+        // One reference is the map's own, one the caller's.
+        if turns
+            .get(digest)
+            .is_some_and(|turn| Arc::strong_count(turn) <= 2)
+        {
+            turns.remove(digest);
+        }
+    }
+}
+
+/// Releases a digest's turn however the verification ends (a cancelled request too).
+struct TurnGuard<'a> {
+    in_flight: &'a InFlight,
+    digest: [u8; 32],
+}
+
+impl Drop for TurnGuard<'_> {
+    fn drop(&mut self) {
+        self.in_flight.release(&self.digest);
+    }
 }
 
 impl KeysService {
@@ -83,6 +128,7 @@ impl KeysService {
             store,
             cache,
             hasher: Hasher::default(),
+            in_flight: Arc::default(),
         }
     }
 
@@ -92,6 +138,11 @@ impl KeysService {
 
     pub fn cache(&self) -> &KeyCache {
         &self.cache
+    }
+
+    /// argon2 verifications this instance has run (once per key, however many callers).
+    pub fn verifications(&self) -> u64 {
+        self.hasher.verifications()
     }
 
     pub async fn create(&self, caller: &Caller, new: NewKey) -> Result<KeyWithSecret, KeyError> {
@@ -365,23 +416,44 @@ impl KeysService {
     pub async fn authenticate(&self, presented: &str) -> Result<Arc<ApiKey>, AuthError> {
         let token = Token::parse(presented)?;
         let digest = token.digest();
-        let now = Utc::now();
+        let (key, secret_valid_until) = match self.cache.get(&digest) {
+            Lookup::Fresh {
+                key,
+                secret_valid_until,
+            } => (key, secret_valid_until),
+            Lookup::Stale(_) | Lookup::Miss => self.verify_once(&token, digest).await?,
+        };
+        check_usable(&key, secret_valid_until, Utc::now())?;
+        Ok(key)
+    }
+
+    /// The slow path, one caller per digest at a time (see [`InFlight`]); whoever waited
+    /// finds the cache filled by the caller before it.
+    async fn verify_once(
+        &self,
+        token: &Token,
+        digest: [u8; 32],
+    ) -> Result<(Arc<ApiKey>, Option<DateTime<Utc>>), AuthError> {
+        let turn = self.in_flight.turn_for(digest);
+        // Dropped before `turn` (reverse order), so `release` sees the map's reference
+        // and this caller's, plus one per waiter.
+        let _release = TurnGuard {
+            in_flight: &self.in_flight,
+            digest,
+        };
+        let _my_turn = turn.lock().await;
         let entry = match self.cache.get(&digest) {
             Lookup::Fresh {
                 key,
                 secret_valid_until,
-            } => {
-                check_usable(&key, secret_valid_until, now)?;
-                return Ok(key);
-            }
+            } => return Ok((key, secret_valid_until)),
             Lookup::Stale(entry) => match self.refresh(digest, entry).await? {
                 Some(entry) => entry,
-                None => self.verify(&token, digest).await?,
+                None => self.verify(token, digest).await?,
             },
-            Lookup::Miss => self.verify(&token, digest).await?,
+            Lookup::Miss => self.verify(token, digest).await?,
         };
-        check_usable(&entry.key, entry.secret_valid_until, now)?;
-        Ok(entry.key)
+        Ok((entry.key, entry.secret_valid_until))
     }
 
     /// Whether the presented key was verified on this instance before (its digest is in

@@ -4,7 +4,11 @@
 //! (a client disconnect drops the response body), `Drop` settles with the fallback count:
 //! prompt tokens plus the tokenizer's count of the text produced so far.
 
-use std::sync::Arc;
+use std::{
+    future::Future,
+    sync::Arc,
+    task::{Context, Waker},
+};
 
 use bytes::Bytes;
 use tokio::sync::OwnedSemaphorePermit;
@@ -12,7 +16,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::{saturating_i64, tokens, tokens::BodyKind, Shared};
 use crate::{
     keys::ApiKey,
-    limits::{Reservation, TokenUsage},
+    limits::{Limiter, Reservation, TokenUsage},
     usage::{budget::BudgetHold, UsageEvent},
 };
 
@@ -167,10 +171,19 @@ impl Meter {
                 cost_pico,
             });
         }
-        // The limiter's settle may be a network round trip (Redis); don't make the response
-        // (or a Drop) wait for it.
-        let limiter = shared.limiter.clone();
-        tokio::spawn(async move { limiter.settle(reservation, usage).await });
+        settle_in_background(shared.limiter.clone(), reservation, usage);
+    }
+}
+
+/// The limiter's settle may be a network round trip (Redis); the response (or a `Drop`)
+/// must not wait for it. The in-memory limiter finishes in its first poll, so poll once
+/// here and spawn a task only for a settle that is really still pending.
+fn settle_in_background(limiter: Arc<dyn Limiter>, reservation: Reservation, usage: TokenUsage) {
+    let mut settle = Box::pin(async move { limiter.settle(reservation, usage).await });
+    let mut context = Context::from_waker(Waker::noop());
+    if settle.as_mut().poll(&mut context).is_pending() {
+        // The runtime polls a new task at once, which registers its real waker.
+        tokio::spawn(settle);
     }
 }
 

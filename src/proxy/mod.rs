@@ -5,6 +5,7 @@
 //! turns `ProxyAnswer` and `InferenceError` into responses.
 
 pub mod bpe;
+pub mod client;
 pub mod meter;
 pub mod sse;
 pub mod stream;
@@ -29,6 +30,7 @@ use tokio::{
 use uuid::Uuid;
 
 use self::{
+    client::{SendError, UpstreamBody, UpstreamResponse},
     meter::{Meter, Outcome, PromptTokens},
     stream::{ByteStream, MeteredStream},
     tokens::BodyKind,
@@ -392,32 +394,40 @@ impl Gateway {
         };
         let started = Instant::now();
         let deadline = started + self.timeouts.total;
-        let upstream_request = self.build_request(
+        let upstream_request = match self.build_request(
             upstream,
             &request.method,
             &request.path,
             request.query.as_deref(),
             &request.headers,
             body,
-        );
+        ) {
+            Ok(upstream_request) => upstream_request,
+            Err(message) => {
+                meter.finish(Outcome::NotCharged);
+                return Err(InferenceError::InvalidRequest {
+                    message,
+                    param: None,
+                });
+            }
+        };
         let response = match tokio::time::timeout(
             self.timeouts.first_byte.min(self.timeouts.total),
-            upstream_request.send(),
+            self.upstreams.client.send(upstream_request),
         )
         .await
         {
-            Err(_) => {
+            Err(_) | Ok(Err(SendError::ConnectTimeout)) => {
                 meter.finish(Outcome::NotCharged);
                 return Err(InferenceError::UpstreamTimeout);
             }
-            Ok(Err(err)) => {
+            Ok(Err(SendError::Failed(err))) => {
                 meter.finish(Outcome::NotCharged);
                 tracing::warn!(upstream = %upstream.name, error = %err, "upstream request failed");
-                return Err(if err.is_timeout() {
-                    InferenceError::UpstreamTimeout
-                } else {
-                    InferenceError::Upstream(format!("cannot reach upstream `{}`", upstream.name))
-                });
+                return Err(InferenceError::Upstream(format!(
+                    "cannot reach upstream `{}`",
+                    upstream.name
+                )));
             }
             Ok(Ok(response)) => response,
         };
@@ -487,6 +497,9 @@ impl Gateway {
         })
     }
 
+    /// The upstream request: the client's method, path and body, its headers less the
+    /// stripped ones, and the upstream's own credential. `Err` names a path or query that
+    /// cannot be sent (the HTTP layer already parsed them, so this is a safety net).
     fn build_request(
         &self,
         upstream: &Upstream,
@@ -495,12 +508,9 @@ impl Gateway {
         query: Option<&str>,
         headers: &HeaderMap,
         body: Bytes,
-    ) -> reqwest::RequestBuilder {
-        let mut url = format!("{}{}", upstream.base_url, path);
-        if let Some(query) = query {
-            url.push('?');
-            url.push_str(query);
-        }
+    ) -> Result<http::Request<UpstreamBody>, String> {
+        let uri = client::upstream_uri(&upstream.base_uri, path, query)
+            .map_err(|err| format!("cannot forward this path upstream: {err}"))?;
         let mut forwarded = HeaderMap::with_capacity(headers.len() + 1);
         for (name, value) in headers {
             if !STRIPPED_REQUEST_HEADERS.contains(&name.as_str()) {
@@ -508,20 +518,16 @@ impl Gateway {
             }
         }
         if let Some(authorization) = upstream.authorization() {
-            if let Ok(mut value) = HeaderValue::from_str(&authorization) {
-                value.set_sensitive(true);
-                forwarded.insert(header::AUTHORIZATION, value);
-            }
+            forwarded.insert(header::AUTHORIZATION, authorization.clone());
         }
-        let mut builder = self
-            .upstreams
-            .client
-            .request(method.clone(), url)
-            .headers(forwarded);
         if !body.is_empty() {
-            builder = builder.body(body);
+            forwarded.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         }
-        builder
+        let mut request = http::Request::new(UpstreamBody::new(body));
+        *request.method_mut() = method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = forwarded;
+        Ok(request)
     }
 
     fn take_slot(&self, key: &ApiKey) -> Result<Option<OwnedSemaphorePermit>, InferenceError> {
@@ -602,34 +608,51 @@ fn needs_estimate(key: &ApiKey) -> bool {
 }
 
 async fn read_whole(
-    response: reqwest::Response,
+    response: UpstreamResponse,
     deadline: Instant,
     idle: Duration,
 ) -> Result<Bytes, InferenceError> {
-    use futures::StreamExt;
-    let mut stream = response.bytes_stream();
-    let mut body = bytes::BytesMut::new();
+    use http_body_util::BodyExt;
+    let mut body = response.into_body();
+    // Most answers arrive in one frame: pass that frame on without copying it.
+    let mut first: Option<Bytes> = None;
+    let mut rest = bytes::BytesMut::new();
     loop {
         let wait = idle.min(deadline.saturating_duration_since(Instant::now()));
-        match tokio::time::timeout(wait, stream.next()).await {
+        let frame = match tokio::time::timeout(wait, body.frame()).await {
             Err(_) => return Err(InferenceError::UpstreamTimeout),
-            Ok(None) => return Ok(body.freeze()),
+            Ok(None) => break,
             Ok(Some(Err(err))) => {
                 tracing::warn!(error = %err, "upstream answer broke");
                 return Err(InferenceError::Upstream(
                     "the upstream connection broke".into(),
                 ));
             }
-            Ok(Some(Ok(chunk))) => {
-                if body.len() + chunk.len() > MAX_ANSWER_BYTES {
-                    return Err(InferenceError::Upstream(
-                        "the upstream answer is too large".into(),
-                    ));
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(chunk) = frame.into_data() else {
+            continue; // trailers carry nothing keygate passes on
+        };
+        let so_far = first.as_ref().map_or(0, Bytes::len) + rest.len();
+        if so_far + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(InferenceError::Upstream(
+                "the upstream answer is too large".into(),
+            ));
+        }
+        match &first {
+            None if rest.is_empty() => first = Some(chunk),
+            _ => {
+                if let Some(first) = first.take() {
+                    rest.extend_from_slice(&first);
                 }
-                body.extend_from_slice(&chunk);
+                rest.extend_from_slice(&chunk);
             }
         }
     }
+    Ok(match first {
+        Some(first) => first,
+        None => rest.freeze(),
+    })
 }
 
 /// How long a wildcard upstream's own model list is reused.
@@ -677,34 +700,10 @@ impl Gateway {
                 }
             }
         }
-        #[derive(Deserialize)]
-        struct ModelList {
-            data: Vec<ModelEntry>,
-        }
-        #[derive(Deserialize)]
-        struct ModelEntry {
-            id: String,
-        }
-        let request = self.build_request(
-            upstream,
-            &Method::GET,
-            "/models",
-            None,
-            &HeaderMap::new(),
-            Bytes::new(),
-        );
-        let models = match tokio::time::timeout(self.timeouts.first_byte, request.send()).await {
-            Ok(Ok(response)) if response.status().is_success() => {
-                match response.json::<ModelList>().await {
-                    Ok(list) => list.data.into_iter().map(|m| m.id).collect(),
-                    Err(err) => {
-                        tracing::warn!(upstream = %upstream.name, error = %err, "upstream model list unreadable");
-                        Vec::new()
-                    }
-                }
-            }
-            _ => {
-                tracing::warn!(upstream = %upstream.name, "upstream model list unavailable");
+        let models = match self.fetch_models(upstream).await {
+            Ok(list) => list.data.into_iter().map(|m| m.id).collect(),
+            Err(err) => {
+                tracing::warn!(upstream = %upstream.name, error = %err, "upstream model list unavailable");
                 Vec::new()
             }
         };
@@ -714,5 +713,43 @@ impl Gateway {
             (models.clone(), std::time::Instant::now()),
         );
         models
+    }
+}
+
+#[derive(Deserialize)]
+struct ModelList {
+    data: Vec<ModelEntry>,
+}
+
+#[derive(Deserialize)]
+struct ModelEntry {
+    id: String,
+}
+
+impl Gateway {
+    async fn fetch_models(&self, upstream: &Upstream) -> Result<ModelList, String> {
+        let request = self.build_request(
+            upstream,
+            &Method::GET,
+            "/models",
+            None,
+            &HeaderMap::new(),
+            Bytes::new(),
+        )?;
+        let deadline = Instant::now() + self.timeouts.first_byte;
+        let response = tokio::time::timeout(
+            self.timeouts.first_byte,
+            self.upstreams.client.send(request),
+        )
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|err| err.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("answered {}", response.status()));
+        }
+        let bytes = read_whole(response, deadline, self.timeouts.first_byte)
+            .await
+            .map_err(|err| err.to_string())?;
+        serde_json::from_slice(&bytes).map_err(|err| format!("unreadable: {err}"))
     }
 }

@@ -14,6 +14,8 @@ use std::{
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use http_body_util::BodyDataStream;
+use hyper::body::Incoming;
 use serde_json::json;
 use tokio::time::{Instant, Sleep};
 
@@ -25,7 +27,7 @@ use super::{
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, io::Error>> + Send>>;
 
 pub struct MeteredStream {
-    upstream: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    upstream: Pin<Box<dyn Stream<Item = Result<Bytes, hyper::Error>> + Send>>,
     splitter: EventSplitter,
     ready: VecDeque<Bytes>,
     scratch: Vec<Bytes>,
@@ -39,14 +41,14 @@ pub struct MeteredStream {
 
 impl MeteredStream {
     pub fn new(
-        response: reqwest::Response,
+        response: http::Response<Incoming>,
         meter: Meter,
         client_wants_usage: bool,
         idle: Duration,
         deadline: Instant,
     ) -> Self {
         MeteredStream {
-            upstream: Box::pin(response.bytes_stream()),
+            upstream: Box::pin(BodyDataStream::new(response.into_body())),
             splitter: EventSplitter::default(),
             ready: VecDeque::new(),
             scratch: Vec::new(),

@@ -1,17 +1,20 @@
 //! The upstream table from config: which upstream serves a model, with what credential,
 //! through one pooled HTTP client.
 
-use std::time::Duration;
-
+use http::{HeaderValue, Uri};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::{Config, ProxyConfig};
+use super::client::{ClientBuildError, UpstreamClient};
+use crate::config::Config;
 
 pub struct Upstream {
     pub name: String,
     /// Without a trailing slash, e.g. `https://api.openai.com/v1`.
     pub base_url: String,
-    credential: Option<SecretString>,
+    /// `base_url` parsed once, so a request only appends its path.
+    pub base_uri: Uri,
+    /// `Bearer <credential>`, built once and marked sensitive (never logged).
+    authorization: Option<HeaderValue>,
     models: Vec<String>,
     /// Extra paths (after `/v1`) this upstream declares for pass-through, e.g. `/moderations`.
     pub passthrough: Vec<String>,
@@ -41,10 +44,8 @@ impl Upstream {
     }
 
     /// `Bearer <credential>` for the upstream, if it has one.
-    pub fn authorization(&self) -> Option<String> {
-        self.credential
-            .as_ref()
-            .map(|secret| format!("Bearer {}", secret.expose_secret()))
+    pub fn authorization(&self) -> Option<&HeaderValue> {
+        self.authorization.as_ref()
     }
 }
 
@@ -52,13 +53,19 @@ impl Upstream {
 pub enum UpstreamConfigError {
     #[error("upstreams[{index}].api_key_env: environment variable `{var}` is not set")]
     MissingCredential { index: usize, var: String },
-    #[error("cannot build the upstream HTTP client: {0}")]
-    Client(#[from] reqwest::Error),
+    #[error("upstreams[{index}].base_url: not a usable URL")]
+    BaseUrl { index: usize },
+    #[error(
+        "upstreams[{index}].api_key_env: the credential in `{var}` is not a valid header value"
+    )]
+    BadCredential { index: usize, var: String },
+    #[error(transparent)]
+    Client(#[from] ClientBuildError),
 }
 
 pub struct Upstreams {
     list: Vec<Upstream>,
-    pub client: reqwest::Client,
+    pub client: UpstreamClient,
 }
 
 impl Upstreams {
@@ -77,10 +84,32 @@ impl Upstreams {
                 },
                 None => None,
             };
+            let authorization = match credential {
+                Some(secret) => {
+                    let bearer = format!("Bearer {}", secret.expose_secret());
+                    let mut value = HeaderValue::from_str(&bearer).map_err(|_| {
+                        UpstreamConfigError::BadCredential {
+                            index,
+                            var: upstream.api_key_env.clone().unwrap_or_default(),
+                        }
+                    })?;
+                    value.set_sensitive(true);
+                    Some(value)
+                }
+                None => None,
+            };
+            let base_url = upstream.base_url.trim_end_matches('/').to_string();
+            // `url` normalises what it accepts (IDNA hosts, percent-encoding), so its
+            // serialisation is always a valid `http::Uri`.
+            let base_uri = url::Url::parse(&base_url)
+                .ok()
+                .and_then(|url| Uri::try_from(url.as_str()).ok())
+                .ok_or(UpstreamConfigError::BaseUrl { index })?;
             list.push(Upstream {
                 name: upstream.name.clone(),
-                base_url: upstream.base_url.trim_end_matches('/').to_string(),
-                credential,
+                base_url,
+                base_uri,
+                authorization,
                 models: upstream.models.clone(),
                 passthrough: upstream
                     .passthrough
@@ -91,7 +120,7 @@ impl Upstreams {
         }
         Ok(Upstreams {
             list,
-            client: client(&config.proxy)?,
+            client: UpstreamClient::new(&config.proxy)?,
         })
     }
 
@@ -111,19 +140,4 @@ impl Upstreams {
     pub fn all(&self) -> &[Upstream] {
         &self.list
     }
-}
-
-fn secs(value: f64) -> Duration {
-    Duration::from_secs_f64(value)
-}
-
-fn client(config: &ProxyConfig) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .connect_timeout(secs(config.connect_timeout_secs))
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .tcp_nodelay(true)
-        // Redirects would re-send the upstream credential to wherever they point.
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
 }

@@ -21,7 +21,27 @@ proxy_tests! {
         malformed_keys_and_bad_checksums_are_401,
         repeated_bad_keys_from_one_address_get_429,
         last_used_at_is_set_after_a_call,
+        concurrent_first_uses_of_a_key_verify_it_once,
     ],
+}
+
+async fn concurrent_first_uses_of_a_key_verify_it_once(backend: Backend) {
+    // Arrange: a key this instance has never verified (creating it hashes, not verifies).
+    const CALLERS: usize = 32;
+    let app = spawn_proxy(backend).await;
+    let key = app.plain_key().await;
+    let body = chat_body(mock::DEFAULT_MODEL, "hi", None);
+    let before = app.state.keys.verifications();
+
+    // Act: 32 connections open with it at once.
+    let calls = (0..CALLERS).map(|_| app.chat(&key.secret, &body));
+    let responses = futures::future::join_all(calls).await;
+
+    // Assert: all admitted, and argon2 ran once, not once per caller.
+    for response in responses {
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert_eq!(app.state.keys.verifications() - before, 1);
 }
 
 async fn a_deleted_key_is_refused_at_once(backend: Backend) {
