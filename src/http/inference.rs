@@ -169,8 +169,14 @@ pub(super) async fn proxy(
         .strip_prefix("/v1")
         .unwrap_or(uri.path())
         .to_string();
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     let request = InferenceRequest {
         key,
+        request_id,
         endpoint,
         path,
         query: uri.query().map(str::to_owned),

@@ -100,6 +100,9 @@ impl Endpoint {
 
 pub struct InferenceRequest {
     pub key: Arc<ApiKey>,
+    /// The request's `x-request-id`, named in every log event of this request (the hot
+    /// path holds no tracing span per request: it cost more than the limiter).
+    pub request_id: String,
     pub endpoint: Endpoint,
     /// Path after `/v1`, e.g. `/chat/completions`.
     pub path: String,
@@ -335,7 +338,7 @@ impl Gateway {
         {
             Ok(hold) => hold,
             Err(BudgetRefusal::Unavailable(err)) => {
-                tracing::error!(error = %err, "budget state unavailable; refusing (fail closed)");
+                tracing::error!(request_id = %request.request_id, key_id = %key.id, error = %err, "budget state unavailable; refusing (fail closed)");
                 return Err(InferenceError::BudgetUnavailable);
             }
             Err(refusal) => {
@@ -423,7 +426,7 @@ impl Gateway {
             }
             Ok(Err(SendError::Failed(err))) => {
                 meter.finish(Outcome::NotCharged);
-                tracing::warn!(upstream = %upstream.name, error = %err, "upstream request failed");
+                tracing::warn!(request_id = %request.request_id, key_id = %key.id, upstream = %upstream.name, error = %err, "upstream request failed");
                 return Err(InferenceError::Upstream(format!(
                     "cannot reach upstream `{}`",
                     upstream.name
@@ -454,6 +457,7 @@ impl Gateway {
         if status.is_success() && is_sse {
             let body = MeteredStream::new(
                 response,
+                request.request_id,
                 meter,
                 client_wants_usage,
                 self.timeouts.idle,
@@ -467,13 +471,14 @@ impl Gateway {
             });
         }
 
-        let bytes = match read_whole(response, deadline, self.timeouts.idle).await {
-            Ok(bytes) => bytes,
-            Err(err) => {
-                meter.finish(Outcome::NotCharged);
-                return Err(err);
-            }
-        };
+        let bytes =
+            match read_whole(response, deadline, self.timeouts.idle, &request.request_id).await {
+                Ok(bytes) => bytes,
+                Err(err) => {
+                    meter.finish(Outcome::NotCharged);
+                    return Err(err);
+                }
+            };
         if !status.is_success() {
             // Upstream errors pass through as they are and are not charged.
             meter.finish(Outcome::NotCharged);
@@ -611,6 +616,7 @@ async fn read_whole(
     response: UpstreamResponse,
     deadline: Instant,
     idle: Duration,
+    request_id: &str,
 ) -> Result<Bytes, InferenceError> {
     use http_body_util::BodyExt;
     let mut body = response.into_body();
@@ -623,7 +629,7 @@ async fn read_whole(
             Err(_) => return Err(InferenceError::UpstreamTimeout),
             Ok(None) => break,
             Ok(Some(Err(err))) => {
-                tracing::warn!(error = %err, "upstream answer broke");
+                tracing::warn!(request_id, error = %err, "upstream answer broke");
                 return Err(InferenceError::Upstream(
                     "the upstream connection broke".into(),
                 ));
@@ -747,7 +753,7 @@ impl Gateway {
         if !response.status().is_success() {
             return Err(format!("answered {}", response.status()));
         }
-        let bytes = read_whole(response, deadline, self.timeouts.first_byte)
+        let bytes = read_whole(response, deadline, self.timeouts.first_byte, "")
             .await
             .map_err(|err| err.to_string())?;
         serde_json::from_slice(&bytes).map_err(|err| format!("unreadable: {err}"))

@@ -32,6 +32,8 @@ pub struct MeteredStream {
     ready: VecDeque<Bytes>,
     scratch: Vec<Bytes>,
     meter: Meter,
+    /// For log events: the request holds no span (see `InferenceRequest::request_id`).
+    request_id: String,
     client_wants_usage: bool,
     idle: Duration,
     idle_timer: Pin<Box<Sleep>>,
@@ -42,6 +44,7 @@ pub struct MeteredStream {
 impl MeteredStream {
     pub fn new(
         response: http::Response<Incoming>,
+        request_id: String,
         meter: Meter,
         client_wants_usage: bool,
         idle: Duration,
@@ -53,6 +56,7 @@ impl MeteredStream {
             ready: VecDeque::new(),
             scratch: Vec::new(),
             meter,
+            request_id,
             client_wants_usage,
             idle,
             idle_timer: Box::pin(tokio::time::sleep(idle)),
@@ -109,7 +113,7 @@ impl Stream for MeteredStream {
                     this.take_events();
                 }
                 Poll::Ready(Some(Err(err))) => {
-                    tracing::warn!(error = %err, "upstream stream broke");
+                    tracing::warn!(request_id = %this.request_id, error = %err, "upstream stream broke");
                     this.fail("upstream_error", "the upstream connection broke mid-stream");
                 }
                 Poll::Ready(None) => {
