@@ -449,6 +449,24 @@ mod tests {
     }
 
     #[test]
+    fn worker_threads_default_to_the_usable_cpus_and_are_checked() {
+        let config = Config::default();
+        assert!(config.worker_threads() >= 1);
+        assert_eq!(
+            load_from("worker_threads = 1\n").unwrap().worker_threads(),
+            1
+        );
+        for bad in ["worker_threads = 0\n", "worker_threads = 5000\n"] {
+            let err = load_from(bad).unwrap_err().to_string();
+            assert!(err.contains("worker_threads"), "{err}");
+        }
+        let err = load_from("worker_threads = \"many\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("worker_threads"), "{err}");
+    }
+
+    #[test]
     fn web3_settings_are_checked() {
         let config = load_from(
             "[web3]\nenabled = true\ntoken_ttl_secs = 60\nallowed_addresses = [\"0x2c7536E3605D9C16a7a3D7b1898e529396a65c23\"]\n",

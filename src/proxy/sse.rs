@@ -3,6 +3,8 @@
 //! response), read each chunk's `usage` and text, and recognise the extra usage chunk
 //! that keygate asked for on the client's behalf.
 
+use std::borrow::Cow;
+
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 
@@ -77,39 +79,32 @@ pub struct EventInfo {
     pub text: String,
 }
 
+/// Borrowed from the event where the JSON has no escapes, so a chunk costs no allocation.
 #[derive(Deserialize)]
-struct Chunk {
-    #[serde(default)]
-    choices: Vec<ChunkChoice>,
+struct Chunk<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<ChunkChoice<'a>>,
     #[serde(default)]
     usage: Option<UsageFields>,
 }
 
 #[derive(Deserialize)]
-struct ChunkChoice {
-    #[serde(default)]
-    delta: Option<Delta>,
-    #[serde(default)]
-    text: Option<String>,
+struct ChunkChoice<'a> {
+    #[serde(default, borrow)]
+    delta: Option<Delta<'a>>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
-struct Delta {
-    #[serde(default)]
-    content: Option<String>,
+struct Delta<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
 }
 
-pub fn inspect(event: &[u8]) -> EventInfo {
-    let mut data = Vec::new();
-    for line in event.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if let Some(rest) = line.strip_prefix(b"data:") {
-            if !data.is_empty() {
-                data.push(b'\n');
-            }
-            data.extend_from_slice(rest.strip_prefix(b" ").unwrap_or(rest));
-        }
-    }
+/// What one event says; its generated text, if any, goes to `text` piece by piece.
+pub fn inspect_into(event: &[u8], mut text: impl FnMut(&str)) -> EventInfo {
+    let data = event_data(event);
     if data.is_empty() {
         return EventInfo::default();
     }
@@ -122,21 +117,50 @@ pub fn inspect(event: &[u8]) -> EventInfo {
     let Ok(chunk) = serde_json::from_slice::<Chunk>(&data) else {
         return EventInfo::default();
     };
-    let mut text = String::new();
     for choice in &chunk.choices {
         if let Some(content) = choice.delta.as_ref().and_then(|d| d.content.as_deref()) {
-            text.push_str(content);
+            text(content);
         }
         if let Some(piece) = &choice.text {
-            text.push_str(piece);
+            text(piece);
         }
     }
     EventInfo {
         done: false,
         usage_only: chunk.usage.is_some() && chunk.choices.is_empty(),
         usage: chunk.usage,
-        text,
+        text: String::new(),
     }
+}
+
+/// [`inspect_into`] with the text collected into `EventInfo::text`.
+pub fn inspect(event: &[u8]) -> EventInfo {
+    let mut text = String::new();
+    let info = inspect_into(event, |piece| text.push_str(piece));
+    EventInfo { text, ..info }
+}
+
+/// The event's `data` field: its `data:` lines joined by newlines (borrowed when there is
+/// one line, as in every OpenAI chunk).
+fn event_data(event: &[u8]) -> Cow<'_, [u8]> {
+    let mut data: Cow<'_, [u8]> = Cow::Borrowed(&[]);
+    let mut lines = 0;
+    for line in event.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(rest) = line.strip_prefix(b"data:") else {
+            continue;
+        };
+        let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+        lines += 1;
+        if lines == 1 {
+            data = Cow::Borrowed(rest);
+        } else {
+            let joined = data.to_mut();
+            joined.push(b'\n');
+            joined.extend_from_slice(rest);
+        }
+    }
+    data
 }
 
 #[cfg(test)]
@@ -184,5 +208,13 @@ mod tests {
         assert!(!info.usage_only);
         assert_eq!(info.text, "a");
         assert_eq!(inspect(b": keep-alive\n\n"), EventInfo::default());
+    }
+
+    #[test]
+    fn multi_line_data_and_escaped_text() {
+        let info =
+            inspect(b"data: {\"choices\":\ndata: [{\"delta\":{\"content\":\"a\\\"b\\n\"}}]}\n\n");
+        assert_eq!(info.text, "a\"b\n");
+        assert!(!info.done && info.usage.is_none());
     }
 }

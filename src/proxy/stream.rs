@@ -21,7 +21,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::{
     meter::Meter,
-    sse::{inspect, EventSplitter},
+    sse::{inspect_into, EventSplitter},
 };
 
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, io::Error>> + Send>>;
@@ -67,10 +67,8 @@ impl MeteredStream {
 
     fn take_events(&mut self) {
         for event in self.scratch.drain(..) {
-            let info = inspect(&event);
-            if !info.text.is_empty() {
-                self.meter.produced(&info.text);
-            }
+            let meter = &mut self.meter;
+            let info = inspect_into(&event, |piece| meter.produced(piece));
             if let Some(usage) = info.usage {
                 self.meter.reported(usage.into());
             }
