@@ -57,34 +57,35 @@ fn set_number<N: itoa::Integer>(headers: &mut HeaderMap, name: &'static str, num
     }
 }
 
+/// OpenAI's headers for the tightest request window (`false`) and token window (`true`).
+const OPENAI_HEADERS: [(bool, [&str; 3]); 2] = [
+    (
+        false,
+        [
+            "x-ratelimit-limit-requests",
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests",
+        ],
+    ),
+    (
+        true,
+        [
+            "x-ratelimit-limit-tokens",
+            "x-ratelimit-remaining-tokens",
+            "x-ratelimit-reset-tokens",
+        ],
+    ),
+];
+
 /// Every `/v1` answer carries these; they are built on the hot path, so each header is
 /// written once into its own buffer (no intermediate strings per bucket).
 pub fn apply(headers: &mut HeaderMap, states: &[BucketState]) {
-    if let Some(state) = BucketState::tightest_minute(states, false) {
-        set_number(headers, "x-ratelimit-limit-requests", state.limit);
-        set_number(
-            headers,
-            "x-ratelimit-remaining-requests",
-            state.remaining.max(0),
-        );
-        set(
-            headers,
-            "x-ratelimit-reset-requests",
-            go_duration(state.reset_after),
-        );
-    }
-    if let Some(state) = BucketState::tightest_minute(states, true) {
-        set_number(headers, "x-ratelimit-limit-tokens", state.limit);
-        set_number(
-            headers,
-            "x-ratelimit-remaining-tokens",
-            state.remaining.max(0),
-        );
-        set(
-            headers,
-            "x-ratelimit-reset-tokens",
-            go_duration(state.reset_after),
-        );
+    for (tokens, [limit, remaining, reset]) in OPENAI_HEADERS {
+        if let Some(state) = BucketState::tightest_minute(states, tokens) {
+            set_number(headers, limit, state.limit);
+            set_number(headers, remaining, state.remaining.max(0));
+            set(headers, reset, go_duration(state.reset_after));
+        }
     }
     if states.is_empty() {
         return;
