@@ -24,7 +24,7 @@ use std::{
 use axum::{
     body::Body,
     extract::{ConnectInfo, Request},
-    http::{header, HeaderValue, Method, StatusCode},
+    http::{HeaderValue, Method, StatusCode},
     response::{IntoResponse, Response},
     serve::{IncomingStream, Listener},
     Router,
@@ -34,7 +34,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tower::Service;
 use tracing::Instrument;
 
-use super::{auth, inference, REQUEST_ID};
+use super::{auth, inference, KEY_HEADERS, REQUEST_ID};
 use crate::{
     error::{ApiError, Surface},
     proxy::Endpoint,
@@ -174,11 +174,7 @@ async fn admit_and_proxy(
     request: Request,
 ) -> Response {
     let (mut parts, body) = request.into_parts();
-    for name in [
-        header::AUTHORIZATION,
-        header::HeaderName::from_static("x-api-key"),
-        header::HeaderName::from_static("x-aixplain-key"),
-    ] {
+    for name in KEY_HEADERS {
         if let Some(value) = parts.headers.get_mut(&name) {
             value.set_sensitive(true);
         }

@@ -170,7 +170,7 @@ pub(super) async fn proxy(
         .unwrap_or(uri.path())
         .to_string();
     let request_id = headers
-        .get("x-request-id")
+        .get(super::REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();

@@ -48,6 +48,13 @@ use crate::{error::ApiError, state::AppState};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// Headers that carry a client's key: never logged (marked sensitive on every route).
+const KEY_HEADERS: [HeaderName; 3] = [
+    header::AUTHORIZATION,
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("x-aixplain-key"),
+];
+
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.http.max_body_bytes;
     let api = Router::new()
@@ -83,11 +90,7 @@ pub fn router(state: AppState) -> Router {
                     ),
             )
             .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-            .layer(SetSensitiveRequestHeadersLayer::new([
-                header::AUTHORIZATION,
-                HeaderName::from_static("x-api-key"),
-                HeaderName::from_static("x-aixplain-key"),
-            ]))
+            .layer(SetSensitiveRequestHeadersLayer::new(KEY_HEADERS))
             .layer(CatchPanicLayer::custom(panic_response))
             .layer(middleware::from_fn(body_too_large_as_json))
             .layer(DefaultBodyLimit::max(max_body))

@@ -9,9 +9,8 @@ use crate::config::Config;
 
 pub struct Upstream {
     pub name: String,
-    /// Without a trailing slash, e.g. `https://api.openai.com/v1`.
-    pub base_url: String,
-    /// `base_url` parsed once, so a request only appends its path.
+    /// The configured `base_url` (e.g. `https://api.openai.com/v1`), parsed once, so a
+    /// request only appends its path.
     pub base_uri: Uri,
     /// `Bearer <credential>`, built once and marked sensitive (never logged).
     authorization: Option<HeaderValue>,
@@ -98,16 +97,15 @@ impl Upstreams {
                 }
                 None => None,
             };
-            let base_url = upstream.base_url.trim_end_matches('/').to_string();
             // `url` normalises what it accepts (IDNA hosts, percent-encoding), so its
-            // serialisation is always a valid `http::Uri`.
-            let base_uri = url::Url::parse(&base_url)
+            // serialisation is always a valid `http::Uri`. A trailing slash is dropped
+            // when a request's path is appended (`client::upstream_uri`).
+            let base_uri = url::Url::parse(&upstream.base_url)
                 .ok()
                 .and_then(|url| Uri::try_from(url.as_str()).ok())
                 .ok_or(UpstreamConfigError::BaseUrl { index })?;
             list.push(Upstream {
                 name: upstream.name.clone(),
-                base_url,
                 base_uri,
                 authorization,
                 models: upstream.models.clone(),
