@@ -4,7 +4,6 @@
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::serve::ListenerExt;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::{
@@ -158,21 +157,8 @@ impl App {
                     let _ = stop.changed().await;
                 }),
         );
-        let router = http::router(self.state.clone());
         tracing::info!(addr = %self.local_addr, store = self.state.store.backend(), "keygate listening");
-        // SSE events are written one by one as they arrive; without TCP_NODELAY, Nagle's
-        // algorithm holds each small write until the client's delayed ACK (~40 ms).
-        let listener = self.listener.tap_io(|stream| {
-            if let Err(err) = stream.set_nodelay(true) {
-                tracing::debug!(error = %err, "cannot set TCP_NODELAY on a connection");
-            }
-        });
-        let result = axum::serve(
-            listener,
-            http::front::MakeFront::new(self.state.clone(), router),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await;
+        let result = http::serve::serve(self.listener, self.state.clone(), shutdown).await;
         // In-flight requests have drained (their meters recorded usage); now stop the
         // background tasks, and let the usage writer do its final flush.
         let _ = stop_tx.send(true);

@@ -16,7 +16,7 @@ use super::{auth::Authenticated, ratelimit_headers};
 use crate::{
     error::{ApiError, Surface},
     keys::{ApiKey, AuthError, KeyKind},
-    proxy::{AnswerBody, Endpoint, InferenceError, InferenceRequest},
+    proxy::{AnswerBody, Endpoint, InferenceError, InferenceRequest, ProxyAnswer},
     state::AppState,
     usage::budget::BudgetRefusal,
 };
@@ -155,15 +155,23 @@ impl From<InferenceError> for ApiError {
     }
 }
 
-pub(super) async fn proxy(
-    state: AppState,
+/// What an inference request comes to: the upstream's answer, or keygate's refusal as a
+/// finished response (OpenAI's error body, rate-limit headers where a limit refused).
+pub(super) enum Answer {
+    Proxied(ProxyAnswer),
+    Refused(Response),
+}
+
+/// The request as the gateway takes it: path after `/v1`, and the `x-request-id` (set by
+/// the request-id layer or the fast path) for its log events.
+pub(super) fn inference_request(
     key: Arc<ApiKey>,
     endpoint: Endpoint,
     method: Method,
     uri: &axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
+) -> InferenceRequest {
     let path = uri
         .path()
         .strip_prefix("/v1")
@@ -174,7 +182,7 @@ pub(super) async fn proxy(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let request = InferenceRequest {
+    InferenceRequest {
         key,
         request_id,
         endpoint,
@@ -183,9 +191,36 @@ pub(super) async fn proxy(
         method,
         headers,
         body,
-    };
+    }
+}
+
+pub(super) async fn answer(state: &AppState, request: InferenceRequest) -> Answer {
     match state.gateway.handle(request).await {
-        Ok(answer) => {
+        Ok(answer) => Answer::Proxied(answer),
+        Err(err) => {
+            let states = match &err {
+                InferenceError::RateLimited(refusal) => refusal.states.clone(),
+                _ => Vec::new(),
+            };
+            let mut response = ApiError::from(err).into_response();
+            ratelimit_headers::apply(response.headers_mut(), &states);
+            Answer::Refused(response)
+        }
+    }
+}
+
+pub(super) async fn proxy(
+    state: AppState,
+    key: Arc<ApiKey>,
+    endpoint: Endpoint,
+    method: Method,
+    uri: &axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request = inference_request(key, endpoint, method, uri, headers, body);
+    match answer(&state, request).await {
+        Answer::Proxied(answer) => {
             let mut response = match answer.body {
                 AnswerBody::Whole(bytes) => Response::new(Body::from(bytes)),
                 AnswerBody::Stream(stream) => Response::new(Body::from_stream(stream)),
@@ -195,15 +230,7 @@ pub(super) async fn proxy(
             ratelimit_headers::apply(response.headers_mut(), &answer.limits);
             response
         }
-        Err(err) => {
-            let states = match &err {
-                InferenceError::RateLimited(refusal) => refusal.states.clone(),
-                _ => Vec::new(),
-            };
-            let mut response = ApiError::from(err).into_response();
-            ratelimit_headers::apply(response.headers_mut(), &states);
-            response
-        }
+        Answer::Refused(response) => response,
     }
 }
 

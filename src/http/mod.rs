@@ -1,7 +1,8 @@
 //! The HTTP surfaces. This is the only module that imports axum (with `error`).
 //!
-//! Connections are served by `front::Front`, which sends the three hot inference routes
-//! to their handler directly and everything else to `router`.
+//! Connections are accepted by `serve`: the three hot inference routes are read and
+//! answered by `fast` on the connection's own task; any other request hands the connection
+//! to hyper and `router` (with the bytes already read) for the rest of its life.
 //!
 //! Router middleware, outermost first (ServiceBuilder runs top to bottom):
 //! 1. `SetRequestId`: an `x-request-id` for every request (kept if the client sent one).
@@ -16,12 +17,14 @@ pub mod admin;
 pub mod auth;
 pub mod compat;
 pub mod extract;
-pub mod front;
+mod fast;
 pub mod inference;
 pub mod me;
 pub mod openapi;
 pub mod ops;
 pub mod ratelimit_headers;
+pub mod serve;
+mod wire;
 
 use std::any::Any;
 

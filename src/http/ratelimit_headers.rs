@@ -11,22 +11,26 @@ use crate::limits::{BucketState, Scope};
 
 /// `1s`, `6m0s`, `1h2m3.5s`, `250ms`, `0s` — Go's `time.Duration` format at ms precision.
 pub fn go_duration(d: Duration) -> String {
+    let mut out = String::new();
+    push_go_duration(&mut out, d);
+    out
+}
+
+/// [`go_duration`] appended to `out` (the hot path reuses one buffer).
+fn push_go_duration(out: &mut String, d: Duration) {
     let ms = d.as_millis();
     if ms == 0 {
-        return if d.is_zero() {
-            "0s".into()
-        } else {
-            "1ms".into()
-        };
+        out.push_str(if d.is_zero() { "0s" } else { "1ms" });
+        return;
     }
     if ms < 1000 {
-        return format!("{ms}ms");
+        let _ = write!(out, "{ms}ms");
+        return;
     }
     let hours = ms / 3_600_000;
     let minutes = (ms / 60_000) % 60;
     let seconds = (ms / 1000) % 60;
     let millis = ms % 1000;
-    let mut out = String::new();
     if hours > 0 {
         let _ = write!(out, "{hours}h");
     }
@@ -39,21 +43,21 @@ pub fn go_duration(d: Duration) -> String {
         let fraction = format!("{millis:03}");
         let _ = write!(out, "{seconds}.{}s", fraction.trim_end_matches('0'));
     }
-    out
 }
 
-/// Moves the formatted string into the header without copying it again.
-fn set(headers: &mut HeaderMap, name: &'static str, value: String) {
-    if let Ok(value) = HeaderValue::try_from(value) {
-        headers.insert(HeaderName::from_static(name), value);
-    }
+/// Where answer headers go: a `HeaderMap` (the router's answers) or the wire itself (the
+/// inference fast path writes them straight into the answer's head).
+pub trait HeaderSink {
+    /// `value` is digits, a duration or a structured field built here: always a valid
+    /// header value.
+    fn put(&mut self, name: &'static str, value: &[u8]);
 }
 
-fn set_number<N: itoa::Integer>(headers: &mut HeaderMap, name: &'static str, number: N) {
-    let mut buffer = itoa::Buffer::new();
-    // Digits (and a minus sign) are always a valid header value.
-    if let Ok(value) = HeaderValue::from_str(buffer.format(number)) {
-        headers.insert(HeaderName::from_static(name), value);
+impl HeaderSink for HeaderMap {
+    fn put(&mut self, name: &'static str, value: &[u8]) {
+        if let Ok(value) = HeaderValue::from_bytes(value) {
+            self.insert(HeaderName::from_static(name), value);
+        }
     }
 }
 
@@ -77,45 +81,57 @@ const OPENAI_HEADERS: [(bool, [&str; 3]); 2] = [
     ),
 ];
 
-/// Every `/v1` answer carries these; they are built on the hot path, so each header is
-/// written once into its own buffer (no intermediate strings per bucket).
+/// Every `/v1` answer carries these.
 pub fn apply(headers: &mut HeaderMap, states: &[BucketState]) {
+    write(headers, states);
+}
+
+/// [`apply`] into any sink. Built on the hot path, so every value is formatted into one
+/// reused buffer and handed over as bytes (no string per header or per bucket).
+pub fn write(sink: &mut impl HeaderSink, states: &[BucketState]) {
+    let mut number = itoa::Buffer::new();
+    let mut text = String::with_capacity(40 * states.len());
     for (tokens, [limit, remaining, reset]) in OPENAI_HEADERS {
         if let Some(state) = BucketState::tightest_minute(states, tokens) {
-            set_number(headers, limit, state.limit);
-            set_number(headers, remaining, state.remaining.max(0));
-            set(headers, reset, go_duration(state.reset_after));
+            sink.put(limit, number.format(state.limit).as_bytes());
+            sink.put(remaining, number.format(state.remaining.max(0)).as_bytes());
+            text.clear();
+            push_go_duration(&mut text, state.reset_after);
+            sink.put(reset, text.as_bytes());
         }
     }
     if states.is_empty() {
         return;
     }
-    let mut policy = String::with_capacity(40 * states.len());
-    let mut current = String::with_capacity(32 * states.len());
-    let mut number = itoa::Buffer::new();
+    text.clear();
     for (i, state) in states.iter().enumerate() {
         if i > 0 {
-            policy.push_str(", ");
-            current.push_str(", ");
+            text.push_str(", ");
         }
-        push_policy_name(&mut policy, state);
-        policy.push_str(";q=");
-        policy.push_str(number.format(state.limit));
-        policy.push_str(";w=");
-        policy.push_str(number.format(state.kind.window().as_secs()));
-        policy.push_str(if state.kind.is_tokens() {
+        push_policy_name(&mut text, state);
+        text.push_str(";q=");
+        text.push_str(number.format(state.limit));
+        text.push_str(";w=");
+        text.push_str(number.format(state.kind.window().as_secs()));
+        text.push_str(if state.kind.is_tokens() {
             ";qu=\"kg-tokens\""
         } else {
             ";qu=\"requests\""
         });
-        push_policy_name(&mut current, state);
-        current.push_str(";r=");
-        current.push_str(number.format(state.remaining.max(0)));
-        current.push_str(";t=");
-        current.push_str(number.format(state.reset_after.as_secs_f64().ceil() as u64));
     }
-    set(headers, "ratelimit-policy", policy);
-    set(headers, "ratelimit", current);
+    sink.put("ratelimit-policy", text.as_bytes());
+    text.clear();
+    for (i, state) in states.iter().enumerate() {
+        if i > 0 {
+            text.push_str(", ");
+        }
+        push_policy_name(&mut text, state);
+        text.push_str(";r=");
+        text.push_str(number.format(state.remaining.max(0)));
+        text.push_str(";t=");
+        text.push_str(number.format(state.reset_after.as_secs_f64().ceil() as u64));
+    }
+    sink.put("ratelimit", text.as_bytes());
 }
 
 /// `"rpm"` or `"<model>:rpm"`, quoted; quotes and backslashes in a model name become `_`

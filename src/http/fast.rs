@@ -1,0 +1,614 @@
+//! The inference fast path: HTTP/1.1 `POST /v1/chat/completions`, `/v1/completions` and
+//! `/v1/embeddings` with a `Content-Length` body, read and answered on the connection's
+//! own task without hyper or the router stack. Everything else (other routes and methods,
+//! chunked or `Expect` bodies, HTTP/1.0, upgrades, oversize or malformed requests) is
+//! handed to hyper and the axum router, with the bytes already read, for the rest of the
+//! connection (`super::serve`), so those requests are served exactly as before.
+//!
+//! Why by hand: these three routes carry nearly all of a gateway's traffic. On one core
+//! shared with the upstream, hyper's server dispatcher plus the router's middleware cost
+//! more per request than auth, limits and accounting together (docs/performance.md); a
+//! loop that parses the head with httparse, calls the same gateway and writes the answer
+//! in one write does the same work for a fraction of it. The steps are the router's, in
+//! its order: request id → auth (key, IP allowlist, failed-attempt guard) → inference key
+//! → body limit → proxy, with a panic turned into a 500.
+//!
+//! While the gateway works, the client's socket is watched: a client that goes away
+//! cancels the request (the upstream call is dropped, the meter settles once), as hyper
+//! does. Bytes the client sends meanwhile (a pipelined request) are kept for later.
+
+use std::{net::SocketAddr, panic::AssertUnwindSafe, time::Duration};
+
+use axum::http::{
+    header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING, UPGRADE},
+    HeaderMap, HeaderName, HeaderValue, Method, StatusCode,
+};
+use bytes::{Buf, Bytes, BytesMut};
+use futures::{FutureExt, StreamExt};
+use http_body_util::BodyExt;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    sync::watch,
+    time::Instant,
+};
+use tracing::Instrument;
+
+use super::{
+    auth,
+    inference::{self, Answer},
+    ratelimit_headers,
+    wire::{self, Head},
+    KEY_HEADERS, REQUEST_ID,
+};
+use crate::{
+    error::{ApiError, Surface},
+    proxy::{AnswerBody, Endpoint, InferenceRequest, ProxyAnswer},
+    state::AppState,
+};
+
+/// Headers a request head may have on the fast path (more go to hyper, which allows 100).
+const MAX_HEADERS: usize = 64;
+/// Longest request head read here; a longer one goes to hyper, which answers 431.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// How long a keep-alive connection may sit idle between requests (nginx's default).
+pub const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(75);
+/// How long a client may take to send a whole request (head and body) once it started.
+pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes a client may send ahead (pipelining) while its request is being answered; past
+/// this, keygate stops reading until it gets to them.
+const MAX_READ_AHEAD: usize = 64 * 1024;
+/// Bodies larger than this are written after the head instead of copied behind it.
+const COPY_BODY_BELOW: usize = 16 * 1024;
+/// Room made in the read buffer before each read.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// How a connection left the fast path.
+pub enum Ending {
+    /// Closed: by the client, after `Connection: close`, on an error, or at shutdown.
+    Closed,
+    /// A request the fast path does not serve: hyper takes the connection, starting with
+    /// these bytes already read from it.
+    HandOff(TcpStream, Bytes),
+}
+
+/// A request head the fast path serves.
+struct FastRequest {
+    endpoint: Endpoint,
+    head_len: usize,
+    /// Path after `/v1`, and the query if any.
+    path: &'static str,
+    query: Option<String>,
+    headers: HeaderMap,
+    content_length: usize,
+    /// The client asked to close the connection after this answer.
+    close: bool,
+}
+
+enum Parsed {
+    /// The head has not all arrived yet.
+    Partial,
+    Fast(FastRequest),
+    /// Anything else: hyper and the router serve it, and the rest of the connection.
+    Other,
+}
+
+pub struct Connection<'a> {
+    state: &'a AppState,
+    stream: TcpStream,
+    peer: SocketAddr,
+    /// Read from the client, not yet consumed.
+    buffer: BytesMut,
+    /// The answer being written; reused across requests.
+    out: Vec<u8>,
+}
+
+impl<'a> Connection<'a> {
+    pub fn new(state: &'a AppState, stream: TcpStream, peer: SocketAddr) -> Self {
+        Connection {
+            state,
+            stream,
+            peer,
+            buffer: BytesMut::with_capacity(READ_CHUNK),
+            out: Vec::with_capacity(READ_CHUNK),
+        }
+    }
+
+    /// Serves requests until the connection closes or needs hyper. `stop` turns true at
+    /// shutdown: an idle connection closes at once, a busy one after its answer.
+    pub async fn serve(mut self, stop: &mut watch::Receiver<bool>) -> Ending {
+        loop {
+            let request = match self.next_request(stop).await {
+                Some(Parsed::Fast(request)) => request,
+                Some(Parsed::Other) => {
+                    return Ending::HandOff(self.stream, self.buffer.freeze());
+                }
+                Some(Parsed::Partial) | None => return Ending::Closed,
+            };
+            let close = request.close || *stop.borrow();
+            if !self.serve_one(request, close).await || close {
+                let _ = self.stream.shutdown().await;
+                return Ending::Closed;
+            }
+        }
+    }
+
+    /// Reads until a whole request head is buffered. `None`: the client closed, went
+    /// quiet for too long, or keygate is stopping while the connection is idle.
+    async fn next_request(&mut self, stop: &mut watch::Receiver<bool>) -> Option<Parsed> {
+        let max_body = self.state.config.http.max_body_bytes;
+        let mut deadline = None;
+        loop {
+            match parse(&self.buffer, max_body) {
+                Parsed::Partial if self.buffer.len() <= MAX_HEAD_BYTES => {}
+                Parsed::Partial => return Some(Parsed::Other),
+                parsed => return Some(parsed),
+            }
+            let idle = self.buffer.is_empty();
+            if idle && *stop.borrow() {
+                return None;
+            }
+            let deadline = *deadline.get_or_insert_with(|| Instant::now() + read_timeout(idle));
+            let read = read_more(&mut self.stream, &mut self.buffer, deadline);
+            let got_data = if idle {
+                tokio::select! {
+                    got_data = read => got_data,
+                    _ = stop.changed() => false,
+                }
+            } else {
+                read.await
+            };
+            if !got_data {
+                return None;
+            }
+        }
+    }
+
+    /// Answers one request. `false`: the connection cannot go on (the client left, or its
+    /// body was not read).
+    async fn serve_one(&mut self, request: FastRequest, close: bool) -> bool {
+        let FastRequest {
+            endpoint,
+            head_len,
+            path,
+            query,
+            mut headers,
+            content_length,
+            ..
+        } = request;
+        self.buffer.advance(head_len);
+        let request_id = request_id(&mut headers);
+        for name in KEY_HEADERS {
+            if let Some(value) = headers.get_mut(&name) {
+                value.set_sensitive(true);
+            }
+        }
+        // DEBUG, not INFO like the router's: a span per request cost more than the limiter;
+        // the proxy's own log events name the request id and key instead.
+        let span = tracing::debug_span!(
+            "request",
+            method = "POST",
+            route = endpoint_route(endpoint),
+            request_id = request_id.to_str().unwrap_or_default(),
+            key_id = tracing::field::Empty,
+        );
+        let state = self.state;
+        let ip = auth::client_ip(
+            &headers,
+            Some(self.peer),
+            state.config.http.trust_forwarded_for,
+        );
+        let key = AssertUnwindSafe(
+            async {
+                let key = auth::verify(state, &headers, ip, Surface::OpenAi).await?;
+                inference::inference_key(state, key)
+                    .map_err(axum::response::IntoResponse::into_response)
+            }
+            .instrument(span.clone()),
+        )
+        .catch_unwind()
+        .await;
+        let key = match key {
+            Ok(Ok(key)) => key,
+            Ok(Err(refusal)) => {
+                // The body is skipped if it is all here; otherwise the connection closes
+                // rather than read a body nobody will use.
+                let body_read = self.buffer.len() >= content_length;
+                if body_read {
+                    self.buffer.advance(content_length);
+                }
+                let close = close || !body_read;
+                return self.write_refusal(refusal, &request_id, close).await && body_read;
+            }
+            Err(_) => {
+                tracing::error!(parent: &span, "a request handler panicked");
+                self.write_panic(&request_id).await;
+                return false;
+            }
+        };
+
+        let deadline = Instant::now() + REQUEST_READ_TIMEOUT;
+        while self.buffer.len() < content_length {
+            if !read_more(&mut self.stream, &mut self.buffer, deadline).await {
+                return false;
+            }
+        }
+        let body = self.buffer.split_to(content_length).freeze();
+        let request = InferenceRequest {
+            key,
+            request_id: request_id.to_str().unwrap_or_default().to_owned(),
+            endpoint,
+            path: path.to_owned(),
+            query,
+            method: Method::POST,
+            headers,
+            body,
+        };
+        let answer = AssertUnwindSafe(inference::answer(state, request).instrument(span.clone()))
+            .catch_unwind();
+        let answer = tokio::select! {
+            answer = answer => answer,
+            () = client_gone(&self.stream, &mut self.buffer) => return false,
+        };
+        match answer {
+            Ok(Answer::Proxied(answer)) => self.write_answer(answer, &request_id, close).await,
+            Ok(Answer::Refused(refusal)) => self.write_refusal(refusal, &request_id, close).await,
+            Err(_) => {
+                tracing::error!(parent: &span, "a request handler panicked");
+                self.write_panic(&request_id).await;
+                false
+            }
+        }
+    }
+
+    async fn write_answer(
+        &mut self,
+        answer: ProxyAnswer,
+        request_id: &HeaderValue,
+        close: bool,
+    ) -> bool {
+        let ProxyAnswer {
+            status,
+            headers,
+            body,
+            limits,
+        } = answer;
+        self.out.clear();
+        let mut head = Head::new(&mut self.out, status);
+        head.headers(&headers);
+        ratelimit_headers::write(&mut head, &limits);
+        common_headers(&mut head, request_id, close);
+        match body {
+            AnswerBody::Whole(body) => {
+                let no_body = matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
+                if !no_body {
+                    head.content_length(body.len());
+                }
+                head.end();
+                self.write_with_body(if no_body { Bytes::new() } else { body })
+                    .await
+            }
+            AnswerBody::Stream(mut events) => {
+                head.header("transfer-encoding", b"chunked");
+                head.end();
+                // What the upstream already sent goes out with the head, in one write;
+                // after that each batch of events goes out as it arrives.
+                let mut ended = take_ready(&mut events, &mut self.out);
+                loop {
+                    if self.stream.write_all(&self.out).await.is_err() {
+                        return false; // the client left: dropping `events` settles the meter
+                    }
+                    if ended {
+                        return true;
+                    }
+                    let next = tokio::select! {
+                        next = events.next() => next,
+                        () = client_gone(&self.stream, &mut self.buffer) => return false,
+                    };
+                    self.out.clear();
+                    match next {
+                        Some(Ok(event)) => {
+                            wire::chunk(&mut self.out, &event);
+                            ended = take_ready(&mut events, &mut self.out);
+                        }
+                        None => {
+                            self.out.extend_from_slice(wire::LAST_CHUNK);
+                            ended = true;
+                        }
+                        // Closing without the last chunk tells the client the body broke.
+                        Some(Err(_)) => return false,
+                    }
+                }
+            }
+        }
+    }
+
+    /// A refusal built by the error layer: JSON body, `Retry-After` and rate-limit headers.
+    async fn write_refusal(
+        &mut self,
+        refusal: axum::response::Response,
+        request_id: &HeaderValue,
+        close: bool,
+    ) -> bool {
+        let (parts, body) = refusal.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|collected| collected.to_bytes())
+            .unwrap_or_default();
+        self.out.clear();
+        let mut head = Head::new(&mut self.out, parts.status);
+        for (name, value) in &parts.headers {
+            if !matches!(
+                name.as_str(),
+                "content-length" | "transfer-encoding" | "connection"
+            ) {
+                head.header(name.as_str(), value.as_bytes());
+            }
+        }
+        common_headers(&mut head, request_id, close);
+        head.content_length(body.len());
+        head.end();
+        self.write_with_body(body).await
+    }
+
+    /// The 500 for a panicked handler; the connection closes after it.
+    async fn write_panic(&mut self, request_id: &HeaderValue) {
+        let response =
+            axum::response::IntoResponse::into_response(ApiError::internal().on(Surface::OpenAi));
+        self.write_refusal(response, request_id, true).await;
+    }
+
+    /// The head in `out`, then `body`: one write when the body is small.
+    async fn write_with_body(&mut self, body: Bytes) -> bool {
+        if body.len() < COPY_BODY_BELOW {
+            self.out.extend_from_slice(&body);
+            return self.stream.write_all(&self.out).await.is_ok();
+        }
+        self.stream.write_all(&self.out).await.is_ok() && self.stream.write_all(&body).await.is_ok()
+    }
+}
+
+/// What every fast-path answer carries besides its own headers.
+fn common_headers(head: &mut Head<'_>, request_id: &HeaderValue, close: bool) {
+    head.header(REQUEST_ID.as_str(), request_id.as_bytes());
+    head.date();
+    if close {
+        head.header(CONNECTION.as_str(), b"close");
+    }
+}
+
+/// Appends every event the stream has ready now, as chunks; `true` once it has ended
+/// (the last chunk is then in `out` too).
+fn take_ready(events: &mut crate::proxy::stream::ByteStream, out: &mut Vec<u8>) -> bool {
+    loop {
+        match events.next().now_or_never() {
+            Some(Some(Ok(event))) => wire::chunk(out, &event),
+            Some(None) => {
+                out.extend_from_slice(wire::LAST_CHUNK);
+                return true;
+            }
+            // An error ends the stream on the next poll, with the connection.
+            Some(Some(Err(_))) | None => return false,
+        }
+    }
+}
+
+fn read_timeout(idle: bool) -> Duration {
+    if idle {
+        KEEP_ALIVE_IDLE
+    } else {
+        REQUEST_READ_TIMEOUT
+    }
+}
+
+/// Reads what the client sent into `buffer`. `false`: closed, failed or past `deadline`.
+async fn read_more(stream: &mut TcpStream, buffer: &mut BytesMut, deadline: Instant) -> bool {
+    buffer.reserve(READ_CHUNK);
+    matches!(
+        tokio::time::timeout_at(deadline, stream.read_buf(buffer)).await,
+        Ok(Ok(n)) if n > 0
+    )
+}
+
+/// Resolves when the client has closed its connection (or it failed). Whatever it sends
+/// meanwhile (a pipelined request) is kept in `buffer`, up to [`MAX_READ_AHEAD`].
+async fn client_gone(stream: &TcpStream, buffer: &mut BytesMut) {
+    loop {
+        if buffer.len() >= MAX_READ_AHEAD || stream.readable().await.is_err() {
+            // Stop reading ahead; a closed connection shows when it is next written.
+            return std::future::pending().await;
+        }
+        buffer.reserve(READ_CHUNK);
+        match stream.try_read_buf(buffer) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// The client's `x-request-id`, or a new one; kept on the request so the upstream sees it.
+fn request_id(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get(REQUEST_ID) {
+        return id.clone();
+    }
+    let mut buffer = uuid::Uuid::encode_buffer();
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
+    // A hyphenated UUID is always a valid header value.
+    let id = HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("-"));
+    headers.insert(REQUEST_ID, id.clone());
+    id
+}
+
+fn hot_endpoint(path: &str) -> Option<(Endpoint, &'static str)> {
+    match path {
+        "/v1/chat/completions" => Some((Endpoint::ChatCompletions, "/chat/completions")),
+        "/v1/completions" => Some((Endpoint::Completions, "/completions")),
+        "/v1/embeddings" => Some((Endpoint::Embeddings, "/embeddings")),
+        _ => None,
+    }
+}
+
+fn endpoint_route(endpoint: Endpoint) -> &'static str {
+    match endpoint {
+        Endpoint::ChatCompletions => "/v1/chat/completions",
+        Endpoint::Completions => "/v1/completions",
+        Endpoint::Embeddings => "/v1/embeddings",
+        Endpoint::Other => "/v1/{*path}",
+    }
+}
+
+/// Reads a request head from the start of `buffer` and decides who serves it.
+fn parse(buffer: &[u8], max_body: usize) -> Parsed {
+    if buffer.is_empty() {
+        return Parsed::Partial;
+    }
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut slots);
+    let head_len = match request.parse(buffer) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        // hyper answers 400 or 431 (or speaks HTTP/2, whose preface is no HTTP/1 head).
+        Err(_) => return Parsed::Other,
+    };
+    if request.method != Some("POST") || request.version != Some(1) {
+        return Parsed::Other;
+    }
+    let Some(target) = request.path else {
+        return Parsed::Other;
+    };
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query.to_owned())),
+        None => (target, None),
+    };
+    let Some((endpoint, path)) = hot_endpoint(path) else {
+        return Parsed::Other;
+    };
+    let mut headers = HeaderMap::with_capacity(request.headers.len() + 1);
+    let mut content_length = None;
+    let mut close = false;
+    for header in request.headers.iter() {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(header.name.as_bytes()),
+            HeaderValue::from_bytes(header.value),
+        ) else {
+            return Parsed::Other;
+        };
+        if name == CONTENT_LENGTH {
+            match (content_length, body_length(header.value)) {
+                (None, Some(length)) => content_length = Some(length),
+                (Some(seen), Some(length)) if seen == length => {}
+                // Unreadable or conflicting lengths: hyper answers 400.
+                _ => return Parsed::Other,
+            }
+        } else if name == TRANSFER_ENCODING || name == EXPECT || name == UPGRADE {
+            return Parsed::Other;
+        } else if name == CONNECTION {
+            for option in header.value.split(|&b| b == b',') {
+                let option = option.trim_ascii();
+                if option.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if option.eq_ignore_ascii_case(b"upgrade") {
+                    return Parsed::Other;
+                }
+            }
+        }
+        headers.append(name, value);
+    }
+    let content_length = content_length.unwrap_or(0);
+    if content_length > max_body {
+        return Parsed::Other; // the router's body limit answers 413
+    }
+    Parsed::Fast(FastRequest {
+        endpoint,
+        head_len,
+        path,
+        query,
+        headers,
+        content_length,
+        close,
+    })
+}
+
+/// A `Content-Length` value: digits only (RFC 9110 §8.6), at most what fits a `usize`.
+fn body_length(value: &[u8]) -> Option<usize> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fast(head: &str) -> Option<FastRequest> {
+        match parse(head.as_bytes(), 1000) {
+            Parsed::Fast(request) => Some(request),
+            _ => None,
+        }
+    }
+
+    fn is_other(head: &str) -> bool {
+        matches!(parse(head.as_bytes(), 1000), Parsed::Other)
+    }
+
+    #[test]
+    fn hot_posts_with_a_length_are_served_here() {
+        let head = "POST /v1/chat/completions?a=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\nConnection: keep-alive, Close\r\n\r\n";
+        let request = fast(&format!("{head}{{}}")).expect("fast");
+        assert_eq!(request.endpoint, Endpoint::ChatCompletions);
+        assert_eq!(request.path, "/chat/completions");
+        assert_eq!(request.query.as_deref(), Some("a=1"));
+        assert_eq!(request.content_length, 12);
+        assert!(request.close);
+        assert_eq!(request.head_len, head.len());
+        assert_eq!(
+            request.headers.get("host").map(|v| v.as_bytes()),
+            Some(&b"x"[..])
+        );
+        let request = fast("POST /v1/embeddings HTTP/1.1\r\n\r\n").expect("fast");
+        assert_eq!(request.content_length, 0);
+        assert!(!request.close);
+    }
+
+    #[test]
+    fn anything_unusual_goes_to_hyper() {
+        for head in [
+            "GET /v1/chat/completions HTTP/1.1\r\n\r\n",
+            "POST /v1/models HTTP/1.1\r\n\r\n",
+            "POST /v1/chat/completions/ HTTP/1.1\r\n\r\n",
+            "POST /v1/chat/completions HTTP/1.0\r\nContent-Length: 2\r\n\r\n",
+            "POST /v1/chat/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST /v1/chat/completions HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+            "POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n",
+            "POST /v1/chat/completions HTTP/1.1\r\nContent-Length: +2\r\n\r\n",
+            "POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 1001\r\n\r\n",
+            "POST /v1/chat/completions HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "POST /v1/chat/completions HTTP/1.1\r\nBad Header: x\r\n\r\n",
+        ] {
+            assert!(is_other(head), "{head:?}");
+        }
+    }
+
+    #[test]
+    fn incomplete_heads_wait_for_more() {
+        assert!(matches!(parse(b"", 10), Parsed::Partial));
+        assert!(matches!(
+            parse(b"POST /v1/chat/completions HTTP/1.1\r\nContent-Le", 10),
+            Parsed::Partial
+        ));
+    }
+
+    #[test]
+    fn repeated_equal_lengths_are_one_length() {
+        let request =
+            fast("POST /v1/completions HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n");
+        assert_eq!(request.map(|r| r.content_length), Some(2));
+        assert_eq!(body_length(b"18446744073709551615"), None);
+        assert_eq!(body_length(b"007"), Some(7));
+    }
+}
