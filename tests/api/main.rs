@@ -6,6 +6,7 @@ mod bootstrap;
 mod cli;
 mod compat_aixplain;
 mod compat_venice;
+mod front_door;
 mod helpers;
 mod ops;
 mod proxy_accounting;

@@ -1,0 +1,509 @@
+//! The front door at the wire (src/http/serve.rs, src/http/fast.rs): the inference fast
+//! path and the hand-off to hyper must look to a client like one HTTP/1.1 server —
+//! keep-alive and pipelining, a connection that moves to the router mid-way, bodies the
+//! fast path does not read itself (chunked, `Expect`), HTTP/1.0, `Connection: close`,
+//! bad requests, a client leaving early, and draining at shutdown. Raw TCP, so what is
+//! checked is exactly what goes over the wire.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use crate::proxy_helpers::{
+    chat_body, proxy_tests, spawn_proxy, spawn_proxy_with, stream_body, support::upstream as mock,
+    Backend, ProxyApp,
+};
+
+proxy_tests! {
+    both: [],
+    sqlite: [
+        pipelined_requests_are_answered_in_order_on_one_connection,
+        a_connection_moves_to_the_router_and_back_to_inference_without_a_hitch,
+        chunked_and_expect_continue_bodies_are_served,
+        http_1_0_requests_are_answered_and_the_connection_closed,
+        connection_close_is_honoured,
+        oversize_bodies_get_413_and_malformed_heads_get_400,
+        a_refused_request_whose_body_never_came_closes_the_connection,
+        a_client_that_leaves_while_the_upstream_thinks_frees_its_slot_at_once,
+        shutdown_finishes_a_stream_in_flight_and_closes_idle_connections,
+    ],
+}
+
+const PROMPT: &str = "say hello in five words";
+
+/// One raw HTTP/1.1 answer.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|err| {
+            panic!("not JSON ({err}): {}", String::from_utf8_lossy(&self.body))
+        })
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A client connection that writes raw bytes and parses answers itself.
+struct Wire {
+    stream: TcpStream,
+    read: Vec<u8>,
+}
+
+impl Wire {
+    async fn connect(app: &ProxyApp) -> Wire {
+        let address = app.address.trim_start_matches("http://");
+        Wire {
+            stream: TcpStream::connect(address).await.expect("connect"),
+            read: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// Reads more; `false` at EOF.
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = tokio::time::timeout(Duration::from_secs(20), self.stream.read(&mut chunk))
+            .await
+            .expect("the server answers within 20 s")
+            .unwrap_or(0);
+        self.read.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    /// The next answer (a 1xx is an answer of its own).
+    async fn answer(&mut self) -> Answer {
+        let (status, headers, head_len) = loop {
+            let mut slots = [httparse::EMPTY_HEADER; 64];
+            let mut response = httparse::Response::new(&mut slots);
+            match response
+                .parse(&self.read)
+                .expect("a well-formed answer head")
+            {
+                httparse::Status::Complete(len) => {
+                    let headers = response
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.name.to_ascii_lowercase(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
+                        .collect::<Vec<_>>();
+                    break (response.code.unwrap_or(0), headers, len);
+                }
+                httparse::Status::Partial => {
+                    assert!(self.fill().await, "EOF inside an answer head");
+                }
+            }
+        };
+        self.read.drain(..head_len);
+        let mut answer = Answer {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        if status < 200 {
+            return answer;
+        }
+        if answer.header("transfer-encoding") == Some("chunked") {
+            answer.body = self.chunked_body().await;
+        } else if let Some(length) = answer.header("content-length") {
+            let length: usize = length.parse().expect("a numeric content-length");
+            while self.read.len() < length {
+                assert!(self.fill().await, "EOF inside a body");
+            }
+            answer.body = self.read.drain(..length).collect();
+        } else {
+            while self.fill().await {}
+            answer.body = std::mem::take(&mut self.read);
+        }
+        answer
+    }
+
+    async fn chunked_body(&mut self) -> Vec<u8> {
+        let mut body = Vec::new();
+        loop {
+            let line_end = loop {
+                if let Some(at) = self.read.windows(2).position(|w| w == b"\r\n") {
+                    break at;
+                }
+                assert!(self.fill().await, "EOF inside a chunk size");
+            };
+            let size_text = String::from_utf8_lossy(&self.read[..line_end]).into_owned();
+            let size = usize::from_str_radix(size_text.trim(), 16).expect("a hex chunk size");
+            while self.read.len() < line_end + 2 + size + 2 {
+                assert!(self.fill().await, "EOF inside a chunk");
+            }
+            body.extend_from_slice(&self.read[line_end + 2..line_end + 2 + size]);
+            assert_eq!(
+                &self.read[line_end + 2 + size..line_end + 4 + size],
+                b"\r\n"
+            );
+            self.read.drain(..line_end + 4 + size);
+            if size == 0 {
+                return body;
+            }
+        }
+    }
+
+    /// Whether the server closes the connection (EOF) within `wait`, with nothing unread.
+    async fn closed_within(&mut self, wait: Duration) -> bool {
+        let mut chunk = [0u8; 1024];
+        matches!(
+            tokio::time::timeout(wait, self.stream.read(&mut chunk)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+}
+
+fn post(path: &str, key: &str, body: &Value, extra_headers: &str) -> Vec<u8> {
+    let body = body.to_string();
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: keygate\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra_headers}\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn chat(key: &str, body: &Value) -> Vec<u8> {
+    post("/v1/chat/completions", key, body, "")
+}
+
+fn get(path: &str, key: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: keygate\r\nAuthorization: Bearer {key}\r\n\r\n")
+        .into_bytes()
+}
+
+fn reply_of(answer: &Answer) -> String {
+    answer.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+async fn pipelined_requests_are_answered_in_order_on_one_connection(backend: Backend) {
+    // Arrange: three requests asking for replies of different lengths.
+    let app = spawn_proxy(backend).await;
+    let key = app.plain_key().await;
+    let mut wire = Wire::connect(&app).await;
+    let mut burst = Vec::new();
+    for words in [3, 1, 5] {
+        burst.extend(chat(
+            &key.secret,
+            &chat_body("gpt-4o-mini", PROMPT, Some(words)),
+        ));
+    }
+
+    // Act: all three in one write.
+    wire.send(&burst).await;
+    let answers = [
+        wire.answer().await,
+        wire.answer().await,
+        wire.answer().await,
+    ];
+
+    // Assert
+    let replies: Vec<String> = answers.iter().map(reply_of).collect();
+    assert_eq!(
+        replies,
+        ["Hello there this", "Hello", "Hello there this is a"]
+    );
+    for answer in &answers {
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        assert!(answer.header("x-request-id").is_some());
+        assert!(answer.header("date").is_some());
+        assert_eq!(answer.header("connection"), None);
+    }
+    let ids: std::collections::HashSet<_> = answers
+        .iter()
+        .filter_map(|a| a.header("x-request-id"))
+        .collect();
+    assert_eq!(ids.len(), 3, "each answer has its own request id");
+    assert_eq!(app.mock.request_count(), 3);
+}
+
+async fn a_connection_moves_to_the_router_and_back_to_inference_without_a_hitch(backend: Backend) {
+    // Arrange: a key with an rpm limit, so every /v1 answer carries rate-limit headers.
+    let app = spawn_proxy(backend).await;
+    let key = app.create_key(json!({ "limits": { "rpm": 100 } })).await;
+    let mut wire = Wire::connect(&app).await;
+    let body = chat_body("gpt-4o-mini", PROMPT, Some(2));
+
+    // Act: inference, then the model list (served by the router), then inference again on
+    // the same connection, and a request the router refuses.
+    wire.send(&chat(&key.secret, &body)).await;
+    let first = wire.answer().await;
+    wire.send(&get("/v1/models", &key.secret)).await;
+    let models = wire.answer().await;
+    wire.send(&chat(&key.secret, &body)).await;
+    let second = wire.answer().await;
+    wire.send(&get("/admin/v1/keys", &key.secret)).await;
+    let admin = wire.answer().await;
+
+    // Assert
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(models.status, 200, "{}", models.text());
+    assert!(models.json()["data"]
+        .as_array()
+        .is_some_and(|d| !d.is_empty()));
+    assert_eq!(second.status, 200, "{}", second.text());
+    assert_eq!(reply_of(&first), reply_of(&second));
+    assert_eq!(first.header("x-ratelimit-limit-requests"), Some("100"));
+    assert_eq!(first.header("x-ratelimit-remaining-requests"), Some("99"));
+    assert_eq!(second.header("x-ratelimit-remaining-requests"), Some("98"));
+    assert_eq!(
+        admin.status,
+        403,
+        "an inference key on the admin API: {}",
+        admin.text()
+    );
+    assert_eq!(app.mock.requests_to("/v1/chat/completions").len(), 2);
+}
+
+async fn chunked_and_expect_continue_bodies_are_served(backend: Backend) {
+    // Arrange
+    let app = spawn_proxy(backend).await;
+    let key = app.plain_key().await;
+    let body = chat_body("gpt-4o-mini", PROMPT, Some(2)).to_string();
+    let (front, back) = body.split_at(body.len() / 2);
+
+    // Act: a chunked body in two chunks, then a body sent only after `100 Continue`.
+    let mut wire = Wire::connect(&app).await;
+    wire.send(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: keygate\r\nAuthorization: Bearer {}\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{front}\r\n{:x}\r\n{back}\r\n0\r\n\r\n",
+            key.secret,
+            front.len(),
+            back.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    let chunked = wire.answer().await;
+    let mut wire = Wire::connect(&app).await;
+    wire.send(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: keygate\r\nAuthorization: Bearer {}\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+            key.secret,
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    let interim = wire.answer().await;
+    wire.send(body.as_bytes()).await;
+    let expected = wire.answer().await;
+
+    // Assert
+    assert_eq!(chunked.status, 200, "{}", chunked.text());
+    assert_eq!(reply_of(&chunked), "Hello there");
+    assert_eq!(interim.status, 100);
+    assert_eq!(expected.status, 200, "{}", expected.text());
+    assert_eq!(reply_of(&expected), "Hello there");
+}
+
+async fn http_1_0_requests_are_answered_and_the_connection_closed(backend: Backend) {
+    // Arrange
+    let app = spawn_proxy(backend).await;
+    let key = app.plain_key().await;
+    let body = chat_body("gpt-4o-mini", PROMPT, Some(1)).to_string();
+    let mut wire = Wire::connect(&app).await;
+
+    // Act
+    wire.send(
+        format!(
+            "POST /v1/chat/completions HTTP/1.0\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\n\r\n{body}",
+            key.secret,
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    let answer = wire.answer().await;
+
+    // Assert
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(reply_of(&answer), "Hello");
+    assert!(wire.closed_within(Duration::from_secs(5)).await);
+}
+
+async fn connection_close_is_honoured(backend: Backend) {
+    // Arrange
+    let app = spawn_proxy(backend).await;
+    let key = app.plain_key().await;
+    let mut wire = Wire::connect(&app).await;
+
+    // Act
+    wire.send(&post(
+        "/v1/chat/completions",
+        &key.secret,
+        &chat_body("gpt-4o-mini", PROMPT, Some(1)),
+        "Connection: close\r\n",
+    ))
+    .await;
+    let answer = wire.answer().await;
+
+    // Assert
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.header("connection"), Some("close"));
+    assert!(wire.closed_within(Duration::from_secs(5)).await);
+}
+
+async fn oversize_bodies_get_413_and_malformed_heads_get_400(backend: Backend) {
+    // Arrange: a 1 KiB body limit.
+    let app = spawn_proxy_with(backend, |config| config.http.max_body_bytes = 1024).await;
+    let key = app.plain_key().await;
+    let big = chat_body("gpt-4o-mini", &"word ".repeat(400), None);
+
+    // Act
+    let mut wire = Wire::connect(&app).await;
+    wire.send(&chat(&key.secret, &big)).await;
+    let too_large = wire.answer().await;
+    let mut wire = Wire::connect(&app).await;
+    wire.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: keygate\r\nContent-Length: 12\r\nContent-Length: 13\r\n\r\n")
+        .await;
+    let conflicting = wire.answer().await;
+    let mut wire = Wire::connect(&app).await;
+    wire.send(b"POST /v1/chat/completions HTTP/1.1\r\nBad Header: x\r\n\r\n")
+        .await;
+    let malformed = wire.answer().await;
+
+    // Assert
+    assert_eq!(too_large.status, 413, "{}", too_large.text());
+    assert_eq!(too_large.json()["error"]["code"], "body_too_large");
+    assert_eq!(conflicting.status, 400, "{}", conflicting.text());
+    assert_eq!(malformed.status, 400, "{}", malformed.text());
+    assert_eq!(app.mock.request_count(), 0);
+}
+
+async fn a_refused_request_whose_body_never_came_closes_the_connection(backend: Backend) {
+    // Arrange
+    let app = spawn_proxy(backend).await;
+    let mut wire = Wire::connect(&app).await;
+
+    // Act: a bad key, and only part of the declared body.
+    wire.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: keygate\r\nAuthorization: Bearer kg_nope\r\nContent-Length: 500\r\n\r\n{\"model\":")
+        .await;
+    let answer = wire.answer().await;
+
+    // Assert: refused at once (no wait for the body), then closed rather than kept in an
+    // unknown state.
+    assert_eq!(answer.status, 401, "{}", answer.text());
+    assert_eq!(answer.json()["error"]["code"], "invalid_api_key");
+    assert_eq!(answer.header("connection"), Some("close"));
+    assert!(wire.closed_within(Duration::from_secs(5)).await);
+}
+
+async fn a_client_that_leaves_while_the_upstream_thinks_frees_its_slot_at_once(backend: Backend) {
+    // Arrange: one request at a time; the first one's upstream takes 5 s to answer.
+    let app = spawn_proxy(backend).await;
+    let key = app.create_key(json!({ "max_parallel": 1 })).await;
+    let slow = chat_body(
+        &format!("{}:5000", mock::MODEL_SLOW_FIRST_BYTE),
+        PROMPT,
+        None,
+    );
+    let mut leaving = Wire::connect(&app).await;
+    leaving.send(&chat(&key.secret, &slow)).await;
+    let upstream_has_it = app
+        .mock
+        .wait_until(Duration::from_secs(5), |m| m.request_count() == 1)
+        .await;
+    assert!(
+        upstream_has_it,
+        "the slow request never reached the upstream"
+    );
+    let busy = app
+        .chat(&key.secret, &chat_body("gpt-4o-mini", PROMPT, Some(1)))
+        .await;
+    assert_eq!(
+        busy.status(),
+        429,
+        "the slot is taken while the first waits"
+    );
+
+    // Act: the first client goes away.
+    drop(leaving);
+
+    // Assert: its slot comes back long before the upstream would have answered.
+    let started = std::time::Instant::now();
+    let mut status = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        let response = app
+            .chat(&key.secret, &chat_body("gpt-4o-mini", PROMPT, Some(1)))
+            .await;
+        status = response.status().as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        status, 200,
+        "the slot was not released when the client left"
+    );
+}
+
+async fn shutdown_finishes_a_stream_in_flight_and_closes_idle_connections(backend: Backend) {
+    // Arrange: an idle keep-alive connection, and a stream that takes ~1.2 s.
+    let mut app = spawn_proxy(backend).await;
+    let key = app.plain_key().await;
+    let mut idle = Wire::connect(&app).await;
+    idle.send(&chat(
+        &key.secret,
+        &chat_body("gpt-4o-mini", PROMPT, Some(1)),
+    ))
+    .await;
+    assert_eq!(idle.answer().await.status, 200);
+    let mut streaming = Wire::connect(&app).await;
+    streaming
+        .send(&chat(
+            &key.secret,
+            &stream_body(&format!("{}:200", mock::MODEL_SLOW_STREAM), PROMPT, None),
+        ))
+        .await;
+    // Wait until the stream has started before shutting down.
+    while !streaming.read.windows(4).any(|w| w == b"data") {
+        assert!(streaming.fill().await);
+    }
+
+    // Act
+    let (_, answer, idle_closed) = tokio::join!(
+        app.shut_down(),
+        streaming.answer(),
+        idle.closed_within(Duration::from_secs(10)),
+    );
+
+    // Assert: the stream ran to its end, the idle connection was closed.
+    assert_eq!(answer.status, 200);
+    let text = answer.text();
+    assert!(text.contains("data: [DONE]"), "{text}");
+    assert!(text.contains("\" reply\""), "{text}");
+    assert!(
+        idle_closed,
+        "an idle connection stayed open through shutdown"
+    );
+}
