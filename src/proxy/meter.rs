@@ -42,9 +42,7 @@ impl PromptTokens {
     pub fn count(&self) -> u64 {
         match self {
             PromptTokens::Counted(n) => *n,
-            PromptTokens::Deferred(kind, body) => serde_json::from_slice(body)
-                .map(|body| tokens::estimate(*kind, &body).input)
-                .unwrap_or(0),
+            PromptTokens::Deferred(kind, body) => tokens::estimate(*kind, body).input,
         }
     }
 }

@@ -7,6 +7,7 @@
 pub mod bpe;
 pub mod client;
 pub mod meter;
+pub mod request;
 pub mod sse;
 pub mod stream;
 pub mod tokens;
@@ -22,7 +23,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use rust_decimal::Decimal;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{value::RawValue, Value};
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
     time::Instant,
@@ -32,6 +33,7 @@ use uuid::Uuid;
 use self::{
     client::{SendError, UpstreamBody, UpstreamResponse},
     meter::{Meter, Outcome, PromptTokens},
+    request::Members,
     stream::{ByteStream, MeteredStream},
     tokens::BodyKind,
     upstreams::{Upstream, Upstreams},
@@ -240,30 +242,17 @@ impl Gateway {
     /// Admits, forwards and meters one request.
     pub async fn handle(&self, request: InferenceRequest) -> Result<ProxyAnswer, InferenceError> {
         let key = request.key.clone();
-        let parsed: Option<Value> = if request.body.is_empty() {
-            None
-        } else {
-            Some(serde_json::from_slice(&request.body).map_err(|err| {
-                InferenceError::InvalidRequest {
-                    message: format!("request body is not valid JSON: {err}"),
-                    param: None,
+        let fields = read_fields(request.endpoint, &request.body)?;
+        let model = match fields.as_ref().and_then(|f| f.get("model")) {
+            Some(raw) => match request::string(raw) {
+                Some(model) if !model.is_empty() => Some(model.into_owned()),
+                _ => {
+                    return Err(InferenceError::InvalidRequest {
+                        message: "`model` must be a non-empty string".into(),
+                        param: Some("model".into()),
+                    })
                 }
-            })?)
-        };
-        if request.endpoint != Endpoint::Other && !parsed.as_ref().is_some_and(Value::is_object) {
-            return Err(InferenceError::InvalidRequest {
-                message: "request body must be a JSON object".into(),
-                param: None,
-            });
-        }
-        let model = match parsed.as_ref().and_then(|b| b.get("model")) {
-            Some(Value::String(model)) if !model.is_empty() => Some(model.clone()),
-            Some(_) => {
-                return Err(InferenceError::InvalidRequest {
-                    message: "`model` must be a non-empty string".into(),
-                    param: Some("model".into()),
-                })
-            }
+            },
             None => None,
         };
         // Checked before routing, so a key learns nothing about models it may not use.
@@ -287,10 +276,9 @@ impl Gateway {
                 .ok_or_else(|| InferenceError::ModelNotFound(model.clone()))?,
         };
         let model_name = model.clone().unwrap_or_default();
-        let stream = parsed
+        let stream = fields
             .as_ref()
-            .and_then(|b| b.get("stream"))
-            .and_then(Value::as_bool)
+            .and_then(|f| f.bool("stream"))
             .unwrap_or(false);
 
         // Workspace credits are charged by cost too, so a priced request needs its estimate
@@ -298,9 +286,9 @@ impl Gateway {
         let credits = self.workspace_credits(key.workspace_id).await;
         let estimated = needs_estimate(&key)
             || (credits.is_some() && !self.shared.pricing.is_free(&model_name));
-        let (estimate, prompt_tokens) = match &parsed {
+        let (estimate, prompt_tokens) = match &fields {
             Some(body) if estimated => {
-                let estimate = tokens::estimate(request.endpoint.body_kind(), body);
+                let estimate = tokens::estimate_members(request.endpoint.body_kind(), body);
                 (estimate, PromptTokens::Counted(estimate.input))
             }
             // Counted from the body only if the upstream reports no usage.
@@ -382,18 +370,22 @@ impl Gateway {
         );
 
         // Forward.
-        let client_wants_usage = parsed
-            .as_ref()
-            .and_then(|b| b.pointer("/stream_options/include_usage"))
-            .and_then(Value::as_bool)
+        let stream_options = fields.as_ref().and_then(|f| f.get("stream_options"));
+        let client_wants_usage = stream_options
+            .and_then(Members::of)
+            .and_then(|options| options.bool("include_usage"))
             .unwrap_or(false);
-        let body = match parsed {
-            Some(mut body) if stream && request.endpoint != Endpoint::Embeddings => {
-                // Ask for the final usage chunk; `hide` drops it again if the client didn't.
-                body["stream_options"]["include_usage"] = Value::Bool(true);
-                Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+        let body = if stream && request.endpoint != Endpoint::Embeddings && !client_wants_usage {
+            // Ask for the final usage chunk; `hide` drops it again since the client didn't.
+            match usage_requested(&request.body, stream_options) {
+                Ok(body) => body,
+                Err(err) => {
+                    meter.finish(Outcome::NotCharged);
+                    return Err(err);
+                }
             }
-            _ => request.body,
+        } else {
+            request.body
         };
         let started = Instant::now();
         let deadline = started + self.timeouts.total;
@@ -588,6 +580,75 @@ impl Gateway {
             at: crate::clock::now(),
         });
     }
+}
+
+/// The body's members, or `None` for an empty body. Inference bodies must be JSON
+/// objects; a pass-through body may be any JSON.
+fn read_fields(endpoint: Endpoint, body: &[u8]) -> Result<Option<Members<'_>>, InferenceError> {
+    if body.is_empty() {
+        return if endpoint == Endpoint::Other {
+            Ok(None)
+        } else {
+            Err(not_an_object())
+        };
+    }
+    match Members::parse(body) {
+        Ok(members) => Ok(Some(members)),
+        Err(err) if err.classify() == serde_json::error::Category::Data => {
+            if endpoint == Endpoint::Other {
+                Ok(None)
+            } else {
+                Err(not_an_object())
+            }
+        }
+        Err(err) => Err(InferenceError::InvalidRequest {
+            message: format!("request body is not valid JSON: {err}"),
+            param: None,
+        }),
+    }
+}
+
+fn not_an_object() -> InferenceError {
+    InferenceError::InvalidRequest {
+        message: "request body must be a JSON object".into(),
+        param: None,
+    }
+}
+
+/// The streamed request's body with `stream_options.include_usage` set. Without a
+/// `stream_options` member the body is passed on byte for byte with that member added;
+/// otherwise it is rewritten through a `Value`.
+fn usage_requested(
+    body: &Bytes,
+    stream_options: Option<&RawValue>,
+) -> Result<Bytes, InferenceError> {
+    if stream_options.is_none() {
+        if let Some(body) = request::with_usage_requested(body) {
+            return Ok(body);
+        }
+    }
+    let mut value: Value =
+        serde_json::from_slice(body).map_err(|err| InferenceError::InvalidRequest {
+            message: format!("request body is not valid JSON: {err}"),
+            param: None,
+        })?;
+    let options = &mut value["stream_options"];
+    if options.is_null() {
+        *options = Value::Object(serde_json::Map::new());
+    }
+    let Some(options) = options.as_object_mut() else {
+        return Err(InferenceError::InvalidRequest {
+            message: "`stream_options` must be an object".into(),
+            param: Some("stream_options".into()),
+        });
+    };
+    options.insert("include_usage".into(), Value::Bool(true));
+    serde_json::to_vec(&value)
+        .map(Bytes::from)
+        .map_err(|err| InferenceError::InvalidRequest {
+            message: format!("cannot rewrite the request body: {err}"),
+            param: None,
+        })
 }
 
 /// Token counts are u64 on the wire and i64 in the stores.

@@ -9,9 +9,12 @@
 
 use std::sync::OnceLock;
 
-use serde_json::Value;
+use serde_json::{value::RawValue, Value};
 
-use super::bpe::Cl100k;
+use super::{
+    bpe::Cl100k,
+    request::{self, Members},
+};
 use crate::limits::TokenEstimate;
 
 /// OpenAI's chat format adds about this many tokens per message, and per reply.
@@ -51,8 +54,15 @@ pub enum BodyKind {
 }
 
 /// Prompt tokens of a request body, plus `max_tokens` (or `max_completion_tokens`) as the
-/// output estimate when given.
-pub fn estimate(kind: BodyKind, body: &Value) -> TokenEstimate {
+/// output estimate when given. A body that is not a JSON object estimates nothing.
+pub fn estimate(kind: BodyKind, body: &[u8]) -> TokenEstimate {
+    Members::parse(body)
+        .map(|members| estimate_members(kind, &members))
+        .unwrap_or_default()
+}
+
+/// [`estimate`] of a body already read into its members.
+pub fn estimate_members(kind: BodyKind, body: &Members<'_>) -> TokenEstimate {
     let input = match kind {
         BodyKind::Chat => chat_prompt_tokens(body),
         BodyKind::Completion => text_or_list_tokens(body.get("prompt")),
@@ -61,24 +71,27 @@ pub fn estimate(kind: BodyKind, body: &Value) -> TokenEstimate {
     };
     let output = ["max_completion_tokens", "max_tokens"]
         .iter()
-        .find_map(|field| body.get(*field).and_then(Value::as_u64))
+        .find_map(|field| body.u64(field))
         .unwrap_or(0);
     TokenEstimate { input, output }
 }
 
-fn chat_prompt_tokens(body: &Value) -> u64 {
-    let Some(messages) = body.get("messages").and_then(Value::as_array) else {
+fn chat_prompt_tokens(body: &Members<'_>) -> u64 {
+    let Some(messages) = body.get("messages").and_then(request::items) else {
         return 0;
     };
     let mut total = TOKENS_PER_REPLY;
     for message in messages {
         total += TOKENS_PER_MESSAGE;
+        let Some(message) = Members::of(message) else {
+            continue;
+        };
         total += message.get("content").map(content_tokens).unwrap_or(0);
-        if let Some(name) = message.get("name").and_then(Value::as_str) {
-            total += count(name);
+        if let Some(name) = message.str("name") {
+            total += count(&name);
         }
-        if let Some(role) = message.get("role").and_then(Value::as_str) {
-            total += count(role);
+        if let Some(role) = message.str("role") {
+            total += count(&role);
         }
     }
     total
@@ -86,33 +99,45 @@ fn chat_prompt_tokens(body: &Value) -> u64 {
 
 /// `content` is a string or a list of parts (`{"type": "text", "text": …}`); non-text
 /// parts (images, audio) are not estimated.
-fn content_tokens(content: &Value) -> u64 {
-    match content {
-        Value::String(text) => count(text),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|part| part.get("text").and_then(Value::as_str))
-            .map(count)
-            .sum(),
-        _ => 0,
+fn content_tokens(content: &RawValue) -> u64 {
+    if let Some(text) = request::string(content) {
+        return count(&text);
     }
+    request::items(content)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(Members::of)
+        .filter_map(|part| part.str("text"))
+        .map(|text| count(&text))
+        .sum()
 }
 
 /// A string, a list of strings, or token-id lists (counted by length).
-fn text_or_list_tokens(value: Option<&Value>) -> u64 {
-    match value {
-        Some(Value::String(text)) => count(text),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|item| match item {
-                Value::String(text) => count(text),
-                Value::Array(ids) => ids.len() as u64,
-                Value::Number(_) => 1,
-                _ => 0,
-            })
-            .sum(),
-        _ => 0,
+fn text_or_list_tokens(value: Option<&RawValue>) -> u64 {
+    let Some(value) = value else {
+        return 0;
+    };
+    if let Some(text) = request::string(value) {
+        return count(&text);
     }
+    request::items(value)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|item| {
+            if let Some(text) = request::string(item) {
+                count(&text)
+            } else if let Some(ids) = request::items(item) {
+                ids.len() as u64
+            } else if item
+                .get()
+                .starts_with(|c: char| c == '-' || c.is_ascii_digit())
+            {
+                1 // one token id
+            } else {
+                0
+            }
+        })
+        .sum()
 }
 
 /// Output tokens of a complete (non-streamed) answer, when the upstream gave no usage.
@@ -172,7 +197,7 @@ mod tests {
             {"role": "user", "content": "hello world"},
             {"role": "system", "content": [{"type": "text", "text": "hello"}]},
         ]});
-        let estimate = estimate(BodyKind::Chat, &body);
+        let estimate = estimate(BodyKind::Chat, body.to_string().as_bytes());
         // reply 3 + 2 messages × 3 + "hello world" 2 + "hello" 1 + roles "user" 1, "system" 1
         assert_eq!(estimate.input, 3 + 6 + 2 + 1 + 2);
         assert_eq!(estimate.output, 50);
@@ -181,16 +206,21 @@ mod tests {
     #[test]
     fn embedding_inputs_of_every_shape() {
         assert_eq!(
-            estimate(BodyKind::Embedding, &json!({"input": "hello world"})).input,
+            estimate(BodyKind::Embedding, br#"{"input": "hello world"}"#).input,
             2
         );
         assert_eq!(
-            estimate(BodyKind::Embedding, &json!({"input": ["hello", "world"]})).input,
+            estimate(BodyKind::Embedding, br#"{"input": ["hello", "world"]}"#).input,
             2
         );
         assert_eq!(
-            estimate(BodyKind::Embedding, &json!({"input": [[1, 2, 3]]})).input,
-            3
+            // The last of repeated members counts, as in `serde_json::Value`.
+            estimate(
+                BodyKind::Embedding,
+                br#"{"input": [[1, 2, 3]], "input": [[1, 2, 3], 7]}"#
+            )
+            .input,
+            4
         );
     }
 

@@ -423,7 +423,7 @@ pub fn limit_view<'a>(info: &'a Value, limit: &str, model: Option<&str>) -> &'a 
 /// keygate's own prompt-token count of a request body (what it records when the
 /// upstream reports no usage), from the same tokenizer.
 pub fn keygate_prompt_tokens(kind: BodyKind, body: &Value) -> i64 {
-    tokens::estimate(kind, body).input as i64
+    tokens::estimate(kind, body.to_string().as_bytes()).input as i64
 }
 
 /// keygate's count of generated text.

@@ -26,6 +26,7 @@ proxy_tests! {
         an_idle_upstream_ends_with_a_timeout_event_and_charges_once,
         answers_without_upstream_usage_are_counted_with_the_tokenizer,
         the_max_parallel_slot_is_released_on_every_path,
+        asking_for_usage_keeps_the_rest_of_the_body_and_refuses_a_bad_stream_options,
     ],
 }
 
@@ -340,4 +341,55 @@ async fn the_max_parallel_slot_is_released_on_every_path(backend: Backend) {
     assert_eq!(events["total"], 1, "{events}");
     assert_eq!(events["data"][0]["limit"], "concurrency");
     assert_eq!(events["data"][0]["limit_value"], "1");
+}
+
+async fn asking_for_usage_keeps_the_rest_of_the_body_and_refuses_a_bad_stream_options(
+    backend: Backend,
+) {
+    // Arrange
+    let app = spawn_proxy(backend).await;
+    let key = app.plain_key().await;
+    // Spacing and member order a client chose, no `stream_options`.
+    let plain = format!(
+        "{{ \"model\" : \"{}\",\n \"messages\": [{{\"role\":\"user\",\"content\":\"{PROMPT}\"}}], \"stream\": true, \"user\": \"u-1\" }}",
+        mock::DEFAULT_MODEL
+    );
+    let mut with_options = stream_body(mock::DEFAULT_MODEL, PROMPT, Some(false));
+    with_options["stream_options"]["x_vendor_flag"] = json!(7);
+    let mut bad_options = stream_body(mock::DEFAULT_MODEL, PROMPT, None);
+    bad_options["stream_options"] = json!(5);
+
+    // Act
+    let plain_events = read_sse(
+        app.client
+            .post(app.url("/v1/chat/completions"))
+            .bearer_auth(&key.secret)
+            .header("content-type", "application/json")
+            .body(plain.clone())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let option_events = read_sse(app.chat(&key.secret, &with_options).await).await;
+    let refused = app.chat(&key.secret, &bad_options).await;
+
+    // Assert: the upstream was asked for usage each time, with everything else as sent …
+    let upstream = app.mock.requests_to("/v1/chat/completions");
+    assert_eq!(upstream.len(), 2, "the bad body never reached the upstream");
+    let mut expected: Value = serde_json::from_str(&plain).unwrap();
+    expected["stream_options"] = json!({ "include_usage": true });
+    assert_eq!(upstream[0].body.as_ref(), Some(&expected));
+    let raw = String::from_utf8_lossy(&upstream[0].raw_body);
+    assert!(raw.ends_with(&plain[1..]), "{raw}");
+    let mut expected = with_options.clone();
+    expected["stream_options"]["include_usage"] = json!(true);
+    assert_eq!(upstream[1].body.as_ref(), Some(&expected));
+    // … and neither client saw the usage chunk it did not ask for.
+    for events in [&plain_events, &option_events] {
+        assert_eq!(stream_text(events), mock::reply_text(7));
+        assert!(!events.iter().any(is_usage_chunk), "{events:?}");
+    }
+    let error = assert_openai_error(refused, StatusCode::BAD_REQUEST, "invalid_request").await;
+    assert_eq!(error["param"], "stream_options", "{error}");
 }
