@@ -13,7 +13,7 @@ pub mod memory;
 #[cfg(test)]
 mod tests;
 
-use std::{fmt, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use uuid::Uuid;
@@ -78,11 +78,13 @@ impl fmt::Display for LimitKind {
     }
 }
 
-/// Whether a bucket belongs to the key's global limits or to one model's.
+/// Whether a bucket belongs to the key's global limits or to one model's. The model's
+/// name is shared by every charge and state of a request (one allocation, not one per
+/// bucket).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Scope {
     Global,
-    Model(String),
+    Model(Arc<str>),
 }
 
 impl Scope {
@@ -184,7 +186,7 @@ pub fn charges_for(
     let mut charges = Vec::with_capacity(8);
     push_charges(&mut charges, key_id, Scope::Global, limits, Some(estimate));
     if let Some(entry) = model_limits.iter().find(|m| m.model == model) {
-        let scope = Scope::Model(entry.model.clone());
+        let scope = Scope::Model(Arc::from(entry.model.as_str()));
         push_charges(&mut charges, key_id, scope, &entry.limits(), Some(estimate));
     }
     charges
@@ -196,7 +198,7 @@ pub fn buckets_of(key_id: Uuid, limits: &Limits, model_limits: &[ModelLimits]) -
     let mut charges = Vec::new();
     push_charges(&mut charges, key_id, Scope::Global, limits, None);
     for entry in model_limits {
-        let scope = Scope::Model(entry.model.clone());
+        let scope = Scope::Model(Arc::from(entry.model.as_str()));
         push_charges(&mut charges, key_id, scope, &entry.limits(), None);
     }
     charges

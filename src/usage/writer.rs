@@ -1,30 +1,34 @@
-//! The usage writer: requests hand their [`UsageEvent`]s, refusals and key uses to a
-//! cloneable [`Recorder`] (a bounded channel, never blocking the request), and one owned
-//! task aggregates them per key·model·minute and writes them to the store at least every
-//! `flush_every` (≤ 1 s, DESIGN §7) and once more when told to stop (STYLE rule 15).
+//! The usage writer: requests add their [`UsageEvent`]s, refusals and key uses to a
+//! shared batch through a cloneable [`Recorder`] (a short lock, never a store call or a
+//! task wake-up), and one owned task takes the batch and writes it to the store at least
+//! every `flush_every` (≤ 1 s, DESIGN §7) and once more when told to stop (STYLE rule 15).
+//! The batch aggregates per key·model·minute as events arrive.
+//!
+//! Why no channel: a message per request woke the writer task once per request, which
+//! cost more on the proxy's hot path than the aggregation itself.
 //!
 //! Losses are bounded and counted, never silent:
-//! - a full (or closed) channel drops the message: [`Recorder::dropped`], warned at most
-//!   every 10 s;
-//! - a failed flush keeps the batch and retries at the next tick (each store call is one
-//!   transaction, so a failed call wrote nothing and retrying cannot double count). While
-//!   the store stays down the batch may grow to [`MAX_BUCKETS`] usage buckets,
-//!   [`MAX_REFUSALS`] refusals and [`MAX_TOUCHES`] keys; what arrives beyond that is
-//!   discarded and counted in [`Recorder::discarded`].
+//! - anything recorded after the writer stopped is dropped: [`Recorder::dropped`], warned
+//!   at most every 10 s;
+//! - a failed flush puts the batch back and retries at the next tick (each store call is
+//!   one transaction, so a failed call wrote nothing and retrying cannot double count).
+//!   The batch holds at most [`MAX_BUCKETS`] usage buckets, [`MAX_REFUSALS`] refusals
+//!   and [`MAX_TOUCHES`] keys (reached only while the store refuses writes); what arrives
+//!   beyond that is discarded and counted in [`Recorder::discarded`].
 
 use std::{
     collections::HashMap,
     future::Future,
     sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard, PoisonError,
     },
     time::{Duration, Instant},
 };
 
 use chrono::{DateTime, Utc};
 use tokio::{
-    sync::{mpsc, oneshot, watch},
+    sync::{mpsc, oneshot, watch, Notify},
     task::JoinHandle,
     time::MissedTickBehavior,
 };
@@ -35,14 +39,11 @@ use crate::store::{DynStore, RateLimitEvent, UsageDelta};
 
 /// DESIGN §7: usage reaches the store at least every second.
 pub const DEFAULT_FLUSH_EVERY: Duration = Duration::from_secs(1);
-/// Messages the channel holds before `record` starts dropping (one flush interval of a
-/// busy instance, with room to spare while the store is slow).
-pub const CHANNEL_CAPACITY: usize = 65_536;
-/// Usage buckets (key·model·minute) kept while the store refuses writes.
+/// Usage buckets (key·model·minute) the batch holds.
 pub const MAX_BUCKETS: usize = 100_000;
-/// Refusals kept while the store refuses writes.
+/// Refusals the batch holds.
 pub const MAX_REFUSALS: usize = 100_000;
-/// Keys whose `last_used_at` is kept while the store refuses writes.
+/// Keys whose `last_used_at` the batch holds.
 pub const MAX_TOUCHES: usize = 100_000;
 /// Rows per store call, so one flush never becomes one huge transaction.
 const CHUNK: usize = 1_000;
@@ -62,43 +63,60 @@ pub enum FlushError {
     Failed(String),
 }
 
-enum Message {
-    Usage(UsageEvent),
-    Refusal(RateLimitEvent),
-    Touch(Uuid, DateTime<Utc>),
-    Flush(oneshot::Sender<Result<(), FlushError>>),
-}
-
-/// Counters shared by every recorder clone and the writer.
+/// What every recorder clone and the writer share.
 struct Shared {
+    batch: Mutex<Batch>,
+    /// Set (under the batch's lock) when the writer takes its last batch.
+    stopped: AtomicBool,
+    /// Wakes the writer for an early flush when the batch grows past `EARLY_FLUSH`.
+    early: Notify,
     dropped: AtomicU64,
     discarded: AtomicU64,
     started: Instant,
-    /// Milliseconds since `started` + 1 of the last drop warning; 0 = never warned.
-    last_drop_warning: AtomicU64,
+    /// Milliseconds since `started` + 1 of the last warning; 0 = never warned.
+    last_warning: AtomicU64,
 }
 
 impl Shared {
+    /// The batch; its critical sections only add numbers, so a poisoned lock is consistent.
+    fn batch(&self) -> MutexGuard<'_, Batch> {
+        self.batch.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// True at most once per `WARN_EVERY` across all threads.
     fn should_warn(&self) -> bool {
         let now = u64::try_from(self.started.elapsed().as_millis())
             .unwrap_or(u64::MAX - 1)
             .saturating_add(1);
-        let last = self.last_drop_warning.load(Ordering::Relaxed);
+        let last = self.last_warning.load(Ordering::Relaxed);
         let due = last == 0 || now.saturating_sub(last) >= WARN_EVERY.as_millis() as u64;
         due && self
-            .last_drop_warning
+            .last_warning
             .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
     }
+
+    fn count_discarded(&self, lost: u64) {
+        if lost == 0 {
+            return;
+        }
+        let total = self.discarded.fetch_add(lost, Ordering::Relaxed) + lost;
+        if self.should_warn() {
+            tracing::error!(
+                discarded_total = total,
+                "usage batch is full (the store is refusing writes); discarding"
+            );
+        }
+    }
 }
 
-/// Hands usage to the writer task. Cheap to clone; every method but `flush_now` returns
-/// at once and never waits for the store.
+/// Hands usage to the writer. Cheap to clone; every method but `flush_now` returns at once
+/// and never waits for the store.
 #[derive(Clone)]
 pub struct Recorder {
-    tx: mpsc::Sender<Message>,
     shared: Arc<Shared>,
+    /// Flush requests; the writer also ends when every recorder is gone.
+    flushes: mpsc::Sender<oneshot::Sender<Result<(), FlushError>>>,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -111,61 +129,69 @@ impl std::fmt::Debug for Recorder {
 }
 
 impl Recorder {
-    /// Queues one request's usage.
+    /// Adds one request's usage.
     pub fn record(&self, event: UsageEvent) {
-        self.send(Message::Usage(event), "usage");
+        self.add("usage", |batch| batch.add_usage(event));
     }
 
-    /// Queues one refused request (DESIGN §3 rate-limit event).
+    /// Adds one refused request (DESIGN §3 rate-limit event).
     pub fn refusal(&self, event: RateLimitEvent) {
-        self.send(Message::Refusal(event), "refusal");
+        self.add("refusal", |batch| batch.add_refusal(event));
     }
 
-    /// Notes that the key was used at `at`; the writer keeps the latest per key and
-    /// raises `last_used_at` once per flush.
+    /// Notes that the key was used at `at`; the batch keeps the latest per key and the
+    /// writer raises `last_used_at` once per flush.
     pub fn touch(&self, key_id: Uuid, at: DateTime<Utc>) {
-        self.send(Message::Touch(key_id, at), "touch");
+        self.add("touch", |batch| batch.add_touch(key_id, at));
     }
 
-    /// Messages lost because the channel was full or the writer had stopped.
+    /// Records that arrived after the writer stopped.
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
     }
 
-    /// Buckets, refusals and touches thrown away because the store stayed down until the
-    /// retained batch reached its cap, or refused the final flush.
+    /// Buckets, refusals and touches thrown away because the batch was at its cap (the
+    /// store refused writes for long), or because the store refused the final flush.
     pub fn discarded(&self) -> u64 {
         self.shared.discarded.load(Ordering::Relaxed)
     }
 
-    /// Asks the writer to flush now and resolves when the flush is done. Everything this
-    /// recorder (or any clone, in happens-before order) queued earlier is included. Waits
-    /// for channel capacity rather than dropping the request.
+    /// Asks the writer to flush now and resolves when the flush is done. Everything
+    /// recorded earlier (by any clone, in happens-before order) is included.
     pub fn flush_now(&self) -> impl Future<Output = Result<(), FlushError>> + Send + 'static {
-        let tx = self.tx.clone();
+        let flushes = self.flushes.clone();
         async move {
             let (done_tx, done_rx) = oneshot::channel();
-            tx.send(Message::Flush(done_tx))
+            flushes
+                .send(done_tx)
                 .await
                 .map_err(|_| FlushError::Stopped)?;
             done_rx.await.map_err(|_| FlushError::Stopped)?
         }
     }
 
-    fn send(&self, message: Message, what: &'static str) {
-        let reason = match self.tx.try_send(message) {
-            Ok(()) => return,
-            Err(mpsc::error::TrySendError::Full(_)) => "channel full",
-            Err(mpsc::error::TrySendError::Closed(_)) => "writer stopped",
+    /// `add` returns whether the batch kept the record.
+    fn add(&self, what: &'static str, add: impl FnOnce(&mut Batch) -> bool) {
+        let (kept, len) = {
+            let mut batch = self.shared.batch();
+            if self.shared.stopped.load(Ordering::Relaxed) {
+                drop(batch);
+                let total = self.shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if self.shared.should_warn() {
+                    tracing::warn!(
+                        what,
+                        dropped_total = total,
+                        "usage recorded after the writer stopped; dropping"
+                    );
+                }
+                return;
+            }
+            (add(&mut batch), batch.len())
         };
-        let total = self.shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.shared.should_warn() {
-            tracing::warn!(
-                what,
-                reason,
-                dropped_total = total,
-                "usage recorder is dropping messages"
-            );
+        if !kept {
+            self.shared.count_discarded(1);
+        } else if len == EARLY_FLUSH {
+            self.shared.early.notify_one();
         }
     }
 }
@@ -206,39 +232,42 @@ pub(crate) fn spawn_writer_with(
     stop: watch::Receiver<bool>,
     caps: Caps,
 ) -> (Recorder, JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let (flushes, flush_requests) = mpsc::channel(64);
     let shared = Arc::new(Shared {
+        batch: Mutex::new(Batch::new(caps)),
+        stopped: AtomicBool::new(false),
+        early: Notify::new(),
         dropped: AtomicU64::new(0),
         discarded: AtomicU64::new(0),
         started: Instant::now(),
-        last_drop_warning: AtomicU64::new(0),
+        last_warning: AtomicU64::new(0),
     });
     let writer = Writer {
         store,
-        batch: Batch::new(caps),
         shared: shared.clone(),
         flush_every: flush_every.clamp(Duration::from_millis(1), DEFAULT_FLUSH_EVERY),
         retry_not_before: None,
         last_failure_logged: None,
     };
     let flush_every = writer.flush_every;
-    let handle = tokio::spawn(run(writer, rx, stop, flush_every));
-    (Recorder { tx, shared }, handle)
+    let handle = tokio::spawn(run(writer, flush_requests, stop, flush_every));
+    (Recorder { shared, flushes }, handle)
 }
 
 async fn run(
     mut writer: Writer,
-    mut rx: mpsc::Receiver<Message>,
+    mut flush_requests: mpsc::Receiver<oneshot::Sender<Result<(), FlushError>>>,
     mut stop: watch::Receiver<bool>,
     flush_every: Duration,
 ) {
     let mut tick = tokio::time::interval(flush_every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tick.tick().await; // the first tick is immediate
+    let shared = writer.shared.clone();
     if !*stop.borrow_and_update() {
         loop {
             tokio::select! {
-                // Stop and the tick first, so a flood of messages cannot starve them.
+                // Stop and the tick first, so flush requests cannot starve them.
                 biased;
                 changed = stop.changed() => {
                     if changed.is_err() || *stop.borrow_and_update() {
@@ -249,28 +278,35 @@ async fn run(
                     let started = Instant::now();
                     let _ = writer.flush().await;
                     // A flush that outlasted the interval (slow or failing store) restarts
-                    // the interval from its end, so the loop never degenerates into
-                    // back-to-back flushes that stop reading the channel.
+                    // the interval from its end, so flushes never run back to back.
                     if started.elapsed() >= flush_every {
                         tick.reset();
                     }
                 }
-                message = rx.recv() => match message {
-                    Some(message) => writer.handle(message).await,
+                () = shared.early.notified() => {
+                    let backing_off = writer.retry_not_before.is_some_and(|at| Instant::now() < at);
+                    if !backing_off {
+                        let _ = writer.flush().await;
+                    }
+                }
+                request = flush_requests.recv() => match request {
+                    Some(done) => {
+                        let result = writer.flush().await;
+                        let _ = done.send(result);
+                    }
                     None => break,
                 },
             }
         }
     }
 
-    // Shutdown: refuse new messages, take everything already queued, flush once more.
-    rx.close();
+    // Shutdown: take no more records, answer the flush requests already made with the
+    // final flush.
+    shared.stopped.store(true, Ordering::Relaxed);
+    flush_requests.close();
     let mut waiting = Vec::new();
-    while let Some(message) = rx.recv().await {
-        match message {
-            Message::Flush(done) => waiting.push(done),
-            other => writer.batch.add(other, &writer.shared),
-        }
+    while let Some(done) = flush_requests.recv().await {
+        waiting.push(done);
     }
     let mut result = writer.flush().await;
     for attempt in 1..FINAL_ATTEMPTS {
@@ -281,11 +317,8 @@ async fn run(
         result = writer.flush().await;
     }
     if result.is_err() {
-        let lost = writer.batch.len();
-        writer
-            .shared
-            .discarded
-            .fetch_add(lost as u64, Ordering::Relaxed);
+        let lost = shared.batch().take().len();
+        shared.discarded.fetch_add(lost as u64, Ordering::Relaxed);
         tracing::error!(
             lost,
             "final usage flush failed; usage, refusals and key uses not written"
@@ -298,7 +331,6 @@ async fn run(
 
 struct Writer {
     store: DynStore,
-    batch: Batch,
     shared: Arc<Shared>,
     flush_every: Duration,
     /// After a failed flush, early flushes wait for this (the tick still retries).
@@ -307,102 +339,78 @@ struct Writer {
 }
 
 impl Writer {
-    async fn handle(&mut self, message: Message) {
-        match message {
-            Message::Flush(done) => {
-                let result = self.flush().await;
-                let _ = done.send(result);
-            }
-            other => {
-                self.batch.add(other, &self.shared);
-                let backing_off = self.retry_not_before.is_some_and(|at| Instant::now() < at);
-                if self.batch.len() >= EARLY_FLUSH && !backing_off {
-                    let _ = self.flush().await;
-                }
-            }
-        }
-    }
-
-    /// Writes the batch. Parts the store accepted leave the batch; the rest stays for the
-    /// next attempt.
+    /// Takes the batch and writes it. Parts the store accepted are done; the rest goes
+    /// back into the batch (with whatever arrived meanwhile) for the next attempt.
     async fn flush(&mut self) -> Result<(), FlushError> {
+        let mut batch = self.shared.batch().take();
         let mut first_error = None;
-        if let Err(e) = self.flush_usage().await {
+        if let Err(e) = self.flush_usage(&mut batch).await {
             first_error.get_or_insert(e);
         }
-        if let Err(e) = self.flush_refusals().await {
+        if let Err(e) = self.flush_refusals(&mut batch).await {
             first_error.get_or_insert(e);
         }
-        if let Err(e) = self.flush_touches().await {
+        if let Err(e) = self.flush_touches(&mut batch).await {
             first_error.get_or_insert(e);
         }
-        match first_error {
-            None => {
-                self.retry_not_before = None;
-                Ok(())
-            }
-            Some(error) => {
-                self.retry_not_before = Some(Instant::now() + self.flush_every);
-                let quiet = self
-                    .last_failure_logged
-                    .is_some_and(|at| at.elapsed() < WARN_EVERY);
-                if !quiet {
-                    self.last_failure_logged = Some(Instant::now());
-                    tracing::error!(
-                        %error,
-                        retained = self.batch.len(),
-                        "usage flush failed; keeping the batch and retrying"
-                    );
-                }
-                Err(FlushError::Failed(error.to_string()))
-            }
+        let Some(error) = first_error else {
+            self.retry_not_before = None;
+            return Ok(());
+        };
+        let (retained, lost) = {
+            let mut current = self.shared.batch();
+            let lost = current.merge_older(batch);
+            (current.len(), lost)
+        };
+        self.shared.count_discarded(lost);
+        self.retry_not_before = Some(Instant::now() + self.flush_every);
+        let quiet = self
+            .last_failure_logged
+            .is_some_and(|at| at.elapsed() < WARN_EVERY);
+        if !quiet {
+            self.last_failure_logged = Some(Instant::now());
+            tracing::error!(
+                %error,
+                retained,
+                "usage flush failed; keeping the batch and retrying"
+            );
         }
+        Err(FlushError::Failed(error.to_string()))
     }
 
-    async fn flush_usage(&mut self) -> Result<(), crate::store::StoreError> {
-        while !self.batch.usage.is_empty() {
-            let keys: Vec<BucketKey> = self.batch.usage.keys().take(CHUNK).cloned().collect();
+    async fn flush_usage(&self, batch: &mut Batch) -> Result<(), crate::store::StoreError> {
+        while !batch.usage.is_empty() {
+            let keys: Vec<BucketKey> = batch.usage.keys().take(CHUNK).cloned().collect();
             let deltas: Vec<UsageDelta> = keys
                 .iter()
-                .filter_map(|k| self.batch.usage.get(k).cloned())
+                .filter_map(|k| batch.usage.get(k).cloned())
                 .collect();
             self.store.add_usage(&deltas).await?;
             for key in &keys {
-                self.batch.usage.remove(key);
+                batch.usage.remove(key);
             }
         }
         Ok(())
     }
 
-    async fn flush_refusals(&mut self) -> Result<(), crate::store::StoreError> {
-        while !self.batch.refusals.is_empty() {
-            let n = self.batch.refusals.len().min(CHUNK);
+    async fn flush_refusals(&self, batch: &mut Batch) -> Result<(), crate::store::StoreError> {
+        while !batch.refusals.is_empty() {
+            let n = batch.refusals.len().min(CHUNK);
             self.store
-                .add_rate_limit_events(&self.batch.refusals[..n])
+                .add_rate_limit_events(&batch.refusals[..n])
                 .await?;
-            self.batch.refusals.drain(..n);
+            batch.refusals.drain(..n);
         }
         Ok(())
     }
 
-    async fn flush_touches(&mut self) -> Result<(), crate::store::StoreError> {
-        if self.batch.touches.is_empty() {
-            return Ok(());
-        }
-        let uses: Vec<(Uuid, DateTime<Utc>)> = self
-            .batch
-            .touches
-            .iter()
-            .map(|(id, at)| (*id, *at))
-            .collect();
+    async fn flush_touches(&self, batch: &mut Batch) -> Result<(), crate::store::StoreError> {
+        let uses: Vec<(Uuid, DateTime<Utc>)> =
+            batch.touches.iter().map(|(id, at)| (*id, *at)).collect();
         for chunk in uses.chunks(CHUNK) {
             self.store.touch_keys(chunk).await?;
-            for (id, at) in chunk {
-                // A newer use may not have arrived meanwhile (the writer is single-task),
-                // but keep the check so a later refactor cannot lose one.
-                if self.batch.touches.get(id) == Some(at) {
-                    self.batch.touches.remove(id);
-                }
+            for (id, _) in chunk {
+                batch.touches.remove(id);
             }
         }
         Ok(())
@@ -433,38 +441,57 @@ impl Batch {
         self.usage.len() + self.refusals.len() + self.touches.len()
     }
 
-    fn add(&mut self, message: Message, shared: &Shared) {
-        let kept = match message {
-            Message::Usage(event) => self.add_usage(event),
-            Message::Refusal(event) => {
-                let room = self.refusals.len() < self.caps.refusals;
-                if room {
-                    self.refusals.push(event);
-                }
-                room
-            }
-            Message::Touch(key_id, at) => {
-                if let Some(latest) = self.touches.get_mut(&key_id) {
-                    *latest = (*latest).max(at);
-                    true
-                } else if self.touches.len() < self.caps.touches {
-                    self.touches.insert(key_id, at);
-                    true
-                } else {
-                    false
-                }
-            }
-            Message::Flush(_) => true,
-        };
-        if !kept {
-            let total = shared.discarded.fetch_add(1, Ordering::Relaxed) + 1;
-            if shared.should_warn() {
-                tracing::error!(
-                    discarded_total = total,
-                    "usage batch is full (the store is refusing writes); discarding"
-                );
-            }
+    /// The batch so far, leaving an empty one (with the same caps) in its place.
+    fn take(&mut self) -> Batch {
+        std::mem::replace(self, Batch::new(self.caps))
+    }
+
+    fn add_refusal(&mut self, event: RateLimitEvent) -> bool {
+        let room = self.refusals.len() < self.caps.refusals;
+        if room {
+            self.refusals.push(event);
         }
+        room
+    }
+
+    fn add_touch(&mut self, key_id: Uuid, at: DateTime<Utc>) -> bool {
+        if let Some(latest) = self.touches.get_mut(&key_id) {
+            *latest = (*latest).max(at);
+            true
+        } else if self.touches.len() < self.caps.touches {
+            self.touches.insert(key_id, at);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Puts back an older batch that failed to flush, under the caps; returns how many
+    /// records did not fit.
+    fn merge_older(&mut self, older: Batch) -> u64 {
+        let mut lost = 0;
+        for (_, delta) in older.usage {
+            let event = UsageEvent {
+                key_id: delta.key_id,
+                workspace_id: delta.workspace_id,
+                model: delta.model,
+                at: delta.minute,
+                requests: delta.requests,
+                input_tokens: delta.input_tokens,
+                output_tokens: delta.output_tokens,
+                cost_pico: delta.cost_pico,
+            };
+            lost += u64::from(!self.add_usage(event));
+        }
+        // Older refusals first, as they happened.
+        let newer = std::mem::take(&mut self.refusals);
+        for event in older.refusals.into_iter().chain(newer) {
+            lost += u64::from(!self.add_refusal(event));
+        }
+        for (key_id, at) in older.touches {
+            lost += u64::from(!self.add_touch(key_id, at));
+        }
+        lost
     }
 
     /// Sums the event into its key·model·minute bucket. False when a new bucket would pass
