@@ -272,6 +272,41 @@ async fn a_chunked_answer_split_byte_by_byte_is_decoded_and_handed_on_as_it_arri
     assert_eq!(server.accepted(), 1);
 }
 
+#[tokio::test]
+async fn chunk_data_is_handed_on_before_its_chunk_is_complete() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        read_request(&mut stream).await.unwrap();
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n11\r\nfirst ")
+            .await
+            .unwrap();
+        released.await.unwrap();
+        stream.write_all(b"second half\r\n0\r\n\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    });
+    let (client, target) = (client(), target_at(&format!("http://{addr}")));
+    let response = client
+        .request(&target, &Method::GET, "/")
+        .unwrap()
+        .send(Bytes::new())
+        .await
+        .unwrap();
+    let mut body = response.body;
+    let first = tokio::time::timeout(Duration::from_secs(5), body.chunk()).await;
+    assert_eq!(first.unwrap().unwrap().unwrap(), "first ");
+    release.send(()).unwrap();
+    let mut rest = Vec::new();
+    while let Some(chunk) = body.chunk().await.unwrap() {
+        rest.extend_from_slice(&chunk);
+    }
+    assert_eq!(rest, b"second half");
+    assert_eq!(target.idle_connections(), 1);
+}
+
 #[test]
 fn the_chunked_decoder_gives_the_same_data_however_the_input_is_split() {
     let wire: &[u8] = b"3\r\nabc\r\n1;x\r\nd\r\n10\r\n0123456789abcdef\r\n0\r\nt: 1\r\n\r\n";
