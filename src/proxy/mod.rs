@@ -20,7 +20,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use http::{header, HeaderMap, HeaderName, Method, StatusCode};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::{value::RawValue, Value};
@@ -31,7 +31,7 @@ use tokio::{
 use uuid::Uuid;
 
 use self::{
-    client::{SendError, UpstreamBody, UpstreamResponse},
+    client::{RequestBuilder, SendError, UpstreamResponse},
     meter::{Meter, Outcome, PromptTokens},
     request::Members,
     stream::{ByteStream, MeteredStream},
@@ -395,7 +395,6 @@ impl Gateway {
             &request.path,
             request.query.as_deref(),
             &request.headers,
-            body,
         ) {
             Ok(upstream_request) => upstream_request,
             Err(message) => {
@@ -408,7 +407,7 @@ impl Gateway {
         };
         let response = match tokio::time::timeout(
             self.timeouts.first_byte.min(self.timeouts.total),
-            self.upstreams.client.send(upstream_request),
+            upstream_request.send(body),
         )
         .await
         {
@@ -426,9 +425,9 @@ impl Gateway {
             }
             Ok(Ok(response)) => response,
         };
-        let status = response.status();
-        let mut headers = HeaderMap::with_capacity(response.headers().len());
-        for (name, value) in response.headers() {
+        let status = response.status;
+        let mut headers = HeaderMap::with_capacity(response.headers.len());
+        for (name, value) in &response.headers {
             if name.as_str() == "x-request-id" {
                 // The client's `x-request-id` is keygate's (it is in keygate's logs); the
                 // upstream's is kept under its own name for support tickets upstream.
@@ -441,7 +440,7 @@ impl Gateway {
             }
         }
         let is_sse = response
-            .headers()
+            .headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
@@ -494,36 +493,35 @@ impl Gateway {
         })
     }
 
-    /// The upstream request: the client's method, path and body, its headers less the
-    /// stripped ones, and the upstream's own credential. `Err` names a path or query that
-    /// cannot be sent (the HTTP layer already parsed them, so this is a safety net).
-    fn build_request(
-        &self,
-        upstream: &Upstream,
+    /// The upstream request's head: the client's method and path, its headers less the
+    /// stripped ones, and the upstream's own credential (the body goes to `send`). `Err`
+    /// names a path or query that cannot be sent (the HTTP layer already parsed them, so
+    /// this is a safety net).
+    fn build_request<'a>(
+        &'a self,
+        upstream: &'a Upstream,
         method: &Method,
         path: &str,
         query: Option<&str>,
         headers: &HeaderMap,
-        body: Bytes,
-    ) -> Result<http::Request<UpstreamBody>, String> {
-        let uri = client::upstream_uri(&upstream.base_uri, path, query)
+    ) -> Result<RequestBuilder<'a>, String> {
+        let path_and_query = match query {
+            Some(query) => std::borrow::Cow::Owned(format!("{path}?{query}")),
+            None => std::borrow::Cow::Borrowed(path),
+        };
+        let mut request = self
+            .upstreams
+            .client
+            .request(&upstream.target, method, &path_and_query)
             .map_err(|err| format!("cannot forward this path upstream: {err}"))?;
-        let mut forwarded = HeaderMap::with_capacity(headers.len() + 1);
         for (name, value) in headers {
             if !STRIPPED_REQUEST_HEADERS.contains(&name.as_str()) {
-                forwarded.append(name.clone(), value.clone());
+                request = request.header(name.as_str(), value.as_bytes());
             }
         }
         if let Some(authorization) = upstream.authorization() {
-            forwarded.insert(header::AUTHORIZATION, authorization.clone());
+            request = request.header("authorization", authorization.as_bytes());
         }
-        if !body.is_empty() {
-            forwarded.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        }
-        let mut request = http::Request::new(UpstreamBody::new(body));
-        *request.method_mut() = method.clone();
-        *request.uri_mut() = uri;
-        *request.headers_mut() = forwarded;
         Ok(request)
     }
 
@@ -679,26 +677,22 @@ async fn read_whole(
     idle: Duration,
     request_id: &str,
 ) -> Result<Bytes, InferenceError> {
-    use http_body_util::BodyExt;
-    let mut body = response.into_body();
+    let mut body = response.body;
     // Most answers arrive in one frame: pass that frame on without copying it.
     let mut first: Option<Bytes> = None;
     let mut rest = bytes::BytesMut::new();
     loop {
         let wait = idle.min(deadline.saturating_duration_since(Instant::now()));
-        let frame = match tokio::time::timeout(wait, body.frame()).await {
+        let chunk = match tokio::time::timeout(wait, body.chunk()).await {
             Err(_) => return Err(InferenceError::UpstreamTimeout),
-            Ok(None) => break,
-            Ok(Some(Err(err))) => {
+            Ok(Ok(None)) => break,
+            Ok(Err(err)) => {
                 tracing::warn!(request_id, error = %err, "upstream answer broke");
                 return Err(InferenceError::Upstream(
                     "the upstream connection broke".into(),
                 ));
             }
-            Ok(Some(Ok(frame))) => frame,
-        };
-        let Ok(chunk) = frame.into_data() else {
-            continue; // trailers carry nothing keygate passes on
+            Ok(Ok(Some(chunk))) => chunk,
         };
         let so_far = first.as_ref().map_or(0, Bytes::len) + rest.len();
         if so_far + chunk.len() > MAX_ANSWER_BYTES {
@@ -795,24 +789,15 @@ struct ModelEntry {
 
 impl Gateway {
     async fn fetch_models(&self, upstream: &Upstream) -> Result<ModelList, String> {
-        let request = self.build_request(
-            upstream,
-            &Method::GET,
-            "/models",
-            None,
-            &HeaderMap::new(),
-            Bytes::new(),
-        )?;
+        let request =
+            self.build_request(upstream, &Method::GET, "/models", None, &HeaderMap::new())?;
         let deadline = Instant::now() + self.timeouts.first_byte;
-        let response = tokio::time::timeout(
-            self.timeouts.first_byte,
-            self.upstreams.client.send(request),
-        )
-        .await
-        .map_err(|_| "timed out".to_string())?
-        .map_err(|err| err.to_string())?;
-        if !response.status().is_success() {
-            return Err(format!("answered {}", response.status()));
+        let response = tokio::time::timeout(self.timeouts.first_byte, request.send(Bytes::new()))
+            .await
+            .map_err(|_| "timed out".to_string())?
+            .map_err(|err| err.to_string())?;
+        if !response.status.is_success() {
+            return Err(format!("answered {}", response.status));
         }
         let bytes = read_whole(response, deadline, self.timeouts.first_byte, "")
             .await

@@ -14,12 +14,11 @@ use std::{
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use http_body_util::BodyDataStream;
-use hyper::body::Incoming;
 use serde_json::json;
 use tokio::time::{Instant, Sleep};
 
 use super::{
+    client::{ResponseBody, UpstreamResponse},
     meter::Meter,
     sse::{inspect_into, EventSplitter},
 };
@@ -27,7 +26,7 @@ use super::{
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, io::Error>> + Send>>;
 
 pub struct MeteredStream {
-    upstream: Pin<Box<dyn Stream<Item = Result<Bytes, hyper::Error>> + Send>>,
+    upstream: ResponseBody,
     splitter: EventSplitter,
     ready: VecDeque<Bytes>,
     scratch: Vec<Bytes>,
@@ -43,7 +42,7 @@ pub struct MeteredStream {
 
 impl MeteredStream {
     pub fn new(
-        response: http::Response<Incoming>,
+        response: UpstreamResponse,
         request_id: String,
         meter: Meter,
         client_wants_usage: bool,
@@ -51,7 +50,7 @@ impl MeteredStream {
         deadline: Instant,
     ) -> Self {
         MeteredStream {
-            upstream: Box::pin(BodyDataStream::new(response.into_body())),
+            upstream: response.body,
             splitter: EventSplitter::default(),
             ready: VecDeque::new(),
             scratch: Vec::new(),
@@ -85,7 +84,7 @@ impl MeteredStream {
         self.meter.finish_streamed();
         self.ended = true;
         // Dropping the upstream response closes its connection: the upstream call is cancelled.
-        self.upstream = Box::pin(futures::stream::empty());
+        self.upstream = ResponseBody::default();
         let event = json!({ "error": { "message": message, "type": "api_error", "code": code, "param": null } });
         self.ready
             .push_back(Bytes::from(format!("data: {event}\n\n")));

@@ -1,17 +1,18 @@
 //! The upstream table from config: which upstream serves a model, with what credential,
-//! through one pooled HTTP client.
+//! and where it is (with its own pool of connections), plus the one HTTP client that
+//! sends to all of them.
 
 use http::{HeaderValue, Uri};
 use secrecy::{ExposeSecret, SecretString};
 
-use super::client::{ClientBuildError, UpstreamClient};
+use super::client::{ClientBuildError, TargetError, UpstreamClient, UpstreamTarget};
 use crate::config::Config;
 
 pub struct Upstream {
     pub name: String,
-    /// The configured `base_url` (e.g. `https://api.openai.com/v1`), parsed once, so a
-    /// request only appends its path.
-    pub base_uri: Uri,
+    /// From the configured `base_url` (e.g. `https://api.openai.com/v1`): where to connect,
+    /// the path prefix a request's path is appended to, and the idle connections.
+    pub target: UpstreamTarget,
     /// `Bearer <credential>`, built once and marked sensitive (never logged).
     authorization: Option<HeaderValue>,
     models: Vec<String>,
@@ -54,6 +55,8 @@ pub enum UpstreamConfigError {
     MissingCredential { index: usize, var: String },
     #[error("upstreams[{index}].base_url: not a usable URL")]
     BaseUrl { index: usize },
+    #[error("upstreams[{index}].base_url: {source}")]
+    Target { index: usize, source: TargetError },
     #[error(
         "upstreams[{index}].api_key_env: the credential in `{var}` is not a valid header value"
     )]
@@ -97,16 +100,18 @@ impl Upstreams {
                 }
                 None => None,
             };
-            // `url` normalises what it accepts (IDNA hosts, percent-encoding), so its
-            // serialisation is always a valid `http::Uri`. A trailing slash is dropped
-            // when a request's path is appended (`client::upstream_uri`).
+            // `url` normalises what it accepts (IDNA hosts, percent-encoding, default
+            // ports), so its serialisation is always a valid `http::Uri`. A trailing slash
+            // is dropped when a request's path is appended (`UpstreamClient::request`).
             let base_uri = url::Url::parse(&upstream.base_url)
                 .ok()
                 .and_then(|url| Uri::try_from(url.as_str()).ok())
                 .ok_or(UpstreamConfigError::BaseUrl { index })?;
+            let target = UpstreamTarget::new(&base_uri)
+                .map_err(|source| UpstreamConfigError::Target { index, source })?;
             list.push(Upstream {
                 name: upstream.name.clone(),
-                base_uri,
+                target,
                 authorization,
                 models: upstream.models.clone(),
                 passthrough: upstream
