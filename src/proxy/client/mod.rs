@@ -310,19 +310,17 @@ impl RequestBuilder<'_> {
             &body
         };
 
-        let conn = match target.pool.check_out(Instant::now()) {
+        let reused = match target.pool.check_out(Instant::now()) {
             Some(mut conn) => match write_request(&mut conn.io, &head, body).await {
-                Ok(()) => conn,
-                Err(Unwritten::Nothing(_)) => {
-                    drop(conn);
-                    let mut conn = client.connect(target).await?;
-                    write_request(&mut conn.io, &head, body)
-                        .await
-                        .map_err(Unwritten::into_send_error)?;
-                    conn
-                }
+                Ok(()) => Some(conn),
+                // Nothing reached the upstream: a new connection can carry the request.
+                Err(Unwritten::Nothing(_)) => None,
                 Err(err) => return Err(err.into_send_error()),
             },
+            None => None,
+        };
+        let conn = match reused {
+            Some(conn) => conn,
             None => {
                 let mut conn = client.connect(target).await?;
                 write_request(&mut conn.io, &head, body)
