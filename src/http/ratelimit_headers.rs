@@ -134,16 +134,21 @@ pub fn write(sink: &mut impl HeaderSink, states: &[BucketState]) {
     sink.put("ratelimit", text.as_bytes());
 }
 
-/// `"rpm"` or `"<model>:rpm"`, quoted; quotes and backslashes in a model name become `_`
-/// so the structured field stays well-formed.
+/// `"rpm"` or `"<model>:rpm"`, quoted. A structured-field string holds printable ASCII
+/// without `"` and `\\` (RFC 8941 §3.3.3), so any other byte of a model name becomes `_`.
 fn push_policy_name(out: &mut String, state: &BucketState) {
+    let plain = |b: u8| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\';
     out.push('"');
     if let Scope::Model(model) = &state.scope {
-        out.extend(
-            model
-                .chars()
-                .map(|c| if matches!(c, '"' | '\\') { '_' } else { c }),
-        );
+        if model.bytes().all(plain) {
+            out.push_str(model);
+        } else {
+            out.extend(
+                model
+                    .bytes()
+                    .map(|b| if plain(b) { char::from(b) } else { '_' }),
+            );
+        }
         out.push(':');
     }
     out.push_str(state.kind.as_str());
@@ -177,7 +182,7 @@ mod tests {
             },
             BucketState {
                 kind: crate::limits::LimitKind::Tpm,
-                scope: Scope::Model("we\"ird\\model".into()),
+                scope: Scope::Model("we\"ird\\model é".into()),
                 limit: 1000,
                 remaining: -5,
                 reset_after: Duration::from_secs(61),
@@ -194,11 +199,11 @@ mod tests {
         assert_eq!(get("x-ratelimit-reset-tokens"), Some("1m1s"));
         assert_eq!(
             get("ratelimit-policy"),
-            Some("\"rpm\";q=60;w=60;qu=\"requests\", \"we_ird_model:tpm\";q=1000;w=60;qu=\"kg-tokens\"")
+            Some("\"rpm\";q=60;w=60;qu=\"requests\", \"we_ird_model __:tpm\";q=1000;w=60;qu=\"kg-tokens\"")
         );
         assert_eq!(
             get("ratelimit"),
-            Some("\"rpm\";r=59;t=2, \"we_ird_model:tpm\";r=0;t=61")
+            Some("\"rpm\";r=59;t=2, \"we_ird_model __:tpm\";r=0;t=61")
         );
     }
 }

@@ -8,10 +8,11 @@
 //! prove possession of the secret, or anyone knowing a public lookup id would get in.
 
 use std::{
-    collections::HashMap,
     sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
+
+use foldhash::HashMap;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;

@@ -10,7 +10,6 @@
 //! many keys come and go. Run it periodically with [`MemoryLimiter::spawn_evictor`].
 
 use std::{
-    collections::HashMap,
     future::Future,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -18,6 +17,8 @@ use std::{
     },
     time::{Duration, Instant},
 };
+
+use foldhash::{HashMap, HashMapExt};
 
 use async_trait::async_trait;
 use tokio::{task::JoinHandle, time::MissedTickBehavior};

@@ -14,10 +14,11 @@ pub mod tokens;
 pub mod upstreams;
 
 use std::{
-    collections::HashMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
+
+use foldhash::HashMap;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, Method, StatusCode};
@@ -33,7 +34,7 @@ use uuid::Uuid;
 use self::{
     client::{RequestBuilder, SendError, UpstreamResponse},
     meter::{Meter, Outcome, PromptTokens},
-    request::Members,
+    request::RequestFields,
     stream::{ByteStream, MeteredStream},
     tokens::BodyKind,
     upstreams::{Upstream, Upstreams},
@@ -201,12 +202,6 @@ fn keep_answer_header(name: &HeaderName) -> bool {
         && !name.starts_with("ratelimit")
 }
 
-#[derive(Deserialize)]
-struct AnswerUsage {
-    #[serde(default)]
-    usage: Option<sse::UsageFields>,
-}
-
 impl Gateway {
     pub fn new(
         shared: Shared,
@@ -243,7 +238,7 @@ impl Gateway {
     pub async fn handle(&self, request: InferenceRequest) -> Result<ProxyAnswer, InferenceError> {
         let key = request.key.clone();
         let fields = read_fields(request.endpoint, &request.body)?;
-        let model = match fields.as_ref().and_then(|f| f.get("model")) {
+        let model = match fields.as_ref().and_then(|f| f.model) {
             Some(raw) => match request::string(raw) {
                 Some(model) if !model.is_empty() => Some(model.into_owned()),
                 _ => {
@@ -276,10 +271,7 @@ impl Gateway {
                 .ok_or_else(|| InferenceError::ModelNotFound(model.clone()))?,
         };
         let model_name = model.clone().unwrap_or_default();
-        let stream = fields
-            .as_ref()
-            .and_then(|f| f.bool("stream"))
-            .unwrap_or(false);
+        let stream = fields.as_ref().is_some_and(RequestFields::stream);
 
         // Workspace credits are charged by cost too, so a priced request needs its estimate
         // even on a key without limits or budget (a 0 estimate is always admitted).
@@ -288,7 +280,7 @@ impl Gateway {
             || (credits.is_some() && !self.shared.pricing.is_free(&model_name));
         let (estimate, prompt_tokens) = match &fields {
             Some(body) if estimated => {
-                let estimate = tokens::estimate_members(request.endpoint.body_kind(), body);
+                let estimate = tokens::estimate_fields(request.endpoint.body_kind(), body);
                 (estimate, PromptTokens::Counted(estimate.input))
             }
             // Counted from the body only if the upstream reports no usage.
@@ -370,11 +362,8 @@ impl Gateway {
         );
 
         // Forward.
-        let stream_options = fields.as_ref().and_then(|f| f.get("stream_options"));
-        let client_wants_usage = stream_options
-            .and_then(Members::of)
-            .and_then(|options| options.bool("include_usage"))
-            .unwrap_or(false);
+        let stream_options = fields.as_ref().and_then(|f| f.stream_options);
+        let client_wants_usage = fields.as_ref().is_some_and(RequestFields::wants_usage);
         let body = if stream && request.endpoint != Endpoint::Embeddings && !client_wants_usage {
             // Ask for the final usage chunk; `hide` drops it again since the client didn't.
             match usage_requested(&request.body, stream_options) {
@@ -474,8 +463,8 @@ impl Gateway {
             // Upstream errors pass through as they are and are not charged.
             meter.finish(Outcome::NotCharged);
         } else {
-            let usage = match serde_json::from_slice::<AnswerUsage>(&bytes) {
-                Ok(AnswerUsage { usage: Some(usage) }) => usage.into(),
+            let usage = match sse::answer_usage(&bytes) {
+                Some(usage) => usage.into(),
                 _ => crate::limits::TokenUsage {
                     input: meter.prompt_tokens(),
                     output: serde_json::from_slice::<Value>(&bytes)
@@ -580,9 +569,12 @@ impl Gateway {
     }
 }
 
-/// The body's members, or `None` for an empty body. Inference bodies must be JSON
-/// objects; a pass-through body may be any JSON.
-fn read_fields(endpoint: Endpoint, body: &[u8]) -> Result<Option<Members<'_>>, InferenceError> {
+/// The body's fields, or `None` for an empty body. Inference bodies must be JSON objects;
+/// a pass-through body may be any JSON.
+fn read_fields(
+    endpoint: Endpoint,
+    body: &[u8],
+) -> Result<Option<RequestFields<'_>>, InferenceError> {
     if body.is_empty() {
         return if endpoint == Endpoint::Other {
             Ok(None)
@@ -590,8 +582,8 @@ fn read_fields(endpoint: Endpoint, body: &[u8]) -> Result<Option<Members<'_>>, I
             Err(not_an_object())
         };
     }
-    match Members::parse(body) {
-        Ok(members) => Ok(Some(members)),
+    match RequestFields::parse(body) {
+        Ok(fields) => Ok(Some(fields)),
         Err(err) if err.classify() == serde_json::error::Category::Data => {
             if endpoint == Endpoint::Other {
                 Ok(None)

@@ -2,20 +2,93 @@
 //! and asked for usage, and what the token estimate needs (`tokens::estimate`).
 //!
 //! Why not `serde_json::Value`: building the whole tree (a map per object, a string per
-//! text) cost more on the hot path than the limiter. [`Members`] reads an object's members
-//! borrowed from the body and keeps each value as raw JSON until someone asks for it, so
-//! only the few fields keygate reads are ever parsed. It reads what `Value` reads: any
-//! members, the last of duplicate names, and a field of an unexpected type counts as
-//! absent (the upstream judges its own fields).
+//! text) cost more on the hot path than the limiter. [`RequestFields`] reads the body in
+//! one pass: the few members keygate reads are kept as raw JSON (parsed only when asked
+//! for) or, for `messages`, as borrowed text; everything else is skipped. It reads what
+//! `Value` reads: any members, the last of repeated names, and a field of an unexpected
+//! type counts as absent (the upstream judges its own fields). [`Members`] does the same
+//! for any object, member by member.
 
 use std::{borrow::Cow, fmt};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{
-    de::{MapAccess, Visitor},
+    de::{IgnoredAny, MapAccess, SeqAccess, Visitor},
     Deserialize, Deserializer,
 };
 use serde_json::value::RawValue;
+
+/// The members of an inference request keygate reads. Raw values keep `null` (a present
+/// `"model": null` is not an absent model).
+#[derive(Default)]
+pub struct RequestFields<'a> {
+    pub model: Option<&'a RawValue>,
+    pub stream: Option<&'a RawValue>,
+    pub stream_options: Option<&'a RawValue>,
+    pub max_tokens: Option<&'a RawValue>,
+    pub max_completion_tokens: Option<&'a RawValue>,
+    pub messages: Option<Messages<'a>>,
+    pub prompt: Option<&'a RawValue>,
+    pub input: Option<&'a RawValue>,
+}
+
+impl<'a> RequestFields<'a> {
+    /// The fields of `json`, if it is an object. `Err` says why not: invalid JSON, or
+    /// (with `Category::Data`) valid JSON of another type.
+    pub fn parse(json: &'a [u8]) -> Result<RequestFields<'a>, serde_json::Error> {
+        serde_json::from_slice(json)
+    }
+
+    pub fn stream(&self) -> bool {
+        self.stream.and_then(boolean).unwrap_or(false)
+    }
+
+    /// `stream_options.include_usage`, when it is `true`.
+    pub fn wants_usage(&self) -> bool {
+        self.stream_options
+            .and_then(Members::of)
+            .and_then(|options| options.bool("include_usage"))
+            .unwrap_or(false)
+    }
+
+    /// `max_completion_tokens`, else `max_tokens`, when a whole non-negative number.
+    pub fn max_output_tokens(&self) -> Option<u64> {
+        [self.max_completion_tokens, self.max_tokens]
+            .into_iter()
+            .flatten()
+            .find_map(|raw| serde_json::from_str(raw.get()).ok())
+    }
+}
+
+/// `messages`: a list, or something else (which estimates nothing).
+pub enum Messages<'a> {
+    List(Vec<Message<'a>>),
+    NotAList,
+}
+
+/// What the estimate counts of a chat message; an element that is no object counts as an
+/// empty message.
+#[derive(Default)]
+pub struct Message<'a> {
+    pub content: Content<'a>,
+    pub name: Option<Cow<'a, str>>,
+    pub role: Option<Cow<'a, str>>,
+}
+
+/// A message's `content`: text, the `text` of each part of a list (other parts, such as
+/// images, count nothing), or anything else (nothing).
+#[derive(Default)]
+pub enum Content<'a> {
+    #[default]
+    Other,
+    Text(Cow<'a, str>),
+    Parts(Vec<Cow<'a, str>>),
+}
+
+/// The value of a raw JSON boolean.
+fn boolean(raw: &RawValue) -> Option<bool> {
+    serde_json::from_str(raw.get()).ok()
+}
 
 /// A JSON object's members, values still raw.
 pub struct Members<'a> {
@@ -136,6 +209,269 @@ impl<'de> Deserialize<'de> for Name<'de> {
         }
 
         deserializer.deserialize_str(NameVisitor)
+    }
+}
+
+/// Visitor methods for the JSON types a lenient reader does not want: scalars give
+/// `$none`, lists and objects are skipped whole and give `$none`.
+macro_rules! anything_else_is {
+    ($none:expr) => {
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+    };
+}
+
+macro_rules! skip_lists_and_objects {
+    ($none:expr) => {
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok($none)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok($none)
+        }
+    };
+}
+
+macro_rules! skip_strings {
+    ($none:expr) => {
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+    };
+}
+
+impl<'de> Deserialize<'de> for RequestFields<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldsVisitor;
+
+        impl<'de> Visitor<'de> for FieldsVisitor {
+            type Value = RequestFields<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut fields = RequestFields::default();
+                while let Some(Name(name)) = map.next_key()? {
+                    let raw = match &*name {
+                        "model" => &mut fields.model,
+                        "stream" => &mut fields.stream,
+                        "stream_options" => &mut fields.stream_options,
+                        "max_tokens" => &mut fields.max_tokens,
+                        "max_completion_tokens" => &mut fields.max_completion_tokens,
+                        "prompt" => &mut fields.prompt,
+                        "input" => &mut fields.input,
+                        "messages" => {
+                            fields.messages = Some(map.next_value()?);
+                            continue;
+                        }
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    *raw = Some(map.next_value()?);
+                }
+                Ok(fields)
+            }
+        }
+
+        deserializer.deserialize_map(FieldsVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Messages<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MessagesVisitor;
+
+        impl<'de> Visitor<'de> for MessagesVisitor {
+            type Value = Messages<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+
+            anything_else_is!(Messages::NotAList);
+            skip_strings!(Messages::NotAList);
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut messages = Vec::with_capacity(seq.size_hint().unwrap_or(4));
+                while let Some(message) = seq.next_element()? {
+                    messages.push(message);
+                }
+                Ok(Messages::List(messages))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Messages::NotAList)
+            }
+        }
+
+        deserializer.deserialize_any(MessagesVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Message<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MessageVisitor;
+
+        impl<'de> Visitor<'de> for MessageVisitor {
+            type Value = Message<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+
+            anything_else_is!(Message::default());
+            skip_strings!(Message::default());
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Message::default())
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut message = Message::default();
+                while let Some(Name(name)) = map.next_key()? {
+                    match &*name {
+                        "content" => message.content = map.next_value()?,
+                        "name" => message.name = map.next_value::<Text>()?.0,
+                        "role" => message.role = map.next_value::<Text>()?.0,
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(message)
+            }
+        }
+
+        deserializer.deserialize_any(MessageVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Content<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ContentVisitor;
+
+        impl<'de> Visitor<'de> for ContentVisitor {
+            type Value = Content<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+
+            anything_else_is!(Content::Other);
+
+            fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Self::Value, E> {
+                Ok(Content::Text(Cow::Borrowed(text)))
+            }
+
+            fn visit_str<E>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(Content::Text(Cow::Owned(text.to_owned())))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut texts = Vec::new();
+                while let Some(Part(text)) = seq.next_element()? {
+                    texts.extend(text);
+                }
+                Ok(Content::Parts(texts))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Content::Other)
+            }
+        }
+
+        deserializer.deserialize_any(ContentVisitor)
+    }
+}
+
+/// A content part's `text`, if it is an object with a string `text`.
+struct Part<'a>(Option<Cow<'a, str>>);
+
+impl<'de> Deserialize<'de> for Part<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PartVisitor;
+
+        impl<'de> Visitor<'de> for PartVisitor {
+            type Value = Part<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+
+            anything_else_is!(Part(None));
+            skip_strings!(Part(None));
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Part(None))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut text = None;
+                while let Some(Name(name)) = map.next_key()? {
+                    if name == "text" {
+                        text = map.next_value::<Text>()?.0;
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(Part(text))
+            }
+        }
+
+        deserializer.deserialize_any(PartVisitor)
+    }
+}
+
+/// A string, borrowed unless it has escapes; any other value reads as `None`.
+struct Text<'a>(Option<Cow<'a, str>>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+
+        impl<'de> Visitor<'de> for TextVisitor {
+            type Value = Text<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+
+            anything_else_is!(Text(None));
+            skip_lists_and_objects!(Text(None));
+
+            fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Some(Cow::Borrowed(text))))
+            }
+
+            fn visit_str<E>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(Text(Some(Cow::Owned(text.to_owned()))))
+            }
+        }
+
+        deserializer.deserialize_any(TextVisitor)
     }
 }
 

@@ -28,6 +28,57 @@ impl From<UsageFields> for TokenUsage {
     }
 }
 
+/// The `usage` of a whole JSON answer (`None` when it has none, or it is `null`).
+pub fn answer_usage(json: &[u8]) -> Option<UsageFields> {
+    #[derive(Deserialize)]
+    struct Answer {
+        #[serde(default)]
+        usage: Option<UsageFields>,
+    }
+    if let Some(usage) = trailing_usage(json) {
+        return usage;
+    }
+    // serde reads a derived struct from an array too (by position): objects only.
+    if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    serde_json::from_slice::<Answer>(json).ok()?.usage
+}
+
+/// `usage` read straight from the end of a JSON object whose last member it is — where
+/// OpenAI and compatible servers put it — without walking the rest of the answer.
+/// `None` when it is not found there that way (the caller parses the whole answer).
+///
+/// Why this is sound: in JSON text a `"` inside a string is always escaped, so `"usage"`
+/// right after `{` or `,` (spaces aside) and before `:` is a member name; and when its
+/// value is followed by nothing but the closing `}` of the document, that `}` closes the
+/// object holding it, so it is a member of the top-level object.
+fn trailing_usage(json: &[u8]) -> Option<Option<UsageFields>> {
+    let end = json.iter().rposition(|b| !b.is_ascii_whitespace())?;
+    if json[end] != b'}' {
+        return None;
+    }
+    let name = memchr::memmem::rfind(&json[..end], b"\"usage\"")?;
+    let before = json[..name]
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())?;
+    if !matches!(json[before], b'{' | b',') {
+        return None;
+    }
+    let after = name + b"\"usage\"".len();
+    let colon = after
+        + json[after..end]
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())?;
+    if json[colon] != b':' {
+        return None;
+    }
+    let mut value = serde_json::Deserializer::from_slice(&json[colon + 1..end]);
+    let usage = Option::<UsageFields>::deserialize(&mut value).ok()?;
+    value.end().ok()?;
+    Some(usage)
+}
+
 /// Splits a byte stream into whole SSE events.
 #[derive(Default)]
 pub struct EventSplitter {
@@ -166,6 +217,50 @@ fn event_data(event: &[u8]) -> Cow<'_, [u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_is_read_from_the_end_of_an_answer_or_by_a_full_parse() {
+        let usage = |p, c| {
+            Some(UsageFields {
+                prompt_tokens: p,
+                completion_tokens: c,
+            })
+        };
+        // Where OpenAI puts it: read from the end.
+        let last = br#"{"id":"x","choices":[{"message":{"content":"a \"usage\": {"}}],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}
+"#;
+        assert_eq!(trailing_usage(last), Some(usage(3, 4)));
+        assert_eq!(answer_usage(last), usage(3, 4));
+        assert_eq!(trailing_usage(br#"{"usage": null }"#), Some(None));
+        // Anywhere else, or nested, or only inside a string: the full parse decides.
+        for (json, expected) in [
+            (
+                &br#"{"usage":{"prompt_tokens":1,"completion_tokens":2},"model":"m"}"#[..],
+                usage(1, 2),
+            ),
+            (br#"{"choices":[],"x":{"usage":{"prompt_tokens":9}}}"#, None),
+            (br#"{"text":"\"usage\":{\"prompt_tokens\":9}}"}"#, None),
+            (br#"[{"usage":{"prompt_tokens":9}}]"#, None),
+            (
+                br#"{"usage":{"prompt_tokens":1,"completion_tokens":2}}}"#,
+                None,
+            ),
+            (b"not json", None),
+        ] {
+            assert_eq!(
+                trailing_usage(json),
+                None,
+                "{}",
+                String::from_utf8_lossy(json)
+            );
+            assert_eq!(
+                answer_usage(json),
+                expected,
+                "{}",
+                String::from_utf8_lossy(json)
+            );
+        }
+    }
 
     #[test]
     fn splits_events_across_arbitrary_chunk_boundaries() {

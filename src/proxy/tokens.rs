@@ -13,7 +13,7 @@ use serde_json::{value::RawValue, Value};
 
 use super::{
     bpe::Cl100k,
-    request::{self, Members},
+    request::{self, Content, Messages, RequestFields},
 };
 use crate::limits::TokenEstimate;
 
@@ -56,60 +56,40 @@ pub enum BodyKind {
 /// Prompt tokens of a request body, plus `max_tokens` (or `max_completion_tokens`) as the
 /// output estimate when given. A body that is not a JSON object estimates nothing.
 pub fn estimate(kind: BodyKind, body: &[u8]) -> TokenEstimate {
-    Members::parse(body)
-        .map(|members| estimate_members(kind, &members))
+    RequestFields::parse(body)
+        .map(|fields| estimate_fields(kind, &fields))
         .unwrap_or_default()
 }
 
-/// [`estimate`] of a body already read into its members.
-pub fn estimate_members(kind: BodyKind, body: &Members<'_>) -> TokenEstimate {
+/// [`estimate`] of a body already read.
+pub fn estimate_fields(kind: BodyKind, body: &RequestFields<'_>) -> TokenEstimate {
     let input = match kind {
-        BodyKind::Chat => chat_prompt_tokens(body),
-        BodyKind::Completion => text_or_list_tokens(body.get("prompt")),
-        BodyKind::Embedding => text_or_list_tokens(body.get("input")),
+        BodyKind::Chat => chat_prompt_tokens(body.messages.as_ref()),
+        BodyKind::Completion => text_or_list_tokens(body.prompt),
+        BodyKind::Embedding => text_or_list_tokens(body.input),
         BodyKind::Other => 0,
     };
-    let output = ["max_completion_tokens", "max_tokens"]
-        .iter()
-        .find_map(|field| body.u64(field))
-        .unwrap_or(0);
+    let output = body.max_output_tokens().unwrap_or(0);
     TokenEstimate { input, output }
 }
 
-fn chat_prompt_tokens(body: &Members<'_>) -> u64 {
-    let Some(messages) = body.get("messages").and_then(request::items) else {
+fn chat_prompt_tokens(messages: Option<&Messages<'_>>) -> u64 {
+    let Some(Messages::List(messages)) = messages else {
         return 0;
     };
     let mut total = TOKENS_PER_REPLY;
     for message in messages {
         total += TOKENS_PER_MESSAGE;
-        let Some(message) = Members::of(message) else {
-            continue;
+        total += match &message.content {
+            Content::Text(text) => count(text),
+            // Only text parts are estimated (not images or audio).
+            Content::Parts(texts) => texts.iter().map(|text| count(text)).sum(),
+            Content::Other => 0,
         };
-        total += message.get("content").map(content_tokens).unwrap_or(0);
-        if let Some(name) = message.str("name") {
-            total += count(&name);
-        }
-        if let Some(role) = message.str("role") {
-            total += count(&role);
-        }
+        total += message.name.as_deref().map_or(0, count);
+        total += message.role.as_deref().map_or(0, count);
     }
     total
-}
-
-/// `content` is a string or a list of parts (`{"type": "text", "text": …}`); non-text
-/// parts (images, audio) are not estimated.
-fn content_tokens(content: &RawValue) -> u64 {
-    if let Some(text) = request::string(content) {
-        return count(&text);
-    }
-    request::items(content)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(Members::of)
-        .filter_map(|part| part.str("text"))
-        .map(|text| count(&text))
-        .sum()
 }
 
 /// A string, a list of strings, or token-id lists (counted by length).
@@ -221,6 +201,101 @@ mod tests {
             )
             .input,
             4
+        );
+    }
+
+    /// The estimate as it was computed from a `serde_json::Value`, kept as the oracle the
+    /// one-pass reader must agree with.
+    fn reference_estimate(kind: BodyKind, body: &Value) -> TokenEstimate {
+        fn content(content: &Value) -> u64 {
+            match content {
+                Value::String(text) => count(text),
+                Value::Array(parts) => parts
+                    .iter()
+                    .filter_map(|part| part.get("text").and_then(Value::as_str))
+                    .map(count)
+                    .sum(),
+                _ => 0,
+            }
+        }
+        fn list(value: Option<&Value>) -> u64 {
+            match value {
+                Some(Value::String(text)) => count(text),
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .map(|item| match item {
+                        Value::String(text) => count(text),
+                        Value::Array(ids) => ids.len() as u64,
+                        Value::Number(_) => 1,
+                        _ => 0,
+                    })
+                    .sum(),
+                _ => 0,
+            }
+        }
+        let input = match kind {
+            BodyKind::Chat => match body.get("messages").and_then(Value::as_array) {
+                None => 0,
+                Some(messages) => {
+                    TOKENS_PER_REPLY
+                        + messages
+                            .iter()
+                            .map(|m| {
+                                TOKENS_PER_MESSAGE
+                                    + m.get("content").map(content).unwrap_or(0)
+                                    + m.get("name").and_then(Value::as_str).map_or(0, count)
+                                    + m.get("role").and_then(Value::as_str).map_or(0, count)
+                            })
+                            .sum::<u64>()
+                }
+            },
+            BodyKind::Completion => list(body.get("prompt")),
+            BodyKind::Embedding => list(body.get("input")),
+            BodyKind::Other => 0,
+        };
+        let output = ["max_completion_tokens", "max_tokens"]
+            .iter()
+            .find_map(|field| body.get(*field).and_then(Value::as_u64))
+            .unwrap_or(0);
+        TokenEstimate { input, output }
+    }
+
+    #[test]
+    fn the_one_pass_reader_agrees_with_a_value_on_awkward_bodies() {
+        let bodies = [
+            r#"{"messages":[{"role":"user","content":"hello world"}],"max_tokens":5}"#,
+            r#"{"messages":[{"role":"user","content":"first"}],"messages":[{"role":"user","content":"second one wins"}]}"#,
+            r#"{"messages":"not a list","max_tokens":-3,"max_completion_tokens":2.5}"#,
+            r#"{"messages":{"role":"user"},"max_completion_tokens":7,"max_tokens":9}"#,
+            r#"{"messages":[1,"x",null,[1,2],{"content":5,"name":3,"role":true}]}"#,
+            r#"{"messages":[{"content":[{"type":"text","text":"a b"},{"type":"image_url","image_url":{"url":"x"}},"loose",{"text":7},{"text":"c","text":"d e f"}]}]}"#,
+            r#"{"messages":[{"content":"esc\"aped \u00e9\n","name":"n\u0061me","role":"sys\ttem","content":"last content"}]}"#,
+            r#"{"messages":[{"content":{"text":"objects are not parts"}}],"max_tokens":null}"#,
+            r#"{"messages":[]}"#,
+            r#"{"prompt":["a b",[1,2,3],7,-1,2.5,null,{"x":1}],"input":"ignored for chat"}"#,
+            r#"{"prompt":"hello","prompt":"hello world again"}"#,
+            r#"{"input":[[1,2],[3]],"input":"x"}"#,
+            r#"{"model":"m","nested":{"messages":[{"content":"not counted"}]},"messages":[{"content":"counted"}]}"#,
+        ];
+        for body in bodies {
+            let value: Value = serde_json::from_str(body).expect("valid JSON");
+            for kind in [
+                BodyKind::Chat,
+                BodyKind::Completion,
+                BodyKind::Embedding,
+                BodyKind::Other,
+            ] {
+                assert_eq!(
+                    estimate(kind, body.as_bytes()),
+                    reference_estimate(kind, &value),
+                    "{kind:?} {body}"
+                );
+            }
+        }
+        assert_eq!(estimate(BodyKind::Chat, b"[1,2]"), TokenEstimate::default());
+        assert_eq!(
+            estimate(BodyKind::Chat, b"{\"messages\":"),
+            TokenEstimate::default()
         );
     }
 

@@ -45,10 +45,11 @@
 //! their usage with the admission time (see `UsageEvent::at`).
 
 use std::{
-    collections::HashMap,
     fmt,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
+
+use foldhash::HashMap;
 
 use chrono::{DateTime, Datelike, NaiveDate, TimeDelta, Utc};
 use rust_decimal::Decimal;

@@ -2,7 +2,7 @@
 //! `tokens × usd_per_mtok / 1e6`, computed in `Decimal` and rounded once, half-up, to the
 //! pico-USD (`money::PICO_PER_USD`). No floats anywhere (DESIGN §4).
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use rust_decimal::{prelude::ToPrimitive, Decimal, RoundingStrategy};
 
@@ -14,7 +14,21 @@ const PICO_PER_USD_PER_TOKEN_PER_MTOK: i64 = 1_000_000;
 /// The configured price list, looked up by exact model name.
 #[derive(Debug, Clone, Default)]
 pub struct Pricing {
-    models: HashMap<String, ModelPrice>,
+    models: HashMap<String, Priced>,
+}
+
+#[derive(Debug, Clone)]
+struct Priced {
+    price: ModelPrice,
+    /// (input, output) in whole pico-USD per token, when both prices are whole in pico
+    /// (at most 6 decimals per million tokens): the cost is then exact integer arithmetic.
+    pico_per_token: Option<(i64, i64)>,
+}
+
+/// `usd_per_mtok` in pico-USD per token, if that is a whole number that fits.
+fn whole_pico_per_token(usd_per_mtok: Decimal) -> Option<i64> {
+    let pico = usd_per_mtok.checked_mul(Decimal::from(PICO_PER_USD_PER_TOKEN_PER_MTOK))?;
+    (pico.fract().is_zero() && !pico.is_sign_negative()).then(|| pico.to_i64())?
 }
 
 impl Pricing {
@@ -23,15 +37,17 @@ impl Pricing {
     pub fn from_config(models: &[ModelPrice]) -> Self {
         let mut table = HashMap::with_capacity(models.len());
         for price in models {
-            table
-                .entry(price.name.clone())
-                .or_insert_with(|| price.clone());
+            table.entry(price.name.clone()).or_insert_with(|| Priced {
+                price: price.clone(),
+                pico_per_token: whole_pico_per_token(price.input_usd_per_mtok)
+                    .zip(whole_pico_per_token(price.output_usd_per_mtok)),
+            });
         }
         Pricing { models: table }
     }
 
     pub fn price(&self, model: &str) -> Option<&ModelPrice> {
-        self.models.get(model)
+        self.models.get(model).map(|priced| &priced.price)
     }
 
     /// True when requests to `model` cannot cost anything: it has no configured price, or
@@ -48,9 +64,19 @@ impl Pricing {
     /// or unpriced models must never be blocked by a budget, and a budget gate fed a 0
     /// estimate admits (see `usage::budget`). A result beyond `i64` saturates at `i64::MAX`.
     pub fn cost_pico(&self, model: &str, input_tokens: i64, output_tokens: i64) -> i64 {
-        let Some(price) = self.price(model) else {
+        let Some(Priced {
+            price,
+            pico_per_token,
+        }) = self.models.get(model)
+        else {
             return 0;
         };
+        if let Some((input_pico, output_pico)) = pico_per_token {
+            // Whole numbers: nothing to round, and i128 cannot overflow on i64 × i64 + i64 × i64.
+            let pico = i128::from(input_tokens.max(0)) * i128::from(*input_pico)
+                + i128::from(output_tokens.max(0)) * i128::from(*output_pico);
+            return i64::try_from(pico).unwrap_or(i64::MAX);
+        }
         let input = Decimal::from(input_tokens.max(0));
         let output = Decimal::from(output_tokens.max(0));
         let usd_per_mtok_times_tokens = input
@@ -103,6 +129,36 @@ mod tests {
         );
         assert_eq!(p.cost_pico("gpt-4o", 1, 1), 12_500_000);
         assert_eq!(p.cost_pico("gpt-4o", 0, 0), 0);
+    }
+
+    #[test]
+    fn whole_pico_prices_cost_the_same_as_the_decimal_computation() {
+        let p = pricing();
+        assert!(p.models["gpt-4o-mini"].pico_per_token.is_some());
+        assert!(
+            p.models["tiny"].pico_per_token.is_none(),
+            "2.5 pico per token"
+        );
+        let decimal_only = Pricing {
+            models: p
+                .models
+                .iter()
+                .map(|(name, priced)| {
+                    let mut priced = priced.clone();
+                    priced.pico_per_token = None;
+                    (name.clone(), priced)
+                })
+                .collect(),
+        };
+        for model in ["gpt-4o-mini", "gpt-4o", "local-free", "unknown"] {
+            for (input, output) in [(0, 0), (1, 1), (1234, 987), (-5, 3), (i64::MAX, i64::MAX)] {
+                assert_eq!(
+                    p.cost_pico(model, input, output),
+                    decimal_only.cost_pico(model, input, output),
+                    "{model} {input} {output}"
+                );
+            }
+        }
     }
 
     #[test]

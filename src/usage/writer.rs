@@ -17,7 +17,6 @@
 //!   beyond that is discarded and counted in [`Recorder::discarded`].
 
 use std::{
-    collections::HashMap,
     future::Future,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -25,6 +24,8 @@ use std::{
     },
     time::{Duration, Instant},
 };
+
+use foldhash::{HashMap, HashMapExt};
 
 use chrono::{DateTime, Utc};
 use tokio::{
