@@ -59,10 +59,23 @@ pub fn client_ip(
     peer: Option<SocketAddr>,
     trust_forwarded_for: bool,
 ) -> Option<IpAddr> {
-    if trust_forwarded_for {
-        let forwarded = parts_headers
+    client_ip_from(
+        parts_headers
             .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.to_str().ok()),
+        peer,
+        trust_forwarded_for,
+    )
+}
+
+/// [`client_ip`] from the `X-Forwarded-For` value, however the headers are held.
+pub fn client_ip_from(
+    forwarded_for: Option<&str>,
+    peer: Option<SocketAddr>,
+    trust_forwarded_for: bool,
+) -> Option<IpAddr> {
+    if trust_forwarded_for {
+        let forwarded = forwarded_for
             .and_then(|v| v.split(',').next())
             .and_then(|v| v.trim().parse::<IpAddr>().ok());
         if forwarded.is_some() {
@@ -137,10 +150,13 @@ fn too_many_attempts(surface: Surface, wait: Duration) -> Response {
 /// The presented key: `Authorization: Bearer …` (OpenAI, Venice, ours),
 /// `Authorization: Token …` (aiXplain v1), `x-api-key` or `x-aixplain-key` (aiXplain v2).
 pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(value) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
+    presented_key_in(|name| headers.get(name).and_then(|v| v.to_str().ok()))
+}
+
+/// [`presented_key`] through `text`, which gives a header's value as text, however the
+/// headers are held.
+pub fn presented_key_in<'a>(text: impl Fn(&str) -> Option<&'a str>) -> Option<&'a str> {
+    if let Some(value) = text(header::AUTHORIZATION.as_str()) {
         let value = value.trim();
         for scheme in ["Bearer ", "bearer ", "Token ", "token "] {
             if let Some(rest) = value.strip_prefix(scheme) {
@@ -151,7 +167,7 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
     }
     ["x-api-key", "x-aixplain-key"]
         .iter()
-        .find_map(|name| headers.get(*name).and_then(|v| v.to_str().ok()))
+        .find_map(|name| text(name))
         .map(str::trim)
 }
 
@@ -193,7 +209,17 @@ pub async fn verify(
     ip: Option<IpAddr>,
     surface: Surface,
 ) -> Result<Arc<ApiKey>, Response> {
-    let Some(presented) = presented_key(headers) else {
+    verify_presented(state, presented_key(headers), ip, surface).await
+}
+
+/// [`verify`] of the key already taken from the request's headers.
+pub async fn verify_presented(
+    state: &AppState,
+    presented: Option<&str>,
+    ip: Option<IpAddr>,
+    surface: Surface,
+) -> Result<Arc<ApiKey>, Response> {
+    let Some(presented) = presented else {
         return Err(ApiError::from(AuthError::Missing)
             .on(surface)
             .into_response());

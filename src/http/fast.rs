@@ -17,12 +17,9 @@
 //! cancels the request (the upstream call is dropped, the meter settles once), as hyper
 //! does. Bytes the client sends meanwhile (a pipelined request) are kept for later.
 
-use std::{net::SocketAddr, panic::AssertUnwindSafe, time::Duration};
+use std::{net::SocketAddr, ops::Range, panic::AssertUnwindSafe, time::Duration};
 
-use axum::http::{
-    header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING, UPGRADE},
-    HeaderMap, HeaderName, HeaderValue, Method, StatusCode,
-};
+use axum::http::{header::CONNECTION, HeaderValue, Method, StatusCode};
 use bytes::{Buf, Bytes, BytesMut};
 use futures::{FutureExt, StreamExt};
 use http_body_util::BodyExt;
@@ -39,11 +36,14 @@ use super::{
     inference::{self, Answer},
     ratelimit_headers,
     wire::{self, Head},
-    KEY_HEADERS, REQUEST_ID,
+    REQUEST_ID,
 };
 use crate::{
     error::{ApiError, Surface},
-    proxy::{AnswerBody, Endpoint, InferenceRequest, ProxyAnswer},
+    proxy::{
+        headers::{RawHeaders, RequestHeaders},
+        AnswerBody, Endpoint, InferenceRequest, ProxyAnswer,
+    },
     state::AppState,
 };
 
@@ -79,7 +79,8 @@ struct FastRequest {
     /// Path after `/v1`, and the query if any.
     path: &'static str,
     query: Option<String>,
-    headers: HeaderMap,
+    /// (name, value) of each header line, as ranges in the head.
+    lines: Vec<(Range<u32>, Range<u32>)>,
     content_length: usize,
     /// The client asked to close the connection after this answer.
     close: bool,
@@ -172,17 +173,16 @@ impl<'a> Connection<'a> {
             head_len,
             path,
             query,
-            mut headers,
+            lines,
             content_length,
             ..
         } = request;
-        self.buffer.advance(head_len);
-        let request_id = request_id(&mut headers);
-        for name in KEY_HEADERS {
-            if let Some(value) = headers.get_mut(&name) {
-                value.set_sensitive(true);
-            }
-        }
+        let head = self.buffer.split_to(head_len).freeze();
+        let raw = RawHeaders::new(head, lines);
+        let request_id = raw
+            .value(REQUEST_ID.as_str())
+            .unwrap_or_else(new_request_id);
+        let headers = RequestHeaders::Raw(raw);
         // DEBUG, not INFO like the router's: a span per request cost more than the limiter;
         // the proxy's own log events name the request id and key instead.
         let span = tracing::debug_span!(
@@ -193,14 +193,15 @@ impl<'a> Connection<'a> {
             key_id = tracing::field::Empty,
         );
         let state = self.state;
-        let ip = auth::client_ip(
-            &headers,
+        let ip = auth::client_ip_from(
+            headers.text("x-forwarded-for"),
             Some(self.peer),
             state.config.http.trust_forwarded_for,
         );
+        let presented = auth::presented_key_in(|name| headers.text(name));
         let key = AssertUnwindSafe(
             async {
-                let key = auth::verify(state, &headers, ip, Surface::OpenAi).await?;
+                let key = auth::verify_presented(state, presented, ip, Surface::OpenAi).await?;
                 inference::inference_key(state, key)
                     .map_err(axum::response::IntoResponse::into_response)
             }
@@ -227,10 +228,12 @@ impl<'a> Connection<'a> {
             }
         };
 
-        let deadline = Instant::now() + REQUEST_READ_TIMEOUT;
-        while self.buffer.len() < content_length {
-            if !read_more(&mut self.stream, &mut self.buffer, deadline).await {
-                return false;
+        if self.buffer.len() < content_length {
+            let deadline = Instant::now() + REQUEST_READ_TIMEOUT;
+            while self.buffer.len() < content_length {
+                if !read_more(&mut self.stream, &mut self.buffer, deadline).await {
+                    return false;
+                }
             }
         }
         let body = self.buffer.split_to(content_length).freeze();
@@ -429,17 +432,12 @@ async fn client_gone(stream: &TcpStream, buffer: &mut BytesMut) {
     }
 }
 
-/// The client's `x-request-id`, or a new one; kept on the request so the upstream sees it.
-fn request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(id) = headers.get(REQUEST_ID) {
-        return id.clone();
-    }
+/// An `x-request-id` for a request that came without one (the gateway sends it upstream).
+fn new_request_id() -> HeaderValue {
     let mut buffer = uuid::Uuid::encode_buffer();
     let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
     // A hyphenated UUID is always a valid header value.
-    let id = HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("-"));
-    headers.insert(REQUEST_ID, id.clone());
-    id
+    HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("-"))
 }
 
 fn hot_endpoint(path: &str) -> Option<(Endpoint, &'static str)> {
@@ -486,26 +484,31 @@ fn parse(buffer: &[u8], max_body: usize) -> Parsed {
     let Some((endpoint, path)) = hot_endpoint(path) else {
         return Parsed::Other;
     };
-    let mut headers = HeaderMap::with_capacity(request.headers.len() + 1);
+    let mut lines = Vec::with_capacity(request.headers.len());
     let mut content_length = None;
     let mut close = false;
+    // Offsets of the parser's slices in `buffer` (they all point into it).
+    let offset = |part: &[u8]| (part.as_ptr() as usize).wrapping_sub(buffer.as_ptr() as usize);
+    let span = |part: &[u8]| -> Option<Range<u32>> {
+        let start = u32::try_from(offset(part)).ok()?;
+        let end = u32::try_from(offset(part) + part.len()).ok()?;
+        (end as usize <= head_len).then_some(start..end)
+    };
     for header in request.headers.iter() {
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(header.name.as_bytes()),
-            HeaderValue::from_bytes(header.value),
-        ) else {
-            return Parsed::Other;
-        };
-        if name == CONTENT_LENGTH {
+        let name = header.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
             match (content_length, body_length(header.value)) {
                 (None, Some(length)) => content_length = Some(length),
                 (Some(seen), Some(length)) if seen == length => {}
                 // Unreadable or conflicting lengths: hyper answers 400.
                 _ => return Parsed::Other,
             }
-        } else if name == TRANSFER_ENCODING || name == EXPECT || name == UPGRADE {
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"expect")
+            || name.eq_ignore_ascii_case(b"upgrade")
+        {
             return Parsed::Other;
-        } else if name == CONNECTION {
+        } else if name.eq_ignore_ascii_case(b"connection") {
             for option in header.value.split(|&b| b == b',') {
                 let option = option.trim_ascii();
                 if option.eq_ignore_ascii_case(b"close") {
@@ -515,7 +518,10 @@ fn parse(buffer: &[u8], max_body: usize) -> Parsed {
                 }
             }
         }
-        headers.append(name, value);
+        let (Some(name), Some(value)) = (span(name), span(header.value)) else {
+            return Parsed::Other;
+        };
+        lines.push((name, value));
     }
     let content_length = content_length.unwrap_or(0);
     if content_length > max_body {
@@ -526,7 +532,7 @@ fn parse(buffer: &[u8], max_body: usize) -> Parsed {
         head_len,
         path,
         query,
-        headers,
+        lines,
         content_length,
         close,
     })
@@ -565,10 +571,10 @@ mod tests {
         assert_eq!(request.content_length, 12);
         assert!(request.close);
         assert_eq!(request.head_len, head.len());
-        assert_eq!(
-            request.headers.get("host").map(|v| v.as_bytes()),
-            Some(&b"x"[..])
-        );
+        let raw = RawHeaders::new(Bytes::copy_from_slice(head.as_bytes()), request.lines);
+        let headers = RequestHeaders::Raw(raw);
+        assert_eq!(headers.get("host"), Some(&b"x"[..]));
+        assert_eq!(headers.text("connection"), Some("keep-alive, Close"));
         let request = fast("POST /v1/embeddings HTTP/1.1\r\n\r\n").expect("fast");
         assert_eq!(request.content_length, 0);
         assert!(!request.close);

@@ -189,7 +189,7 @@ pub(super) fn inference_request(
         path,
         query: uri.query().map(str::to_owned),
         method,
-        headers,
+        headers: headers.into(),
         body,
     }
 }

@@ -226,20 +226,28 @@ impl<C: Clock> MemoryLimiter<C> {
 
     /// Locks the shards of `charges` in index order (so two callers cannot deadlock).
     fn lock(&self, charges: &[Charge]) -> Locked<'_> {
+        let lock = |i: usize| {
+            let guard = self.shared.shards[i]
+                .lock()
+                // The critical sections only do arithmetic; a poisoned shard is consistent.
+                .unwrap_or_else(PoisonError::into_inner);
+            (i, guard)
+        };
+        // The usual case: every charge is one key's (one request).
+        if let Some((first, _)) = runs(charges).next() {
+            let shard = shard_of(first);
+            if runs(charges).all(|(key_id, _)| shard_of(key_id) == shard) {
+                return Locked {
+                    guards: vec![lock(shard)],
+                };
+            }
+        }
         let mut indexes: Vec<usize> = runs(charges).map(|(key_id, _)| shard_of(key_id)).collect();
         indexes.sort_unstable();
         indexes.dedup();
-        let guards = indexes
-            .into_iter()
-            .map(|i| {
-                let guard = self.shared.shards[i]
-                    .lock()
-                    // The critical sections only do arithmetic; a poisoned shard is consistent.
-                    .unwrap_or_else(PoisonError::into_inner);
-                (i, guard)
-            })
-            .collect();
-        Locked { guards }
+        Locked {
+            guards: indexes.into_iter().map(lock).collect(),
+        }
     }
 
     /// [`Limiter::reserve`] without the async wrapper.

@@ -105,12 +105,13 @@ impl fmt::Display for Scope {
     }
 }
 
-/// Names one bucket: a key's limit of one kind in one scope.
+/// Names one bucket: a key's limit of one kind in one scope. The kind comes first so
+/// that comparing two buckets of one request (same key) usually stops at the first field.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BucketKey {
-    pub key_id: Uuid,
-    pub scope: Scope,
     pub kind: LimitKind,
+    pub scope: Scope,
+    pub key_id: Uuid,
 }
 
 impl BucketKey {
@@ -281,6 +282,11 @@ impl Reservation {
     /// The charged buckets right after admission, in the order of the charges.
     pub fn states(&self) -> &[BucketState] {
         &self.states
+    }
+
+    /// Moves the states out (for the answer's headers); settling does not need them.
+    pub fn take_states(&mut self) -> Vec<BucketState> {
+        std::mem::take(&mut self.states)
     }
 }
 

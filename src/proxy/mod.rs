@@ -6,6 +6,7 @@
 
 pub mod bpe;
 pub mod client;
+pub mod headers;
 pub mod meter;
 pub mod request;
 pub mod sse;
@@ -33,6 +34,7 @@ use uuid::Uuid;
 
 use self::{
     client::{RequestBuilder, SendError, UpstreamResponse},
+    headers::RequestHeaders,
     meter::{Meter, Outcome, PromptTokens},
     request::RequestFields,
     stream::{ByteStream, MeteredStream},
@@ -111,7 +113,7 @@ pub struct InferenceRequest {
     pub path: String,
     pub query: Option<String>,
     pub method: Method,
-    pub headers: HeaderMap,
+    pub headers: RequestHeaders,
     pub body: Bytes,
 }
 
@@ -181,6 +183,33 @@ const STRIPPED_REQUEST_HEADERS: &[&str] = &[
     "x-real-ip",
     "forwarded",
 ];
+
+/// The upstream's answer headers as passed back: without those [`keep_answer_header`]
+/// drops, and with the upstream's `x-request-id` renamed. The client's `x-request-id` is
+/// keygate's (it is in keygate's logs); the upstream's is kept under its own name for
+/// support tickets upstream.
+fn answer_headers(mut upstream: HeaderMap) -> HeaderMap {
+    // The framing is keygate's to set, and one of these is always there: removed here so
+    // that the usual answer passes on as it is, without a copy.
+    upstream.remove(header::CONTENT_LENGTH);
+    upstream.remove(header::TRANSFER_ENCODING);
+    let passes = |name: &HeaderName| name.as_str() != "x-request-id" && keep_answer_header(name);
+    if upstream.keys().all(passes) {
+        return upstream;
+    }
+    let mut headers = HeaderMap::with_capacity(upstream.len());
+    for (name, value) in &upstream {
+        if name.as_str() == "x-request-id" {
+            headers.append(
+                HeaderName::from_static("x-upstream-request-id"),
+                value.clone(),
+            );
+        } else if keep_answer_header(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers
+}
 
 /// Answer headers never passed back: hop-by-hop, lengths we recompute, and the
 /// upstream's own rate-limit view (the client's limits are keygate's).
@@ -338,7 +367,7 @@ impl Gateway {
             &model_name,
             estimate,
         );
-        let reservation = match self.shared.limiter.reserve(&charges).await {
+        let mut reservation = match self.shared.limiter.reserve(&charges).await {
             Ok(reservation) => reservation,
             Err(refusal) => {
                 self.record_refusal(
@@ -350,7 +379,7 @@ impl Gateway {
                 return Err(InferenceError::RateLimited(refusal));
             }
         };
-        let limits = reservation.states().to_vec();
+        let limits = reservation.take_states();
         let mut meter = Meter::new(
             self.shared.clone(),
             key.clone(),
@@ -384,6 +413,7 @@ impl Gateway {
             &request.path,
             request.query.as_deref(),
             &request.headers,
+            &request.request_id,
         ) {
             Ok(upstream_request) => upstream_request,
             Err(message) => {
@@ -394,7 +424,7 @@ impl Gateway {
                 });
             }
         };
-        let response = match tokio::time::timeout(
+        let mut response = match tokio::time::timeout(
             self.timeouts.first_byte.min(self.timeouts.total),
             upstream_request.send(body),
         )
@@ -415,21 +445,8 @@ impl Gateway {
             Ok(Ok(response)) => response,
         };
         let status = response.status;
-        let mut headers = HeaderMap::with_capacity(response.headers.len());
-        for (name, value) in &response.headers {
-            if name.as_str() == "x-request-id" {
-                // The client's `x-request-id` is keygate's (it is in keygate's logs); the
-                // upstream's is kept under its own name for support tickets upstream.
-                headers.append(
-                    HeaderName::from_static("x-upstream-request-id"),
-                    value.clone(),
-                );
-            } else if keep_answer_header(name) {
-                headers.append(name.clone(), value.clone());
-            }
-        }
-        let is_sse = response
-            .headers
+        let headers = answer_headers(std::mem::take(&mut response.headers));
+        let is_sse = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
@@ -483,16 +500,17 @@ impl Gateway {
     }
 
     /// The upstream request's head: the client's method and path, its headers less the
-    /// stripped ones, and the upstream's own credential (the body goes to `send`). `Err`
-    /// names a path or query that cannot be sent (the HTTP layer already parsed them, so
-    /// this is a safety net).
+    /// stripped ones, the request's id (the client's, else keygate's), and the upstream's
+    /// own credential (the body goes to `send`). `Err` names a path or query that cannot
+    /// be sent (the HTTP layer already parsed them, so this is a safety net).
     fn build_request<'a>(
         &'a self,
         upstream: &'a Upstream,
         method: &Method,
         path: &str,
         query: Option<&str>,
-        headers: &HeaderMap,
+        headers: &RequestHeaders,
+        request_id: &str,
     ) -> Result<RequestBuilder<'a>, String> {
         let path_and_query = match query {
             Some(query) => std::borrow::Cow::Owned(format!("{path}?{query}")),
@@ -503,10 +521,16 @@ impl Gateway {
             .client
             .request(&upstream.target, method, &path_and_query)
             .map_err(|err| format!("cannot forward this path upstream: {err}"))?;
-        for (name, value) in headers {
-            if !STRIPPED_REQUEST_HEADERS.contains(&name.as_str()) {
-                request = request.header(name.as_str(), value.as_bytes());
+        for (name, value) in headers.lines() {
+            if !STRIPPED_REQUEST_HEADERS
+                .iter()
+                .any(|stripped| name.eq_ignore_ascii_case(stripped))
+            {
+                request = request.header(name, value);
             }
+        }
+        if !request_id.is_empty() && headers.get("x-request-id").is_none() {
+            request = request.header("x-request-id", request_id.as_bytes());
         }
         if let Some(authorization) = upstream.authorization() {
             request = request.header("authorization", authorization.as_bytes());
@@ -781,8 +805,14 @@ struct ModelEntry {
 
 impl Gateway {
     async fn fetch_models(&self, upstream: &Upstream) -> Result<ModelList, String> {
-        let request =
-            self.build_request(upstream, &Method::GET, "/models", None, &HeaderMap::new())?;
+        let request = self.build_request(
+            upstream,
+            &Method::GET,
+            "/models",
+            None,
+            &RequestHeaders::Map(HeaderMap::new()),
+            "",
+        )?;
         let deadline = Instant::now() + self.timeouts.first_byte;
         let response = tokio::time::timeout(self.timeouts.first_byte, request.send(Bytes::new()))
             .await

@@ -30,6 +30,7 @@ proxy_tests! {
         a_refused_request_whose_body_never_came_closes_the_connection,
         a_client_that_leaves_while_the_upstream_thinks_frees_its_slot_at_once,
         shutdown_finishes_a_stream_in_flight_and_closes_idle_connections,
+        headers_are_stripped_whatever_their_case_and_the_request_id_travels,
     ],
 }
 
@@ -506,4 +507,62 @@ async fn shutdown_finishes_a_stream_in_flight_and_closes_idle_connections(backen
         idle_closed,
         "an idle connection stayed open through shutdown"
     );
+}
+
+async fn headers_are_stripped_whatever_their_case_and_the_request_id_travels(backend: Backend) {
+    // Arrange
+    let app = spawn_proxy(backend).await;
+    let key = app.plain_key().await;
+    let body = chat_body("gpt-4o-mini", PROMPT, Some(1)).to_string();
+
+    // Act: the fast path keeps the client's spelling of header names.
+    let mut wire = Wire::connect(&app).await;
+    wire.send(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHOST: keygate\r\nAuthorization: Bearer {}\r\nX-API-KEY: {}\r\nCookie: session=abc\r\nX-Forwarded-For: 203.0.113.9\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nOpenAI-Organization: org-x\r\nX-Client-Trace: trace-123\r\nContent-Length: {}\r\n\r\n{body}",
+            key.secret,
+            key.secret,
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    let generated = wire.answer().await;
+    wire.send(&post(
+        "/v1/chat/completions",
+        &key.secret,
+        &chat_body("gpt-4o-mini", PROMPT, Some(1)),
+        "X-Request-Id: client-chosen-id\r\n",
+    ))
+    .await;
+    let chosen = wire.answer().await;
+
+    // Assert
+    assert_eq!(generated.status, 200, "{}", generated.text());
+    let requests = app.mock.requests_to("/v1/chat/completions");
+    let first = &requests[0];
+    for name in [
+        "authorization",
+        "x-api-key",
+        "cookie",
+        "x-forwarded-for",
+        "keep-alive",
+        "te",
+        "openai-organization",
+    ] {
+        assert!(
+            first.header(name).is_none(),
+            "`{name}` was forwarded: {:?}",
+            first.headers
+        );
+    }
+    assert_eq!(first.header("x-client-trace"), Some("trace-123"));
+    assert_eq!(first.header_all("host").len(), 1, "{:?}", first.headers);
+    // The id keygate made is the one it answers with and the one the upstream saw.
+    let id = generated.header("x-request-id").expect("an id");
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
+    assert_eq!(first.header("x-request-id"), Some(id));
+    assert_eq!(chosen.header("x-request-id"), Some("client-chosen-id"));
+    assert_eq!(requests[1].header("x-request-id"), Some("client-chosen-id"));
+    assert_eq!(requests[1].header_all("x-request-id").len(), 1);
 }
