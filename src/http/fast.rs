@@ -193,10 +193,13 @@ impl<'a> Connection<'a> {
             key_id = tracing::field::Empty,
         );
         let state = self.state;
+        let trust_forwarded_for = state.config.http.trust_forwarded_for;
         let ip = auth::client_ip_from(
-            headers.text("x-forwarded-for"),
+            trust_forwarded_for
+                .then(|| headers.text("x-forwarded-for"))
+                .flatten(),
             Some(self.peer),
-            state.config.http.trust_forwarded_for,
+            trust_forwarded_for,
         );
         let presented = auth::presented_key_in(|name| headers.text(name));
         let key = AssertUnwindSafe(

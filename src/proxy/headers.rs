@@ -33,18 +33,21 @@ impl RawHeaders {
             .unwrap_or_default()
     }
 
-    fn line(&self, (name, value): &(Range<u32>, Range<u32>)) -> (&str, &[u8]) {
-        // Names are tokens, hence ASCII.
-        let name = std::str::from_utf8(self.bytes(name)).unwrap_or_default();
-        (name, self.bytes(value))
+    fn line(&self, (name, value): &(Range<u32>, Range<u32>)) -> (&[u8], &[u8]) {
+        (self.bytes(name), self.bytes(value))
+    }
+
+    /// The value of the first line named `name` (any case).
+    fn find(&self, name: &str) -> Option<&Range<u32>> {
+        self.lines
+            .iter()
+            .find(|(line_name, _)| self.bytes(line_name).eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, value)| value)
     }
 
     /// The value of `name` as a `HeaderValue` sharing the head's bytes (no copy).
     pub fn value(&self, name: &str) -> Option<HeaderValue> {
-        let (_, value) = self
-            .lines
-            .iter()
-            .find(|line| self.line(line).0.eq_ignore_ascii_case(name))?;
+        let value = self.find(name)?;
         let range = value.start as usize..value.end as usize;
         HeaderValue::from_maybe_shared(self.head.slice(range)).ok()
     }
@@ -55,12 +58,7 @@ impl RequestHeaders {
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         match self {
             RequestHeaders::Map(map) => map.get(name).map(HeaderValue::as_bytes),
-            RequestHeaders::Raw(raw) => raw
-                .lines
-                .iter()
-                .map(|line| raw.line(line))
-                .find(|(line_name, _)| line_name.eq_ignore_ascii_case(name))
-                .map(|(_, value)| value),
+            RequestHeaders::Raw(raw) => raw.find(name).map(|value| raw.bytes(value)),
         }
     }
 
@@ -75,7 +73,7 @@ impl RequestHeaders {
             .and_then(|value| std::str::from_utf8(value).ok())
     }
 
-    /// Every header line in order, as (name, value).
+    /// Every header line in order, as (name, value); names are tokens (ASCII).
     pub fn lines(&self) -> Lines<'_> {
         match self {
             RequestHeaders::Map(map) => Lines::Map(map.iter()),
@@ -96,13 +94,13 @@ pub enum Lines<'a> {
 }
 
 impl<'a> Iterator for Lines<'a> {
-    type Item = (&'a str, &'a [u8]);
+    type Item = (&'a [u8], &'a [u8]);
 
     fn next(&mut self) -> Option<Self::Item> {
         match self {
             Lines::Map(lines) => lines
                 .next()
-                .map(|(name, value)| (name.as_str(), value.as_bytes())),
+                .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes())),
             Lines::Raw(raw, next) => {
                 let line = raw.lines.get(*next)?;
                 *next += 1;
@@ -138,9 +136,9 @@ mod tests {
         assert_eq!(
             lines,
             [
-                ("X-Api-Key", &b"k1"[..]),
-                ("Accept", &b"*/*"[..]),
-                ("x-api-key", &b"k2"[..])
+                (&b"X-Api-Key"[..], &b"k1"[..]),
+                (b"Accept", b"*/*"),
+                (b"x-api-key", b"k2")
             ]
         );
         let RequestHeaders::Raw(raw) = headers else {

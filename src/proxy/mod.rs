@@ -158,31 +158,43 @@ pub enum InferenceError {
     Upstream(String),
 }
 
-/// Request headers never sent upstream: hop-by-hop headers, the client's own key, and
-/// anything that would change the answer's encoding or identity.
-const STRIPPED_REQUEST_HEADERS: &[&str] = &[
-    "authorization",
-    "x-api-key",
-    "x-aixplain-key",
-    "host",
-    "content-length",
-    "connection",
-    "keep-alive",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "accept-encoding",
-    "cookie",
-    "openai-organization",
-    "openai-project",
-    "x-forwarded-for",
-    "x-real-ip",
-    "forwarded",
-];
+/// Request headers never sent upstream (`name` in any case): hop-by-hop headers, the
+/// client's own key, and anything that would change the answer's encoding or identity.
+/// One `match` on the lower-cased name: run for every header of every request.
+fn is_stripped(name: &[u8]) -> bool {
+    const LONGEST: usize = "proxy-authorization".len();
+    if name.len() > LONGEST {
+        return false;
+    }
+    let mut lower = [0u8; LONGEST];
+    for (to, from) in lower.iter_mut().zip(name) {
+        *to = from.to_ascii_lowercase();
+    }
+    matches!(
+        &lower[..name.len()],
+        b"authorization"
+            | b"x-api-key"
+            | b"x-aixplain-key"
+            | b"host"
+            | b"content-length"
+            | b"connection"
+            | b"keep-alive"
+            | b"proxy-authorization"
+            | b"proxy-authenticate"
+            | b"proxy-connection"
+            | b"te"
+            | b"trailer"
+            | b"transfer-encoding"
+            | b"upgrade"
+            | b"accept-encoding"
+            | b"cookie"
+            | b"openai-organization"
+            | b"openai-project"
+            | b"x-forwarded-for"
+            | b"x-real-ip"
+            | b"forwarded"
+    )
+}
 
 /// The upstream's answer headers as passed back: without those [`keep_answer_header`]
 /// drops, and with the upstream's `x-request-id` renamed. The client's `x-request-id` is
@@ -522,10 +534,7 @@ impl Gateway {
             .request(&upstream.target, method, &path_and_query)
             .map_err(|err| format!("cannot forward this path upstream: {err}"))?;
         for (name, value) in headers.lines() {
-            if !STRIPPED_REQUEST_HEADERS
-                .iter()
-                .any(|stripped| name.eq_ignore_ascii_case(stripped))
-            {
+            if !is_stripped(name) {
                 request = request.header(name, value);
             }
         }
@@ -825,5 +834,36 @@ impl Gateway {
             .await
             .map_err(|err| err.to_string())?;
         serde_json::from_slice(&bytes).map_err(|err| format!("unreadable: {err}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stripped_headers_are_recognised_in_any_case_and_nothing_else_is() {
+        for name in [
+            "Authorization",
+            "X-API-KEY",
+            "x-aixplain-key",
+            "HOST",
+            "Proxy-Authorization",
+            "OpenAI-Organization",
+            "TE",
+            "Forwarded",
+        ] {
+            assert!(is_stripped(name.as_bytes()), "{name}");
+        }
+        for name in [
+            "x-request-id",
+            "content-type",
+            "authorizations",
+            "x-forwarded-proto",
+            "openai-organization-extra",
+            "",
+        ] {
+            assert!(!is_stripped(name.as_bytes()), "{name}");
+        }
     }
 }

@@ -250,26 +250,33 @@ impl RequestBuilder<'_> {
     /// Adds a header line. An invalid one (name not a token, value with CR, LF or NUL,
     /// or a framing header this client writes itself) makes `send` fail: it is never
     /// written, so it can never split or smuggle a request.
-    pub fn header(mut self, name: &str, value: &[u8]) -> Self {
+    pub fn header(mut self, name: impl AsRef<[u8]>, value: &[u8]) -> Self {
+        let name = name.as_ref();
         if self.error.is_some() {
             return self;
         }
-        if name.is_empty() || !name.bytes().all(is_token_byte) {
-            self.error = Some(RequestError::HeaderName(name.escape_debug().to_string()));
+        if name.is_empty() || !name.iter().all(|&b| is_token_byte(b)) {
+            self.error = Some(RequestError::HeaderName(
+                String::from_utf8_lossy(name).escape_debug().to_string(),
+            ));
         } else if value.iter().any(|&b| matches!(b, b'\r' | b'\n' | 0)) {
-            self.error = Some(RequestError::HeaderValue(name.to_owned()));
+            self.error = Some(RequestError::HeaderValue(
+                String::from_utf8_lossy(name).into_owned(),
+            ));
         } else if ["host", "content-length", "transfer-encoding"]
             .iter()
-            .any(|reserved| name.eq_ignore_ascii_case(reserved))
+            .any(|reserved| name.eq_ignore_ascii_case(reserved.as_bytes()))
         {
-            self.error = Some(RequestError::Reserved(name.to_owned()));
+            self.error = Some(RequestError::Reserved(
+                String::from_utf8_lossy(name).into_owned(),
+            ));
         } else {
-            if name.eq_ignore_ascii_case("connection") {
+            if name.eq_ignore_ascii_case(b"connection") {
                 self.close |= value
                     .split(|&b| b == b',')
                     .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
             }
-            self.head.extend_from_slice(name.as_bytes());
+            self.head.extend_from_slice(name);
             self.head.extend_from_slice(b": ");
             self.head.extend_from_slice(value);
             self.head.extend_from_slice(b"\r\n");
@@ -322,7 +329,9 @@ impl RequestBuilder<'_> {
         let conn = match reused {
             Some(conn) => conn,
             None => {
-                let mut conn = client.connect(target).await?;
+                // Boxed: the connect and TLS handshake state is large, and would otherwise
+                // be part of (and moved with) every request's future.
+                let mut conn = Box::pin(client.connect(target)).await?;
                 write_request(&mut conn.io, &head, body)
                     .await
                     .map_err(Unwritten::into_send_error)?;
@@ -363,11 +372,18 @@ async fn write_request(io: &mut Transport, head: &[u8], body: &[u8]) -> Result<(
         true => Unwritten::Partly(err),
     };
     while head_at < head.len() || body_at < body.len() {
-        let slices = [
-            IoSlice::new(&head[head_at..]),
-            IoSlice::new(&body[body_at..]),
-        ];
-        let written = match io.write_vectored(&slices).await {
+        // One buffer (the usual case: small bodies ride behind the head) goes out with a
+        // plain write, which costs the kernel less than a vectored one.
+        let written = if body_at == body.len() {
+            io.write(&head[head_at..]).await
+        } else {
+            let slices = [
+                IoSlice::new(&head[head_at..]),
+                IoSlice::new(&body[body_at..]),
+            ];
+            io.write_vectored(&slices).await
+        };
+        let written = match written {
             Ok(0) => return Err(fail(accepted, io::ErrorKind::WriteZero.into())),
             Ok(written) => written,
             Err(err) => return Err(fail(accepted, err)),
