@@ -250,8 +250,10 @@ impl<'a> Connection<'a> {
             headers,
             body,
         };
-        let answer = AssertUnwindSafe(inference::answer(state, request).instrument(span.clone()))
-            .catch_unwind();
+        // Boxed once here: the gateway's future is a few KB, and each wrapper below (and
+        // the `select!`) would otherwise move it.
+        let answer = Box::pin(inference::answer(state, request));
+        let answer = AssertUnwindSafe(answer.instrument(span.clone())).catch_unwind();
         let answer = tokio::select! {
             answer = answer => answer,
             () = client_gone(&self.stream, &mut self.buffer) => return false,
