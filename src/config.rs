@@ -142,6 +142,8 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Trust the left-most `X-Forwarded-For` address as the client's (behind a proxy only).
     pub trust_forwarded_for: bool,
+    /// How long a keep-alive connection may wait idle for its next request.
+    pub keep_alive_idle_secs: f64,
 }
 
 impl Default for HttpConfig {
@@ -149,6 +151,7 @@ impl Default for HttpConfig {
         HttpConfig {
             max_body_bytes: 4 * 1024 * 1024,
             trust_forwarded_for: false,
+            keep_alive_idle_secs: 75.0,
         }
     }
 }
@@ -332,6 +335,7 @@ impl Config {
             ),
             ("proxy.idle_timeout_secs", self.proxy.idle_timeout_secs),
             ("proxy.timeout_secs", self.proxy.timeout_secs),
+            ("http.keep_alive_idle_secs", self.http.keep_alive_idle_secs),
         ] {
             if !(value.is_finite() && value > 0.0 && value <= 86_400.0) {
                 return Err(invalid(field, "must be a number of seconds in (0, 86400]"));

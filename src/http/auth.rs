@@ -193,6 +193,7 @@ pub async fn authenticate(
     let surface = Surface::for_path(path);
     match verify(&state, request.headers(), ip, surface).await {
         Ok(key) => {
+            tracing::Span::current().record("key_id", tracing::field::display(key.id));
             request.extensions_mut().insert(Authenticated(key));
             next.run(request).await
         }
@@ -233,7 +234,6 @@ pub async fn verify_presented(
     }
     match state.keys.authenticate(presented).await {
         Ok(key) => {
-            tracing::Span::current().record("key_id", tracing::field::display(key.id));
             if !ip_allowed(&key, ip) {
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,

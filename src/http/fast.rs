@@ -17,19 +17,29 @@
 //! cancels the request (the upstream call is dropped, the meter settles once), as hyper
 //! does. Bytes the client sends meanwhile (a pipelined request) are kept for later.
 
-use std::{net::SocketAddr, ops::Range, panic::AssertUnwindSafe, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    ops::Range,
+    panic::AssertUnwindSafe,
+    pin::{pin, Pin},
+    time::Duration,
+};
 
 use axum::http::{header::CONNECTION, HeaderValue, Method, StatusCode};
 use bytes::{Buf, Bytes, BytesMut};
-use futures::{FutureExt, StreamExt};
+use futures::{
+    future::{Either, Fuse, FusedFuture},
+    FutureExt, StreamExt,
+};
 use http_body_util::BodyExt;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
     sync::watch,
-    time::Instant,
+    time::{Instant, Sleep},
 };
-use tracing::Instrument;
+use tracing::{instrument::Instrumented, Instrument, Span};
 
 use super::{
     auth,
@@ -51,8 +61,6 @@ use crate::{
 const MAX_HEADERS: usize = 64;
 /// Longest request head read here; a longer one goes to hyper, which answers 431.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// How long a keep-alive connection may sit idle between requests (nginx's default).
-pub const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(75);
 /// How long a client may take to send a whole request (head and body) once it started.
 pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes a client may send ahead (pipelining) while its request is being answered; past
@@ -102,6 +110,8 @@ pub struct Connection<'a> {
     buffer: BytesMut,
     /// The answer being written; reused across requests.
     out: Vec<u8>,
+    /// `http.keep_alive_idle_secs`.
+    keep_alive_idle: Duration,
 }
 
 impl<'a> Connection<'a> {
@@ -112,14 +122,26 @@ impl<'a> Connection<'a> {
             peer,
             buffer: BytesMut::with_capacity(READ_CHUNK),
             out: Vec::with_capacity(READ_CHUNK),
+            keep_alive_idle: Duration::from_secs_f64(state.config.http.keep_alive_idle_secs),
         }
     }
 
     /// Serves requests until the connection closes or needs hyper. `stop` turns true at
     /// shutdown: an idle connection closes at once, a busy one after its answer.
     pub async fn serve(mut self, stop: &mut watch::Receiver<bool>) -> Ending {
+        // Armed once per connection, not per request: the shutdown signal and the
+        // keep-alive timer (re-armed only when it fires before its real deadline).
+        let mut stopping = stop.clone();
+        let mut stopped = pin!(async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        }
+        .fuse());
+        let mut idle_timer = pin!(tokio::time::sleep(self.keep_alive_idle));
         loop {
-            let request = match self.next_request(stop).await {
+            let request = match self
+                .next_request(stopped.as_mut(), idle_timer.as_mut())
+                .await
+            {
                 Some(Parsed::Fast(request)) => request,
                 Some(Parsed::Other) => {
                     return Ending::HandOff(self.stream, self.buffer.freeze());
@@ -136,28 +158,41 @@ impl<'a> Connection<'a> {
 
     /// Reads until a whole request head is buffered. `None`: the client closed, went
     /// quiet for too long, or keygate is stopping while the connection is idle.
-    async fn next_request(&mut self, stop: &mut watch::Receiver<bool>) -> Option<Parsed> {
+    async fn next_request(
+        &mut self,
+        mut stopped: Pin<&mut Fuse<impl Future<Output = ()>>>,
+        mut idle_timer: Pin<&mut Sleep>,
+    ) -> Option<Parsed> {
         let max_body = self.state.config.http.max_body_bytes;
-        let mut deadline = None;
+        let idle_until = Instant::now() + self.keep_alive_idle;
+        let mut partial_deadline = None;
         loop {
             match parse(&self.buffer, max_body) {
                 Parsed::Partial if self.buffer.len() <= MAX_HEAD_BYTES => {}
                 Parsed::Partial => return Some(Parsed::Other),
                 parsed => return Some(parsed),
             }
-            let idle = self.buffer.is_empty();
-            if idle && *stop.borrow() {
-                return None;
-            }
-            let deadline = *deadline.get_or_insert_with(|| Instant::now() + read_timeout(idle));
-            let read = read_more(&mut self.stream, &mut self.buffer, deadline);
-            let got_data = if idle {
-                tokio::select! {
-                    got_data = read => got_data,
-                    _ = stop.changed() => false,
+            let got_data = if self.buffer.is_empty() {
+                if stopped.is_terminated() {
+                    return None;
+                }
+                loop {
+                    tokio::select! {
+                        got_data = read_some(&mut self.stream, &mut self.buffer) => break got_data,
+                        () = stopped.as_mut() => return None,
+                        () = idle_timer.as_mut() => {
+                            if Instant::now() >= idle_until {
+                                return None;
+                            }
+                            idle_timer.as_mut().reset(idle_until);
+                        }
+                    }
                 }
             } else {
-                read.await
+                // A request arriving in pieces gets a deadline from its first byte.
+                let deadline =
+                    *partial_deadline.get_or_insert_with(|| Instant::now() + REQUEST_READ_TIMEOUT);
+                read_more(&mut self.stream, &mut self.buffer, deadline).await
             };
             if !got_data {
                 return None;
@@ -202,14 +237,15 @@ impl<'a> Connection<'a> {
             trust_forwarded_for,
         );
         let presented = auth::presented_key_in(|name| headers.text(name));
-        let key = AssertUnwindSafe(
+        let key = AssertUnwindSafe(in_span(
             async {
                 let key = auth::verify_presented(state, presented, ip, Surface::OpenAi).await?;
+                span.record("key_id", tracing::field::display(key.id));
                 inference::inference_key(state, key)
                     .map_err(axum::response::IntoResponse::into_response)
-            }
-            .instrument(span.clone()),
-        )
+            },
+            &span,
+        ))
         .catch_unwind()
         .await;
         let key = match key {
@@ -253,7 +289,7 @@ impl<'a> Connection<'a> {
         // Boxed once here: the gateway's future is a few KB, and each wrapper below (and
         // the `select!`) would otherwise move it.
         let answer = Box::pin(inference::answer(state, request));
-        let answer = AssertUnwindSafe(answer.instrument(span.clone())).catch_unwind();
+        let answer = AssertUnwindSafe(in_span(answer, &span)).catch_unwind();
         let answer = tokio::select! {
             answer = answer => answer,
             () = client_gone(&self.stream, &mut self.buffer) => return false,
@@ -402,21 +438,28 @@ fn take_ready(events: &mut crate::proxy::stream::ByteStream, out: &mut Vec<u8>) 
     }
 }
 
-fn read_timeout(idle: bool) -> Duration {
-    if idle {
-        KEEP_ALIVE_IDLE
-    } else {
-        REQUEST_READ_TIMEOUT
-    }
-}
-
 /// Reads what the client sent into `buffer`. `false`: closed, failed or past `deadline`.
 async fn read_more(stream: &mut TcpStream, buffer: &mut BytesMut, deadline: Instant) -> bool {
-    buffer.reserve(READ_CHUNK);
     matches!(
-        tokio::time::timeout_at(deadline, stream.read_buf(buffer)).await,
-        Ok(Ok(n)) if n > 0
+        tokio::time::timeout_at(deadline, read_some(stream, buffer)).await,
+        Ok(true)
     )
+}
+
+/// Reads what the client sent into `buffer`. `false`: closed or failed.
+async fn read_some(stream: &mut TcpStream, buffer: &mut BytesMut) -> bool {
+    buffer.reserve(READ_CHUNK);
+    matches!(stream.read_buf(buffer).await, Ok(n) if n > 0)
+}
+
+/// `future` inside `span` when that span is recorded (DEBUG); otherwise as it is, without
+/// the wrapper's cost on every poll.
+fn in_span<F: Future>(future: F, span: &Span) -> Either<Instrumented<F>, F> {
+    if span.is_disabled() {
+        Either::Right(future)
+    } else {
+        Either::Left(future.instrument(span.clone()))
+    }
 }
 
 /// Resolves when the client has closed its connection (or it failed). Whatever it sends

@@ -16,7 +16,7 @@ use axum::{body::Body, extract::ConnectInfo, Router};
 use bytes::{Buf, Bytes};
 use hyper::body::Incoming;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
     service::TowerToHyperService,
 };
@@ -80,7 +80,9 @@ async fn connection(
 ) {
     let ending = Connection::new(&state, stream, peer).serve(&mut stop).await;
     if let Ending::HandOff(stream, read) = ending {
-        serve_with_hyper(router, Replay { read, stream }, peer, &mut stop).await;
+        let keep_alive_idle = Duration::from_secs_f64(state.config.http.keep_alive_idle_secs);
+        let io = Replay { read, stream };
+        serve_with_hyper(router, io, peer, keep_alive_idle, &mut stop).await;
     }
     // Dropping `stop` tells `serve` this connection is done.
 }
@@ -91,6 +93,7 @@ async fn serve_with_hyper(
     router: Router,
     io: Replay,
     peer: SocketAddr,
+    keep_alive_idle: Duration,
     stop: &mut watch::Receiver<bool>,
 ) {
     let service = router.map_request(move |mut request: http::Request<Incoming>| {
@@ -98,7 +101,13 @@ async fn serve_with_hyper(
         request.map(Body::new)
     });
     let service = TowerToHyperService::new(service);
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The same idle limit as the fast path: hyper's header-read timeout runs while a
+    // keep-alive connection waits for its next request's head.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(keep_alive_idle);
     let mut connection = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
     let mut stopping = *stop.borrow();
     if stopping {

@@ -31,6 +31,7 @@ proxy_tests! {
         a_client_that_leaves_while_the_upstream_thinks_frees_its_slot_at_once,
         shutdown_finishes_a_stream_in_flight_and_closes_idle_connections,
         headers_are_stripped_whatever_their_case_and_the_request_id_travels,
+        idle_connections_close_after_the_keep_alive_timeout_and_busy_ones_stay,
     ],
 }
 
@@ -565,4 +566,45 @@ async fn headers_are_stripped_whatever_their_case_and_the_request_id_travels(bac
     assert_eq!(chosen.header("x-request-id"), Some("client-chosen-id"));
     assert_eq!(requests[1].header("x-request-id"), Some("client-chosen-id"));
     assert_eq!(requests[1].header_all("x-request-id").len(), 1);
+}
+
+async fn idle_connections_close_after_the_keep_alive_timeout_and_busy_ones_stay(backend: Backend) {
+    // Arrange: a 1 s idle limit.
+    let app = spawn_proxy_with(backend, |config| config.http.keep_alive_idle_secs = 1.0).await;
+    let key = app.plain_key().await;
+    let body = chat_body("gpt-4o-mini", PROMPT, Some(1));
+    let mut idle_fast = Wire::connect(&app).await;
+    idle_fast.send(&chat(&key.secret, &body)).await;
+    assert_eq!(idle_fast.answer().await.status, 200);
+    let mut idle_router = Wire::connect(&app).await;
+    idle_router.send(&get("/v1/models", &key.secret)).await;
+    assert_eq!(idle_router.answer().await.status, 200);
+    let mut busy = Wire::connect(&app).await;
+
+    // Act: `busy` sends a request every 0.4 s for 2.4 s, well past the idle limit …
+    let started = std::time::Instant::now();
+    for _ in 0..6 {
+        busy.send(&chat(&key.secret, &body)).await;
+        assert_eq!(
+            busy.answer().await.status,
+            200,
+            "a busy connection was closed"
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+
+    // Assert: … and stays open, while the idle ones were closed.
+    assert!(started.elapsed() > Duration::from_secs(2));
+    assert!(idle_fast.closed_within(Duration::from_secs(3)).await);
+    assert!(idle_router.closed_within(Duration::from_secs(3)).await);
+    busy.send(&chat(&key.secret, &body)).await;
+    assert_eq!(busy.answer().await.status, 200);
+    // Idle again: closed after about a second.
+    let idle_since = std::time::Instant::now();
+    assert!(busy.closed_within(Duration::from_secs(5)).await);
+    let waited = idle_since.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
 }
