@@ -172,8 +172,7 @@ impl Policies {
         self.names.clear();
         self.name_ends.clear();
         for (i, state) in states.iter().enumerate() {
-            self.buckets
-                .push((state.scope.clone(), state.kind, state.limit));
+            self.buckets.push((state.scope, state.kind, state.limit));
             let start = self.names.len();
             push_policy_name(&mut self.names, state);
             self.name_ends.push(self.names.len());
@@ -251,7 +250,7 @@ mod tests {
             },
             BucketState {
                 kind: crate::limits::LimitKind::Tpm,
-                scope: Scope::Model("we\"ird\\model é".into()),
+                scope: Scope::Model("we\"ird\\model é"),
                 limit: 1000,
                 remaining: -5,
                 reset_after: Duration::from_secs(61),
@@ -278,9 +277,9 @@ mod tests {
 
     #[test]
     fn the_policy_follows_the_buckets_of_each_answer() {
-        let bucket = |model: Option<&str>, limit: u64| BucketState {
+        let bucket = |model: Option<&'static str>, limit: u64| BucketState {
             kind: LimitKind::Rpm,
-            scope: model.map_or(Scope::Global, |m| Scope::Model(m.into())),
+            scope: model.map_or(Scope::Global, Scope::Model),
             limit,
             remaining: 1,
             reset_after: Duration::from_secs(1),

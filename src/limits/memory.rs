@@ -99,8 +99,26 @@ struct KeyBuckets {
 
 impl KeyBuckets {
     fn get(&self, scope: &Scope, kind: LimitKind) -> Option<Bucket> {
-        let (_, slots) = self.scopes.iter().find(|(s, _)| s == scope)?;
-        slots[slot_of(kind)]
+        self.slots(scope)?[slot_of(kind)]
+    }
+
+    /// One scope's buckets, by kind.
+    fn slots(&self, scope: &Scope) -> Option<&[Option<Bucket>; 4]> {
+        self.scopes
+            .iter()
+            .find(|(s, _)| s == scope)
+            .map(|(_, slots)| slots)
+    }
+
+    /// Where `scope` is in `scopes`, added (empty) if it was not there.
+    fn scope_index(&mut self, scope: &Scope) -> usize {
+        match self.scopes.iter().position(|(s, _)| s == scope) {
+            Some(index) => index,
+            None => {
+                self.scopes.push((*scope, [None; 4]));
+                self.scopes.len() - 1
+            }
+        }
     }
 
     fn get_mut(&mut self, scope: &Scope, kind: LimitKind) -> Option<&mut Bucket> {
@@ -109,15 +127,8 @@ impl KeyBuckets {
     }
 
     fn put(&mut self, scope: &Scope, kind: LimitKind, bucket: Bucket) {
-        let slots = match self.scopes.iter().position(|(s, _)| s == scope) {
-            Some(pos) => &mut self.scopes[pos].1,
-            None => {
-                self.scopes.push((scope.clone(), [None; 4]));
-                let last = self.scopes.len() - 1;
-                &mut self.scopes[last].1
-            }
-        };
-        slots[slot_of(kind)] = Some(bucket);
+        let index = self.scope_index(scope);
+        self.scopes[index].1[slot_of(kind)] = Some(bucket);
     }
 
     /// Drops full buckets and scopes left empty; returns how many buckets went.
@@ -252,14 +263,25 @@ impl<C: Clock> MemoryLimiter<C> {
 
     /// [`Limiter::reserve`] without the async wrapper.
     pub fn try_reserve(&self, charges: &[Charge]) -> Result<Reservation, Refusal> {
+        if charges.is_empty() {
+            // A key without limits: nothing to lock.
+            return Ok(Reservation {
+                charges: Vec::new(),
+                states: Vec::new(),
+            });
+        }
         let mut locked = self.lock(charges);
         // Read after locking, so operations serialised by a lock also see time in order.
         let now = self.shared.clock.now();
-        // Each bucket before and after its charge; a bucket named twice sees the first charge.
-        let mut plan: Vec<(Bucket, Result<Bucket, _>)> = Vec::with_capacity(charges.len());
+        // Each bucket before and after its charge (unchanged if refused); a bucket named
+        // twice sees the first charge. Two plain buckets per entry, not a `Result`: its
+        // tag made every copy of an entry a misaligned, stalling one.
+        let mut plan: Vec<(Bucket, Bucket)> = Vec::with_capacity(charges.len());
         let mut refused: Option<(usize, Option<Duration>)> = None;
         for (key_id, run) in runs(charges) {
             let stored = locked.shard(key_id).get(key_id);
+            // A request's charges come scope by scope: look each scope up once.
+            let mut scope_slots = None;
             for charge in run {
                 let i = plan.len();
                 let earlier = charges[..i]
@@ -267,18 +289,29 @@ impl<C: Clock> MemoryLimiter<C> {
                     .zip(&plan)
                     .rev()
                     .find(|(c, _)| c.bucket == charge.bucket)
-                    .map(|(_, (before, after))| *after.as_ref().unwrap_or(before));
-                let (scope, kind) = (&charge.bucket.scope, charge.bucket.kind);
+                    .map(|(_, (_, after))| *after);
+                let (scope, kind) = (charge.bucket.scope, charge.bucket.kind);
+                let slots = match scope_slots {
+                    Some((cached, slots)) if cached == scope => slots,
+                    _ => {
+                        let slots = stored.and_then(|b| b.slots(&scope));
+                        scope_slots = Some((scope, slots));
+                        slots
+                    }
+                };
                 let mut before = earlier
-                    .or_else(|| stored?.get(scope, kind))
+                    .or_else(|| slots?[slot_of(kind)])
                     .unwrap_or_else(|| fresh(charge));
                 before.set_limit(charge.limit, now);
-                let after = before.charge(charge.amount, now);
-                if let Err(denied) = after {
-                    if refused.is_none_or(|(_, worst)| longer(denied.retry_after, worst)) {
-                        refused = Some((i, denied.retry_after));
+                let after = match before.charge(charge.amount, now) {
+                    Ok(after) => after,
+                    Err(denied) => {
+                        if refused.is_none_or(|(_, worst)| longer(denied.retry_after, worst)) {
+                            refused = Some((i, denied.retry_after));
+                        }
+                        before
                     }
-                }
+                };
                 plan.push((before, after));
             }
         }
@@ -287,7 +320,7 @@ impl<C: Clock> MemoryLimiter<C> {
             let charge = &charges[i];
             return Err(Refusal {
                 kind: charge.bucket.kind,
-                scope: charge.bucket.scope.clone(),
+                scope: charge.bucket.scope,
                 limit: charge.limit,
                 retry_after,
                 states: charges
@@ -299,13 +332,22 @@ impl<C: Clock> MemoryLimiter<C> {
         }
 
         let mut states = Vec::with_capacity(charges.len());
-        let mut plan = plan.into_iter();
+        let mut plan = plan.iter();
         for (key_id, run) in runs(charges) {
             let buckets = locked.shard(key_id).entry(*key_id).or_default();
-            for (charge, (before, after)) in run.iter().zip(plan.by_ref()) {
-                let after = after.unwrap_or(before);
-                buckets.put(&charge.bucket.scope, charge.bucket.kind, after);
-                states.push(state(charge, &after, now));
+            let mut scope_at: Option<(Scope, usize)> = None;
+            for (charge, (_, after)) in run.iter().zip(plan.by_ref()) {
+                let scope = charge.bucket.scope;
+                let at = match scope_at {
+                    Some((cached, at)) if cached == scope => at,
+                    _ => {
+                        let at = buckets.scope_index(&scope);
+                        scope_at = Some((scope, at));
+                        at
+                    }
+                };
+                buckets.scopes[at].1[slot_of(charge.bucket.kind)] = Some(*after);
+                states.push(state(charge, after, now));
             }
         }
         Ok(Reservation {
@@ -452,7 +494,7 @@ fn longer(a: Option<Duration>, b: Option<Duration>) -> bool {
 fn state(charge: &Charge, bucket: &Bucket, now: u64) -> BucketState {
     BucketState {
         kind: charge.bucket.kind,
-        scope: charge.bucket.scope.clone(),
+        scope: charge.bucket.scope,
         limit: charge.limit,
         remaining: bucket.remaining(now),
         reset_after: bucket.reset_after(now),

@@ -13,7 +13,13 @@ pub mod memory;
 #[cfg(test)]
 mod tests;
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    sync::{Mutex, OnceLock, PoisonError},
+    time::Duration,
+};
+
+use foldhash::HashSet;
 
 use async_trait::async_trait;
 use uuid::Uuid;
@@ -79,12 +85,30 @@ impl fmt::Display for LimitKind {
 }
 
 /// Whether a bucket belongs to the key's global limits or to one model's. The model's
-/// name is shared by every charge and state of a request (one allocation, not one per
-/// bucket).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// name is interned ([`intern`]), so a scope is a plain copyable value: a request's
+/// charges and states copy it without reference counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scope {
     Global,
-    Model(Arc<str>),
+    Model(&'static str),
+}
+
+/// `model` as a string that lives as long as the process, the same one for every call
+/// with the same name. Only names that a key's `model_limits` configure are interned, so
+/// the set is bounded by what admins configure, not by what clients send.
+pub fn intern(model: &str) -> &'static str {
+    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Mutex::default)
+        .lock()
+        // Inserts are whole or not at all: a poisoned set is consistent.
+        .unwrap_or_else(PoisonError::into_inner);
+    if let Some(name) = names.get(model) {
+        return name;
+    }
+    let name: &'static str = Box::leak(model.into());
+    names.insert(name);
+    name
 }
 
 impl Scope {
@@ -107,7 +131,7 @@ impl fmt::Display for Scope {
 
 /// Names one bucket: a key's limit of one kind in one scope. The kind comes first so
 /// that comparing two buckets of one request (same key) usually stops at the first field.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BucketKey {
     pub kind: LimitKind,
     pub scope: Scope,
@@ -164,7 +188,7 @@ impl TokenUsage {
 
 /// One bucket to charge: its key, its current limit (limits live on the key, not in the
 /// limiter, so an edited limit applies at the next request) and the amount.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Charge {
     pub bucket: BucketKey,
     pub limit: u64,
@@ -187,7 +211,7 @@ pub fn charges_for(
     let mut charges = Vec::with_capacity(8);
     push_charges(&mut charges, key_id, Scope::Global, limits, Some(estimate));
     if let Some(entry) = model_limits.iter().find(|m| m.model == model) {
-        let scope = Scope::Model(Arc::from(entry.model.as_str()));
+        let scope = Scope::Model(intern(&entry.model));
         push_charges(&mut charges, key_id, scope, &entry.limits(), Some(estimate));
     }
     charges
@@ -199,7 +223,7 @@ pub fn buckets_of(key_id: Uuid, limits: &Limits, model_limits: &[ModelLimits]) -
     let mut charges = Vec::new();
     push_charges(&mut charges, key_id, Scope::Global, limits, None);
     for entry in model_limits {
-        let scope = Scope::Model(Arc::from(entry.model.as_str()));
+        let scope = Scope::Model(intern(&entry.model));
         push_charges(&mut charges, key_id, scope, &entry.limits(), None);
     }
     charges
@@ -225,7 +249,7 @@ fn push_charges(
         out.push(Charge {
             bucket: BucketKey {
                 key_id,
-                scope: scope.clone(),
+                scope,
                 kind,
             },
             limit,

@@ -188,7 +188,7 @@ async fn model_limit_refuses_while_global_has_room_and_charges_nothing() {
         limiter.settle(reservation, usage(100, 0)).await;
     }
     let refusal = limiter.reserve(&charges).await.unwrap_err();
-    let model = Scope::Model("gpt-4o".into());
+    let model = Scope::Model("gpt-4o");
     assert_eq!(
         (refusal.kind, &refusal.scope, refusal.limit),
         (LimitKind::Rpm, &model, 2)
@@ -241,7 +241,7 @@ async fn global_limit_refuses_while_model_has_room_and_charges_nothing() {
     );
     assert_eq!(refusal.retry_after, Some(secs(12.0)));
     let states = limiter.snapshot(&charges).await;
-    let model = Scope::Model("m".into());
+    let model = Scope::Model("m");
     assert_eq!(remaining(&states, &Scope::Global, LimitKind::Tpm), 40);
     assert_eq!(remaining(&states, &model, LimitKind::Rpm), 4);
     assert_eq!(remaining(&states, &model, LimitKind::Tpm), 940);
@@ -469,7 +469,7 @@ async fn a_bucket_named_twice_sees_both_charges() {
         ..Limits::default()
     };
     let one = charges_for(Uuid::new_v4(), &limits, &[], "m", est(0, 0));
-    let twice = [one[0].clone(), one[0].clone()];
+    let twice = [one[0], one[0]];
     let reservation = limiter.reserve(&twice).await.unwrap();
     assert_eq!(reservation.states()[1].remaining, 0);
     assert!(limiter.reserve(&one).await.is_err());
@@ -568,7 +568,7 @@ fn redis_keys_share_a_hash_tag_per_key() {
     };
     let model = BucketKey {
         key_id,
-        scope: Scope::Model("org/m:1".into()),
+        scope: Scope::Model("org/m:1"),
         kind: LimitKind::Tpd,
     };
     let tag = "{00000000-0000-0000-0000-000000000000}";
@@ -588,7 +588,7 @@ fn tightest_minute_picks_the_least_remaining() {
         remaining,
         reset_after: secs(reset),
     };
-    let m = || Scope::Model("m".into());
+    let m = || Scope::Model("m");
     let states = [
         state(LimitKind::Rpm, Scope::Global, 5, 1.0),
         state(LimitKind::Rpm, m(), 5, 9.0),
