@@ -68,16 +68,29 @@ struct Pending {
     admitted_at: chrono::DateTime<chrono::Utc>,
 }
 
+/// What admission took for a request, for the meter to give back or settle.
+pub(super) struct Admission {
+    pub reservation: Reservation,
+    pub hold: Option<BudgetHold>,
+    pub slot: Option<OwnedSemaphorePermit>,
+    /// When the budget admitted it: the period its usage is booked to.
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
 impl Meter {
     pub(super) fn new(
         shared: Arc<Shared>,
         key: Arc<ApiKey>,
         model: String,
         prompt_tokens: PromptTokens,
-        reservation: Reservation,
-        hold: Option<BudgetHold>,
-        slot: Option<OwnedSemaphorePermit>,
+        admission: Admission,
     ) -> Self {
+        let Admission {
+            reservation,
+            hold,
+            slot,
+            at,
+        } = admission;
         Meter {
             pending: Some(Pending {
                 shared,
@@ -89,7 +102,7 @@ impl Meter {
                 _slot: slot,
                 produced: String::new(),
                 reported: None,
-                admitted_at: crate::clock::now(),
+                admitted_at: at,
             }),
         }
     }

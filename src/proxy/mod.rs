@@ -35,7 +35,7 @@ use uuid::Uuid;
 use self::{
     client::{RequestBuilder, SendError, UpstreamResponse},
     headers::RequestHeaders,
-    meter::{Meter, Outcome, PromptTokens},
+    meter::{Admission, Meter, Outcome, PromptTokens},
     request::RequestFields,
     stream::{ByteStream, MeteredStream},
     tokens::BodyKind,
@@ -346,6 +346,7 @@ impl Gateway {
             saturating_i64(estimate.input),
             saturating_i64(estimate.output),
         );
+        let admitted_at = crate::clock::now();
         let hold = match self
             .shared
             .budgets
@@ -353,7 +354,7 @@ impl Gateway {
                 &key,
                 credits.map(|c| (key.workspace_id, c)),
                 estimate_cost,
-                crate::clock::now(),
+                admitted_at,
             )
             .await
         {
@@ -397,9 +398,12 @@ impl Gateway {
             key.clone(),
             model_name,
             prompt_tokens,
-            reservation,
-            Some(hold),
-            slot,
+            Admission {
+                reservation,
+                hold: Some(hold),
+                slot,
+                at: admitted_at,
+            },
         );
 
         // Forward.

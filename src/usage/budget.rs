@@ -502,6 +502,9 @@ struct Account {
     scope: Scope,
     period: BudgetPeriod,
     period_start: DateTime<Utc>,
+    /// Where the period ends (`None` for lifetime): within it, a request needs no calendar
+    /// arithmetic to find its account.
+    period_end: Option<DateTime<Utc>>,
     /// Stored spend of the period when the account started; loaded once.
     baseline: OnceCell<i64>,
     counters: Mutex<Counters>,
@@ -586,8 +589,15 @@ impl Accounts {
     /// kind changed or `now` passed the current account's period end. A request whose
     /// `now` lags behind an account that already rolled over joins the newer account.
     fn get_or_start(&self, id: Uuid, period: BudgetPeriod, now: DateTime<Utc>) -> Arc<Account> {
-        let start = period_start(period, now);
         let mut shard = self.shard(id);
+        if let Some(current) = shard.get(&id) {
+            let within =
+                current.period_start <= now && current.period_end.is_none_or(|end| now < end);
+            if current.period == period && within {
+                return current.clone();
+            }
+        }
+        let start = period_start(period, now);
         if let Some(current) = shard.get(&id) {
             if current.period == period && current.period_start >= start {
                 return current.clone();
@@ -597,6 +607,7 @@ impl Accounts {
             scope: (self.scope)(id),
             period,
             period_start: start,
+            period_end: next_boundary(period, start),
             baseline: OnceCell::new(),
             counters: Mutex::default(),
         });
