@@ -475,6 +475,19 @@ impl<C: Clock> Limiter for MemoryLimiter<C> {
     async fn snapshot(&self, buckets: &[Charge]) -> Vec<BucketState> {
         self.states(buckets)
     }
+
+    fn reserve_now(&self, charges: &[Charge]) -> Option<Result<Reservation, Refusal>> {
+        Some(self.try_reserve(charges))
+    }
+
+    fn settle_now(
+        &self,
+        reservation: Reservation,
+        actual: TokenUsage,
+    ) -> Result<(), (Reservation, TokenUsage)> {
+        MemoryLimiter::settle_now(self, reservation, actual);
+        Ok(())
+    }
 }
 
 /// A full bucket for `charge`.

@@ -341,4 +341,20 @@ pub trait Limiter: Send + Sync {
 
     /// The buckets' states without charging anything (amounts are ignored).
     async fn snapshot(&self, buckets: &[Charge]) -> Vec<BucketState>;
+
+    /// [`Limiter::reserve`] without a future, for a limiter that needs no I/O (in-process);
+    /// `None` means "call `reserve`". The proxy tries this first on every request: a boxed
+    /// future per call cost more than the in-process limiter's work.
+    fn reserve_now(&self, _charges: &[Charge]) -> Option<Result<Reservation, Refusal>> {
+        None
+    }
+
+    /// [`Limiter::settle`] without a future; `Err` hands the arguments back for `settle`.
+    fn settle_now(
+        &self,
+        reservation: Reservation,
+        actual: TokenUsage,
+    ) -> Result<(), (Reservation, TokenUsage)> {
+        Err((reservation, actual))
+    }
 }

@@ -187,9 +187,12 @@ impl Meter {
 }
 
 /// The limiter's settle may be a network round trip (Redis); the response (or a `Drop`)
-/// must not wait for it. The in-memory limiter finishes in its first poll, so poll once
-/// here and spawn a task only for a settle that is really still pending.
+/// must not wait for it. An in-process limiter settles at once (`settle_now`); otherwise
+/// poll once here and spawn a task only for a settle that is really still pending.
 fn settle_in_background(limiter: Arc<dyn Limiter>, reservation: Reservation, usage: TokenUsage) {
+    let Err((reservation, usage)) = limiter.settle_now(reservation, usage) else {
+        return;
+    };
     let mut settle = Box::pin(async move { limiter.settle(reservation, usage).await });
     let mut context = Context::from_waker(Waker::noop());
     if settle.as_mut().poll(&mut context).is_pending() {
@@ -203,5 +206,89 @@ impl Drop for Meter {
         if self.pending.is_some() {
             self.finish_streamed();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::{
+        keys::model::{Limits, TokenType},
+        limits::{charges_for, BucketState, Charge, MemoryLimiter, Refusal, TokenEstimate},
+    };
+
+    /// A limiter with only the async methods (as one doing I/O would be).
+    struct AsyncOnly(MemoryLimiter);
+
+    #[async_trait]
+    impl Limiter for AsyncOnly {
+        async fn reserve(&self, charges: &[Charge]) -> Result<Reservation, Refusal> {
+            tokio::task::yield_now().await;
+            self.0.try_reserve(charges)
+        }
+
+        async fn settle(&self, reservation: Reservation, actual: TokenUsage) {
+            tokio::task::yield_now().await;
+            self.0.settle_now(reservation, actual);
+        }
+
+        async fn snapshot(&self, buckets: &[Charge]) -> Vec<BucketState> {
+            self.0.states(buckets)
+        }
+    }
+
+    fn tpm_charges(key_id: Uuid) -> Vec<Charge> {
+        let limits = Limits {
+            tpm: Some(1000),
+            token_type: TokenType::Total,
+            ..Limits::default()
+        };
+        let estimate = TokenEstimate {
+            input: 100,
+            output: 0,
+        };
+        charges_for(key_id, &limits, &[], "m", estimate)
+    }
+
+    async fn remaining_after_settling(limiter: Arc<dyn Limiter>, memory: &MemoryLimiter) -> i64 {
+        let charges = tpm_charges(Uuid::new_v4());
+        let reservation = match limiter.reserve_now(&charges) {
+            Some(reserved) => reserved,
+            None => limiter.reserve(&charges).await,
+        };
+        let Ok(reservation) = reservation else {
+            return -1;
+        };
+        let usage = TokenUsage {
+            input: 10,
+            output: 0,
+        };
+        settle_in_background(limiter, reservation, usage);
+        for _ in 0..100 {
+            let remaining = memory.states(&charges)[0].remaining;
+            if remaining >= 990 {
+                return remaining;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        memory.states(&charges)[0].remaining
+    }
+
+    #[tokio::test]
+    async fn settlement_reaches_an_in_process_and_an_async_only_limiter() {
+        let memory = MemoryLimiter::new();
+        assert_eq!(
+            remaining_after_settling(Arc::new(memory.clone()), &memory).await,
+            990
+        );
+        let memory = MemoryLimiter::new();
+        let async_only = Arc::new(AsyncOnly(memory.clone()));
+        assert!(async_only.reserve_now(&[]).is_none());
+        assert_eq!(remaining_after_settling(async_only, &memory).await, 990);
     }
 }

@@ -380,7 +380,11 @@ impl Gateway {
             &model_name,
             estimate,
         );
-        let mut reservation = match self.shared.limiter.reserve(&charges).await {
+        let reserved = match self.shared.limiter.reserve_now(&charges) {
+            Some(reserved) => reserved,
+            None => self.shared.limiter.reserve(&charges).await,
+        };
+        let mut reservation = match reserved {
             Ok(reservation) => reservation,
             Err(refusal) => {
                 self.record_refusal(

@@ -265,15 +265,24 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, String> {
         .and_then(|code| StatusCode::from_u16(code).ok())
         .ok_or("malformed answer head: bad status code")?;
     let http11 = parsed.version == Some(1);
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    // Values share the head's bytes (one buffer, no copy per value).
+    let offset = |part: &[u8]| (part.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
+    let mut named = Vec::with_capacity(parsed.headers.len());
     for line in parsed.headers.iter() {
         let name = HeaderName::from_bytes(line.name.as_bytes())
             .map_err(|_| format!("malformed answer head: bad header name `{}`", line.name))?;
-        let value = HeaderValue::from_bytes(line.value)
-            .map_err(|_| format!("malformed answer head: bad value for header `{name}`"))?;
+        named.push((name, offset(line.value), line.value.len()));
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(named.len());
+    for (name, start, value_len) in named {
+        let value = head
+            .get(start..start + value_len)
+            .map(|_| head.slice(start..start + value_len))
+            .and_then(|value| HeaderValue::from_maybe_shared(value).ok())
+            .ok_or_else(|| format!("malformed answer head: bad value for header `{name}`"))?;
         headers.append(name, value);
     }
-    let _ = buf.split_to(len);
     Ok(Some(Head {
         status,
         headers,
