@@ -17,7 +17,7 @@ use super::{
     hashing::Hasher,
     input::{self, KeyPatch, NewKey},
     model::{ApiKey, KeyKind},
-    token::Token,
+    token::{self, Token},
     AuthError, KeyError,
 };
 use crate::store::{AuditEvent, DynStore, Page, Paged, SecretRecord, StoreError};
@@ -414,14 +414,17 @@ impl KeysService {
     /// digest cache, then the store and argon2 once. Returns keys of either kind; the
     /// caller decides whether the kind fits the route.
     pub async fn authenticate(&self, presented: &str) -> Result<Arc<ApiKey>, AuthError> {
-        let token = Token::parse(presented)?;
-        let digest = token.digest();
+        let checked = Token::check(presented)?;
+        let digest = token::digest(checked);
         let (key, secret_valid_until) = match self.cache.get(&digest) {
             Lookup::Fresh {
                 key,
                 secret_valid_until,
             } => (key, secret_valid_until),
-            Lookup::Stale(_) | Lookup::Miss => self.verify_once(&token, digest).await?,
+            Lookup::Stale(_) | Lookup::Miss => {
+                let token = Token::parse(checked)?;
+                self.verify_once(&token, digest).await?
+            }
         };
         check_usable(&key, secret_valid_until, Utc::now())?;
         Ok(key)
@@ -459,8 +462,8 @@ impl KeysService {
     /// Whether the presented key was verified on this instance before (its digest is in
     /// the cache, fresh or due for a re-read). Such a key never needs argon2 again.
     pub fn is_cached(&self, presented: &str) -> bool {
-        Token::parse(presented)
-            .is_ok_and(|token| !matches!(self.cache.get(&token.digest()), Lookup::Miss))
+        Token::check(presented)
+            .is_ok_and(|checked| !matches!(self.cache.get(&token::digest(checked)), Lookup::Miss))
     }
 
     /// Re-reads a cached key's row. `None` when the stored hash changed and the secret must

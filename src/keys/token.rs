@@ -65,6 +65,17 @@ impl Token {
 
     /// Checks shape and checksum. Pure: no I/O, no hashing.
     pub fn parse(presented: &str) -> Result<Self, TokenError> {
+        let presented = Self::check(presented)?;
+        let lookup = &presented[PREFIX.len()..PREFIX.len() + LOOKUP_LEN];
+        Ok(Token {
+            lookup_id: lookup.to_string(),
+            full: SecretString::from(presented.to_string()),
+        })
+    }
+
+    /// The presented key, trimmed, if it has a key's shape and checksum: what `parse`
+    /// checks, without copying the secret (a cache hit needs only its digest).
+    pub fn check(presented: &str) -> Result<&str, TokenError> {
         let presented = presented.trim();
         if presented.len() != TOKEN_LEN || !presented.starts_with(PREFIX) {
             return Err(TokenError::Shape);
@@ -86,10 +97,7 @@ impl Token {
         if checksum(body) != sum {
             return Err(TokenError::Checksum);
         }
-        Ok(Token {
-            lookup_id: lookup.to_string(),
-            full: SecretString::from(presented.to_string()),
-        })
+        Ok(presented)
     }
 
     pub fn lookup_id(&self) -> &str {
@@ -104,7 +112,7 @@ impl Token {
     /// SHA-256 of the whole key: the in-memory cache index (DESIGN §8). It covers the
     /// secret, not just the lookup id, so a cache hit proves possession of the secret.
     pub fn digest(&self) -> [u8; 32] {
-        Sha256::digest(self.expose().as_bytes()).into()
+        digest(self.expose())
     }
 
     /// `kg_<lookup>…<last4>`: shown in lists instead of the key.
@@ -135,6 +143,11 @@ fn checksum(body: &str) -> String {
         value /= 62;
     }
     out.iter().map(|&b| char::from(b)).collect()
+}
+
+/// [`Token::digest`] of a key already [checked](Token::check).
+pub fn digest(checked: &str) -> [u8; 32] {
+    Sha256::digest(checked.as_bytes()).into()
 }
 
 #[cfg(test)]
