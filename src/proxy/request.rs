@@ -36,7 +36,7 @@ impl<'a> RequestFields<'a> {
     /// The fields of `json`, if it is an object. `Err` says why not: invalid JSON, or
     /// (with `Category::Data`) valid JSON of another type.
     pub fn parse(json: &'a [u8]) -> Result<RequestFields<'a>, serde_json::Error> {
-        serde_json::from_slice(json)
+        from_json(json)
     }
 
     pub fn stream(&self) -> bool {
@@ -85,6 +85,16 @@ pub enum Content<'a> {
     Parts(Vec<Cow<'a, str>>),
 }
 
+/// `T` from JSON bytes. UTF-8 is checked once for the whole input, so that serde_json,
+/// reading from a `str`, need not check every string again; input that is not UTF-8 is
+/// read from the bytes, for serde_json's own error.
+pub fn from_json<'a, T: Deserialize<'a>>(json: &'a [u8]) -> Result<T, serde_json::Error> {
+    match std::str::from_utf8(json) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(json),
+    }
+}
+
 /// The value of a raw JSON boolean.
 fn boolean(raw: &RawValue) -> Option<bool> {
     serde_json::from_str(raw.get()).ok()
@@ -99,7 +109,7 @@ impl<'a> Members<'a> {
     /// The members of `json`, if it is an object. `Err` says why not: invalid JSON, or
     /// (with `Category::Data`) valid JSON of another type.
     pub fn parse(json: &'a [u8]) -> Result<Members<'a>, serde_json::Error> {
-        serde_json::from_slice(json)
+        from_json(json)
     }
 
     /// The members of a raw value that is an object.

@@ -3,7 +3,7 @@
 //! response), read each chunk's `usage` and text, and recognise the extra usage chunk
 //! that keygate asked for on the client's behalf.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, sync::LazyLock};
 
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
@@ -42,7 +42,7 @@ pub fn answer_usage(json: &[u8]) -> Option<UsageFields> {
     if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return None;
     }
-    serde_json::from_slice::<Answer>(json).ok()?.usage
+    super::request::from_json::<Answer>(json).ok()?.usage
 }
 
 /// `usage` read straight from the end of a JSON object whose last member it is — where
@@ -58,7 +58,9 @@ fn trailing_usage(json: &[u8]) -> Option<Option<UsageFields>> {
     if json[end] != b'}' {
         return None;
     }
-    let name = memchr::memmem::rfind(&json[..end], b"\"usage\"")?;
+    static USAGE: LazyLock<memchr::memmem::FinderRev<'static>> =
+        LazyLock::new(|| memchr::memmem::FinderRev::new(b"\"usage\""));
+    let name = USAGE.rfind(&json[..end])?;
     let before = json[..name]
         .iter()
         .rposition(|b| !b.is_ascii_whitespace())?;
@@ -73,7 +75,8 @@ fn trailing_usage(json: &[u8]) -> Option<Option<UsageFields>> {
     if json[colon] != b':' {
         return None;
     }
-    let mut value = serde_json::Deserializer::from_slice(&json[colon + 1..end]);
+    let rest = std::str::from_utf8(&json[colon + 1..end]).ok()?;
+    let mut value = serde_json::Deserializer::from_str(rest);
     let usage = Option::<UsageFields>::deserialize(&mut value).ok()?;
     value.end().ok()?;
     Some(usage)
