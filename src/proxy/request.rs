@@ -244,12 +244,17 @@ macro_rules! anything_else_is {
     };
 }
 
-macro_rules! skip_lists_and_objects {
+macro_rules! skip_lists {
     ($none:expr) => {
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
             while seq.next_element::<IgnoredAny>()?.is_some() {}
             Ok($none)
         }
+    };
+}
+
+macro_rules! skip_objects {
+    ($none:expr) => {
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
             Ok($none)
@@ -328,10 +333,7 @@ impl<'de> Deserialize<'de> for Messages<'de> {
                 Ok(Messages::List(messages))
             }
 
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Messages::NotAList)
-            }
+            skip_objects!(Messages::NotAList);
         }
 
         deserializer.deserialize_any(MessagesVisitor)
@@ -351,11 +353,7 @@ impl<'de> Deserialize<'de> for Message<'de> {
 
             anything_else_is!(Message::default());
             skip_strings!(Message::default());
-
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Message::default())
-            }
+            skip_lists!(Message::default());
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut message = Message::default();
@@ -406,10 +404,7 @@ impl<'de> Deserialize<'de> for Content<'de> {
                 Ok(Content::Parts(texts))
             }
 
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Content::Other)
-            }
+            skip_objects!(Content::Other);
         }
 
         deserializer.deserialize_any(ContentVisitor)
@@ -432,11 +427,7 @@ impl<'de> Deserialize<'de> for Part<'de> {
 
             anything_else_is!(Part(None));
             skip_strings!(Part(None));
-
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Part(None))
-            }
+            skip_lists!(Part(None));
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut text = None;
@@ -470,7 +461,8 @@ impl<'de> Deserialize<'de> for Text<'de> {
             }
 
             anything_else_is!(Text(None));
-            skip_lists_and_objects!(Text(None));
+            skip_lists!(Text(None));
+            skip_objects!(Text(None));
 
             fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Self::Value, E> {
                 Ok(Text(Some(Cow::Borrowed(text))))
