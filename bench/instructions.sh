@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request, counted by valgrind's callgrind: unlike
+# throughput, the count is the same from run to run whatever else the machine is doing,
+# so it shows whether a change to the hot path made it do less work.
+#
+# keygate (the release binary, or BIN) runs under callgrind against the shared mock
+# upstream, with the same key as bench/run.sh (4 global + 4 per-model buckets, a budget).
+# After a warm-up, N requests (default 3000) go over four keep-alive connections; the
+# total count is divided by N. Note: valgrind hides SHA-NI, so ~7 k of the count is
+# SHA-256 in software that the real CPU does in a few hundred cycles.
+#
+# Usage: bench/instructions.sh [BIN]        Needs: valgrind, wrk, python3.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/.." && pwd)
+shared_bench=${SHARED_BENCH:-"$repo/../shared/bench"}
+bin=${1:-"$repo/target/release/keygate"}
+n=${N:-3000}
+work=${KEYGATE_BENCH_DIR:-/tmp/keygate-instructions}
+mock_port=${MOCK_PORT:-28080}
+port=${KEYGATE_BENCH_PORT:-28090}
+mock_bin=${MOCK_BIN:-/tmp/mock-upstream-target/release/mock-upstream}
+
+for p in "$mock_port" "$port"; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+    echo "port $p on 127.0.0.1 is in use; set MOCK_PORT / KEYGATE_BENCH_PORT to free ports" >&2; exit 1
+  fi
+done
+[ -x "$bin" ] || (cd "$repo" && cargo build --release --quiet)
+[ -x "$mock_bin" ] || cargo build --release --quiet --manifest-path "$shared_bench/mock-upstream/Cargo.toml" \
+  --target-dir "$(dirname "$(dirname "$mock_bin")")"
+rm -rf "$work" && mkdir -p "$work"
+pids=()
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
+
+MOCK_ADDR=127.0.0.1:$mock_port "$mock_bin" >"$work/mock.log" 2>&1 &
+pids+=($!)
+cat >"$work/keygate.toml" <<TOML
+listen = "127.0.0.1:$port"
+database_url = "sqlite://$work/keygate.db"
+worker_threads = 1
+
+[[upstreams]]
+name = "mock"
+base_url = "http://127.0.0.1:$mock_port/v1"
+models = ["*"]
+
+[[models]]
+name = "mock-model"
+input_usd_per_mtok = 0.15
+output_usd_per_mtok = 0.60
+TOML
+admin=$("$bin" keys generate)
+KEYGATE_BOOTSTRAP_ADMIN_KEY=$admin valgrind --tool=callgrind --instr-atstart=no \
+  --callgrind-out-file="$work/callgrind.out" "$bin" --config "$work/keygate.toml" serve \
+  >"$work/keygate.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 150); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.3; done
+key=$(curl -sf -X POST "http://127.0.0.1:$port/admin/v1/keys" \
+  -H "Authorization: Bearer $admin" -H 'Content-Type: application/json' -d '{
+    "name": "bench",
+    "limits": {"rpm": 100000000, "rpd": 1000000000, "tpm": 10000000000, "tpd": 100000000000},
+    "model_limits": [{"model": "mock-model", "rpm": 100000000, "rpd": 1000000000, "tpm": 10000000000, "tpd": 100000000000}],
+    "budget": {"limit_usd": 1000000, "period": "month"}
+  }' | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
+
+# Warm up: the key cache, the tokenizer, the upstream pool.
+BENCH_KEY=$key wrk -t1 -c8 -d2s -s "$shared_bench/post.lua" "http://127.0.0.1:$port" >/dev/null
+callgrind_control --instr=on >/dev/null 2>&1
+python3 - "$key" "$n" "$port" <<'PY'
+import http.client, sys, threading
+key, n, port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+body = '{"model":"mock-model","messages":[{"role":"user","content":"Say hello in five words."}],"max_tokens":16}'
+headers = {"Authorization": "Bearer " + key, "Content-Type": "application/json"}
+def run(count):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    for _ in range(count):
+        connection.request("POST", "/v1/chat/completions", body, headers)
+        answer = connection.getresponse(); answer.read()
+        assert answer.status == 200, answer.status
+threads = [threading.Thread(target=run, args=(n // 4,)) for _ in range(4)]
+[t.start() for t in threads]; [t.join() for t in threads]
+PY
+callgrind_control --instr=off >/dev/null 2>&1
+callgrind_control --dump >/dev/null 2>&1
+sleep 1
+total=$(callgrind_annotate "$(ls "$work"/callgrind.out* | sort | tail -1)" 2>/dev/null \
+  | awk '/PROGRAM TOTALS/ && !found { gsub(",", "", $1); print $1; found = 1 }')
+echo "instructions per request: $((total / n))"
