@@ -161,11 +161,6 @@ pub fn items(raw: &RawValue) -> Option<Vec<&RawValue>> {
     serde_json::from_str(raw.get()).ok()
 }
 
-/// Whether a raw value is JSON `null`.
-pub fn is_null(raw: &RawValue) -> bool {
-    raw.get() == "null"
-}
-
 impl<'de> Deserialize<'de> for Members<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct ObjectVisitor;
