@@ -3,7 +3,7 @@
 //! e.g. `KEYGATE_PROXY__TIMEOUT_SECS`). Unknown keys and bad values stop start-up with
 //! a message that names the key (DESIGN §2, §9).
 
-use std::{collections::HashSet, fmt, net::SocketAddr, path::Path};
+use std::{collections::HashSet, fmt, net::SocketAddr, path::Path, time::Duration};
 
 use figment::{
     providers::{Env, Format, Toml},
@@ -144,6 +144,13 @@ pub struct HttpConfig {
     pub trust_forwarded_for: bool,
     /// How long a keep-alive connection may wait idle for its next request.
     pub keep_alive_idle_secs: f64,
+}
+
+impl HttpConfig {
+    /// `keep_alive_idle_secs` as a duration (validated at load: positive and finite).
+    pub fn keep_alive_idle(&self) -> Duration {
+        Duration::from_secs_f64(self.keep_alive_idle_secs)
+    }
 }
 
 impl Default for HttpConfig {

@@ -110,7 +110,7 @@ pub struct Connection<'a> {
     buffer: BytesMut,
     /// The answer being written; reused across requests.
     out: Vec<u8>,
-    /// `http.keep_alive_idle_secs`.
+    /// `http.keep_alive_idle_secs`, read once per connection.
     keep_alive_idle: Duration,
 }
 
@@ -122,7 +122,7 @@ impl<'a> Connection<'a> {
             peer,
             buffer: BytesMut::with_capacity(READ_CHUNK),
             out: Vec::with_capacity(READ_CHUNK),
-            keep_alive_idle: Duration::from_secs_f64(state.config.http.keep_alive_idle_secs),
+            keep_alive_idle: state.config.http.keep_alive_idle(),
         }
     }
 

@@ -80,9 +80,15 @@ async fn connection(
 ) {
     let ending = Connection::new(&state, stream, peer).serve(&mut stop).await;
     if let Ending::HandOff(stream, read) = ending {
-        let keep_alive_idle = Duration::from_secs_f64(state.config.http.keep_alive_idle_secs);
         let io = Replay { read, stream };
-        serve_with_hyper(router, io, peer, keep_alive_idle, &mut stop).await;
+        serve_with_hyper(
+            router,
+            io,
+            peer,
+            state.config.http.keep_alive_idle(),
+            &mut stop,
+        )
+        .await;
     }
     // Dropping `stop` tells `serve` this connection is done.
 }
