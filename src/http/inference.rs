@@ -162,9 +162,10 @@ pub(super) enum Answer {
     Refused(Response),
 }
 
-/// The request as the gateway takes it: path after `/v1`, and the `x-request-id` (set by
-/// the request-id layer or the fast path) for its log events.
-pub(super) fn inference_request(
+/// A router request as the gateway takes it: path after `/v1`, and the `x-request-id` the
+/// request-id layer set, for its log events. (The fast path builds its own from the raw
+/// head.)
+fn inference_request(
     key: Arc<ApiKey>,
     endpoint: Endpoint,
     method: Method,
