@@ -15,7 +15,7 @@ mod tests;
 
 use std::{
     fmt,
-    sync::{Mutex, OnceLock, PoisonError},
+    sync::{OnceLock, PoisonError, RwLock},
     time::Duration,
 };
 
@@ -97,14 +97,21 @@ pub enum Scope {
 /// with the same name. Only names that a key's `model_limits` configure are interned, so
 /// the set is bounded by what admins configure, not by what clients send.
 pub fn intern(model: &str) -> &'static str {
-    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
-    let mut names = NAMES
-        .get_or_init(Mutex::default)
-        .lock()
-        // Inserts are whole or not at all: a poisoned set is consistent.
-        .unwrap_or_else(PoisonError::into_inner);
-    if let Some(name) = names.get(model) {
+    static NAMES: OnceLock<RwLock<HashSet<&'static str>>> = OnceLock::new();
+    let names = NAMES.get_or_init(RwLock::default);
+    // Every request with model limits looks its name up: a read lock, so requests on
+    // several worker threads do not wait for each other. Inserts are whole or not at all,
+    // so a poisoned set is consistent.
+    if let Some(name) = names
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(model)
+    {
         return name;
+    }
+    let mut names = names.write().unwrap_or_else(PoisonError::into_inner);
+    if let Some(name) = names.get(model) {
+        return name; // another thread added it meanwhile
     }
     let name: &'static str = Box::leak(model.into());
     names.insert(name);

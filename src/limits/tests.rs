@@ -626,3 +626,23 @@ async fn charges_of_several_keys_are_all_or_nothing() {
     assert_eq!((refusal.limit, refusal.retry_after), (1, Some(secs(60.0))));
     assert_eq!(limiter.len(), 2);
 }
+
+#[test]
+fn interned_model_names_are_one_string_per_name_across_threads() {
+    let first = crate::limits::intern("intern-test-model");
+    let again = crate::limits::intern(&String::from("intern-test-model"));
+    assert!(std::ptr::eq(first, again));
+    assert_eq!(first, "intern-test-model");
+    assert!(!std::ptr::eq(
+        first,
+        crate::limits::intern("intern-test-other")
+    ));
+    let names: Vec<&'static str> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| crate::limits::intern("intern-test-threads")))
+            .collect();
+        workers.into_iter().filter_map(|w| w.join().ok()).collect()
+    });
+    assert_eq!(names.len(), 4);
+    assert!(names.iter().all(|name| std::ptr::eq(*name, names[0])));
+}
