@@ -20,6 +20,8 @@ work=${KEYGATE_BENCH_DIR:-/tmp/keygate-instructions}
 mock_port=${MOCK_PORT:-28080}
 port=${KEYGATE_BENCH_PORT:-28090}
 mock_bin=${MOCK_BIN:-/tmp/mock-upstream-target/release/mock-upstream}
+# shellcheck source=bench/common.sh
+. "$here/common.sh"
 
 for p in "$mock_port" "$port"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
@@ -35,34 +37,15 @@ trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
 
 MOCK_ADDR=127.0.0.1:$mock_port "$mock_bin" >"$work/mock.log" 2>&1 &
 pids+=($!)
-cat >"$work/keygate.toml" <<TOML
-listen = "127.0.0.1:$port"
-database_url = "sqlite://$work/keygate.db"
-worker_threads = 1
+bench_config "$work/keygate.toml" "$work" "$port" "$mock_port" "worker_threads = 1"
 
-[[upstreams]]
-name = "mock"
-base_url = "http://127.0.0.1:$mock_port/v1"
-models = ["*"]
-
-[[models]]
-name = "mock-model"
-input_usd_per_mtok = 0.15
-output_usd_per_mtok = 0.60
-TOML
 admin=$("$bin" keys generate)
 KEYGATE_BOOTSTRAP_ADMIN_KEY=$admin valgrind --tool=callgrind --instr-atstart=no \
   --callgrind-out-file="$work/callgrind.out" "$bin" --config "$work/keygate.toml" serve \
   >"$work/keygate.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 150); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.3; done
-key=$(curl -sf -X POST "http://127.0.0.1:$port/admin/v1/keys" \
-  -H "Authorization: Bearer $admin" -H 'Content-Type: application/json' -d '{
-    "name": "bench",
-    "limits": {"rpm": 100000000, "rpd": 1000000000, "tpm": 10000000000, "tpd": 100000000000},
-    "model_limits": [{"model": "mock-model", "rpm": 100000000, "rpd": 1000000000, "tpm": 10000000000, "tpd": 100000000000}],
-    "budget": {"limit_usd": 1000000, "period": "month"}
-  }' | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
+key=$(bench_key "$port" "$admin")
 
 # Warm up: the key cache, the tokenizer, the upstream pool.
 BENCH_KEY=$key wrk -t1 -c8 -d2s -s "$shared_bench/post.lua" "http://127.0.0.1:$port" >/dev/null

@@ -18,23 +18,12 @@ shared_bench=${SHARED_BENCH:-"$repo/../shared/bench"}
 port=${KEYGATE_BENCH_PORT:-28090}
 work=${KEYGATE_BENCH_DIR:-/tmp/keygate-bench}
 server_cpu=${SERVER_CPU:-0}
+# shellcheck source=bench/common.sh
+. "$here/common.sh"
 
 (cd "$repo" && cargo build --release --quiet)
 rm -rf "$work" && mkdir -p "$work"
-cat >"$work/keygate.toml" <<TOML
-listen = "127.0.0.1:$port"
-database_url = "sqlite://$work/keygate.db"
-
-[[upstreams]]
-name = "mock"
-base_url = "http://127.0.0.1:${MOCK_PORT:-28080}/v1"
-models = ["*"]
-
-[[models]]
-name = "mock-model"
-input_usd_per_mtok = 0.15
-output_usd_per_mtok = 0.60
-TOML
+bench_config "$work/keygate.toml" "$work" "$port" "${MOCK_PORT:-28080}"
 
 bin="$repo/target/release/keygate"
 admin=$("$bin" keys generate)
@@ -44,14 +33,7 @@ pgid=$!
 trap 'kill -TERM -- -$pgid 2>/dev/null || true' EXIT
 for _ in $(seq 1 50); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.2; done
 
-# High limits: nothing is refused, but every bucket is checked and charged.
-key=$(curl -sf -X POST "http://127.0.0.1:$port/admin/v1/keys" \
-  -H "Authorization: Bearer $admin" -H 'Content-Type: application/json' -d '{
-    "name": "bench",
-    "limits": {"rpm": 100000000, "rpd": 1000000000, "tpm": 10000000000, "tpd": 100000000000},
-    "model_limits": [{"model": "mock-model", "rpm": 100000000, "rpd": 1000000000, "tpm": 10000000000, "tpd": 100000000000}],
-    "budget": {"limit_usd": 1000000, "period": "month"}
-  }' | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
+key=$(bench_key "$port" "$admin")
 
 EXTRA_TARGETS="keygate=http://127.0.0.1:$port" EXTRA_KEY=$key EXTRA_PGID=$pgid \
   TARGETS=${TARGETS:-"direct nginx"} "$shared_bench/run-anchors.sh"

@@ -1,0 +1,35 @@
+# Shared by bench/run.sh and bench/instructions.sh (sourced): the keygate configuration
+# the benchmarks run and the key they send, so both measure the same work.
+
+# bench_config FILE WORKDIR PORT MOCK_PORT [EXTRA_TOML]: one upstream (the mock) serving
+# every model, `mock-model` priced, a fresh SQLite store in WORKDIR.
+bench_config() {
+  cat >"$1" <<TOML
+listen = "127.0.0.1:$3"
+database_url = "sqlite://$2/keygate.db"
+${5:-}
+
+[[upstreams]]
+name = "mock"
+base_url = "http://127.0.0.1:$4/v1"
+models = ["*"]
+
+[[models]]
+name = "mock-model"
+input_usd_per_mtok = 0.15
+output_usd_per_mtok = 0.60
+TOML
+}
+
+# bench_key PORT ADMIN_KEY: prints the secret of a new inference key with 4 global and 4
+# per-model buckets and a month budget, all so high that nothing is refused: every request
+# is checked and charged against all of them.
+bench_key() {
+  curl -sf -X POST "http://127.0.0.1:$1/admin/v1/keys" \
+    -H "Authorization: Bearer $2" -H 'Content-Type: application/json' -d '{
+      "name": "bench",
+      "limits": {"rpm": 100000000, "rpd": 1000000000, "tpm": 10000000000, "tpd": 100000000000},
+      "model_limits": [{"model": "mock-model", "rpm": 100000000, "rpd": 1000000000, "tpm": 10000000000, "tpd": 100000000000}],
+      "budget": {"limit_usd": 1000000, "period": "month"}
+    }' | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])'
+}
