@@ -13,6 +13,7 @@
 //! Requests are written from raw bytes (`RequestBuilder::header` takes `&str` and `&[u8]`)
 //! so a caller holding headers from its own parser needs no `http::HeaderMap`.
 
+mod batch;
 mod chunked;
 mod pool;
 mod response;
@@ -318,7 +319,7 @@ impl RequestBuilder<'_> {
         };
 
         let reused = match target.pool.check_out(Instant::now()) {
-            Some(mut conn) => match write_request(&mut conn.io, &head, body).await {
+            Some(mut conn) => match write_request(&mut conn.io, &mut head, body).await {
                 Ok(()) => Some(conn),
                 // Nothing reached the upstream: a new connection can carry the request.
                 Err(Unwritten::Nothing(_)) => None,
@@ -332,7 +333,7 @@ impl RequestBuilder<'_> {
                 // Boxed: the connect and TLS handshake state is large, and would otherwise
                 // be part of (and moved with) every request's future.
                 let mut conn = Box::pin(client.connect(target)).await?;
-                write_request(&mut conn.io, &head, body)
+                write_request(&mut conn.io, &mut head, body)
                     .await
                     .map_err(Unwritten::into_send_error)?;
                 conn
@@ -363,14 +364,38 @@ impl Unwritten {
     }
 }
 
-/// Writes the whole request, handling partial writes.
-async fn write_request(io: &mut Transport, head: &[u8], body: &[u8]) -> Result<(), Unwritten> {
+/// Writes the whole request, handling partial writes. A request whose body rides in
+/// `head` goes out in the scheduler pass's batch where it can (`batch`); `head` is the
+/// same when this returns.
+async fn write_request(
+    io: &mut Transport,
+    head: &mut Vec<u8>,
+    body: &[u8],
+) -> Result<(), Unwritten> {
     let (mut head_at, mut body_at) = (0, 0);
     let mut accepted = false;
     let fail = |accepted: bool, err: io::Error| match accepted {
         false => Unwritten::Nothing(err),
         true => Unwritten::Partly(err),
     };
+    if let (Transport::Plain(tcp), true) = (&*io, body.is_empty()) {
+        match batch::write(tcp, std::mem::take(head)).await {
+            Err(unwritten) => *head = unwritten,
+            Ok((written, buf)) => {
+                *head = buf;
+                match written {
+                    // A full socket: the ordinary write below waits for room.
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(err) => return Err(fail(false, err)),
+                    Ok(0) => return Err(fail(false, io::ErrorKind::WriteZero.into())),
+                    Ok(written) => {
+                        accepted = true;
+                        head_at = written.min(head.len());
+                    }
+                }
+            }
+        }
+    }
     while head_at < head.len() || body_at < body.len() {
         // One buffer (the usual case: small bodies ride behind the head) goes out with a
         // plain write, which costs the kernel less than a vectored one.
