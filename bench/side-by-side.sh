@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Interleaved throughput: nginx `proxy_pass` and one or more keygate builds, all running at
+# once against the same mock upstream, measured in turn round after round; prints each
+# run and the median over the rounds of each build's ratio to nginx in the same round.
+#
+# Why besides bench/run.sh: on a noisy shared machine (steal time) throughput moves by tens
+# of percent between runs a minute apart; a ratio taken within one round, seconds apart,
+# and its median over many rounds, is what survives that.
+#
+# Layout as in the shared harness: every server pinned to SERVER_CPU (0), wrk to LOAD_CPU (1).
+# Usage: bench/side-by-side.sh BIN [BIN...]
+#        ROUNDS=8 SECONDS_PER_RUN=4 CONNS=32 SCRIPT=post-stream.lua bench/side-by-side.sh A B
+# Needs: wrk, nginx; the mock is built like bench/instructions.sh does.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/.." && pwd)
+shared_bench=${SHARED_BENCH:-"$repo/../shared/bench"}
+rounds=${ROUNDS:-8}
+seconds=${SECONDS_PER_RUN:-4}
+conns=${CONNS:-32}
+script=$shared_bench/${SCRIPT:-post.lua}
+server_cpu=${SERVER_CPU:-0}
+load_cpu=${LOAD_CPU:-1}
+mock_port=${MOCK_PORT:-28080}
+nginx_port=${NGINX_PORT:-28081}
+first_port=${KEYGATE_BENCH_PORT:-28090}
+mock_bin=${MOCK_BIN:-/tmp/mock-upstream-target/release/mock-upstream}
+work=${KEYGATE_BENCH_DIR:-/tmp/keygate-side-by-side}
+# shellcheck source=bench/common.sh
+. "$here/common.sh"
+[ $# -ge 1 ] || { echo "usage: $0 BIN [BIN...]" >&2; exit 2; }
+
+for p in "$mock_port" "$nginx_port" $(seq "$first_port" $((first_port + $# - 1))); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+    echo "port $p on 127.0.0.1 is in use" >&2; exit 1
+  fi
+done
+[ -x "$mock_bin" ] || cargo build --release --quiet --manifest-path "$shared_bench/mock-upstream/Cargo.toml" \
+  --target-dir "$(dirname "$(dirname "$mock_bin")")"
+rm -rf "$work" && mkdir -p "$work/nginx"
+groups=()
+trap 'for g in "${groups[@]}"; do kill -TERM -- -"$g" 2>/dev/null || true; done' EXIT
+
+setsid taskset -c "$server_cpu" env MOCK_ADDR="127.0.0.1:$mock_port" MOCK_THREADS=1 "$mock_bin" \
+  >"$work/mock.log" 2>&1 &
+groups+=($!)
+sed -e "s#@WORKDIR@#$work/nginx#g" -e "s#@NGINX_PORT@#$nginx_port#g" -e "s#@MOCK_PORT@#$mock_port#g" \
+  -e "s#@NGINX_WORKERS@#1#g" "$shared_bench/nginx.conf.tmpl" >"$work/nginx/nginx.conf"
+setsid taskset -c "$server_cpu" nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" >"$work/nginx.log" 2>&1 &
+groups+=($!)
+
+names=(nginx); urls=("http://127.0.0.1:$nginx_port"); keys=(none); pids=("")
+i=0
+for bin in "$@"; do
+  port=$((first_port + i)); dir=$work/keygate-$i
+  mkdir -p "$dir"
+  bench_config "$dir/keygate.toml" "$dir" "$port" "$mock_port"
+  admin=$("$bin" keys generate)
+  KEYGATE_BOOTSTRAP_ADMIN_KEY=$admin setsid taskset -c "$server_cpu" "$bin" --config "$dir/keygate.toml" serve \
+    >"$dir/keygate.log" 2>&1 &
+  groups+=($!); pids+=($!)
+  for _ in $(seq 1 50); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.2; done
+  names+=("keygate-$i ($bin)"); urls+=("http://127.0.0.1:$port"); keys+=("$(bench_key "$port" "$admin")")
+  i=$((i + 1))
+done
+sleep 1
+
+results=$work/results.tsv
+: >"$results"
+for round in $(seq 1 "$rounds"); do
+  for t in "${!urls[@]}"; do
+    BENCH_KEY=${keys[$t]} taskset -c "$load_cpu" wrk -t1 -c"$conns" -d3s -s "$script" "${urls[$t]}" >/dev/null 2>&1 || true
+    out=$(BENCH_KEY=${keys[$t]} timeout $((seconds + 30)) taskset -c "$load_cpu" \
+      wrk -t1 -c"$conns" -d"${seconds}s" --timeout 10s -s "$script" "${urls[$t]}" 2>&1 || true)
+    rps=$(awk '/Requests\/sec/{print $2}' <<<"$out")
+    non2xx=$(awk '/Non-2xx/{print $NF}' <<<"$out")
+    printf '%s\t%s\t%s\t%s\n' "$round" "$t" "${rps:-0}" "${non2xx:-0}" | tee -a "$results"
+  done
+done
+
+python3 - "$results" "${names[@]}" <<'PY'
+import statistics, sys
+path, names = sys.argv[1], sys.argv[2:]
+runs = {}
+for line in open(path):
+    round_, target, rps, non2xx = line.split("\t")
+    if int(non2xx) != 0:
+        sys.exit(f"{names[int(target)]}: {non2xx.strip()} non-2xx answers in round {round_}")
+    runs.setdefault(int(target), []).append(float(rps))
+nginx = runs[0]
+print(f"nginx: median {statistics.median(nginx):.0f} rps")
+for target in sorted(runs)[1:]:
+    ratios = [a / b for a, b in zip(runs[target], nginx) if b > 0]
+    print(f"{names[target]}: median {statistics.median(runs[target]):.0f} rps, "
+          f"median ratio to nginx {statistics.median(ratios):.3f} "
+          f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
+PY
+for t in "${!pids[@]}"; do
+  if [ -n "${pids[$t]}" ]; then
+    awk -v n="${names[$t]}" '/^VmHWM/{printf "%s peak RSS %.1f MiB\n", n, $2/1024}' "/proc/${pids[$t]}/status"
+  fi
+done
