@@ -84,6 +84,9 @@ mod linux {
         flusher: Option<FlusherHandle>,
         /// Flushes that submitted something (tests check that writes were batched).
         flushes: usize,
+        /// Changes whenever a new flusher (so a new runtime) takes over, so that a write
+        /// queued under an earlier one is never confused with a current one.
+        generation: u64,
     }
 
     struct Slot {
@@ -125,7 +128,8 @@ mod linux {
         fd: RawFd,
         /// The buffer before it is queued.
         buf: Option<Vec<u8>>,
-        ticket: Option<usize>,
+        /// The ticket and the batch generation it was issued in, once queued.
+        ticket: Option<(usize, u64)>,
     }
 
     impl Future for BatchedWrite {
@@ -143,13 +147,18 @@ mod linux {
                             return Poll::Ready(Err(buf));
                         }
                         let ticket = batch.queue(this.fd, buf, cx.waker().clone());
-                        this.ticket = Some(ticket);
+                        this.ticket = Some((ticket, batch.generation));
                         if batch.queued.len() == 1 {
                             wake_flusher = batch.flusher.as_mut().and_then(|f| f.waker.take());
                         }
                         Poll::Pending
                     }
-                    Some(ticket) => match batch.slots.get_mut(ticket) {
+                    // A single-threaded runtime polls its tasks on one thread, and a
+                    // flusher is replaced only when its runtime (with these tasks) is gone.
+                    Some((_, generation)) if generation != batch.generation => {
+                        unreachable!("a queued write polled under another runtime")
+                    }
+                    Some((ticket, _)) => match batch.slots.get_mut(ticket) {
                         Some(Some(Slot {
                             state: State::Queued(waker),
                             ..
@@ -188,10 +197,17 @@ mod linux {
 
     impl Drop for BatchedWrite {
         fn drop(&mut self) {
-            let Some(ticket) = self.ticket else { return };
-            // `try_with`: the thread may be tearing its locals down.
+            let Some((ticket, generation)) = self.ticket else {
+                return;
+            };
+            // `try_with`: the thread may be tearing its locals down. A runtime dropped on
+            // another thread drops its tasks there: that thread's batch is not theirs (and
+            // the next flusher here discards what they left).
             let _ = BATCH.try_with(|batch| {
                 let mut batch = batch.borrow_mut();
+                if batch.generation != generation {
+                    return;
+                }
                 if let Some(slot) = batch.slots.get_mut(ticket) {
                     *slot = None;
                     batch.free.push(ticket);
@@ -205,16 +221,6 @@ mod linux {
         /// Whether writes can be batched on this thread now: io_uring works and a flusher
         /// runs on this thread's single-threaded runtime (started here if needed).
         fn usable(&mut self) -> bool {
-            let ring = self.ring.get_or_insert_with(|| match IoUring::new(RING_ENTRIES) {
-                Ok(ring) => Some(ring),
-                Err(err) => {
-                    tracing::debug!(error = %err, "io_uring unavailable; upstream writes are not batched");
-                    None
-                }
-            });
-            if ring.is_none() {
-                return false;
-            }
             if self
                 .flusher
                 .as_ref()
@@ -228,6 +234,21 @@ mod linux {
             if handle.runtime_flavor() != RuntimeFlavor::CurrentThread {
                 return false;
             }
+            let ring = self.ring.get_or_insert_with(|| match IoUring::new(RING_ENTRIES) {
+                Ok(ring) => Some(ring),
+                Err(err) => {
+                    tracing::debug!(error = %err, "io_uring unavailable; upstream writes are not batched");
+                    None
+                }
+            });
+            if ring.is_none() {
+                return false;
+            }
+            // Any write left belongs to a task of a runtime that is gone: never sent.
+            self.slots.clear();
+            self.free.clear();
+            self.queued.clear();
+            self.generation += 1;
             let alive = Arc::new(AtomicBool::new(true));
             self.flusher = Some(FlusherHandle {
                 alive: alive.clone(),
@@ -515,6 +536,45 @@ mod tests {
             .build()
             .unwrap()
             .block_on(future)
+    }
+
+    #[test]
+    fn a_write_left_queued_by_a_runtime_that_is_gone_is_never_sent() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let std_stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut std_peer, _) = listener.accept().unwrap();
+        std_stream.set_nonblocking(true).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // Queued, and its runtime dropped before the flusher ran.
+        let queued = runtime.block_on(async move {
+            let tcp: &'static TcpStream =
+                Box::leak(Box::new(TcpStream::from_std(std_stream).unwrap()));
+            let mut queued = Box::pin(write(tcp, b"stale".to_vec()));
+            assert!(futures::poll!(queued.as_mut()).is_pending());
+            queued
+        });
+        drop(runtime);
+        // Its task is dropped elsewhere, so it cannot take its write out of this thread's
+        // queue: the next runtime here must discard it, not send it.
+        std::thread::spawn(move || drop(queued)).join().unwrap();
+        on_new_runtime(async {
+            let (tcp, mut peer) = pair().await;
+            let (written, _) = write(&tcp, b"fresh".to_vec()).await.expect("batched");
+            assert_eq!(written.unwrap(), 5);
+            assert_eq!(read_exactly(&mut peer, 5).await, b"fresh");
+        });
+        std_peer
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut got = [0u8; 16];
+        let read = std::io::Read::read(&mut std_peer, &mut got);
+        assert!(
+            matches!(&read, Err(err) if err.kind() == std::io::ErrorKind::WouldBlock),
+            "the stale write was sent: {read:?}"
+        );
     }
 
     #[test]
