@@ -549,13 +549,13 @@ mod tests {
             .build()
             .unwrap();
         // Queued, and its runtime dropped before the flusher ran.
-        let queued = runtime.block_on(async move {
-            let tcp: &'static TcpStream =
-                Box::leak(Box::new(TcpStream::from_std(std_stream).unwrap()));
-            let mut queued = Box::pin(write(tcp, b"stale".to_vec()));
+        let entered = runtime.enter();
+        let tcp: &'static TcpStream = Box::leak(Box::new(TcpStream::from_std(std_stream).unwrap()));
+        let mut queued = Box::pin(write(tcp, b"stale".to_vec()));
+        runtime.block_on(async {
             assert!(futures::poll!(queued.as_mut()).is_pending());
-            queued
         });
+        drop(entered);
         drop(runtime);
         // Its task is dropped elsewhere, so it cannot take its write out of this thread's
         // queue: the next runtime here must discard it, not send it.
