@@ -234,7 +234,7 @@ mod linux {
             if handle.runtime_flavor() != RuntimeFlavor::CurrentThread {
                 return false;
             }
-            let ring = self.ring.get_or_insert_with(|| match IoUring::new(RING_ENTRIES) {
+            let ring = self.ring.get_or_insert_with(|| match sending_ring() {
                 Ok(ring) => Some(ring),
                 Err(err) => {
                     tracing::debug!(error = %err, "io_uring unavailable; upstream writes are not batched");
@@ -305,6 +305,20 @@ mod linux {
             self.queued.clear();
             wakers
         }
+    }
+
+    /// A ring whose kernel supports `SEND` (Linux 5.6 and later; the probe itself is as old).
+    fn sending_ring() -> io::Result<IoUring> {
+        let ring = IoUring::new(RING_ENTRIES)?;
+        let mut probe = io_uring::Probe::new();
+        ring.submitter().register_probe(&mut probe)?;
+        if !probe.is_supported(opcode::Send::CODE) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this kernel's io_uring has no SEND",
+            ));
+        }
+        Ok(ring)
     }
 
     /// Sends the writes of `group` in one submission and waits until each has completed

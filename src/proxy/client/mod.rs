@@ -383,15 +383,12 @@ async fn write_request(
             Err(unwritten) => *head = unwritten,
             Ok((written, buf)) => {
                 *head = buf;
-                match written {
-                    // A full socket: the ordinary write below waits for room.
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(err) => return Err(fail(false, err)),
-                    Ok(0) => return Err(fail(false, io::ErrorKind::WriteZero.into())),
-                    Ok(written) => {
-                        accepted = true;
-                        head_at = written.min(head.len());
-                    }
+                // Nothing written (a full socket, or any failure): the ordinary write below
+                // does it, waiting for room, or reports the socket's own error. The batch
+                // stays an optimisation, whatever the kernel made of the operation.
+                if let Ok(written @ 1..) = written {
+                    accepted = true;
+                    head_at = written.min(head.len());
                 }
             }
         }
