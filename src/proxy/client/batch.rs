@@ -16,7 +16,10 @@
 //! runnable, submits everything queued as `SEND` operations with `MSG_DONTWAIT`. Such an
 //! operation never waits in the kernel (a full socket answers `EAGAIN`), so every one has
 //! completed when the flush returns and nothing is left in flight. Whatever a batched
-//! write did not send is written by the caller with an ordinary write.
+//! write did not send is written by the caller with an ordinary write. Should a submission
+//! itself fail (never seen), the writes it covered report [`Sent::Unknown`] and fail
+//! rather than risk being sent twice, their buffers are never freed (the kernel might still
+//! read them), and the thread stops batching.
 //!
 //! Where this does not apply — another OS, a multi-threaded runtime (whose tasks move
 //! between threads, and so between per-thread queues), a kernel or container without
@@ -26,23 +29,28 @@ use std::io;
 
 use tokio::net::TcpStream;
 
+/// What a batched write did.
+#[derive(Debug)]
+pub(super) enum Sent {
+    /// The kernel accepted this many bytes (at least one).
+    Bytes(usize),
+    /// Nothing was sent: the socket was full (`WouldBlock`) or the operation failed.
+    Nothing(io::Error),
+    /// The submission failed in a way that leaves unknown whether the bytes left. Never
+    /// seen in practice; the request must not be written again (that could send it twice).
+    Unknown,
+}
+
 /// Writes what it can of `buf` to `tcp` in this pass's batch. `Err(buf)`: not batched
-/// here (see the module doc); nothing was written. `Ok((result, buf))`: the batched write's
-/// outcome — bytes accepted, or the error (`WouldBlock` when the socket was full) — and
-/// the buffer back.
+/// here (see the module doc); nothing was written. `Ok((sent, buf))`: what the batched
+/// write did, and the buffer back (empty after [`Sent::Unknown`]).
 #[cfg(target_os = "linux")]
-pub(super) async fn write(
-    tcp: &TcpStream,
-    buf: Vec<u8>,
-) -> Result<(io::Result<usize>, Vec<u8>), Vec<u8>> {
+pub(super) async fn write(tcp: &TcpStream, buf: Vec<u8>) -> Result<(Sent, Vec<u8>), Vec<u8>> {
     linux::write(tcp, buf).await
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(super) async fn write(
-    _tcp: &TcpStream,
-    buf: Vec<u8>,
-) -> Result<(io::Result<usize>, Vec<u8>), Vec<u8>> {
+pub(super) async fn write(_tcp: &TcpStream, buf: Vec<u8>) -> Result<(Sent, Vec<u8>), Vec<u8>> {
     Err(buf)
 }
 
@@ -62,6 +70,8 @@ mod linux {
     };
 
     use io_uring::{opcode, types, IoUring};
+
+    use super::Sent;
     use tokio::{net::TcpStream, runtime::RuntimeFlavor};
 
     /// Submission queue entries: a flush submits at most this many writes per call.
@@ -97,7 +107,7 @@ mod linux {
 
     enum State {
         Queued(Waker),
-        Done(io::Result<usize>),
+        Done(Sent),
     }
 
     struct FlusherHandle {
@@ -108,10 +118,7 @@ mod linux {
         waker: Option<Waker>,
     }
 
-    pub(super) async fn write(
-        tcp: &TcpStream,
-        buf: Vec<u8>,
-    ) -> Result<(io::Result<usize>, Vec<u8>), Vec<u8>> {
+    pub(super) async fn write(tcp: &TcpStream, buf: Vec<u8>) -> Result<(Sent, Vec<u8>), Vec<u8>> {
         BatchedWrite {
             fd: tcp.as_raw_fd(),
             buf: Some(buf),
@@ -133,7 +140,7 @@ mod linux {
     }
 
     impl Future for BatchedWrite {
-        type Output = Result<(io::Result<usize>, Vec<u8>), Vec<u8>>;
+        type Output = Result<(Sent, Vec<u8>), Vec<u8>>;
 
         fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
             let this = self.get_mut();
@@ -290,16 +297,31 @@ mod linux {
             if !queued.is_empty() {
                 self.flushes += 1;
             }
+            let mut broken = false;
             for group in queued.chunks(RING_ENTRIES as usize) {
-                let outcome = submit(ring, &self.slots, group);
-                for (&ticket, result) in group.iter().zip(outcome) {
+                let outcome = match broken {
+                    false => submit(ring, &self.slots, group),
+                    true => group.iter().map(|_| Sent::Unknown).collect(),
+                };
+                for (&ticket, sent) in group.iter().zip(outcome) {
                     if let Some(Some(slot)) = self.slots.get_mut(ticket) {
-                        let state = std::mem::replace(&mut slot.state, State::Done(result));
+                        if matches!(sent, Sent::Unknown) {
+                            // The kernel may still read this buffer: it is never freed.
+                            std::mem::forget(std::mem::take(&mut slot.buf));
+                            broken = true;
+                        }
+                        let state = std::mem::replace(&mut slot.state, State::Done(sent));
                         if let State::Queued(waker) = state {
                             wakers.push(waker);
                         }
                     }
                 }
+            }
+            if broken {
+                // Whatever the ring still holds must never be submitted: no more batching
+                // on this thread.
+                tracing::warn!("io_uring submission failed; upstream writes on this thread are no longer batched");
+                self.ring = Some(None);
             }
             self.queued = queued;
             self.queued.clear();
@@ -323,18 +345,14 @@ mod linux {
 
     /// Sends the writes of `group` in one submission and waits until each has completed
     /// (with `MSG_DONTWAIT` they complete during the submission); their results, in order.
-    fn submit(
-        ring: &mut IoUring,
-        slots: &[Option<Slot>],
-        group: &[usize],
-    ) -> Vec<io::Result<usize>> {
-        let mut results: Vec<Option<io::Result<usize>>> = (0..group.len()).map(|_| None).collect();
+    fn submit(ring: &mut IoUring, slots: &[Option<Slot>], group: &[usize]) -> Vec<Sent> {
+        let mut results: Vec<Option<Sent>> = (0..group.len()).map(|_| None).collect();
         let mut pushed = 0;
         {
             let mut submission = ring.submission();
             for (index, &ticket) in group.iter().enumerate() {
                 let Some(Some(slot)) = slots.get(ticket) else {
-                    results[index] = Some(Err(io::ErrorKind::WouldBlock.into()));
+                    results[index] = Some(Sent::Nothing(io::ErrorKind::WouldBlock.into()));
                     continue;
                 };
                 let len = u32::try_from(slot.buf.len()).unwrap_or(u32::MAX);
@@ -348,7 +366,7 @@ mod linux {
                 if unsafe { submission.push(&entry) }.is_err() {
                     // The ring is sized for a whole group; a full one means the write is
                     // simply not batched.
-                    results[index] = Some(Err(io::ErrorKind::WouldBlock.into()));
+                    results[index] = Some(Sent::Nothing(io::ErrorKind::WouldBlock.into()));
                     continue;
                 }
                 pushed += 1;
@@ -383,10 +401,10 @@ mod linux {
                     continue;
                 };
                 let value = completion.result();
-                *result = Some(if value >= 0 {
-                    Ok(value as usize)
-                } else {
-                    Err(io::Error::from_raw_os_error(-value))
+                *result = Some(match usize::try_from(value) {
+                    Ok(0) => Sent::Nothing(io::ErrorKind::WriteZero.into()),
+                    Ok(bytes) => Sent::Bytes(bytes),
+                    Err(_) => Sent::Nothing(io::Error::from_raw_os_error(-value)),
                 });
                 completed += 1;
             }
@@ -394,7 +412,8 @@ mod linux {
         }
         results
             .into_iter()
-            .map(|result| result.unwrap_or_else(|| Err(io::ErrorKind::WouldBlock.into())))
+            // Pushed but never seen to complete (the submission failed): unknown.
+            .map(|result| result.unwrap_or(Sent::Unknown))
             .collect()
     }
 
@@ -447,7 +466,7 @@ mod tests {
         net::{TcpListener, TcpStream},
     };
 
-    use super::{linux::flushes, write};
+    use super::{linux::flushes, write, Sent};
 
     /// A connected pair: (the writing side, the peer that reads).
     async fn pair() -> (TcpStream, TcpStream) {
@@ -485,7 +504,10 @@ mod tests {
         for (i, ((tcp, mut peer), result)) in pairs.into_iter().zip(results).enumerate() {
             let expected = format!("request {i}\r\n").into_bytes();
             let (written, buf) = result.expect("batched on a single-threaded runtime");
-            assert_eq!(written.unwrap(), expected.len());
+            assert!(
+                matches!(written, Sent::Bytes(n) if n == expected.len()),
+                "{written:?}"
+            );
             assert_eq!(buf, expected, "the buffer comes back as it was");
             assert_eq!(read_exactly(&mut peer, expected.len()).await, expected);
             drop(tcp);
@@ -506,7 +528,10 @@ mod tests {
             }
         }
         let (written, buf) = write(&tcp, b"after".to_vec()).await.expect("batched");
-        assert_eq!(written.unwrap_err().kind(), std::io::ErrorKind::WouldBlock);
+        assert!(
+            matches!(&written, Sent::Nothing(err) if err.kind() == std::io::ErrorKind::WouldBlock),
+            "{written:?}"
+        );
         assert_eq!(buf, b"after");
         // Nothing of it was sent: the peer reads the filler and then nothing more.
         let got = read_exactly(&mut peer, filled).await;
@@ -529,7 +554,7 @@ mod tests {
         assert!(futures::poll!(queued.as_mut()).is_pending());
         drop(queued);
         let (written, _) = write(&kept, b"sent".to_vec()).await.expect("batched");
-        assert_eq!(written.unwrap(), 4);
+        assert!(matches!(written, Sent::Bytes(4)), "{written:?}");
         assert_eq!(read_exactly(&mut kept_peer, 4).await, b"sent");
         drop(dropped);
         let mut rest = Vec::new();
@@ -577,7 +602,7 @@ mod tests {
         on_new_runtime(async {
             let (tcp, mut peer) = pair().await;
             let (written, _) = write(&tcp, b"fresh".to_vec()).await.expect("batched");
-            assert_eq!(written.unwrap(), 5);
+            assert!(matches!(written, Sent::Bytes(5)), "{written:?}");
             assert_eq!(read_exactly(&mut peer, 5).await, b"fresh");
         });
         std_peer
@@ -602,7 +627,7 @@ mod tests {
                         .await
                         .expect("flushed, not left waiting")
                         .expect("batched");
-                assert_eq!(written.0.unwrap(), 3);
+                assert!(matches!(written.0, Sent::Bytes(3)), "{:?}", written.0);
                 assert_eq!(read_exactly(&mut peer, 3).await, vec![round; 3]);
             });
         }

@@ -381,14 +381,24 @@ async fn write_request(
     if let (Transport::Plain(tcp), true) = (&*io, body.is_empty()) {
         match batch::write(tcp, std::mem::take(head)).await {
             Err(unwritten) => *head = unwritten,
-            Ok((written, buf)) => {
+            Ok((sent, buf)) => {
                 *head = buf;
-                // Nothing written (a full socket, or any failure): the ordinary write below
-                // does it, waiting for room, or reports the socket's own error. The batch
-                // stays an optimisation, whatever the kernel made of the operation.
-                if let Ok(written @ 1..) = written {
-                    accepted = true;
-                    head_at = written.min(head.len());
+                match sent {
+                    batch::Sent::Bytes(written) => {
+                        accepted = true;
+                        head_at = written.min(head.len());
+                    }
+                    // Nothing written (a full socket, or any failure): the ordinary write
+                    // below does it, waiting for room, or reports the socket's own error.
+                    batch::Sent::Nothing(err) => {
+                        tracing::trace!(error = %err, "the batched write sent nothing; writing it plainly");
+                    }
+                    batch::Sent::Unknown => {
+                        return Err(fail(
+                            true,
+                            io::Error::other("the batched write's outcome is unknown"),
+                        ))
+                    }
                 }
             }
         }
