@@ -37,17 +37,21 @@ use crate::helpers::{test_config, TestDb};
 
 /// `proxy_tests! { both: [a, b], sqlite: [c] }` makes `sqlite::{a, b, c}` and
 /// `postgres::{a, b}` tests from `async fn a(Backend)` … in the invoking module.
+///
+/// The SQLite ones run keygate on tokio's single-threaded scheduler (as keygate itself
+/// does on one CPU, where upstream writes are batched: `proxy::client::batch`), the
+/// Postgres ones on the multi-threaded one, so every proxy path is tested under both.
 macro_rules! proxy_tests {
     (both: [$($both:ident),* $(,)?], sqlite: [$($lite:ident),* $(,)?] $(,)?) => {
         mod sqlite {
             $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[tokio::test(flavor = "current_thread")]
                 async fn $both() {
                     super::$both($crate::proxy_helpers::Backend::Sqlite).await
                 }
             )*
             $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[tokio::test(flavor = "current_thread")]
                 async fn $lite() {
                     super::$lite($crate::proxy_helpers::Backend::Sqlite).await
                 }
