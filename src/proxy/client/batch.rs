@@ -31,6 +31,8 @@ use tokio::net::TcpStream;
 
 /// What a batched write did.
 #[derive(Debug)]
+// Only Linux batches; elsewhere the caller still matches on it.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(super) enum Sent {
     /// The kernel accepted this many bytes (at least one).
     Bytes(usize),
@@ -165,32 +167,28 @@ mod linux {
                     Some((_, generation)) if generation != batch.generation => {
                         unreachable!("a queued write polled under another runtime")
                     }
-                    Some((ticket, _)) => match batch.slots.get_mut(ticket) {
-                        Some(Some(Slot {
-                            state: State::Queued(waker),
-                            ..
-                        })) => {
+                    Some((ticket, _)) => {
+                        let Some(Some(slot)) = batch.slots.get_mut(ticket) else {
+                            unreachable!("only this future frees its ticket")
+                        };
+                        if let State::Queued(waker) = &mut slot.state {
                             if !waker.will_wake(cx.waker()) {
                                 *waker = cx.waker().clone();
                             }
-                            Poll::Pending
+                            return Poll::Pending;
                         }
-                        Some(slot @ Some(_)) => {
-                            let Some(Slot { buf, state, .. }) = slot.take() else {
-                                unreachable!("matched Some above")
-                            };
-                            batch.free.push(ticket);
-                            this.ticket = None;
-                            let result = match state {
-                                State::Done(result) => result,
-                                State::Queued(_) => unreachable!("matched Queued above"),
-                            };
-                            Poll::Ready(Ok((result, buf)))
-                        }
-                        Some(None) | None => {
-                            unreachable!("only this future frees its ticket")
-                        }
-                    },
+                        let Some(Slot {
+                            buf,
+                            state: State::Done(sent),
+                            ..
+                        }) = batch.slots[ticket].take()
+                        else {
+                            unreachable!("a slot that is not queued holds a finished write")
+                        };
+                        batch.free.push(ticket);
+                        this.ticket = None;
+                        Poll::Ready(Ok((sent, buf)))
+                    }
                 }
             });
             // Woken outside the borrow: waking never runs the task here, but stays clear
