@@ -33,3 +33,19 @@ bench_key() {
       "budget": {"limit_usd": 1000000, "period": "month"}
     }' | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])'
 }
+
+# require_free_ports PORT...: stops the script if any of them is taken on 127.0.0.1.
+require_free_ports() {
+  for p in "$@"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      echo "port $p on 127.0.0.1 is in use; set MOCK_PORT / NGINX_PORT / KEYGATE_BENCH_PORT to free ports" >&2
+      exit 1
+    fi
+  done
+}
+
+# ensure_mock BIN SHARED_BENCH: builds the shared mock upstream as BIN if it is not there.
+ensure_mock() {
+  [ -x "$1" ] || cargo build --release --quiet --manifest-path "$2/mock-upstream/Cargo.toml" \
+    --target-dir "$(dirname "$(dirname "$1")")"
+}

@@ -23,14 +23,9 @@ mock_bin=${MOCK_BIN:-/tmp/mock-upstream-target/release/mock-upstream}
 # shellcheck source=bench/common.sh
 . "$here/common.sh"
 
-for p in "$mock_port" "$port"; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-    echo "port $p on 127.0.0.1 is in use; set MOCK_PORT / KEYGATE_BENCH_PORT to free ports" >&2; exit 1
-  fi
-done
+require_free_ports "$mock_port" "$port"
 [ -x "$bin" ] || (cd "$repo" && cargo build --release --quiet)
-[ -x "$mock_bin" ] || cargo build --release --quiet --manifest-path "$shared_bench/mock-upstream/Cargo.toml" \
-  --target-dir "$(dirname "$(dirname "$mock_bin")")"
+ensure_mock "$mock_bin" "$shared_bench"
 rm -rf "$work" && mkdir -p "$work"
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT

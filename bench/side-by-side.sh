@@ -10,7 +10,7 @@
 # Layout as in the shared harness: every server pinned to SERVER_CPU (0), wrk to LOAD_CPU (1).
 # Usage: bench/side-by-side.sh BIN [BIN...]
 #        ROUNDS=8 SECONDS_PER_RUN=4 CONNS=32 SCRIPT=post-stream.lua bench/side-by-side.sh A B
-# Needs: wrk, nginx; the mock is built like bench/instructions.sh does.
+# Needs: wrk, nginx; the mock is built if missing (bench/common.sh).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
@@ -30,13 +30,9 @@ work=${KEYGATE_BENCH_DIR:-/tmp/keygate-side-by-side}
 . "$here/common.sh"
 [ $# -ge 1 ] || { echo "usage: $0 BIN [BIN...]" >&2; exit 2; }
 
-for p in "$mock_port" "$nginx_port" $(seq "$first_port" $((first_port + $# - 1))); do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-    echo "port $p on 127.0.0.1 is in use" >&2; exit 1
-  fi
-done
-[ -x "$mock_bin" ] || cargo build --release --quiet --manifest-path "$shared_bench/mock-upstream/Cargo.toml" \
-  --target-dir "$(dirname "$(dirname "$mock_bin")")"
+# shellcheck disable=SC2046 # one port per build
+require_free_ports "$mock_port" "$nginx_port" $(seq "$first_port" $((first_port + $# - 1)))
+ensure_mock "$mock_bin" "$shared_bench"
 rm -rf "$work" && mkdir -p "$work/nginx"
 groups=()
 trap 'for g in "${groups[@]}"; do kill -TERM -- -"$g" 2>/dev/null || true; done' EXIT
