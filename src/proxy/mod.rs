@@ -223,8 +223,10 @@ fn answer_headers(mut upstream: HeaderMap) -> HeaderMap {
     headers
 }
 
-/// Answer headers never passed back: hop-by-hop, lengths we recompute, and the
-/// upstream's own rate-limit view (the client's limits are keygate's).
+/// Answer headers never passed back: hop-by-hop, lengths we recompute, the upstream's
+/// own rate-limit view (the client's limits are keygate's), and its `date`: keygate
+/// dates every answer itself, and `date` is a singleton field (RFC 9110 §6.6.1), so
+/// passing the upstream's on would send two (nginx's `proxy_pass` drops it too).
 fn keep_answer_header(name: &HeaderName) -> bool {
     let name = name.as_str();
     !matches!(
@@ -234,6 +236,7 @@ fn keep_answer_header(name: &HeaderName) -> bool {
             | "transfer-encoding"
             | "content-length"
             | "content-encoding"
+            | "date"
             | "trailer"
             | "upgrade"
             | "set-cookie"
