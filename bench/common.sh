@@ -38,7 +38,7 @@ bench_key() {
 require_free_ports() {
   for p in "$@"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-      echo "port $p on 127.0.0.1 is in use; set MOCK_PORT / NGINX_PORT / KEYGATE_BENCH_PORT to free ports" >&2
+      echo "port $p on 127.0.0.1 is in use; set MOCK_PORT / NGINX_PORT / BENCH_PORT to free ports (not KEYGATE_*: keygate reads those as its configuration)" >&2
       exit 1
     fi
   done

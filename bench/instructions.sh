@@ -16,9 +16,9 @@ repo=$(cd "$here/.." && pwd)
 shared_bench=${SHARED_BENCH:-"$repo/../shared/bench"}
 bin=${1:-"$repo/target/release/keygate"}
 n=${N:-3000}
-work=${KEYGATE_BENCH_DIR:-/tmp/keygate-instructions}
+work=${BENCH_DIR:-/tmp/keygate-instructions}
 mock_port=${MOCK_PORT:-28080}
-port=${KEYGATE_BENCH_PORT:-28090}
+port=${BENCH_PORT:-28090}
 mock_bin=${MOCK_BIN:-/tmp/mock-upstream-target/release/mock-upstream}
 # shellcheck source=bench/common.sh
 . "$here/common.sh"

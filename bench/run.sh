@@ -15,8 +15,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
 shared_bench=${SHARED_BENCH:-"$repo/../shared/bench"}
-port=${KEYGATE_BENCH_PORT:-28090}
-work=${KEYGATE_BENCH_DIR:-/tmp/keygate-bench}
+port=${BENCH_PORT:-28090}
+work=${BENCH_DIR:-/tmp/keygate-bench}
 server_cpu=${SERVER_CPU:-0}
 # shellcheck source=bench/common.sh
 . "$here/common.sh"

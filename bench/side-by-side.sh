@@ -7,10 +7,17 @@
 # of percent between runs a minute apart; a ratio taken within one round, seconds apart,
 # and its median over many rounds, is what survives that.
 #
+# With RATE set, each run is instead an open-loop one at that fixed rate (oha, latency
+# corrected, 64 connections as in the shared harness) and `direct` (the mock itself) joins
+# the rounds: it prints the median over the rounds of each target's p99 minus direct's p99
+# in the same round, the figure the tail-latency target is stated in.
+#
 # Layout as in the shared harness: every server pinned to SERVER_CPU (0), wrk to LOAD_CPU (1).
 # Usage: bench/side-by-side.sh BIN [BIN...]
 #        ROUNDS=8 SECONDS_PER_RUN=4 CONNS=32 SCRIPT=post-stream.lua bench/side-by-side.sh A B
-# Needs: wrk, nginx; the mock is built if missing (bench/common.sh).
+#        RATE=14000 SECONDS_PER_RUN=6 bench/side-by-side.sh A
+# Needs: wrk, nginx, and oha for RATE (OHA=path, default: on PATH or /tmp/oha-install/bin);
+# the mock is built if missing (bench/common.sh).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
@@ -19,13 +26,15 @@ rounds=${ROUNDS:-8}
 seconds=${SECONDS_PER_RUN:-4}
 conns=${CONNS:-32}
 script=$shared_bench/${SCRIPT:-post.lua}
+rate=${RATE:-}
+oha=${OHA:-$(command -v oha || echo /tmp/oha-install/bin/oha)}
 server_cpu=${SERVER_CPU:-0}
 load_cpu=${LOAD_CPU:-1}
 mock_port=${MOCK_PORT:-28080}
 nginx_port=${NGINX_PORT:-28081}
-first_port=${KEYGATE_BENCH_PORT:-28090}
+first_port=${BENCH_PORT:-28090}
 mock_bin=${MOCK_BIN:-/tmp/mock-upstream-target/release/mock-upstream}
-work=${KEYGATE_BENCH_DIR:-/tmp/keygate-side-by-side}
+work=${BENCH_DIR:-/tmp/keygate-side-by-side}
 # shellcheck source=bench/common.sh
 . "$here/common.sh"
 [ $# -ge 1 ] || { echo "usage: $0 BIN [BIN...]" >&2; exit 2; }
@@ -46,6 +55,10 @@ setsid taskset -c "$server_cpu" nginx -p "$work/nginx" -c "$work/nginx/nginx.con
 groups+=($!)
 
 names=(nginx); urls=("http://127.0.0.1:$nginx_port"); keys=(none); pids=("")
+if [ -n "$rate" ]; then
+  [ -x "$oha" ] || { echo "RATE needs oha (cargo install oha --locked --root /tmp/oha-install)" >&2; exit 2; }
+  names=(direct "${names[@]}"); urls=("http://127.0.0.1:$mock_port" "${urls[@]}"); keys=(none "${keys[@]}"); pids=("" "${pids[@]}")
+fi
 i=0
 for bin in "$@"; do
   port=$((first_port + i)); dir=$work/keygate-$i
@@ -63,8 +76,34 @@ sleep 1
 
 results=$work/results.tsv
 : >"$results"
+body='{"model":"mock-model","messages":[{"role":"user","content":"Say hello in five words."}],"max_tokens":16}'
+# open_loop TARGET ROUND: one fixed-rate oha run; appends round, target, p50, p99, p99.9 (ms)
+# and the share of failed requests to the results.
+open_loop() {
+  local out=$work/oha-$2-$1.json
+  timeout $((seconds + 60)) taskset -c "$load_cpu" "$oha" --no-tui --output-format json -z "${seconds}s" \
+    -q "$rate" --latency-correction -c 64 -m POST -T application/json -H "Authorization: Bearer ${keys[$1]}" \
+    -d "$body" "${urls[$1]}/v1/chat/completions" >"$out" 2>/dev/null || true
+  python3 - "$2" "$1" "$out" <<'PY' | tee -a "$results"
+import json, sys
+round_, target, path = sys.argv[1:4]
+d = json.load(open(path))
+p, ok = d["latencyPercentiles"], d["summary"]["successRate"] or 0
+codes = d.get("statusCodeDistribution", {})
+failed = 1 - ok + sum(n for c, n in codes.items() if c != "200") / max(1, sum(codes.values()))
+print(f"{round_}\t{target}\t{p['p50'] * 1000:.3f}\t{p['p99'] * 1000:.3f}\t{p['p99.9'] * 1000:.3f}\t{failed:.4f}")
+PY
+}
+
 for round in $(seq 1 "$rounds"); do
   for t in "${!urls[@]}"; do
+    if [ -n "$rate" ]; then
+      # a short warm-up at the same rate, so pools and caches are in the state a long run has
+      timeout 30 taskset -c "$load_cpu" "$oha" --no-tui -z 2s -q "$rate" -c 64 -m POST -T application/json \
+        -H "Authorization: Bearer ${keys[$t]}" -d "$body" "${urls[$t]}/v1/chat/completions" >/dev/null 2>&1 || true
+      open_loop "$t" "$round"
+      continue
+    fi
     BENCH_KEY=${keys[$t]} taskset -c "$load_cpu" wrk -t1 -c"$conns" -d3s -s "$script" "${urls[$t]}" >/dev/null 2>&1 || true
     out=$(BENCH_KEY=${keys[$t]} timeout $((seconds + 30)) taskset -c "$load_cpu" \
       wrk -t1 -c"$conns" -d"${seconds}s" --timeout 10s -s "$script" "${urls[$t]}" 2>&1 || true)
@@ -74,6 +113,25 @@ for round in $(seq 1 "$rounds"); do
   done
 done
 
+if [ -n "$rate" ]; then
+  python3 - "$results" "${names[@]}" <<'PY'
+import statistics, sys
+path, names = sys.argv[1], sys.argv[2:]
+runs = {}
+for line in open(path):
+    round_, target, p50, p99, p999, failed = line.split("\t")
+    if float(failed) > 0:
+        sys.exit(f"{names[int(target)]}: {float(failed):.2%} of requests failed in round {round_}")
+    runs.setdefault(int(target), []).append((float(p50), float(p99), float(p999)))
+direct = runs[0]
+for target in sorted(runs):
+    p50, p99, p999 = (statistics.median(r[i] for r in runs[target]) for i in range(3))
+    over = [r[1] - d[1] for r, d in zip(runs[target], direct)]
+    print(f"{names[target]}: median p50 {p50:.2f} ms, p99 {p99:.2f} ms, p99.9 {p999:.2f} ms; "
+          f"p99 over direct: median {statistics.median(over):+.2f} ms "
+          f"(rounds: {', '.join(f'{o:+.2f}' for o in over)})")
+PY
+else
 python3 - "$results" "${names[@]}" <<'PY'
 import statistics, sys
 path, names = sys.argv[1], sys.argv[2:]
@@ -91,6 +149,7 @@ for target in sorted(runs)[1:]:
           f"median ratio to nginx {statistics.median(ratios):.3f} "
           f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
 PY
+fi
 for t in "${!pids[@]}"; do
   if [ -n "${pids[$t]}" ]; then
     awk -v n="${names[$t]}" '/^VmHWM/{printf "%s peak RSS %.1f MiB\n", n, $2/1024}' "/proc/${pids[$t]}/status"
