@@ -201,10 +201,11 @@ fn is_stripped(name: &[u8]) -> bool {
 /// keygate's (it is in keygate's logs); the upstream's is kept under its own name for
 /// support tickets upstream.
 fn answer_headers(mut upstream: HeaderMap) -> HeaderMap {
-    // The framing is keygate's to set, and one of these is always there: removed here so
-    // that the usual answer passes on as it is, without a copy.
+    // The framing and the date are keygate's to set, and these are almost always there:
+    // removed here so that the usual answer passes on as it is, without a copy.
     upstream.remove(header::CONTENT_LENGTH);
     upstream.remove(header::TRANSFER_ENCODING);
+    upstream.remove(header::DATE);
     let passes = |name: &HeaderName| name.as_str() != "x-request-id" && keep_answer_header(name);
     if upstream.keys().all(passes) {
         return upstream;
