@@ -77,13 +77,23 @@ sleep 1
 results=$work/results.tsv
 : >"$results"
 body='{"model":"mock-model","messages":[{"role":"user","content":"Say hello in five words."}],"max_tokens":16}'
-# open_loop TARGET ROUND: one fixed-rate oha run; appends round, target, p50, p99, p99.9 (ms)
-# and the share of failed requests to the results.
+# at_rate TARGET SECONDS OHA_ARG...: oha at the fixed rate against TARGET, as the shared
+# harness runs it (64 connections).
+at_rate() {
+  local t=$1 secs=$2
+  shift 2
+  timeout $((secs + 60)) taskset -c "$load_cpu" "$oha" --no-tui -z "${secs}s" -q "$rate" -c 64 "$@" \
+    -m POST -T application/json -H "Authorization: Bearer ${keys[$t]}" -d "$body" \
+    "${urls[$t]}/v1/chat/completions"
+}
+
+# open_loop TARGET ROUND: a short warm-up at the rate (so pools and caches are in the state
+# a long run has), then one latency-corrected run; appends round, target, p50, p99, p99.9
+# (ms) and the share of failed requests to the results.
 open_loop() {
   local out=$work/oha-$2-$1.json
-  timeout $((seconds + 60)) taskset -c "$load_cpu" "$oha" --no-tui --output-format json -z "${seconds}s" \
-    -q "$rate" --latency-correction -c 64 -m POST -T application/json -H "Authorization: Bearer ${keys[$1]}" \
-    -d "$body" "${urls[$1]}/v1/chat/completions" >"$out" 2>/dev/null || true
+  at_rate "$1" 2 >/dev/null 2>&1 || true
+  at_rate "$1" "$seconds" --output-format json --latency-correction >"$out" 2>/dev/null || true
   python3 - "$2" "$1" "$out" <<'PY' | tee -a "$results"
 import json, sys
 round_, target, path = sys.argv[1:4]
@@ -98,9 +108,6 @@ PY
 for round in $(seq 1 "$rounds"); do
   for t in "${!urls[@]}"; do
     if [ -n "$rate" ]; then
-      # a short warm-up at the same rate, so pools and caches are in the state a long run has
-      timeout 30 taskset -c "$load_cpu" "$oha" --no-tui -z 2s -q "$rate" -c 64 -m POST -T application/json \
-        -H "Authorization: Bearer ${keys[$t]}" -d "$body" "${urls[$t]}/v1/chat/completions" >/dev/null 2>&1 || true
       open_loop "$t" "$round"
       continue
     fi

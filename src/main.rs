@@ -33,12 +33,12 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Keeps the kernel from backing keygate's heap with 2 MiB pages. Where transparent huge
-/// pages are `always` on, any 2 MiB-aligned heap region that is touched at all becomes
-/// resident whole, so a gateway with a few MiB of live data grows by tens of MiB
-/// (`mimalloc`'s `no_thp` feature covers hosts in `madvise` mode; this covers the rest).
-/// Huge pages would buy nothing here: the hot data fits in the caches. Set before the
-/// runtime starts, so only what was allocated before `main` can be on a huge page.
+/// Keeps the kernel from backing keygate's heap with 2 MiB pages. With transparent huge
+/// pages on (`madvise` mode and mimalloc asking for them, or `always` mode), any 2 MiB
+/// heap region touched at all becomes resident whole, so a gateway with a few MiB of live
+/// data grows by tens of MiB. This covers every mode from here on; mimalloc's `no_thp`
+/// feature (Cargo.toml) keeps it from asking for huge pages for the arena it reserves
+/// before `main`. Huge pages would buy nothing here: the hot data fits in the caches.
 fn disable_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory of ours. A
