@@ -3,13 +3,17 @@
 
 pub mod bootstrap;
 pub mod cache;
+pub mod guard;
 pub mod hashing;
 pub mod input;
-pub mod model;
 pub mod service;
 pub mod token;
 
+/// The key types live in `crate::domain` (below the store); named here as before.
+pub use crate::domain::key as model;
+
 pub use self::{
+    guard::FailedAuthGuard,
     model::{ApiKey, KeyKind, KeyStatus},
     service::{Caller, CallerRole, KeyWithSecret, KeysService},
     token::{Token, TokenError},
@@ -25,6 +29,12 @@ pub enum KeyError {
     NotFound,
     #[error("the workspace allows at most {cap} live keys")]
     CapReached { cap: i64 },
+    /// The change would leave the `default` workspace without an active admin key.
+    #[error(
+        "this is the last active admin key of the default workspace: create another admin key \
+         before revoking, demoting or expiring this one"
+    )]
+    LastAdminKey,
     #[error("{0}")]
     Forbidden(String),
     #[error(transparent)]
@@ -38,6 +48,7 @@ impl From<StoreError> for KeyError {
         match err {
             StoreError::NotFound => KeyError::NotFound,
             StoreError::KeyCapReached { cap } => KeyError::CapReached { cap },
+            StoreError::LastAdminKey => KeyError::LastAdminKey,
             other => KeyError::Store(other),
         }
     }
@@ -58,6 +69,10 @@ pub enum AuthError {
     Expired,
     #[error("this API key was rotated and its grace period has ended")]
     Rotated,
+    /// The client's address is past its allowance of failed authentications
+    /// ([`FailedAuthGuard`]); the key was not looked at.
+    #[error("too many failed authentications from this address; wait and retry")]
+    TooManyAttempts { retry_after: std::time::Duration },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]

@@ -28,7 +28,7 @@ use crate::{
     http::auth::ClientIp,
     keys::{
         input::{self, NewKey},
-        Caller, CallerRole, KeyKind,
+        AuthError, Caller, CallerRole, KeyKind,
     },
     state::AppState,
     web3::{recover_personal_sign, Address, TokenSigner, Web3Error},
@@ -108,14 +108,8 @@ fn refused(
     VeniceError(ApiError::new(StatusCode::UNAUTHORIZED, code, message))
 }
 
-fn too_many_attempts(wait: Duration) -> VeniceError {
-    let mut error = ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "too_many_auth_attempts",
-        "too many failed authentications from this address; wait and retry",
-    );
-    error.retry_after_secs = Some(wait.as_secs_f64().ceil() as u64);
-    VeniceError(error)
+fn too_many_attempts(retry_after: Duration) -> VeniceError {
+    VeniceError(ApiError::from(AuthError::TooManyAttempts { retry_after }))
 }
 
 #[utoipa::path(post, path = "/api/v1/api_keys/generate_web3_key", tag = "venice",
