@@ -56,14 +56,14 @@ async fn control_characters_in_model_names_are_refused(backend: Backend) {
             &app,
             Method::POST,
             "/sdk/api-keys",
-            json!({ "name": "m", "assetsLimits": [{ "assetId": model, "requestCount": 1 }] }),
+            json!({ "name": "m", "assetsLimits": [{ "assetId": model, "rpm": 1 }] }),
         )
         .await;
         assert!(status.is_client_error(), "{model:?}: {body}");
         assert!(
             body["message"]
                 .as_str()
-                .is_some_and(|m| m.contains("assetsLimits[0]")),
+                .is_some_and(|m| m.contains("assetsLimits[0].assetId")),
             "{model:?}: {body}"
         );
     }
