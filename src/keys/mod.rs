@@ -1,5 +1,6 @@
-//! API keys: the token format, hashing, the domain model and the service that the three
-//! key-management surfaces (native, Venice, aiXplain), the console and the CLI all call.
+//! API keys: the token format, hashing, the failed-attempt guard, the verified-key cache
+//! and the service that the three key-management surfaces (native, Venice, aiXplain), the
+//! console and the CLI all call. The key types themselves live in `crate::domain`.
 
 pub mod bootstrap;
 pub mod cache;
