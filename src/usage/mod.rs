@@ -7,6 +7,7 @@
 //! tokens and cost. The writer task batches records per key·model·minute and flushes at
 //! least every second and once more on shutdown.
 
+mod batch;
 pub mod budget;
 pub mod pricing;
 pub mod writer;
