@@ -31,6 +31,7 @@ fn max_range(granularity: Granularity) -> Duration {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UsageParams {
     /// Start, RFC 3339 (inclusive; default: 24 hours before `to`).
@@ -38,6 +39,7 @@ pub struct UsageParams {
     /// End, RFC 3339 (exclusive; default: now).
     pub to: Option<DateTime<Utc>>,
     /// `minute`, `hour` (default) or `day`, aligned to UTC.
+    #[param(inline)]
     pub granularity: Option<Granularity>,
     /// Only this model.
     pub model: Option<String>,
@@ -61,9 +63,10 @@ pub struct UsageAnswer {
     pub data: Vec<UsageBucket>,
 }
 
-#[utoipa::path(get, path = "/admin/v1/keys/{id}/usage", tag = "usage", params(("id" = String, Path, description = "Key id"), UsageParams),
+#[utoipa::path(get, path = "/admin/v1/keys/{id}/usage", tag = "usage", params(("id" = uuid::Uuid, Path, description = "Key id"), UsageParams),
     responses(
         (status = 200, description = "Usage per bucket and model, oldest first", body = UsageAnswer),
+        (status = 400, description = "Malformed id (`invalid_id`)", body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 422, description = "Bad `from`, `to`, `granularity` or range", body = ErrorBody),
     ),
@@ -119,12 +122,21 @@ pub async fn key_usage(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventParams {
+    /// Only this key's refusals.
+    #[param(value_type = Option<Uuid>)]
     pub key_id: Option<String>,
+    /// Start, RFC 3339 (inclusive).
     pub from: Option<DateTime<Utc>>,
+    /// End, RFC 3339 (exclusive).
     pub to: Option<DateTime<Utc>>,
+    /// 1-based page number (default 1).
+    #[param(minimum = 1, maximum = 1_000_000)]
     pub page: Option<u32>,
+    /// Items per page, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
 }
 
@@ -149,6 +161,7 @@ pub struct RateLimitEventList {
 #[utoipa::path(get, path = "/admin/v1/rate-limit-events", tag = "usage", params(EventParams),
     responses(
         (status = 200, description = "Refused requests of the workspace, newest first", body = RateLimitEventList),
+        (status = 400, description = "Malformed `key_id` (`invalid_id`)", body = ErrorBody),
         (status = 422, body = ErrorBody),
     ),
     security(("bearer" = [])))]

@@ -77,11 +77,14 @@ async fn view_of(state: &AppState, key: &ApiKey) -> VeniceResult<ApiKeyView> {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// 1-based page (default 1).
+    #[param(minimum = 1, maximum = 1_000_000)]
     pub page: Option<u32>,
     /// Keys per page, 1 to 500 (default 500).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
 }
 
@@ -258,9 +261,11 @@ pub async fn update_key(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteParams {
-    /// The key's id.
+    /// The key's id (an id that names no key is a 404).
+    #[param(required = true, pattern = r"\S")]
     pub id: Option<String>,
 }
 
