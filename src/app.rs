@@ -118,6 +118,7 @@ impl App {
                 config.keys.failed_auth_per_minute,
             )),
             config: Arc::new(config),
+            usage: crate::usage::UsageReader::new(store.clone(), recorder.clone()),
             store,
             keys,
             gateway: Arc::new(gateway),

@@ -3,8 +3,12 @@
 use std::sync::Arc;
 
 use crate::{
-    config::Config, http::auth::FailedAuthGuard, keys::KeysService, proxy::Gateway,
-    store::DynStore, usage::Recorder,
+    config::Config,
+    http::auth::FailedAuthGuard,
+    keys::KeysService,
+    proxy::Gateway,
+    store::DynStore,
+    usage::{Recorder, UsageReader},
 };
 
 #[derive(Clone)]
@@ -15,4 +19,6 @@ pub struct AppState {
     pub auth_attempts: Arc<FailedAuthGuard>,
     pub gateway: Arc<Gateway>,
     pub recorder: Recorder,
+    /// Every read of usage, spend and refusals goes through it (it flushes `recorder` first).
+    pub usage: UsageReader,
 }

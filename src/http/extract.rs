@@ -96,12 +96,20 @@ fn whole_numbers_as_integers(bytes: &[u8]) -> Option<Vec<u8>> {
                 }
                 _ => false,
             },
-            serde_json::Value::Array(items) => items
-                .iter_mut()
-                .fold(false, |changed, v| rewrite(v) || changed),
-            serde_json::Value::Object(fields) => fields
-                .values_mut()
-                .fold(false, |changed, v| rewrite(v) || changed),
+            serde_json::Value::Array(items) => {
+                let mut changed = false;
+                for item in items {
+                    changed |= rewrite(item);
+                }
+                changed
+            }
+            serde_json::Value::Object(fields) => {
+                let mut changed = false;
+                for field in fields.values_mut() {
+                    changed |= rewrite(field);
+                }
+                changed
+            }
             _ => false,
         }
     }

@@ -8,6 +8,7 @@ mod compat_aixplain;
 mod compat_venice;
 mod front_door;
 mod helpers;
+mod openapi;
 mod ops;
 mod proxy_accounting;
 mod proxy_auth;

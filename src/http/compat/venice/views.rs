@@ -8,7 +8,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::wire::{key_type, LimitPeriod};
-use crate::keys::ApiKey;
+use crate::{keys::ApiKey, usage::KeySpend};
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ`, as JavaScript's `toISOString` writes it.
 pub fn timestamp(at: DateTime<Utc>) -> String {
@@ -59,14 +59,6 @@ impl UsageAmounts {
 #[serde(rename_all = "camelCase")]
 pub struct ApiKeyUsage {
     pub trailing_seven_days: UsageAmounts,
-}
-
-/// A key's spend: the trailing seven days, and the current limit period (the budget's
-/// period, or the current UTC day for a key without a USD limit).
-#[derive(Debug, Clone)]
-pub struct KeySpend {
-    pub trailing_seven_days: Decimal,
-    pub current_period: Decimal,
 }
 
 /// A key as list, retrieve and update answer it.
