@@ -13,16 +13,18 @@ use serde_json::{json, Map, Value};
 use crate::{
     http::compat::venice::wire::{MAX_IP_ENTRIES as VENICE_MAX_IP_ENTRIES, MAX_IP_ENTRY_CHARS},
     keys::input::{
-        MAX_IP_ENTRIES, MAX_LIMIT, MAX_MODELS, MAX_NAME_CHARS, MAX_PARALLEL, NAME_PATTERN,
+        MAX_IP_ENTRIES, MAX_LIMIT, MAX_MODELS, MAX_NAME_CHARS, MAX_PARALLEL, MODEL_NAME_PATTERN,
+        NAME_PATTERN,
     },
 };
 
-/// A model name: 1 to 200 characters, not only white space (`keys::input::validate_model_name`).
+/// A model name: 1 to 200 characters, not only white space, all visible
+/// (`keys::input::validate_model_name`).
 fn model_name() -> Value {
     json!({
         "minLength": 1,
         "maxLength": MAX_NAME_CHARS,
-        "pattern": r"[^\t\n\u000b\u000c\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]",
+        "pattern": MODEL_NAME_PATTERN,
     })
 }
 
