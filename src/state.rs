@@ -4,8 +4,7 @@ use std::sync::Arc;
 
 use crate::{
     config::Config,
-    http::auth::FailedAuthGuard,
-    keys::KeysService,
+    keys::{FailedAuthGuard, KeysService},
     proxy::Gateway,
     store::DynStore,
     usage::{Recorder, UsageReader},

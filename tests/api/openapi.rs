@@ -15,6 +15,7 @@ both_backends!(
     usd_amounts_beyond_decimal_precision_are_rounded,
     rotate_takes_a_null_body,
     key_names_are_accepted_exactly_when_the_pattern_matches,
+    model_names_are_accepted_exactly_when_the_pattern_matches,
 );
 
 async fn document(app: &TestApp) -> Value {
@@ -356,6 +357,11 @@ async fn key_names_are_accepted_exactly_when_the_pattern_matches(backend: Backen
         "a\u{85}".into(),
         "a  b".into(),
         "a\tb".into(),
+        "ad\u{200b}min".into(),
+        "\u{202e}fdp.exe".into(),
+        "\u{feff}a".into(),
+        "a\u{2066}".into(),
+        "a\u{061c}".into(),
     ];
     for name in names {
         let documented = pattern.is_match(&name).unwrap();
@@ -374,5 +380,45 @@ async fn key_names_are_accepted_exactly_when_the_pattern_matches(backend: Backen
             if accepted { "accepts" } else { "refuses" },
             if documented { "allows" } else { "forbids" },
         );
+    }
+}
+
+/// The same for model names (`allowed_models`, `model_limits[].model`), which are not
+/// trimmed: a control character anywhere is refused, white space alone too.
+async fn model_names_are_accepted_exactly_when_the_pattern_matches(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let doc = document(&app).await;
+    let items = &schema(&doc, "NewKey")["properties"]["allowed_models"]["items"];
+    let pattern = Regex::new(items["pattern"].as_str().unwrap()).unwrap();
+    let max = items["maxLength"].as_u64().unwrap() as usize;
+    let m200 = "m".repeat(200);
+    let models = [
+        "gpt-4o-mini".to_string(),
+        " gpt ".into(),
+        " ".into(),
+        "\u{3000}".into(),
+        "gpt\n".into(),
+        "\tgpt".into(),
+        "g\u{0}pt".into(),
+        "g\u{200b}pt".into(),
+        "openai/gpt-4o".into(),
+        m200.clone(),
+        format!("{m200}m"),
+    ];
+    for model in models {
+        let documented =
+            !model.is_empty() && model.chars().count() <= max && pattern.is_match(&model).unwrap();
+        let response = app
+            .post_json(
+                "/admin/v1/keys",
+                &json!({ "name": "m", "allowed_models": [model] }),
+            )
+            .await;
+        let accepted = match response.status() {
+            StatusCode::CREATED => true,
+            StatusCode::UNPROCESSABLE_ENTITY => false,
+            other => panic!("{model:?}: {other}"),
+        };
+        assert_eq!(accepted, documented, "{model:?}");
     }
 }

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::{
     error::ApiError,
-    keys::{model::Limits, ApiKey},
+    keys::{input, model::Limits, ApiKey},
     limits::TokenUsage,
     state::AppState,
     store::UsageRow,
@@ -72,6 +72,9 @@ pub async fn get_model(
     if path.is_empty() {
         return Err(not_found().into());
     }
+    // A model id is a model name: `/v2/models/%00` is refused (422 naming `path`), not
+    // echoed back as an id.
+    input::validate_model_name("path", path)?;
     Ok(Json(AixplainModel {
         id: path.to_string(),
     }))
