@@ -34,6 +34,15 @@ fn key_name() -> Value {
 
 /// Applies every constraint to `document` (the whole OpenAPI document as JSON).
 pub fn add_constraints(document: &mut Value) {
+    // aiXplain's model-path lookup reads its path as a model name.
+    if let Some(parameters) = document
+        .pointer_mut("/paths/~1v2~1models~1{path}/get/parameters")
+        .and_then(Value::as_array_mut)
+    {
+        for parameter in parameters.iter_mut().filter(|p| p["name"] == "path") {
+            merge(&mut parameter["schema"], &model_name());
+        }
+    }
     let Some(schemas) = document
         .pointer_mut("/components/schemas")
         .and_then(Value::as_object_mut)

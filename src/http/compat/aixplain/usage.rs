@@ -60,7 +60,12 @@ pub async fn own_usage_limits(
     description = "Model-path resolution for the SDK (it resolves an `assetId` containing `/` \
         before saving limits): the model's id is its path, as clients name it in inference requests.",
     params(("path" = String, Path, description = "Model path, e.g. `openai/gpt-4o-mini`")),
-    responses((status = 200, body = AixplainModel), (status = 401, body = AixplainError)),
+    responses(
+        (status = 200, body = AixplainModel),
+        (status = 404, description = "An empty path", body = AixplainError),
+        (status = 422, description = "The path is no model name (control or invisible characters, \
+            white space only, over 200 characters)", body = AixplainError),
+    ),
     security(("x_api_key" = [])))]
 pub async fn get_model(
     AixAnyKey(_key): AixAnyKey,
