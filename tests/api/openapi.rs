@@ -251,6 +251,20 @@ async fn the_document_states_what_the_server_enforces() {
         assert_eq!(property["minLength"], 1, "{name}.{field}");
         assert!(property["pattern"].is_string(), "{name}.{field}");
     }
+    // Removing, demoting or expiring the last admin key is refused on every surface.
+    for (method, path) in [
+        ("patch", "/admin/v1/keys/{id}"),
+        ("delete", "/admin/v1/keys/{id}"),
+        ("patch", "/api/v1/api_keys"),
+        ("delete", "/api/v1/api_keys"),
+        ("put", "/sdk/api-keys/{id}"),
+        ("delete", "/sdk/api-keys/{id}"),
+    ] {
+        assert!(
+            doc["paths"][path][method]["responses"]["409"].is_object(),
+            "{method} {path} lacks 409 last_admin_key"
+        );
+    }
     let limits = &schema(&doc, "Limits")["properties"];
     assert_eq!(limits["rpm"]["maximum"], 1_000_000_000_000_000_u64);
     let new_key = &schema(&doc, "NewKey")["properties"];

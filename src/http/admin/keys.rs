@@ -77,6 +77,7 @@ pub async fn get_key(
         (status = 200, description = "The updated key; absent fields unchanged, `null` clears", body = KeyView),
         (status = 400, description = "Malformed id (`invalid_id`) or body (`invalid_json`)", body = ErrorBody),
         (status = 404, body = ErrorBody),
+        (status = 409, description = "`last_admin_key`: it would leave the `default` workspace without an active admin key", body = ErrorBody),
         (status = 422, body = ErrorBody),
     ),
     security(("bearer" = [])))]
@@ -99,6 +100,7 @@ pub async fn update_key(
         (status = 204, description = "Revoked; the key stops working at once"),
         (status = 400, description = "Malformed id (`invalid_id`)", body = ErrorBody),
         (status = 404, body = ErrorBody),
+        (status = 409, description = "`last_admin_key`: it would leave the `default` workspace without an active admin key", body = ErrorBody),
     ),
     security(("bearer" = [])))]
 pub async fn delete_key(

@@ -171,6 +171,7 @@ pub fn new_key(kind: KeyKind, description: String, settings: Settings) -> Venice
         (status = 200, description = "The updated key; absent fields unchanged", body = Succeeded<ApiKeyView>),
         (status = 400, body = VeniceErrorBody),
         (status = 404, description = "`{\"error\": \"API key not found\"}`", body = VeniceErrorBody),
+        (status = 409, description = "`last_admin_key`: it would leave the `default` workspace without an active admin key", body = VeniceErrorBody),
     ),
     security(("bearer" = [])))]
 pub async fn update_key(
@@ -239,6 +240,7 @@ pub struct DeleteParams {
         (status = 200, description = "Revoked; the key stops working at once", body = Success),
         (status = 400, description = "No `id`", body = VeniceErrorBody),
         (status = 404, body = VeniceErrorBody),
+        (status = 409, description = "`last_admin_key`: it would leave the `default` workspace without an active admin key", body = VeniceErrorBody),
     ),
     security(("bearer" = [])))]
 pub async fn delete_key(
