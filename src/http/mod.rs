@@ -17,14 +17,12 @@ pub mod admin;
 pub mod auth;
 pub mod compat;
 pub mod extract;
-mod fast;
+pub mod front;
 pub mod inference;
 pub mod me;
 pub mod openapi;
 pub mod ops;
 pub mod ratelimit_headers;
-pub mod serve;
-mod wire;
 
 use std::any::Any;
 

@@ -41,12 +41,11 @@ use tokio::{
 };
 use tracing::{instrument::Instrumented, Instrument, Span};
 
-use super::{
+use super::wire::{self, Head};
+use crate::http::{
     auth,
     inference::{self, Answer},
-    ratelimit_headers,
-    wire::{self, Head},
-    REQUEST_ID,
+    ratelimit_headers, REQUEST_ID,
 };
 use crate::{
     error::{ApiError, Surface},

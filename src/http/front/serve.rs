@@ -36,7 +36,7 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let router = super::router(state.clone());
+    let router = crate::http::router(state.clone());
     // Every connection holds a receiver; `closed()` resolves when the last one is gone.
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut shutdown = pin!(shutdown);
