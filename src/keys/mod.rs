@@ -6,6 +6,7 @@ pub mod cache;
 pub mod hashing;
 pub mod input;
 pub mod model;
+pub mod presented;
 pub mod service;
 pub mod token;
 
