@@ -7,10 +7,11 @@
 //! family that produced the error.
 
 use axum::{
-    http::{header, HeaderValue, StatusCode},
+    body::Body,
+    http::{header, HeaderName, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
-    Json,
 };
+use bytes::Bytes;
 use serde_json::json;
 
 use crate::keys::{AuthError, KeyError};
@@ -112,8 +113,28 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+/// An [`ApiError`] as it goes over the wire: status, headers and body bytes. The router
+/// wraps it in an axum `Response`; the inference fast path writes it straight into the
+/// answer, with no `Response` to build and take apart again.
+pub struct RenderedError {
+    pub status: StatusCode,
+    /// `content-type`, then `retry-after` and `www-authenticate` where they apply.
+    headers: [Option<(HeaderName, HeaderValue)>; 3],
+    pub body: Bytes,
+}
+
+impl RenderedError {
+    pub fn headers(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.headers
+            .iter()
+            .flatten()
+            .map(|(name, value)| (name, value))
+    }
+}
+
+impl ApiError {
+    /// The error in its surface's JSON shape, with its headers.
+    pub fn render(&self) -> RenderedError {
         let body = match self.surface {
             Surface::Admin => {
                 let mut error = json!({ "code": self.code, "message": self.message });
@@ -138,16 +159,33 @@ impl IntoResponse for ApiError {
                 "error": format!("err.{}", self.code),
             }),
         };
-        let mut response = (self.status, Json(body)).into_response();
-        if let Some(secs) = self.retry_after_secs {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        RenderedError {
+            status: self.status,
+            headers: [
+                Some((
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )),
+                self.retry_after_secs
+                    .map(|secs| (header::RETRY_AFTER, HeaderValue::from(secs))),
+                (self.status == StatusCode::UNAUTHORIZED)
+                    .then(|| (header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))),
+            ],
+            // A `Value` always serializes (its keys are strings).
+            body: serde_json::to_vec(&body)
+                .map(Bytes::from)
+                .unwrap_or_default(),
         }
-        if self.status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let rendered = self.render();
+        let mut response = Response::new(Body::from(rendered.body));
+        *response.status_mut() = rendered.status;
+        for (name, value) in rendered.headers.into_iter().flatten() {
+            response.headers_mut().insert(name, value);
         }
         response
     }

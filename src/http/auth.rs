@@ -1,7 +1,9 @@
 //! Authentication for every route but those in `UNAUTHENTICATED`: a new route is
-//! protected unless someone exempts it here on purpose (STYLE §3 rule 6). The middleware
-//! puts the verified key into request extensions; the `AdminKey` / `InferenceKey`
-//! extractors then check the key's kind per route group.
+//! protected unless someone exempts it here on purpose (STYLE §3 rule 6). The key checks
+//! themselves (`verify_presented`) are a step of the admission both front doors run
+//! (`super::front::admission`); the router's middleware here puts the verified key into
+//! request extensions, and the `AdminKey` / `InferenceKey` extractors then check the
+//! key's kind per route group.
 
 use std::{
     collections::HashMap,
@@ -13,12 +15,13 @@ use std::{
 
 use axum::{
     extract::{ConnectInfo, FromRequestParts, Request, State},
-    http::{header, request::Parts, HeaderMap, StatusCode},
+    http::{header, request::Parts, StatusCode},
     middleware::Next,
     response::{IntoResponse, Response},
 };
 use governor::{clock::DefaultClock, DefaultKeyedRateLimiter, Quota};
 
+use super::front::admission::{self, Admitted, Arrival, Needs};
 use crate::{
     error::{ApiError, Surface},
     keys::{ApiKey, AuthError, Caller, CallerRole, KeyKind},
@@ -38,11 +41,13 @@ const UNAUTHENTICATED: &[&str] = &[
 /// Path prefixes that need no key (the reference pages).
 const UNAUTHENTICATED_PREFIXES: &[&str] = &["/docs"];
 
-fn is_public(path: &str) -> bool {
+/// Whether `path` needs no key. Runs for every request (the fast path's too): no allocation.
+pub fn is_public(path: &str) -> bool {
     UNAUTHENTICATED.contains(&path)
-        || UNAUTHENTICATED_PREFIXES
-            .iter()
-            .any(|p| path == *p || path.starts_with(&format!("{p}/")))
+        || UNAUTHENTICATED_PREFIXES.iter().any(|prefix| {
+            path.strip_prefix(prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
 }
 
 /// The verified key of this request, put into extensions by `authenticate`.
@@ -53,37 +58,6 @@ pub struct Authenticated(pub Arc<ApiKey>);
 /// operator trusts a proxy in front (`http.trust_forwarded_for`).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub Option<IpAddr>);
-
-pub fn client_ip(
-    parts_headers: &HeaderMap,
-    peer: Option<SocketAddr>,
-    trust_forwarded_for: bool,
-) -> Option<IpAddr> {
-    client_ip_from(
-        parts_headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok()),
-        peer,
-        trust_forwarded_for,
-    )
-}
-
-/// [`client_ip`] from the `X-Forwarded-For` value, however the headers are held.
-pub fn client_ip_from(
-    forwarded_for: Option<&str>,
-    peer: Option<SocketAddr>,
-    trust_forwarded_for: bool,
-) -> Option<IpAddr> {
-    if trust_forwarded_for {
-        let forwarded = forwarded_for
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.trim().parse::<IpAddr>().ok());
-        if forwarded.is_some() {
-            return forwarded;
-        }
-    }
-    peer.map(|addr| addr.ip())
-}
 
 /// Failed authentications per client address (DESIGN §8). governor counts failures; an
 /// address past its allowance gets 429 for anything that would reach the store or argon2
@@ -137,40 +111,19 @@ impl FailedAuthGuard {
     }
 }
 
-fn too_many_attempts(surface: Surface, wait: Duration) -> Response {
-    ApiError::new(
+fn too_many_attempts(surface: Surface, wait: Duration) -> ApiError {
+    let mut error = ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
         "too_many_auth_attempts",
         "too many failed authentications from this address; wait and retry",
     )
-    .on(surface)
-    .into_response_with_retry(wait.as_secs_f64().ceil() as u64)
+    .on(surface);
+    error.retry_after_secs = Some(wait.as_secs_f64().ceil() as u64);
+    error
 }
 
-/// The presented key: `Authorization: Bearer …` (OpenAI, Venice, ours),
-/// `Authorization: Token …` (aiXplain v1), `x-api-key` or `x-aixplain-key` (aiXplain v2).
-pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    presented_key_in(|name| headers.get(name).and_then(|v| v.to_str().ok()))
-}
-
-/// [`presented_key`] through `text`, which gives a header's value as text, however the
-/// headers are held.
-pub fn presented_key_in<'a>(text: impl Fn(&str) -> Option<&'a str>) -> Option<&'a str> {
-    if let Some(value) = text(header::AUTHORIZATION.as_str()) {
-        let value = value.trim();
-        for scheme in ["Bearer ", "bearer ", "Token ", "token "] {
-            if let Some(rest) = value.strip_prefix(scheme) {
-                return Some(rest.trim());
-            }
-        }
-        return Some(value);
-    }
-    ["x-api-key", "x-aixplain-key"]
-        .iter()
-        .find_map(|name| text(name))
-        .map(str::trim)
-}
-
+/// The router's admission middleware: the shared steps (`front::admission::admit`), then
+/// the client's address and verified key in the request's extensions for the handlers.
 pub async fn authenticate(
     State(state): State<AppState>,
     mut request: Request,
@@ -180,50 +133,41 @@ pub async fn authenticate(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    let ip = client_ip(
-        request.headers(),
+    let content_length = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let arrival = Arrival {
+        path: request.uri().path(),
+        headers: request.headers(),
         peer,
-        state.config.http.trust_forwarded_for,
-    );
-    request.extensions_mut().insert(ClientIp(ip));
-    let path = request.uri().path();
-    if is_public(path) {
-        return next.run(request).await;
-    }
-    let surface = Surface::for_path(path);
-    match verify(&state, request.headers(), ip, surface).await {
-        Ok(key) => {
-            tracing::Span::current().record("key_id", tracing::field::display(key.id));
-            request.extensions_mut().insert(Authenticated(key));
+        content_length,
+        needs: Needs::AnyKey,
+    };
+    match admission::admit(&state, arrival).await {
+        Ok(Admitted { ip, key }) => {
+            request.extensions_mut().insert(ClientIp(ip));
+            if let Some(key) = key {
+                request.extensions_mut().insert(Authenticated(key));
+            }
             next.run(request).await
         }
-        Err(refusal) => refusal,
+        Err(refusal) => refusal.into_response(),
     }
 }
 
 /// The key a request presents, verified: known, usable, allowed from `ip`. A refusal is
-/// the finished answer on `surface` (401, 403 or 429). Shared by the middleware and the
-/// inference fast path (`super::front`), so both refuse alike.
-pub async fn verify(
-    state: &AppState,
-    headers: &HeaderMap,
-    ip: Option<IpAddr>,
-    surface: Surface,
-) -> Result<Arc<ApiKey>, Response> {
-    verify_presented(state, presented_key(headers), ip, surface).await
-}
-
-/// [`verify`] of the key already taken from the request's headers.
+/// the error to answer with on `surface` (401, 403 or 429). A step of
+/// `front::admission::admit`, so both front doors refuse alike.
 pub async fn verify_presented(
     state: &AppState,
     presented: Option<&str>,
     ip: Option<IpAddr>,
     surface: Surface,
-) -> Result<Arc<ApiKey>, Response> {
+) -> Result<Arc<ApiKey>, ApiError> {
     let Some(presented) = presented else {
-        return Err(ApiError::from(AuthError::Missing)
-            .on(surface)
-            .into_response());
+        return Err(ApiError::from(AuthError::Missing).on(surface));
     };
     if let Some(ip) = ip {
         if let Some(wait) = state.auth_attempts.blocked_for(ip) {
@@ -244,8 +188,7 @@ pub async fn verify_presented(
                             .unwrap_or_else(|| "an unknown address".into())
                     ),
                 )
-                .on(surface)
-                .into_response());
+                .on(surface));
             }
             Ok(key)
         }
@@ -257,15 +200,8 @@ pub async fn verify_presented(
                     return Err(too_many_attempts(surface, wait));
                 }
             }
-            Err(ApiError::from(err).on(surface).into_response())
+            Err(ApiError::from(err).on(surface))
         }
-    }
-}
-
-impl ApiError {
-    fn into_response_with_retry(mut self, secs: u64) -> Response {
-        self.retry_after_secs = Some(secs);
-        self.into_response()
     }
 }
 

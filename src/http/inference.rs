@@ -12,10 +12,11 @@ use axum::{
 };
 use serde_json::json;
 
-use super::{auth::Authenticated, ratelimit_headers};
+use super::{auth::Authenticated, front::admission, ratelimit_headers};
 use crate::{
     error::{ApiError, Surface},
-    keys::{ApiKey, AuthError, KeyKind},
+    keys::{ApiKey, AuthError},
+    limits::BucketState,
     proxy::{AnswerBody, Endpoint, InferenceError, InferenceRequest, ProxyAnswer},
     state::AppState,
     usage::budget::BudgetRefusal,
@@ -31,22 +32,8 @@ impl FromRequestParts<AppState> for InferenceKey {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        inference_key(state, any_key(parts)?).map(InferenceKey)
+        admission::inference_key(state, any_key(parts)?).map(InferenceKey)
     }
-}
-
-/// Refuses admin keys on inference routes; notes the key's use (`last_used_at`).
-pub(super) fn inference_key(state: &AppState, key: Arc<ApiKey>) -> Result<Arc<ApiKey>, ApiError> {
-    if key.kind == KeyKind::Admin {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "admin_key_not_for_inference",
-            "admin keys cannot call inference; use an inference key",
-        )
-        .on(Surface::OpenAi));
-    }
-    state.recorder.touch(key.id, crate::clock::now());
-    Ok(key)
 }
 
 /// Any valid key (self-service).
@@ -155,11 +142,11 @@ impl From<InferenceError> for ApiError {
     }
 }
 
-/// What an inference request comes to: the upstream's answer, or keygate's refusal as a
-/// finished response (OpenAI's error body, rate-limit headers where a limit refused).
+/// What an inference request comes to: the upstream's answer, or keygate's refusal
+/// (OpenAI's error body) with the buckets' states for its rate-limit headers.
 pub(super) enum Answer {
     Proxied(ProxyAnswer),
-    Refused(Response),
+    Refused(ApiError, Vec<BucketState>),
 }
 
 /// A router request as the gateway takes it: path after `/v1`, and the `x-request-id` the
@@ -203,9 +190,7 @@ pub(super) async fn answer(state: &AppState, request: InferenceRequest) -> Answe
                 InferenceError::RateLimited(refusal) => refusal.states.clone(),
                 _ => Vec::new(),
             };
-            let mut response = ApiError::from(err).into_response();
-            ratelimit_headers::apply(response.headers_mut(), &states);
-            Answer::Refused(response)
+            Answer::Refused(ApiError::from(err), states)
         }
     }
 }
@@ -220,7 +205,7 @@ pub(super) async fn proxy(
     body: Bytes,
 ) -> Response {
     let request = inference_request(key, endpoint, method, uri, headers, body);
-    match answer(&state, request).await {
+    let (mut response, limits) = match answer(&state, request).await {
         Answer::Proxied(answer) => {
             let mut response = match answer.body {
                 AnswerBody::Whole(bytes) => Response::new(Body::from(bytes)),
@@ -228,11 +213,12 @@ pub(super) async fn proxy(
             };
             *response.status_mut() = answer.status;
             *response.headers_mut() = answer.headers;
-            ratelimit_headers::apply(response.headers_mut(), &answer.limits);
-            response
+            (response, answer.limits)
         }
-        Answer::Refused(response) => response,
-    }
+        Answer::Refused(refusal, limits) => (refusal.into_response(), limits),
+    };
+    ratelimit_headers::apply(response.headers_mut(), &limits);
+    response
 }
 
 macro_rules! endpoint_handler {

@@ -3,6 +3,8 @@
 //! connection's own task (`wire` writes its answers); anything else, or every request when
 //! `http.fast_path = false`, is served by hyper and the axum router (`super::router`).
 
+pub mod admission;
+mod deadline;
 mod fast;
 pub mod serve;
 mod wire;
