@@ -251,3 +251,54 @@ impl From<crate::store::StoreError> for ApiError {
         KeyError::from(err).into()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_router_answers_exactly_what_render_gives() {
+        let mut limited = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "slow_down", "wait");
+        limited.retry_after_secs = Some(3);
+        for error in [
+            ApiError::from(AuthError::Missing).on(Surface::OpenAi),
+            ApiError::invalid_field("name", "too long").on(Surface::Admin),
+            limited.on(Surface::Venice),
+            ApiError::not_found("no such key").on(Surface::Aixplain),
+        ] {
+            let rendered = error.render();
+            let response = error.into_response();
+            assert_eq!(response.status(), rendered.status);
+            let headers: Vec<_> = rendered
+                .headers()
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect();
+            let answered: Vec<_> = response
+                .headers()
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect();
+            assert_eq!(answered, headers);
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, rendered.body);
+            assert!(serde_json::from_slice::<serde_json::Value>(&body).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_401_asks_for_a_bearer_key_and_a_wait_is_a_retry_after() {
+        let rendered = ApiError::from(AuthError::Missing).render();
+        let names: Vec<_> = rendered.headers().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["content-type", "www-authenticate"]);
+        let mut limited = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "slow_down", "wait");
+        limited.retry_after_secs = Some(3);
+        let rendered = limited.render();
+        let retry = rendered
+            .headers()
+            .find(|(name, _)| *name == header::RETRY_AFTER)
+            .map(|(_, value)| value.clone());
+        assert_eq!(retry, Some(HeaderValue::from(3u64)));
+    }
+}

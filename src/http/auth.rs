@@ -13,16 +13,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::body::HttpBody as _;
 use axum::{
+    body::{Body, HttpBody as _},
     extract::{ConnectInfo, FromRequestParts, Request, State},
     http::{header, request::Parts, HeaderValue, StatusCode},
     middleware::Next,
     response::{IntoResponse, Response},
 };
+use futures::FutureExt;
 use governor::{clock::DefaultClock, DefaultKeyedRateLimiter, Quota};
+use http_body_util::BodyExt;
 
-use super::front::admission::{self, Admitted, Arrival, Needs};
+use super::front::admission::{self, Admitted, Arrival};
 use crate::{
     error::{ApiError, Surface},
     keys::{ApiKey, AuthError, Caller, CallerRole, KeyKind},
@@ -144,22 +146,19 @@ pub async fn authenticate(
         headers: request.headers(),
         peer,
         content_length,
-        needs: Needs::AnyKey,
     };
     match admission::admit(&state, arrival).await {
         Ok(Admitted { ip, key }) => {
             request.extensions_mut().insert(ClientIp(ip));
             if let Some(key) = key {
+                tracing::Span::current().record("key_id", tracing::field::display(key.id));
                 request.extensions_mut().insert(Authenticated(key));
             }
             next.run(request).await
         }
         Err(refusal) => {
             let mut response = refusal.into_response();
-            // Nobody will read the body: hyper skips what has arrived and closes the
-            // connection if more is due, which it cannot tell here. Say so, as the fast
-            // path does when a refused request's body has not all arrived.
-            if !request.body().is_end_stream() {
+            if !skip_body_if_here(request.into_body()).await {
                 response
                     .headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -167,6 +166,29 @@ pub async fn authenticate(
             response
         }
     }
+}
+
+/// Reads and drops a refused request's body if it has all arrived, as the fast path does
+/// (`true`); if more is due, nobody will wait for it: the answer then says
+/// `connection: close` (hyper closes the connection rather than wait for it too). The
+/// body comes from hyper a frame at a time as the connection task reads the socket, so
+/// each wait yields to that task once; twice in a row without a frame means the rest is
+/// not here. `RequestBodyLimitLayer` bounds what is read.
+async fn skip_body_if_here(mut body: Body) -> bool {
+    let mut waits = 0;
+    while !body.is_end_stream() {
+        match body.frame().now_or_never() {
+            Some(Some(Ok(_))) => waits = 0,
+            Some(None) => return true,
+            Some(Some(Err(_))) => return false,
+            None if waits < 2 => {
+                waits += 1;
+                tokio::task::yield_now().await;
+            }
+            None => return false,
+        }
+    }
+    true
 }
 
 /// The key a request presents, verified: known, usable, allowed from `ip`. A refusal is

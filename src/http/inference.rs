@@ -15,14 +15,14 @@ use serde_json::json;
 use super::{auth::Authenticated, front::admission, ratelimit_headers};
 use crate::{
     error::{ApiError, Surface},
-    keys::{ApiKey, AuthError},
+    keys::{ApiKey, AuthError, KeyKind},
     limits::BucketState,
     proxy::{AnswerBody, Endpoint, InferenceError, InferenceRequest, ProxyAnswer},
     state::AppState,
     usage::budget::BudgetRefusal,
 };
 
-/// An inference-capable key (the auth layer already checked its IP allowlist).
+/// An inference-capable key (admission already checked its IP allowlist and kind).
 pub struct InferenceKey(pub Arc<ApiKey>);
 
 impl FromRequestParts<AppState> for InferenceKey {
@@ -30,9 +30,15 @@ impl FromRequestParts<AppState> for InferenceKey {
 
     async fn from_request_parts(
         parts: &mut Parts,
-        state: &AppState,
+        _state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        admission::inference_key(state, any_key(parts)?).map(InferenceKey)
+        // Admission refused admin keys and noted the key's use on every `/v1` inference
+        // path (`admission::Needs::of`); this guards a route registered anywhere else.
+        let key = any_key(parts)?;
+        if key.kind == KeyKind::Admin {
+            return Err(admission::admin_key_refused());
+        }
+        Ok(InferenceKey(key))
     }
 }
 

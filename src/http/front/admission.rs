@@ -10,8 +10,8 @@
 //! 3. [`admit`]: the client's address ([`client_ip`]); the body limit on the declared
 //!    length; nothing more for the public routes; else the presented key
 //!    ([`KEY_HEADERS`]) through the failed-attempt guard, verification and the key's IP
-//!    allowlist (`auth::verify_presented`); on inference routes, admin keys refused
-//!    ([`inference_key`]).
+//!    allowlist (`auth::verify_presented`); on inference routes ([`Needs::of`]), admin
+//!    keys refused and the key's use noted.
 //!
 //! The router also caps a body as it streams in (`RequestBodyLimitLayer`): only it reads
 //! chunked bodies; the fast path reads only bodies of a declared length.
@@ -70,10 +70,22 @@ pub async fn guarded<F: Future>(surface: Surface, work: F) -> Result<F::Output, 
 /// The key a route needs once past the public allow-list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Needs {
-    /// Any valid key; the route's extractor checks its kind (`AdminKey`, `InferenceKey`).
+    /// Any valid key; the route's extractor checks its kind (`AdminKey`, …).
     AnyKey,
     /// An inference key: admin keys are refused here.
     InferenceKey,
+}
+
+impl Needs {
+    /// Every `/v1` route but the key's own self-service (`/v1/key`) is inference: the
+    /// fast path's three, the model list and the pass-through paths.
+    pub fn of(path: &str) -> Needs {
+        if path.starts_with("/v1/") && path != "/v1/key" {
+            Needs::InferenceKey
+        } else {
+            Needs::AnyKey
+        }
+    }
 }
 
 /// What a door knows of a request when it admits it: the head, not the body.
@@ -83,7 +95,6 @@ pub struct Arrival<'a, H> {
     pub peer: Option<SocketAddr>,
     /// The declared `Content-Length`, if any.
     pub content_length: Option<u64>,
-    pub needs: Needs,
 }
 
 /// An admitted request: the client's address, and its verified key (none on a public route).
@@ -112,8 +123,7 @@ pub async fn admit<H: HeaderText>(
     }
     let presented = presented_key(|name| arrival.headers.text(name));
     let key = auth::verify_presented(state, presented, ip, surface).await?;
-    tracing::Span::current().record("key_id", tracing::field::display(key.id));
-    let key = match arrival.needs {
+    let key = match Needs::of(arrival.path) {
         Needs::AnyKey => key,
         Needs::InferenceKey => inference_key(state, key)?,
     };
@@ -140,17 +150,22 @@ pub fn client_ip(
 }
 
 /// Refuses admin keys on inference routes; notes the key's use (`last_used_at`).
-pub fn inference_key(state: &AppState, key: Arc<ApiKey>) -> Result<Arc<ApiKey>, ApiError> {
+fn inference_key(state: &AppState, key: Arc<ApiKey>) -> Result<Arc<ApiKey>, ApiError> {
     if key.kind == KeyKind::Admin {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "admin_key_not_for_inference",
-            "admin keys cannot call inference; use an inference key",
-        )
-        .on(Surface::OpenAi));
+        return Err(admin_key_refused());
     }
     state.recorder.touch(key.id, crate::clock::now());
     Ok(key)
+}
+
+/// The 403 for an admin key on an inference route.
+pub fn admin_key_refused() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "admin_key_not_for_inference",
+        "admin keys cannot call inference; use an inference key",
+    )
+    .on(Surface::OpenAi)
 }
 
 /// The 413 for a body over `http.max_body_bytes`, declared or found while reading it.
@@ -193,6 +208,16 @@ mod tests {
         let made = request_id(None);
         let made = made.to_str().unwrap_or_default();
         assert!(uuid::Uuid::parse_str(made).is_ok(), "{made}");
+    }
+
+    #[test]
+    fn every_v1_route_but_self_service_needs_an_inference_key() {
+        for path in ["/v1/chat/completions", "/v1/models", "/v1/moderations"] {
+            assert_eq!(Needs::of(path), Needs::InferenceKey, "{path}");
+        }
+        for path in ["/v1/key", "/v1", "/admin/v1/keys", "/api/v1/api_keys"] {
+            assert_eq!(Needs::of(path), Needs::AnyKey, "{path}");
+        }
     }
 
     #[test]

@@ -40,7 +40,7 @@ use tokio::{
 use tracing::{instrument::Instrumented, Instrument, Span};
 
 use super::{
-    admission::{self, Admitted, Arrival, Needs},
+    admission::{self, Admitted, Arrival},
     wire::{self, Head},
 };
 use crate::{
@@ -239,7 +239,6 @@ impl<'a> Connection<'a> {
             headers: &headers,
             peer: Some(self.peer),
             content_length: Some(content_length as u64),
-            needs: Needs::InferenceKey,
         };
         let admitted = admission::guarded(
             Surface::OpenAi,
@@ -247,7 +246,10 @@ impl<'a> Connection<'a> {
         )
         .await;
         let key = match admitted {
-            Ok(Ok(Admitted { key: Some(key), .. })) => key,
+            Ok(Ok(Admitted { key: Some(key), .. })) => {
+                span.record("key_id", tracing::field::display(key.id));
+                key
+            }
             // The inference routes are not public: an admitted request has a key.
             Ok(Ok(Admitted { key: None, .. })) => {
                 let refusal = ApiError::from(AuthError::Missing).on(Surface::OpenAi);
