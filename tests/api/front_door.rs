@@ -1,10 +1,11 @@
-//! The front door at the wire (src/http/serve.rs, src/http/fast.rs): the inference fast
-//! path and the hand-off to hyper must look to a client like one HTTP/1.1 server —
-//! keep-alive and pipelining, a connection that moves to the router mid-way, bodies the
-//! fast path does not read itself (chunked, `Expect`), HTTP/1.0, `Connection: close`,
-//! bad requests, a client leaving early, slow clients, and draining at shutdown. Raw TCP,
-//! so what is checked is exactly what goes over the wire. Every test runs through both
-//! front doors (`http.fast_path` on and off).
+//! The front doors at the wire (src/http/front/): the inference fast path and the
+//! hand-off to hyper must look to a client like one HTTP/1.1 server — keep-alive and
+//! pipelining, a connection that moves to the router mid-way, bodies the fast path does
+//! not read itself (chunked, `Expect`), HTTP/1.0, `Connection: close`, bad requests, a
+//! client leaving early, slow clients, and draining at shutdown. Raw TCP, so what is
+//! checked is exactly what goes over the wire. Every test runs through both front doors
+//! (`http.fast_path` on and off), and one sends the same requests through both and
+//! compares the answers.
 
 use std::time::Duration;
 

@@ -1,17 +1,19 @@
 //! The inference fast path: HTTP/1.1 `POST /v1/chat/completions`, `/v1/completions` and
 //! `/v1/embeddings` with a `Content-Length` body, read and answered on the connection's
 //! own task without hyper or the router stack. Everything else (other routes and methods,
-//! chunked or `Expect` bodies, HTTP/1.0, upgrades, oversize or malformed requests) is
-//! handed to hyper and the axum router, with the bytes already read, for the rest of the
-//! connection (`super::serve`), so those requests are served exactly as before.
+//! chunked or `Expect` bodies, HTTP/1.0, upgrades, malformed requests) is handed to hyper
+//! and the axum router, with the bytes already read, for the rest of the connection
+//! (`super::serve`), so those requests are served exactly as before.
 //!
 //! Why by hand: these three routes carry nearly all of a gateway's traffic. On one core
 //! shared with the upstream, hyper's server dispatcher plus the router's middleware cost
 //! more per request than auth, limits and accounting together (docs/performance.md); a
 //! loop that parses the head with httparse, calls the same gateway and writes the answer
-//! in one write does the same work for a fraction of it. The steps are the router's, in
-//! its order: request id → auth (key, IP allowlist, failed-attempt guard) → inference key
-//! → body limit → proxy, with a panic turned into a 500.
+//! in one write does the same work for a fraction of it. The admission steps are the
+//! router's, from the same functions (`super::admission`): request id → panic guard →
+//! address, body limit, key (failed-attempt guard, IP allowlist), inference key → proxy.
+//! A request arriving in pieces has `http.request_read_timeout_secs` from its first byte
+//! to arrive whole.
 //!
 //! While the gateway works, the client's socket is watched: a client that goes away
 //! cancels the request (the upstream call is dropped, the meter settles once), as hyper
