@@ -3,6 +3,10 @@
 //! with the upstream's own credential; pass the answer back (streamed chunk by chunk or
 //! whole) and settle exactly once with the real usage. No axum here: the HTTP layer
 //! turns `ProxyAnswer` and `InferenceError` into responses.
+//!
+//! A request's walk is [`Gateway::handle`]: parse (here, with `request`), admit
+//! (`admission`), forward (`forward`), meter (`meter`, and `stream` for a stream).
+//! `models` lists the models a key may use.
 
 mod admission;
 pub mod bpe;

@@ -46,8 +46,8 @@ struct State {
 }
 
 impl Clock {
-    /// A clock for a connection whose first request started arriving with the fast path
-    /// (`started`: its deadline there), or has not started yet.
+    /// A clock for a new router connection: `deadline` is its first request's if that
+    /// started arriving on the fast path in pieces (the fast path's deadline holds on).
     pub fn new(timeout: Duration, deadline: Option<Instant>) -> Clock {
         Clock(Arc::new(Mutex::new(State {
             timeout,
