@@ -157,7 +157,7 @@ impl App {
                 }),
         );
         tracing::info!(addr = %self.local_addr, store = self.state.store.backend(), "keygate listening");
-        let result = http::serve::serve(self.listener, self.state.clone(), shutdown).await;
+        let result = http::front::serve::serve(self.listener, self.state.clone(), shutdown).await;
         // In-flight requests have drained (their meters recorded usage); now stop the
         // background tasks, and let the usage writer do its final flush.
         let _ = stop_tx.send(true);

@@ -144,12 +144,23 @@ pub struct HttpConfig {
     pub trust_forwarded_for: bool,
     /// How long a keep-alive connection may wait idle for its next request.
     pub keep_alive_idle_secs: f64,
+    /// How long a request that has started arriving may take to arrive whole (head and
+    /// body); past it the connection is closed.
+    pub request_read_timeout_secs: f64,
+    /// Serve the hot inference routes on keygate's own HTTP/1.1 fast path. `false`: every
+    /// request goes through hyper and the router (the same answers, at a higher cost).
+    pub fast_path: bool,
 }
 
 impl HttpConfig {
     /// `keep_alive_idle_secs` as a duration (validated at load: positive and finite).
     pub fn keep_alive_idle(&self) -> Duration {
         Duration::from_secs_f64(self.keep_alive_idle_secs)
+    }
+
+    /// `request_read_timeout_secs` as a duration (validated at load: positive and finite).
+    pub fn request_read_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.request_read_timeout_secs)
     }
 }
 
@@ -159,6 +170,8 @@ impl Default for HttpConfig {
             max_body_bytes: 4 * 1024 * 1024,
             trust_forwarded_for: false,
             keep_alive_idle_secs: 75.0,
+            request_read_timeout_secs: 30.0,
+            fast_path: true,
         }
     }
 }
@@ -345,6 +358,10 @@ impl Config {
             ("proxy.idle_timeout_secs", self.proxy.idle_timeout_secs),
             ("proxy.timeout_secs", self.proxy.timeout_secs),
             ("http.keep_alive_idle_secs", self.http.keep_alive_idle_secs),
+            (
+                "http.request_read_timeout_secs",
+                self.http.request_read_timeout_secs,
+            ),
         ] {
             if !(value.is_finite() && value > 0.0 && value <= 86_400.0) {
                 return Err(invalid(field, "must be a number of seconds in (0, 86400]"));
@@ -500,6 +517,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("web3.token_ttl_secs"), "{err}");
+    }
+
+    #[test]
+    fn the_front_door_settings_load_and_are_checked() {
+        let defaults = Config::default().http;
+        assert!(defaults.fast_path);
+        assert_eq!(defaults.request_read_timeout(), Duration::from_secs(30));
+        let config = load_from(
+            "[http]
+fast_path = false
+request_read_timeout_secs = 2.5
+",
+        )
+        .unwrap();
+        assert!(!config.http.fast_path);
+        assert_eq!(
+            config.http.request_read_timeout(),
+            Duration::from_millis(2500)
+        );
+        let err = load_from(
+            "[http]
+request_read_timeout_secs = 0
+",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("http.request_read_timeout_secs"), "{err}");
+        let err = load_from(
+            "[http]
+fast_path = \"yes\"
+",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("fast_path"), "{err}");
     }
 
     #[test]

@@ -7,10 +7,11 @@
 //! family that produced the error.
 
 use axum::{
-    http::{header, HeaderValue, StatusCode},
+    body::Body,
+    http::{header, HeaderName, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
-    Json,
 };
+use bytes::Bytes;
 use serde_json::json;
 
 use crate::keys::{AuthError, KeyError};
@@ -135,8 +136,28 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+/// An [`ApiError`] as it goes over the wire: status, headers and body bytes. The router
+/// wraps it in an axum `Response`; the inference fast path writes it straight into the
+/// answer, with no `Response` to build and take apart again.
+pub struct RenderedError {
+    pub status: StatusCode,
+    /// `content-type`, then `retry-after` and `www-authenticate` where they apply.
+    headers: [Option<(HeaderName, HeaderValue)>; 3],
+    pub body: Bytes,
+}
+
+impl RenderedError {
+    pub fn headers(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.headers
+            .iter()
+            .flatten()
+            .map(|(name, value)| (name, value))
+    }
+}
+
+impl ApiError {
+    /// The error in its surface's JSON shape, with its headers.
+    pub fn render(&self) -> RenderedError {
         let body = match self.surface {
             Surface::Admin => {
                 let mut error = json!({ "code": self.code, "message": self.message });
@@ -161,16 +182,33 @@ impl IntoResponse for ApiError {
                 "error": format!("err.{}", self.code),
             }),
         };
-        let mut response = (self.status, Json(body)).into_response();
-        if let Some(secs) = self.retry_after_secs {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        RenderedError {
+            status: self.status,
+            headers: [
+                Some((
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )),
+                self.retry_after_secs
+                    .map(|secs| (header::RETRY_AFTER, HeaderValue::from(secs))),
+                (self.status == StatusCode::UNAUTHORIZED)
+                    .then(|| (header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))),
+            ],
+            // A `Value` always serializes (its keys are strings).
+            body: serde_json::to_vec(&body)
+                .map(Bytes::from)
+                .unwrap_or_default(),
         }
-        if self.status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let rendered = self.render();
+        let mut response = Response::new(Body::from(rendered.body));
+        *response.status_mut() = rendered.status;
+        for (name, value) in rendered.headers.into_iter().flatten() {
+            response.headers_mut().insert(name, value);
         }
         response
     }
@@ -245,5 +283,56 @@ impl From<AuthError> for ApiError {
 impl From<crate::store::StoreError> for ApiError {
     fn from(err: crate::store::StoreError) -> Self {
         KeyError::from(err).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_router_answers_exactly_what_render_gives() {
+        let mut limited = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "slow_down", "wait");
+        limited.retry_after_secs = Some(3);
+        for error in [
+            ApiError::from(AuthError::Missing).on(Surface::OpenAi),
+            ApiError::invalid_field("name", "too long").on(Surface::Admin),
+            limited.on(Surface::Venice),
+            ApiError::not_found("no such key").on(Surface::Aixplain),
+        ] {
+            let rendered = error.render();
+            let response = error.into_response();
+            assert_eq!(response.status(), rendered.status);
+            let headers: Vec<_> = rendered
+                .headers()
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect();
+            let answered: Vec<_> = response
+                .headers()
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect();
+            assert_eq!(answered, headers);
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, rendered.body);
+            assert!(serde_json::from_slice::<serde_json::Value>(&body).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_401_asks_for_a_bearer_key_and_a_wait_is_a_retry_after() {
+        let rendered = ApiError::from(AuthError::Missing).render();
+        let names: Vec<_> = rendered.headers().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["content-type", "www-authenticate"]);
+        let mut limited = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "slow_down", "wait");
+        limited.retry_after_secs = Some(3);
+        let rendered = limited.render();
+        let retry = rendered
+            .headers()
+            .find(|(name, _)| *name == header::RETRY_AFTER)
+            .map(|(_, value)| value.clone());
+        assert_eq!(retry, Some(HeaderValue::from(3u64)));
     }
 }

@@ -5,7 +5,8 @@
 //! mock upstream and keygate in process (temp SQLite database, one wildcard upstream),
 //! creates the keys the Python tests need through the keys service, then runs
 //! `pytest tests/python/test_openai_client.py` with the base URL and the keys in its
-//! environment, and requires it to pass.
+//! environment, and requires it to pass: once through each front door
+//! (`http.fast_path` on and off).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -53,7 +54,18 @@ fn rpm(limit: u64) -> Option<Limits> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn openai_python_sdk_against_keygate() {
+async fn openai_python_sdk_against_keygate_on_the_fast_path() {
+    openai_python_sdk_against_keygate(true).await
+}
+
+/// The same suite with `http.fast_path = false`: every request through hyper and the
+/// router, which must answer the SDK exactly as the fast path does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_python_sdk_against_keygate_through_the_router() {
+    openai_python_sdk_against_keygate(false).await
+}
+
+async fn openai_python_sdk_against_keygate(fast_path: bool) {
     let python = pytest::ensure_venv().await;
 
     let mock = MockUpstream::start().await;
@@ -76,6 +88,7 @@ async fn openai_python_sdk_against_keygate() {
         ..Config::default()
     };
     config.keys.default_workspace_key_cap = None;
+    config.http.fast_path = fast_path;
 
     let app = App::build(config).await.expect("keygate starts");
     let address = app.local_addr();

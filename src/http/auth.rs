@@ -1,7 +1,9 @@
 //! Authentication for every route but those in `UNAUTHENTICATED`: a new route is
-//! protected unless someone exempts it here on purpose (STYLE §3 rule 6). The middleware
-//! puts the verified key into request extensions; the `AdminKey` / `InferenceKey`
-//! extractors then check the key's kind per route group.
+//! protected unless someone exempts it here on purpose (STYLE §3 rule 6). The key checks
+//! themselves (`verify_presented`) are a step of the admission both front doors run
+//! (`super::front::admission`); the router's middleware here puts the verified key into
+//! request extensions, and the `AdminKey` / `InferenceKey` extractors then check the
+//! key's kind per route group.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -9,12 +11,16 @@ use std::{
 };
 
 use axum::{
+    body::{Body, HttpBody as _},
     extract::{ConnectInfo, FromRequestParts, Request, State},
-    http::{header, request::Parts, HeaderMap, StatusCode},
+    http::{header, request::Parts, HeaderValue, StatusCode},
     middleware::Next,
     response::{IntoResponse, Response},
 };
+use futures::FutureExt;
+use http_body_util::BodyExt;
 
+use super::front::admission::{self, Admitted, Arrival};
 use crate::{
     error::{ApiError, Surface},
     keys::{ApiKey, AuthError, Caller, CallerRole, KeyKind},
@@ -34,11 +40,13 @@ const UNAUTHENTICATED: &[&str] = &[
 /// Path prefixes that need no key (the reference pages).
 const UNAUTHENTICATED_PREFIXES: &[&str] = &["/docs"];
 
-fn is_public(path: &str) -> bool {
+/// Whether `path` needs no key. Runs for every request (the fast path's too): no allocation.
+pub fn is_public(path: &str) -> bool {
     UNAUTHENTICATED.contains(&path)
-        || UNAUTHENTICATED_PREFIXES
-            .iter()
-            .any(|p| path == *p || path.starts_with(&format!("{p}/")))
+        || UNAUTHENTICATED_PREFIXES.iter().any(|prefix| {
+            path.strip_prefix(prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
 }
 
 /// The verified key of this request, put into extensions by `authenticate`.
@@ -50,61 +58,8 @@ pub struct Authenticated(pub Arc<ApiKey>);
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub Option<IpAddr>);
 
-pub fn client_ip(
-    parts_headers: &HeaderMap,
-    peer: Option<SocketAddr>,
-    trust_forwarded_for: bool,
-) -> Option<IpAddr> {
-    client_ip_from(
-        parts_headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok()),
-        peer,
-        trust_forwarded_for,
-    )
-}
-
-/// [`client_ip`] from the `X-Forwarded-For` value, however the headers are held.
-pub fn client_ip_from(
-    forwarded_for: Option<&str>,
-    peer: Option<SocketAddr>,
-    trust_forwarded_for: bool,
-) -> Option<IpAddr> {
-    if trust_forwarded_for {
-        let forwarded = forwarded_for
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.trim().parse::<IpAddr>().ok());
-        if forwarded.is_some() {
-            return forwarded;
-        }
-    }
-    peer.map(|addr| addr.ip())
-}
-
-/// The presented key: `Authorization: Bearer …` (OpenAI, Venice, ours),
-/// `Authorization: Token …` (aiXplain v1), `x-api-key` or `x-aixplain-key` (aiXplain v2).
-pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    presented_key_in(|name| headers.get(name).and_then(|v| v.to_str().ok()))
-}
-
-/// [`presented_key`] through `text`, which gives a header's value as text, however the
-/// headers are held.
-pub fn presented_key_in<'a>(text: impl Fn(&str) -> Option<&'a str>) -> Option<&'a str> {
-    if let Some(value) = text(header::AUTHORIZATION.as_str()) {
-        let value = value.trim();
-        for scheme in ["Bearer ", "bearer ", "Token ", "token "] {
-            if let Some(rest) = value.strip_prefix(scheme) {
-                return Some(rest.trim());
-            }
-        }
-        return Some(value);
-    }
-    ["x-api-key", "x-aixplain-key"]
-        .iter()
-        .find_map(|name| text(name))
-        .map(str::trim)
-}
-
+/// The router's admission middleware: the shared steps (`front::admission::admit`), then
+/// the client's address and verified key in the request's extensions for the handlers.
 pub async fn authenticate(
     State(state): State<AppState>,
     mut request: Request,
@@ -114,50 +69,72 @@ pub async fn authenticate(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    let ip = client_ip(
-        request.headers(),
+    let content_length = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let arrival = Arrival {
+        path: request.uri().path(),
+        headers: request.headers(),
         peer,
-        state.config.http.trust_forwarded_for,
-    );
-    request.extensions_mut().insert(ClientIp(ip));
-    let path = request.uri().path();
-    if is_public(path) {
-        return next.run(request).await;
-    }
-    let surface = Surface::for_path(path);
-    match verify(&state, request.headers(), ip, surface).await {
-        Ok(key) => {
-            tracing::Span::current().record("key_id", tracing::field::display(key.id));
-            request.extensions_mut().insert(Authenticated(key));
+        content_length,
+    };
+    match admission::admit(&state, arrival).await {
+        Ok(Admitted { ip, key }) => {
+            request.extensions_mut().insert(ClientIp(ip));
+            if let Some(key) = key {
+                tracing::Span::current().record("key_id", tracing::field::display(key.id));
+                request.extensions_mut().insert(Authenticated(key));
+            }
             next.run(request).await
         }
-        Err(refusal) => refusal,
+        Err(refusal) => {
+            let mut response = refusal.into_response();
+            if !skip_body_if_here(request.into_body()).await {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
+        }
     }
+}
+
+/// Reads and drops a refused request's body if it has all arrived, as the fast path does
+/// (`true`); if more is due, nobody will wait for it: the answer then says
+/// `connection: close` (hyper closes the connection rather than wait for it too). The
+/// body comes from hyper a frame at a time as the connection task reads the socket, so
+/// each wait yields to that task once; twice in a row without a frame means the rest is
+/// not here. `RequestBodyLimitLayer` bounds what is read.
+async fn skip_body_if_here(mut body: Body) -> bool {
+    let mut waits = 0;
+    while !body.is_end_stream() {
+        match body.frame().now_or_never() {
+            Some(Some(Ok(_))) => waits = 0,
+            Some(None) => return true,
+            Some(Some(Err(_))) => return false,
+            None if waits < 2 => {
+                waits += 1;
+                tokio::task::yield_now().await;
+            }
+            None => return false,
+        }
+    }
+    true
 }
 
 /// The key a request presents, verified: known, usable, allowed from `ip`. A refusal is
-/// the finished answer on `surface` (401, 403 or 429). Shared by the middleware and the
-/// inference fast path (`super::front`), so both refuse alike.
-pub async fn verify(
-    state: &AppState,
-    headers: &HeaderMap,
-    ip: Option<IpAddr>,
-    surface: Surface,
-) -> Result<Arc<ApiKey>, Response> {
-    verify_presented(state, presented_key(headers), ip, surface).await
-}
-
-/// [`verify`] of the key already taken from the request's headers.
+/// the error to answer with on `surface` (401, 403 or 429). A step of
+/// `front::admission::admit`, so both front doors refuse alike.
 pub async fn verify_presented(
     state: &AppState,
     presented: Option<&str>,
     ip: Option<IpAddr>,
     surface: Surface,
-) -> Result<Arc<ApiKey>, Response> {
+) -> Result<Arc<ApiKey>, ApiError> {
     let Some(presented) = presented else {
-        return Err(ApiError::from(AuthError::Missing)
-            .on(surface)
-            .into_response());
+        return Err(ApiError::from(AuthError::Missing).on(surface));
     };
     let client = ip.map(|ip| (ip, &*state.auth_attempts));
     match state.keys.authenticate_from(presented, client).await {
@@ -172,14 +149,13 @@ pub async fn verify_presented(
                             .unwrap_or_else(|| "an unknown address".into())
                     ),
                 )
-                .on(surface)
-                .into_response());
+                .on(surface));
             }
             Ok(key)
         }
         Err(err) => {
             tracing::info!(reason = %err, ip = ?ip, "authentication refused");
-            Err(ApiError::from(err).on(surface).into_response())
+            Err(ApiError::from(err).on(surface))
         }
     }
 }

@@ -13,16 +13,17 @@ use axum::{
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{auth::Authenticated, ratelimit_headers};
+use super::{auth::Authenticated, front::admission, ratelimit_headers};
 use crate::{
     error::{ApiError, Surface},
     keys::{ApiKey, AuthError, KeyKind},
+    limits::BucketState,
     proxy::{AnswerBody, Endpoint, InferenceError, InferenceRequest, ProxyAnswer},
     state::AppState,
     usage::budget::BudgetRefusal,
 };
 
-/// An inference-capable key (the auth layer already checked its IP allowlist).
+/// An inference-capable key (admission already checked its IP allowlist and kind).
 pub struct InferenceKey(pub Arc<ApiKey>);
 
 impl FromRequestParts<AppState> for InferenceKey {
@@ -30,24 +31,16 @@ impl FromRequestParts<AppState> for InferenceKey {
 
     async fn from_request_parts(
         parts: &mut Parts,
-        state: &AppState,
+        _state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        inference_key(state, any_key(parts)?).map(InferenceKey)
+        // Admission refused admin keys and noted the key's use on every `/v1` inference
+        // path (`admission::Needs::of`); this guards a route registered anywhere else.
+        let key = any_key(parts)?;
+        if key.kind == KeyKind::Admin {
+            return Err(admission::admin_key_refused());
+        }
+        Ok(InferenceKey(key))
     }
-}
-
-/// Refuses admin keys on inference routes; notes the key's use (`last_used_at`).
-pub(super) fn inference_key(state: &AppState, key: Arc<ApiKey>) -> Result<Arc<ApiKey>, ApiError> {
-    if key.kind == KeyKind::Admin {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "admin_key_not_for_inference",
-            "admin keys cannot call inference; use an inference key",
-        )
-        .on(Surface::OpenAi));
-    }
-    state.recorder.touch(key.id, crate::clock::now());
-    Ok(key)
 }
 
 /// Any valid key (self-service).
@@ -156,11 +149,11 @@ impl From<InferenceError> for ApiError {
     }
 }
 
-/// What an inference request comes to: the upstream's answer, or keygate's refusal as a
-/// finished response (OpenAI's error body, rate-limit headers where a limit refused).
+/// What an inference request comes to: the upstream's answer, or keygate's refusal
+/// (OpenAI's error body) with the buckets' states for its rate-limit headers.
 pub(super) enum Answer {
     Proxied(ProxyAnswer),
-    Refused(Response),
+    Refused(ApiError, Vec<BucketState>),
 }
 
 /// A router request as the gateway takes it: path after `/v1`, and the `x-request-id` the
@@ -204,9 +197,7 @@ pub(super) async fn answer(state: &AppState, request: InferenceRequest) -> Answe
                 InferenceError::RateLimited(refusal) => refusal.states.clone(),
                 _ => Vec::new(),
             };
-            let mut response = ApiError::from(err).into_response();
-            ratelimit_headers::apply(response.headers_mut(), &states);
-            Answer::Refused(response)
+            Answer::Refused(ApiError::from(err), states)
         }
     }
 }
@@ -221,7 +212,7 @@ pub(super) async fn proxy(
     body: Bytes,
 ) -> Response {
     let request = inference_request(key, endpoint, method, uri, headers, body);
-    match answer(&state, request).await {
+    let (mut response, limits) = match answer(&state, request).await {
         Answer::Proxied(answer) => {
             let mut response = match answer.body {
                 AnswerBody::Whole(bytes) => Response::new(Body::from(bytes)),
@@ -229,11 +220,12 @@ pub(super) async fn proxy(
             };
             *response.status_mut() = answer.status;
             *response.headers_mut() = answer.headers;
-            ratelimit_headers::apply(response.headers_mut(), &answer.limits);
-            response
+            (response, answer.limits)
         }
-        Answer::Refused(response) => response,
-    }
+        Answer::Refused(refusal, limits) => (refusal.into_response(), limits),
+    };
+    ratelimit_headers::apply(response.headers_mut(), &limits);
+    response
 }
 
 macro_rules! endpoint_handler {

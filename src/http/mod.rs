@@ -1,32 +1,29 @@
 //! The HTTP surfaces. This is the only module that imports axum (with `error`).
 //!
-//! Connections are accepted by `serve`: the three hot inference routes are read and
-//! answered by `fast` on the connection's own task; any other request hands the connection
-//! to hyper and `router` (with the bytes already read) for the rest of its life.
+//! Connections are accepted by `front::serve`: the three hot inference routes are read and
+//! answered by the fast path on the connection's own task; any other request hands the
+//! connection to hyper and `router` (with the bytes already read) for the rest of its
+//! life. Both doors run the same admission steps (`front::admission`).
 //!
 //! Router middleware, outermost first (ServiceBuilder runs top to bottom):
-//! 1. `SetRequestId`: an `x-request-id` for every request (kept if the client sent one).
+//! 1. `SetRequestId`: an `x-request-id` for every request (`admission::request_id`).
 //! 2. `TraceLayer`: one span per request with the matched route, request id and key id.
 //! 3. `PropagateRequestId`: echoes the id on the response.
-//! 4. `SetSensitiveRequestHeaders`: `Authorization` and key headers never reach logs.
-//! 5. `CatchPanic`: a panic becomes a JSON 500, never a dropped connection.
-//! 6. body limit: bodies over `http.max_body_bytes` get 413.
-//! 7. `auth::authenticate`: every route but the public allow-list needs a key.
+//! 4. `SetSensitiveRequestHeaders`: the headers that carry a key never reach logs.
+//! 5. `panic_guard`: a panic becomes the surface's JSON 500 (`admission::guarded`).
+//! 6. body limit: bodies over `http.max_body_bytes` get 413, declared or as they stream.
+//! 7. `auth::authenticate`: the rest of `admission::admit` (address, key, allowlist).
 
 pub mod admin;
 pub mod auth;
 pub mod compat;
 pub mod extract;
-mod fast;
+pub mod front;
 pub mod inference;
 pub mod me;
 pub mod openapi;
 pub mod ops;
 pub mod ratelimit_headers;
-pub mod serve;
-mod wire;
-
-use std::any::Any;
 
 use axum::{
     extract::{DefaultBodyLimit, MatchedPath, Request},
@@ -38,25 +35,18 @@ use axum::{
 };
 use tower::ServiceBuilder;
 use tower_http::{
-    catch_panic::CatchPanicLayer,
     limit::RequestBodyLimitLayer,
-    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    request_id::{PropagateRequestIdLayer, SetRequestIdLayer},
     sensitive_headers::SetSensitiveRequestHeadersLayer,
     trace::{DefaultOnResponse, TraceLayer},
     LatencyUnit,
 };
 use tracing::Level;
 
+use self::front::admission::{self, MakeId};
 use crate::{error::ApiError, state::AppState};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// Headers that carry a client's key: never logged (marked sensitive on every route).
-const KEY_HEADERS: [HeaderName; 3] = [
-    header::AUTHORIZATION,
-    HeaderName::from_static("x-api-key"),
-    HeaderName::from_static("x-aixplain-key"),
-];
 
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.http.max_body_bytes;
@@ -81,7 +71,7 @@ pub fn router(state: AppState) -> Router {
 
     Router::new().merge(openapi::docs()).merge(api).layer(
         ServiceBuilder::new()
-            .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+            .layer(SetRequestIdLayer::new(REQUEST_ID, MakeId))
             .layer(
                 TraceLayer::new_for_http()
                     .make_span_with(make_span)
@@ -93,8 +83,11 @@ pub fn router(state: AppState) -> Router {
                     ),
             )
             .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-            .layer(SetSensitiveRequestHeadersLayer::new(KEY_HEADERS))
-            .layer(CatchPanicLayer::custom(panic_response))
+            // The headers that carry a key: never logged.
+            .layer(SetSensitiveRequestHeadersLayer::new(
+                admission::KEY_HEADERS.map(HeaderName::from_static),
+            ))
+            .layer(middleware::from_fn(panic_guard))
             .layer(middleware::from_fn(body_too_large_as_json))
             .layer(DefaultBodyLimit::max(max_body))
             .layer(RequestBodyLimitLayer::new(max_body)),
@@ -131,21 +124,18 @@ async fn body_too_large_as_json(request: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
     if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json {
-        return ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            "request body is larger than the server accepts (http.max_body_bytes)",
-        )
-        .with_field("body")
-        .on(surface)
-        .into_response();
+        return admission::body_too_large(surface).into_response();
     }
     response
 }
 
-fn panic_response(_panic: Box<dyn Any + Send + 'static>) -> Response {
-    tracing::error!("a request handler panicked");
-    ApiError::internal().into_response()
+/// The router's panic guard (`admission::guarded`), on the request's surface.
+async fn panic_guard(request: Request, next: Next) -> Response {
+    let surface = crate::error::Surface::for_path(request.uri().path());
+    match admission::guarded(surface, next.run(request)).await {
+        Ok(response) => response,
+        Err(panicked) => panicked.into_response(),
+    }
 }
 
 async fn not_found(request: Request) -> ApiError {

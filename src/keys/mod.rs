@@ -7,6 +7,7 @@ pub mod cache;
 pub mod guard;
 pub mod hashing;
 pub mod input;
+pub mod presented;
 pub mod service;
 pub mod token;
 

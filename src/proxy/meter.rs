@@ -11,9 +11,10 @@ use std::{
 };
 
 use bytes::Bytes;
+use http::StatusCode;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::{saturating_i64, tokens, tokens::BodyKind, Shared};
+use super::{saturating_i64, sse, tokens, tokens::BodyKind, Shared};
 use crate::{
     keys::ApiKey,
     limits::{Limiter, Reservation, TokenUsage},
@@ -142,6 +143,25 @@ impl Meter {
             let usage = Self::fallback(pending);
             self.finish(Outcome::Charged(usage));
         }
+    }
+
+    /// Settles a whole (non-streamed) answer with status `status`: an upstream error is
+    /// passed on uncharged; a success is charged the usage it reports, else keygate's count.
+    pub fn finish_whole(&mut self, status: StatusCode, answer: &[u8]) {
+        if !status.is_success() {
+            self.finish(Outcome::NotCharged);
+            return;
+        }
+        let usage = match sse::answer_usage(answer) {
+            Some(usage) => usage.into(),
+            None => TokenUsage {
+                input: self.prompt_tokens(),
+                output: serde_json::from_slice::<serde_json::Value>(answer)
+                    .map(|v| tokens::completion_tokens(&v))
+                    .unwrap_or(0),
+            },
+        };
+        self.finish(Outcome::Charged(usage));
     }
 
     /// Settles now. Later calls (and the drop) do nothing.

@@ -101,13 +101,13 @@ async fn guessing_is_throttled_but_verified_admin_keys_pass(backend: Backend) {
     );
 }
 
-/// `/v1/chat/completions` with a `Content-Length` body: served by the fast path.
-mod fast_path {
+/// `/v1/chat/completions` with a `Content-Length` body, through both front doors.
+mod inference {
     use reqwest::StatusCode;
 
     use super::{MANGLED, PAST_TTL};
     use crate::proxy_helpers::{
-        chat_body, proxy_tests, spawn_proxy_with, support::upstream as mock, Backend,
+        chat_body, proxy_tests, spawn_proxy_with, support::upstream as mock, Setup,
     };
 
     proxy_tests! {
@@ -115,9 +115,9 @@ mod fast_path {
         sqlite: [],
     }
 
-    async fn a_bad_script_cannot_lock_out_inference_keys(backend: Backend) {
+    async fn a_bad_script_cannot_lock_out_inference_keys(setup: Setup) {
         // Arrange
-        let app = spawn_proxy_with(backend, |config| {
+        let app = spawn_proxy_with(setup, |config| {
             config.keys.failed_auth_per_minute = 3;
             config.keys.cache_ttl_ms = 50;
         })

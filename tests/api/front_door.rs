@@ -1,9 +1,11 @@
-//! The front door at the wire (src/http/serve.rs, src/http/fast.rs): the inference fast
-//! path and the hand-off to hyper must look to a client like one HTTP/1.1 server —
-//! keep-alive and pipelining, a connection that moves to the router mid-way, bodies the
-//! fast path does not read itself (chunked, `Expect`), HTTP/1.0, `Connection: close`,
-//! bad requests, a client leaving early, and draining at shutdown. Raw TCP, so what is
-//! checked is exactly what goes over the wire.
+//! The front doors at the wire (src/http/front/): the inference fast path and the
+//! hand-off to hyper must look to a client like one HTTP/1.1 server — keep-alive and
+//! pipelining, a connection that moves to the router mid-way, bodies the fast path does
+//! not read itself (chunked, `Expect`), HTTP/1.0, `Connection: close`, bad requests, a
+//! client leaving early, slow clients, and draining at shutdown. Raw TCP, so what is
+//! checked is exactly what goes over the wire. Every test runs through both front doors
+//! (`http.fast_path` on and off), and one sends the same requests through both and
+//! compares the answers.
 
 use std::time::Duration;
 
@@ -15,7 +17,7 @@ use tokio::{
 
 use crate::proxy_helpers::{
     chat_body, proxy_tests, spawn_proxy, spawn_proxy_with, stream_body, support::upstream as mock,
-    Backend, ProxyApp,
+    Backend, FrontDoor, ProxyApp, Setup,
 };
 
 proxy_tests! {
@@ -32,6 +34,10 @@ proxy_tests! {
         shutdown_finishes_a_stream_in_flight_and_closes_idle_connections,
         headers_are_stripped_whatever_their_case_and_the_request_id_travels,
         idle_connections_close_after_the_keep_alive_timeout_and_busy_ones_stay,
+        a_chunked_body_trickled_byte_by_byte_is_cut_off_at_the_read_timeout,
+        a_head_whose_body_never_comes_is_cut_off_at_the_read_timeout,
+        a_head_trickled_byte_by_byte_is_cut_off_at_the_read_timeout,
+        requests_that_arrive_in_pieces_in_time_are_served_and_keep_alive_outlasts_the_read_timeout,
     ],
 }
 
@@ -178,6 +184,34 @@ impl Wire {
         }
     }
 
+    /// Sends `bytes` one at a time, `every` apart, until the server closes the connection
+    /// or `give_up` passes; returns how long the server let it go on, if it closed it.
+    /// Whatever the server says before closing (a 408, say) is read and dropped.
+    async fn trickle_until_closed(
+        &mut self,
+        bytes: &[u8],
+        every: Duration,
+        give_up: Duration,
+    ) -> Option<Duration> {
+        let started = std::time::Instant::now();
+        let mut chunk = [0u8; 1024];
+        let mut next = bytes.iter();
+        while started.elapsed() < give_up {
+            let read = tokio::time::timeout(every, self.stream.read(&mut chunk)).await;
+            match read {
+                Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+                Ok(Ok(_)) => continue,
+                Err(_) => {}
+            }
+            if let Some(byte) = next.next() {
+                if self.stream.write_all(&[*byte]).await.is_err() {
+                    return Some(started.elapsed());
+                }
+            }
+        }
+        None
+    }
+
     /// Whether the server closes the connection (EOF) within `wait`, with nothing unread.
     async fn closed_within(&mut self, wait: Duration) -> bool {
         let mut chunk = [0u8; 1024];
@@ -213,9 +247,9 @@ fn reply_of(answer: &Answer) -> String {
         .to_string()
 }
 
-async fn pipelined_requests_are_answered_in_order_on_one_connection(backend: Backend) {
+async fn pipelined_requests_are_answered_in_order_on_one_connection(setup: Setup) {
     // Arrange: three requests asking for replies of different lengths.
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let key = app.plain_key().await;
     let mut wire = Wire::connect(&app).await;
     let mut burst = Vec::new();
@@ -256,9 +290,9 @@ async fn pipelined_requests_are_answered_in_order_on_one_connection(backend: Bac
     assert_eq!(app.mock.request_count(), 3);
 }
 
-async fn a_connection_moves_to_the_router_and_back_to_inference_without_a_hitch(backend: Backend) {
+async fn a_connection_moves_to_the_router_and_back_to_inference_without_a_hitch(setup: Setup) {
     // Arrange: a key with an rpm limit, so every /v1 answer carries rate-limit headers.
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let key = app.create_key(json!({ "limits": { "rpm": 100 } })).await;
     let mut wire = Wire::connect(&app).await;
     let body = chat_body("gpt-4o-mini", PROMPT, Some(2));
@@ -294,9 +328,9 @@ async fn a_connection_moves_to_the_router_and_back_to_inference_without_a_hitch(
     assert_eq!(app.mock.requests_to("/v1/chat/completions").len(), 2);
 }
 
-async fn chunked_and_expect_continue_bodies_are_served(backend: Backend) {
+async fn chunked_and_expect_continue_bodies_are_served(setup: Setup) {
     // Arrange
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let key = app.plain_key().await;
     let body = chat_body("gpt-4o-mini", PROMPT, Some(2)).to_string();
     let (front, back) = body.split_at(body.len() / 2);
@@ -336,9 +370,9 @@ async fn chunked_and_expect_continue_bodies_are_served(backend: Backend) {
     assert_eq!(reply_of(&expected), "Hello there");
 }
 
-async fn http_1_0_requests_are_answered_and_the_connection_closed(backend: Backend) {
+async fn http_1_0_requests_are_answered_and_the_connection_closed(setup: Setup) {
     // Arrange
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let key = app.plain_key().await;
     let body = chat_body("gpt-4o-mini", PROMPT, Some(1)).to_string();
     let mut wire = Wire::connect(&app).await;
@@ -361,9 +395,9 @@ async fn http_1_0_requests_are_answered_and_the_connection_closed(backend: Backe
     assert!(wire.closed_within(Duration::from_secs(5)).await);
 }
 
-async fn connection_close_is_honoured(backend: Backend) {
+async fn connection_close_is_honoured(setup: Setup) {
     // Arrange
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let key = app.plain_key().await;
     let mut wire = Wire::connect(&app).await;
 
@@ -383,9 +417,9 @@ async fn connection_close_is_honoured(backend: Backend) {
     assert!(wire.closed_within(Duration::from_secs(5)).await);
 }
 
-async fn oversize_bodies_get_413_and_malformed_heads_get_400(backend: Backend) {
+async fn oversize_bodies_get_413_and_malformed_heads_get_400(setup: Setup) {
     // Arrange: a 1 KiB body limit.
-    let app = spawn_proxy_with(backend, |config| config.http.max_body_bytes = 1024).await;
+    let app = spawn_proxy_with(setup, |config| config.http.max_body_bytes = 1024).await;
     let key = app.plain_key().await;
     let big = chat_body("gpt-4o-mini", &"word ".repeat(400), None);
 
@@ -410,9 +444,9 @@ async fn oversize_bodies_get_413_and_malformed_heads_get_400(backend: Backend) {
     assert_eq!(app.mock.request_count(), 0);
 }
 
-async fn a_refused_request_whose_body_never_came_closes_the_connection(backend: Backend) {
+async fn a_refused_request_whose_body_never_came_closes_the_connection(setup: Setup) {
     // Arrange
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let mut wire = Wire::connect(&app).await;
 
     // Act: a bad key, and only part of the declared body.
@@ -428,9 +462,9 @@ async fn a_refused_request_whose_body_never_came_closes_the_connection(backend: 
     assert!(wire.closed_within(Duration::from_secs(5)).await);
 }
 
-async fn a_client_that_leaves_while_the_upstream_thinks_frees_its_slot_at_once(backend: Backend) {
+async fn a_client_that_leaves_while_the_upstream_thinks_frees_its_slot_at_once(setup: Setup) {
     // Arrange: one request at a time; the first one's upstream takes 5 s to answer.
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let key = app.create_key(json!({ "max_parallel": 1 })).await;
     let slow = chat_body(
         &format!("{}:5000", mock::MODEL_SLOW_FIRST_BYTE),
@@ -478,9 +512,9 @@ async fn a_client_that_leaves_while_the_upstream_thinks_frees_its_slot_at_once(b
     );
 }
 
-async fn shutdown_finishes_a_stream_in_flight_and_closes_idle_connections(backend: Backend) {
+async fn shutdown_finishes_a_stream_in_flight_and_closes_idle_connections(setup: Setup) {
     // Arrange: an idle keep-alive connection, and a stream that takes ~1.2 s.
-    let mut app = spawn_proxy(backend).await;
+    let mut app = spawn_proxy(setup).await;
     let key = app.plain_key().await;
     let mut idle = Wire::connect(&app).await;
     idle.send(&chat(
@@ -519,9 +553,9 @@ async fn shutdown_finishes_a_stream_in_flight_and_closes_idle_connections(backen
     );
 }
 
-async fn headers_are_stripped_whatever_their_case_and_the_request_id_travels(backend: Backend) {
+async fn headers_are_stripped_whatever_their_case_and_the_request_id_travels(setup: Setup) {
     // Arrange
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let key = app.plain_key().await;
     let body = chat_body("gpt-4o-mini", PROMPT, Some(1)).to_string();
 
@@ -577,9 +611,9 @@ async fn headers_are_stripped_whatever_their_case_and_the_request_id_travels(bac
     assert_eq!(requests[1].header_all("x-request-id").len(), 1);
 }
 
-async fn idle_connections_close_after_the_keep_alive_timeout_and_busy_ones_stay(backend: Backend) {
+async fn idle_connections_close_after_the_keep_alive_timeout_and_busy_ones_stay(setup: Setup) {
     // Arrange: a 1 s idle limit.
-    let app = spawn_proxy_with(backend, |config| config.http.keep_alive_idle_secs = 1.0).await;
+    let app = spawn_proxy_with(setup, |config| config.http.keep_alive_idle_secs = 1.0).await;
     let key = app.plain_key().await;
     let body = chat_body("gpt-4o-mini", PROMPT, Some(1));
     let mut idle_fast = Wire::connect(&app).await;
@@ -616,4 +650,451 @@ async fn idle_connections_close_after_the_keep_alive_timeout_and_busy_ones_stay(
         waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
         "{waited:?}"
     );
+}
+
+/// The read timeout these tests set (`http.request_read_timeout_secs`), and how much
+/// later than it a connection may close (scheduling on a busy test machine).
+const READ_TIMEOUT: Duration = Duration::from_secs(1);
+const SLACK: Duration = Duration::from_secs(2);
+
+async fn spawn_with_short_read_timeout(setup: Setup) -> ProxyApp {
+    spawn_proxy_with(setup, |config| {
+        config.http.request_read_timeout_secs = READ_TIMEOUT.as_secs_f64();
+    })
+    .await
+}
+
+fn assert_cut_off(what: &str, closed_after: Option<Duration>) {
+    let closed_after = closed_after.unwrap_or_else(|| panic!("{what}: still open"));
+    assert!(
+        closed_after >= READ_TIMEOUT.mul_f32(0.9) && closed_after < READ_TIMEOUT + SLACK,
+        "{what}: closed after {closed_after:?}"
+    );
+}
+
+async fn a_chunked_body_trickled_byte_by_byte_is_cut_off_at_the_read_timeout(setup: Setup) {
+    // Arrange: a 1 s read timeout; chunked bodies always go through hyper.
+    let app = spawn_with_short_read_timeout(setup).await;
+    let key = app.plain_key().await;
+    let body = chat_body("gpt-4o-mini", PROMPT, Some(1)).to_string();
+    let mut wire = Wire::connect(&app).await;
+    wire.send(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: keygate\r\nAuthorization: Bearer {}\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+            key.secret,
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+
+    // Act: the body, one byte every 200 ms.
+    let closed_after = wire
+        .trickle_until_closed(
+            body.as_bytes(),
+            Duration::from_millis(200),
+            Duration::from_secs(8),
+        )
+        .await;
+
+    // Assert
+    assert_cut_off("a trickled chunked body", closed_after);
+    assert_eq!(app.mock.request_count(), 0);
+}
+
+async fn a_head_whose_body_never_comes_is_cut_off_at_the_read_timeout(setup: Setup) {
+    // Arrange: a 1 s read timeout; one route the router serves, one the fast path does.
+    let app = spawn_with_short_read_timeout(setup).await;
+    let key = app.plain_key().await;
+    let heads = [
+        format!(
+            "POST /admin/v1/keys HTTP/1.1\r\nHost: keygate\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{",
+            app.admin_key
+        ),
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: keygate\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{",
+            key.secret
+        ),
+    ];
+
+    for head in heads {
+        // Act: the head and one byte of the body, then nothing.
+        let mut wire = Wire::connect(&app).await;
+        wire.send(head.as_bytes()).await;
+        let closed_after = wire
+            .trickle_until_closed(b"", Duration::from_millis(200), Duration::from_secs(8))
+            .await;
+
+        // Assert
+        assert_cut_off(head.lines().next().unwrap_or_default(), closed_after);
+    }
+    assert_eq!(app.mock.request_count(), 0);
+}
+
+async fn a_head_trickled_byte_by_byte_is_cut_off_at_the_read_timeout(setup: Setup) {
+    // Arrange: a 1 s read timeout (the keep-alive limit stays 75 s).
+    let app = spawn_with_short_read_timeout(setup).await;
+    let heads = [
+        "GET /admin/v1/keys HTTP/1.1\r\nHost: keygate\r\nX-Slow: abcdefghijklmnopqrstuvwxyz",
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: keygate\r\nX-Slow: abcdefghijklmnopqrstuvwxyz",
+    ];
+
+    for head in heads {
+        // Act: the request line at once, then the head one byte every 200 ms.
+        let (line, rest) = head.split_at(head.find("\r\n").unwrap_or_default() + 2);
+        let mut wire = Wire::connect(&app).await;
+        wire.send(line.as_bytes()).await;
+        let closed_after = wire
+            .trickle_until_closed(
+                rest.as_bytes(),
+                Duration::from_millis(200),
+                Duration::from_secs(8),
+            )
+            .await;
+
+        // Assert
+        assert_cut_off(line.trim_end(), closed_after);
+    }
+}
+
+async fn requests_that_arrive_in_pieces_in_time_are_served_and_keep_alive_outlasts_the_read_timeout(
+    setup: Setup,
+) {
+    // Arrange: a 1 s read timeout, the keep-alive limit at its default (75 s).
+    let app = spawn_with_short_read_timeout(setup).await;
+    let key = app.plain_key().await;
+    let chat_request = chat(&key.secret, &chat_body("gpt-4o-mini", PROMPT, Some(1)));
+    let create = post(
+        "/admin/v1/keys",
+        &app.admin_key,
+        &json!({ "name": "sent in pieces" }),
+        "",
+    );
+    let mut wire = Wire::connect(&app).await;
+
+    // Act: each request in three pieces 300 ms apart (0.6 s in all), then an idle pause
+    // longer than the read timeout before the next.
+    let mut answers = Vec::new();
+    for request in [&chat_request, &create, &chat_request] {
+        let third = request.len() / 3;
+        for piece in [
+            &request[..third],
+            &request[third..2 * third],
+            &request[2 * third..],
+        ] {
+            wire.send(piece).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        answers.push(wire.answer().await);
+        tokio::time::sleep(READ_TIMEOUT * 2).await;
+    }
+
+    // Assert
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    assert_eq!(
+        statuses,
+        [200, 201, 200],
+        "{:?}",
+        answers.last().map(Answer::text)
+    );
+    wire.send(&chat_request).await;
+    assert_eq!(wire.answer().await.status, 200);
+}
+
+/// The keys of one app that the differential requests use.
+struct DoorKeys {
+    plain: String,
+    rpm_one: String,
+    allowed: String,
+    elsewhere: String,
+    admin: String,
+}
+
+/// One request of the differential test, and whether its answer's body is keygate's
+/// own (compared byte for byte) or the upstream's (ids and times differ per call).
+struct Case {
+    name: &'static str,
+    request: fn(&DoorKeys) -> Vec<u8>,
+    own_body: bool,
+}
+
+/// An answer reduced to what both doors must agree on: status, header names and the
+/// values keygate sets (not `date` or a generated request id), and keygate's own bodies.
+fn comparable(answer: &Answer, own_body: bool) -> (u16, Vec<(String, String)>, String) {
+    let mut headers: Vec<(String, String)> = answer
+        .headers
+        .iter()
+        .filter(|(name, _)| name != "date" && name != "x-request-id")
+        .map(|(name, value)| {
+            let keep_value = !name.starts_with("x-ratelimit-reset")
+                && name != "ratelimit"
+                && name != "x-upstream-request-id";
+            (
+                name.clone(),
+                if keep_value {
+                    value.clone()
+                } else {
+                    String::new()
+                },
+            )
+        })
+        .collect();
+    headers.sort();
+    // Keygate's own bodies, less the time a refusal says to wait (it moves on).
+    let body = if own_body {
+        answer
+            .text()
+            .split("; retry in")
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    } else {
+        String::new()
+    };
+    (answer.status, headers, body)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn both_front_doors_answer_every_request_alike() {
+    // Arrange: the same app behind each door, with the same kinds of keys.
+    let configure = |config: &mut keygate::Config| config.http.max_body_bytes = 2048;
+    let mut doors = Vec::new();
+    for door in [FrontDoor::Fast, FrontDoor::Router] {
+        let setup = Setup {
+            backend: Backend::Sqlite,
+            door,
+        };
+        let app = spawn_proxy_with(setup, configure).await;
+        let keys = DoorKeys {
+            plain: app.plain_key().await.secret,
+            rpm_one: app
+                .create_key(json!({ "limits": { "rpm": 1 } }))
+                .await
+                .secret,
+            allowed: app
+                .create_key(json!({ "allowed_models": [mock::DEFAULT_MODEL] }))
+                .await
+                .secret,
+            elsewhere: app
+                .create_key(json!({ "ip_allowlist": ["203.0.113.0/24"] }))
+                .await
+                .secret,
+            admin: app.admin_key.clone(),
+        };
+        doors.push((app, keys));
+    }
+    fn chat_with(key: &str, body: &str, extra: &str) -> Vec<u8> {
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: keygate\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+    fn ok() -> String {
+        chat_body(mock::DEFAULT_MODEL, PROMPT, Some(2)).to_string()
+    }
+    let cases = [
+        Case {
+            name: "answered",
+            request: |k| chat_with(&k.plain, &ok(), ""),
+            own_body: false,
+        },
+        Case {
+            name: "no key",
+            request: |_| {
+                let body = ok();
+                format!("POST /v1/chat/completions HTTP/1.1\r\nHost: keygate\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
+            },
+            own_body: true,
+        },
+        Case {
+            name: "unknown key",
+            request: |_| chat_with("kg_nope", &ok(), ""),
+            own_body: true,
+        },
+        Case {
+            name: "admin key",
+            request: |k| chat_with(&k.admin, &ok(), ""),
+            own_body: true,
+        },
+        Case {
+            name: "aiXplain token scheme",
+            request: |k| {
+                let body = ok();
+                format!("POST /v1/chat/completions HTTP/1.1\r\nHost: keygate\r\nAuthorization: Token {}\r\nContent-Length: {}\r\n\r\n{body}", k.plain, body.len()).into_bytes()
+            },
+            own_body: false,
+        },
+        Case {
+            name: "x-api-key",
+            request: |k| {
+                let body = ok();
+                format!("POST /v1/embeddings HTTP/1.1\r\nHost: keygate\r\nX-Api-Key: {}\r\nContent-Length: {}\r\n\r\n{body}", k.plain, body.len()).into_bytes()
+            },
+            own_body: false,
+        },
+        Case {
+            name: "not JSON",
+            request: |k| chat_with(&k.plain, "{\"model\": ", ""),
+            own_body: true,
+        },
+        Case {
+            name: "not an object",
+            request: |k| chat_with(&k.plain, "[1]", ""),
+            own_body: true,
+        },
+        Case {
+            name: "empty body",
+            request: |k| chat_with(&k.plain, "", ""),
+            own_body: true,
+        },
+        Case {
+            name: "no model",
+            request: |k| chat_with(&k.plain, r#"{"messages":[]}"#, ""),
+            own_body: true,
+        },
+        Case {
+            name: "model not allowed",
+            request: |k| {
+                chat_with(
+                    &k.allowed,
+                    &chat_body("gpt-4o-mini", PROMPT, None).to_string(),
+                    "",
+                )
+            },
+            own_body: true,
+        },
+        Case {
+            name: "address not allowed",
+            request: |k| chat_with(&k.elsewhere, &ok(), ""),
+            own_body: true,
+        },
+        Case {
+            name: "rpm: first",
+            request: |k| chat_with(&k.rpm_one, &ok(), ""),
+            own_body: false,
+        },
+        Case {
+            name: "rpm: refused",
+            request: |k| chat_with(&k.rpm_one, &ok(), ""),
+            own_body: true,
+        },
+        Case {
+            name: "too large",
+            request: |k| {
+                chat_with(
+                    &k.plain,
+                    &chat_body(mock::DEFAULT_MODEL, &"word ".repeat(500), None).to_string(),
+                    "",
+                )
+            },
+            own_body: true,
+        },
+        Case {
+            name: "upstream 400",
+            request: |k| {
+                chat_with(
+                    &k.plain,
+                    &chat_body(mock::MODEL_ERROR_400, PROMPT, None).to_string(),
+                    "",
+                )
+            },
+            own_body: true,
+        },
+        Case {
+            name: "upstream 429",
+            request: |k| {
+                chat_with(
+                    &k.plain,
+                    &chat_body(mock::MODEL_ERROR_429, PROMPT, None).to_string(),
+                    "",
+                )
+            },
+            own_body: true,
+        },
+        Case {
+            name: "streamed",
+            request: |k| {
+                chat_with(
+                    &k.plain,
+                    &stream_body(mock::DEFAULT_MODEL, PROMPT, None).to_string(),
+                    "",
+                )
+            },
+            own_body: false,
+        },
+        Case {
+            name: "client request id",
+            request: |k| chat_with(&k.plain, &ok(), "X-Request-Id: mine-123\r\n"),
+            own_body: false,
+        },
+        Case {
+            name: "query string",
+            request: |k| {
+                let body = ok();
+                format!("POST /v1/chat/completions?trace=1 HTTP/1.1\r\nHost: keygate\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\n\r\n{body}", k.plain, body.len()).into_bytes()
+            },
+            own_body: false,
+        },
+        Case {
+            name: "unknown key, body not all sent",
+            request: |_| {
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: keygate\r\nAuthorization: Bearer kg_nope\r\nContent-Length: 100\r\n\r\n{\"model\":".to_vec()
+            },
+            own_body: true,
+        },
+        Case {
+            name: "two keys",
+            request: |k| {
+                chat_with(
+                    &k.plain,
+                    &ok(),
+                    &format!("Authorization: Bearer {}\r\n", k.admin),
+                )
+            },
+            own_body: false,
+        },
+    ];
+
+    // Act: every case on one connection per door (a closed one is reopened).
+    let mut answers: Vec<Vec<Answer>> = Vec::new();
+    for (app, keys) in &doors {
+        let mut wire = Wire::connect(app).await;
+        let mut door_answers = Vec::new();
+        for case in &cases {
+            wire.send(&(case.request)(keys)).await;
+            let answer = wire.answer().await;
+            if answer.header("connection") == Some("close") {
+                wire = Wire::connect(app).await;
+            }
+            door_answers.push(answer);
+        }
+        answers.push(door_answers);
+    }
+
+    // Assert
+    let mut differences = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        let fast = comparable(&answers[0][i], case.own_body);
+        let router = comparable(&answers[1][i], case.own_body);
+        if fast != router {
+            differences.push(format!(
+                "{}:\n  fast:   {fast:?}\n  router: {router:?}",
+                case.name
+            ));
+        }
+    }
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+    let at = |name: &str| cases.iter().position(|case| case.name == name).unwrap();
+    for door in &answers {
+        assert_eq!(
+            door[at("client request id")].header("x-request-id"),
+            Some("mine-123"),
+            "the client's id is kept"
+        );
+        assert_eq!(
+            door[at("unknown key, body not all sent")].header("connection"),
+            Some("close")
+        );
+    }
 }

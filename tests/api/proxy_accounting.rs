@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::proxy_helpers::{
     chat_body, cost, eventually, json_body, limit_view, proxy_tests, spawn_proxy,
-    support::upstream as mock, usd, Backend, PRICED_INPUT, PRICED_MODEL, PRICED_OUTPUT,
+    support::upstream as mock, usd, Setup, PRICED_INPUT, PRICED_MODEL, PRICED_OUTPUT,
     UNPRICED_MODEL,
 };
 
@@ -43,9 +43,9 @@ fn model_totals(rows: &[Value], model: &str) -> (i64, i64, i64, Decimal) {
         })
 }
 
-async fn usage_is_exact_per_key_model_and_minute(backend: Backend) {
+async fn usage_is_exact_per_key_model_and_minute(setup: Setup) {
     // Arrange
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let key = app.plain_key().await;
     let other = app.plain_key().await;
 
@@ -118,9 +118,9 @@ async fn usage_is_exact_per_key_model_and_minute(backend: Backend) {
     }
 }
 
-async fn every_refusal_is_listed_in_the_rate_limit_events(backend: Backend) {
+async fn every_refusal_is_listed_in_the_rate_limit_events(setup: Setup) {
     // Arrange
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let started = Utc::now() - chrono::Duration::seconds(1);
     let rpm = app.create_key(json!({"limits": {"rpm": 1}})).await;
     let tpm = app.create_key(json!({"limits": {"tpm": 10}})).await;
@@ -242,9 +242,9 @@ async fn every_refusal_is_listed_in_the_rate_limit_events(backend: Backend) {
     assert_eq!(&paged, data, "pages in order make up the whole list");
 }
 
-async fn recorded_usage_is_flushed_on_shutdown(backend: Backend) {
+async fn recorded_usage_is_flushed_on_shutdown(setup: Setup) {
     // Arrange
-    let mut app = spawn_proxy(backend).await;
+    let mut app = spawn_proxy(setup).await;
     let key = app.plain_key().await;
     app.chat_ok(&key.secret, &chat_body(PRICED_MODEL, "hi", None))
         .await;
@@ -272,9 +272,9 @@ async fn recorded_usage_is_flushed_on_shutdown(backend: Backend) {
     );
 }
 
-async fn key_self_service_shows_limits_remaining_and_budget(backend: Backend) {
+async fn key_self_service_shows_limits_remaining_and_budget(setup: Setup) {
     // Arrange
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let key = app
         .create_key(json!({
             "name": "self service",
@@ -345,9 +345,9 @@ async fn key_self_service_shows_limits_remaining_and_budget(backend: Backend) {
     assert_eq!(resets_at, today + chrono::Duration::days(1), "{info}");
 }
 
-async fn key_self_service_works_without_limits(backend: Backend) {
+async fn key_self_service_works_without_limits(setup: Setup) {
     // Arrange
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let key = app.plain_key().await;
 
     // Act
@@ -367,9 +367,9 @@ async fn key_self_service_works_without_limits(backend: Backend) {
     );
 }
 
-async fn the_openapi_document_lists_the_proxy_routes(backend: Backend) {
+async fn the_openapi_document_lists_the_proxy_routes(setup: Setup) {
     // Arrange
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
 
     // Act
     let (status, document) = json_body(

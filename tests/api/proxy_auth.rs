@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::proxy_helpers::{
     assert_openai_error, chat_body, eventually, header, proxy_tests, spawn_proxy, spawn_proxy_with,
-    support::upstream as mock, Backend, PRICED_MODEL,
+    support::upstream as mock, Setup, PRICED_MODEL,
 };
 
 proxy_tests! {
@@ -25,10 +25,10 @@ proxy_tests! {
     ],
 }
 
-async fn concurrent_first_uses_of_a_key_verify_it_once(backend: Backend) {
+async fn concurrent_first_uses_of_a_key_verify_it_once(setup: Setup) {
     // Arrange: a key this instance has never verified (creating it hashes, not verifies).
     const CALLERS: usize = 32;
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let key = app.plain_key().await;
     let body = chat_body(mock::DEFAULT_MODEL, "hi", None);
     let before = app.state.keys.verifications();
@@ -44,9 +44,9 @@ async fn concurrent_first_uses_of_a_key_verify_it_once(backend: Backend) {
     assert_eq!(app.state.keys.verifications() - before, 1);
 }
 
-async fn a_deleted_key_is_refused_at_once(backend: Backend) {
+async fn a_deleted_key_is_refused_at_once(setup: Setup) {
     // Arrange
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let key = app.plain_key().await;
     let body = chat_body(mock::DEFAULT_MODEL, "hi", None);
     app.chat_ok(&key.secret, &body).await;
@@ -63,9 +63,9 @@ async fn a_deleted_key_is_refused_at_once(backend: Backend) {
     assert_eq!(app.mock.requests_to("/v1/chat/completions").len(), 1);
 }
 
-async fn an_expired_key_is_refused(backend: Backend) {
+async fn an_expired_key_is_refused(setup: Setup) {
     // Arrange: a key expiring in 3 s, used (and cached) while it is valid.
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let expires_at = chrono::Utc::now() + chrono::Duration::seconds(3);
     let key = app
         .create_key(json!({
@@ -90,9 +90,9 @@ async fn an_expired_key_is_refused(backend: Backend) {
     assert_eq!(app.mock.requests_to("/v1/chat/completions").len(), 1);
 }
 
-async fn admin_keys_cannot_call_inference(backend: Backend) {
+async fn admin_keys_cannot_call_inference(setup: Setup) {
     // Arrange
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
 
     // Act
     let response = app
@@ -109,9 +109,9 @@ async fn admin_keys_cannot_call_inference(backend: Backend) {
     assert_eq!(app.mock.request_count(), 0);
 }
 
-async fn models_outside_allowed_models_are_403(backend: Backend) {
+async fn models_outside_allowed_models_are_403(setup: Setup) {
     // Arrange
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let key = app
         .create_key(json!({"allowed_models": [mock::DEFAULT_MODEL]}))
         .await;
@@ -133,9 +133,9 @@ async fn models_outside_allowed_models_are_403(backend: Backend) {
     assert_eq!(received[0].model(), Some(mock::DEFAULT_MODEL));
 }
 
-async fn malformed_keys_and_bad_checksums_are_401(backend: Backend) {
+async fn malformed_keys_and_bad_checksums_are_401(setup: Setup) {
     // Arrange
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let key = app.plain_key().await;
     let last = key.secret.chars().last().unwrap();
     let typo = format!(
@@ -168,9 +168,9 @@ async fn malformed_keys_and_bad_checksums_are_401(backend: Backend) {
     app.chat_ok(&key.secret, &body).await;
 }
 
-async fn repeated_bad_keys_from_one_address_get_429(backend: Backend) {
+async fn repeated_bad_keys_from_one_address_get_429(setup: Setup) {
     // Arrange
-    let app = spawn_proxy_with(backend, |config| {
+    let app = spawn_proxy_with(setup, |config| {
         config.keys.failed_auth_per_minute = 3;
     })
     .await;
@@ -217,9 +217,9 @@ async fn repeated_bad_keys_from_one_address_get_429(backend: Backend) {
     app.chat_ok(&key.secret, &body).await;
 }
 
-async fn last_used_at_is_set_after_a_call(backend: Backend) {
+async fn last_used_at_is_set_after_a_call(setup: Setup) {
     // Arrange
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let key = app.plain_key().await;
     let before = app.admin_get_key(&key.id).await;
     assert!(before["last_used_at"].is_null(), "{before}");

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::proxy_helpers::{
     assert_openai_error, chat_body, cost, json_body, keygate_prompt_tokens, proxy_tests,
-    spawn_proxy, usd, Backend, PRICED_INPUT, PRICED_MODEL, PRICED_OUTPUT, UNPRICED_MODEL,
+    spawn_proxy, usd, Setup, PRICED_INPUT, PRICED_MODEL, PRICED_OUTPUT, UNPRICED_MODEL,
 };
 
 proxy_tests! {
@@ -29,9 +29,9 @@ fn one_call_cost() -> Decimal {
     cost(4, 7, PRICED_INPUT, PRICED_OUTPUT)
 }
 
-async fn a_spent_budget_gets_402(backend: Backend) {
+async fn a_spent_budget_gets_402(setup: Setup) {
     // Arrange: a budget smaller than one call.
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let key = app
         .create_key(json!({"budget": {"limit_usd": 0.000001, "period": "lifetime"}}))
         .await;
@@ -71,9 +71,9 @@ async fn a_spent_budget_gets_402(backend: Backend) {
     );
 }
 
-async fn spent_workspace_credits_get_402(backend: Backend) {
+async fn spent_workspace_credits_get_402(setup: Setup) {
     // Arrange: credits smaller than one call, on a key without a budget or limits.
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     app.set_workspace_credits(Some("0.000001")).await;
     let key = app.plain_key().await;
     let body = chat_body(PRICED_MODEL, "hi", None);
@@ -106,9 +106,9 @@ async fn spent_workspace_credits_get_402(backend: Backend) {
     assert_eq!(free.status(), StatusCode::OK);
 }
 
-async fn unpriced_models_are_never_refused_by_a_budget(backend: Backend) {
+async fn unpriced_models_are_never_refused_by_a_budget(setup: Setup) {
     // Arrange: a budget spent on a priced model.
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let key = app
         .create_key(json!({"budget": {"limit_usd": 0.000001, "period": "day"}}))
         .await;
@@ -141,10 +141,10 @@ async fn unpriced_models_are_never_refused_by_a_budget(backend: Backend) {
     );
 }
 
-async fn concurrent_requests_cannot_overshoot_a_budget(backend: Backend) {
+async fn concurrent_requests_cannot_overshoot_a_budget(setup: Setup) {
     // Arrange: a budget of about 20 calls, and 48 calls at once.
     const REQUESTS: usize = 48;
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let limit = Decimal::from_str("0.0001").unwrap();
     let key = app
         .create_key(json!({"budget": {"limit_usd": 0.0001, "period": "lifetime"}}))

@@ -3,8 +3,8 @@
 //! call `/v1/*`, read SSE streams event by event, and read usage, rate-limit events and
 //! `/v1/key` back.
 //!
-//! Test bodies are `async fn name(Backend)`; `proxy_tests!` runs some on both backends and
-//! the rest on SQLite only.
+//! Test bodies are `async fn name(Setup)`; `proxy_tests!` runs each through both front
+//! doors, some on both backends and the rest on SQLite only.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -33,27 +33,65 @@ pub mod support;
 
 pub use self::support::upstream::MockUpstream;
 pub use crate::helpers::Backend;
+
+/// Which front door a test's requests come through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrontDoor {
+    /// `http.fast_path = true` (the default): the hot inference routes on keygate's own
+    /// HTTP/1.1 path, everything else through hyper and the router.
+    Fast,
+    /// `http.fast_path = false`: every request through hyper and the router.
+    Router,
+}
+
+/// What a test runs against: a store backend behind a front door.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setup {
+    pub backend: Backend,
+    pub door: FrontDoor,
+}
 use crate::helpers::{test_config, TestDb};
 
-/// `proxy_tests! { both: [a, b], sqlite: [c] }` makes `sqlite::{a, b, c}` and
-/// `postgres::{a, b}` tests from `async fn a(Backend)` … in the invoking module.
+/// `proxy_tests! { both: [a, b], sqlite: [c] }` makes, from `async fn a(Setup)` … in the
+/// invoking module, each test once per front door (`http.fast_path` on and off):
+/// `fast_path::sqlite::{a, b, c}`, `fast_path::postgres::{a, b}`, and the same under
+/// `router::`.
 ///
 /// The SQLite ones run keygate on tokio's single-threaded scheduler (as keygate itself
 /// does on one CPU, where upstream writes are batched: `proxy::client::batch`), the
 /// Postgres ones on the multi-threaded one, so every proxy path is tested under both.
+/// The doors differ in HTTP handling, not in the store, so the `sqlite` list (most
+/// tests) runs on SQLite only; the `both` list (the concurrency-sensitive tests) runs
+/// on every store and door.
 macro_rules! proxy_tests {
     (both: [$($both:ident),* $(,)?], sqlite: [$($lite:ident),* $(,)?] $(,)?) => {
+        mod fast_path {
+            $crate::proxy_helpers::proxy_tests!(@door Fast, [$($both),*], [$($lite),*]);
+        }
+        mod router {
+            $crate::proxy_helpers::proxy_tests!(@door Router, [$($both),*], [$($lite),*]);
+        }
+    };
+    (@door $door:ident, [$($both:ident),*], [$($lite:ident),*]) => {
         mod sqlite {
             $(
                 #[tokio::test(flavor = "current_thread")]
                 async fn $both() {
-                    super::$both($crate::proxy_helpers::Backend::Sqlite).await
+                    super::super::$both($crate::proxy_helpers::Setup {
+                        backend: $crate::proxy_helpers::Backend::Sqlite,
+                        door: $crate::proxy_helpers::FrontDoor::$door,
+                    })
+                    .await
                 }
             )*
             $(
                 #[tokio::test(flavor = "current_thread")]
                 async fn $lite() {
-                    super::$lite($crate::proxy_helpers::Backend::Sqlite).await
+                    super::super::$lite($crate::proxy_helpers::Setup {
+                        backend: $crate::proxy_helpers::Backend::Sqlite,
+                        door: $crate::proxy_helpers::FrontDoor::$door,
+                    })
+                    .await
                 }
             )*
         }
@@ -61,7 +99,11 @@ macro_rules! proxy_tests {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $both() {
-                    super::$both($crate::proxy_helpers::Backend::Postgres).await
+                    super::super::$both($crate::proxy_helpers::Setup {
+                        backend: $crate::proxy_helpers::Backend::Postgres,
+                        door: $crate::proxy_helpers::FrontDoor::$door,
+                    })
+                    .await
                 }
             )*
         }
@@ -120,15 +162,16 @@ pub fn proxy_config(db: &TestDb, mock: &MockUpstream) -> Config {
     config
 }
 
-pub async fn spawn_proxy(backend: Backend) -> ProxyApp {
-    spawn_proxy_with(backend, |_| {}).await
+pub async fn spawn_proxy(setup: Setup) -> ProxyApp {
+    spawn_proxy_with(setup, |_| {}).await
 }
 
 /// `spawn_proxy` with a chance to change the configuration first.
-pub async fn spawn_proxy_with(backend: Backend, configure: impl FnOnce(&mut Config)) -> ProxyApp {
+pub async fn spawn_proxy_with(setup: Setup, configure: impl FnOnce(&mut Config)) -> ProxyApp {
     let mock = MockUpstream::start().await;
-    let db = TestDb::new(backend).await;
+    let db = TestDb::new(setup.backend).await;
     let mut config = proxy_config(&db, &mock);
+    config.http.fast_path = setup.door == FrontDoor::Fast;
     configure(&mut config);
     let admin_key = config
         .bootstrap_admin_key

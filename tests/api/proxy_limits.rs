@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::proxy_helpers::{
     assert_openai_error, chat_body, eventually, go_duration_secs, header, is_go_duration,
-    json_body, keygate_prompt_tokens, proxy_tests, spawn_proxy, support::upstream as mock, Backend,
+    json_body, keygate_prompt_tokens, proxy_tests, spawn_proxy, support::upstream as mock, Setup,
     PRICED_MODEL,
 };
 
@@ -27,9 +27,9 @@ proxy_tests! {
     ],
 }
 
-async fn rpm_is_exact(backend: Backend) {
+async fn rpm_is_exact(setup: Setup) {
     // Arrange
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let key = app.create_key(json!({"limits": {"rpm": 3}})).await;
     let body = chat_body(mock::DEFAULT_MODEL, "hi", None);
 
@@ -68,9 +68,9 @@ async fn rpm_is_exact(backend: Backend) {
     assert_eq!(events["data"][0]["limit_value"], "3");
 }
 
-async fn a_model_limit_refuses_while_the_global_limit_has_room(backend: Backend) {
+async fn a_model_limit_refuses_while_the_global_limit_has_room(setup: Setup) {
     // Arrange
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let key = app
         .create_key(json!({
             "limits": {"rpm": 5},
@@ -108,9 +108,9 @@ async fn a_model_limit_refuses_while_the_global_limit_has_room(backend: Backend)
     assert_eq!(events["data"][0]["limit_value"], "1");
 }
 
-async fn tpm_reserves_the_estimate_and_settles_the_real_count(backend: Backend) {
+async fn tpm_reserves_the_estimate_and_settles_the_real_count(setup: Setup) {
     // Arrange: tpm 100; "hi" is 4 tokens for the mock, and it answers 7.
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let key = app.create_key(json!({"limits": {"tpm": 100}})).await;
     let with_max = |max_tokens: i64| chat_body(mock::DEFAULT_MODEL, "hi", Some(max_tokens as u64));
     let prompt_estimate = keygate_prompt_tokens(BodyKind::Chat, &with_max(1));
@@ -178,9 +178,9 @@ async fn tpm_reserves_the_estimate_and_settles_the_real_count(backend: Backend) 
     );
 }
 
-async fn token_type_input_and_output_count_different_tokens(backend: Backend) {
+async fn token_type_input_and_output_count_different_tokens(setup: Setup) {
     // Arrange
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let input_key = app
         .create_key(json!({"limits": {"tpm": 20, "token_type": "input"}}))
         .await;
@@ -224,9 +224,9 @@ async fn token_type_input_and_output_count_different_tokens(backend: Backend) {
     }
 }
 
-async fn rate_limit_headers_on_success_and_refusal(backend: Backend) {
+async fn rate_limit_headers_on_success_and_refusal(setup: Setup) {
     // Arrange
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let key = app
         .create_key(json!({"limits": {"rpm": 2, "tpm": 1000}}))
         .await;
@@ -283,10 +283,10 @@ async fn rate_limit_headers_on_success_and_refusal(backend: Backend) {
     assert!(header(&refused, "ratelimit").is_some_and(|r| r.contains("\"rpm\";r=0")));
 }
 
-async fn concurrent_requests_cannot_overshoot_tpm(backend: Backend) {
+async fn concurrent_requests_cannot_overshoot_tpm(setup: Setup) {
     // Arrange: tpm 1000; each request is estimated at about 100 tokens and uses a little less.
     const REQUESTS: usize = 48;
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let key = app.create_key(json!({"limits": {"tpm": 1000}})).await;
     let content = vec!["word"; 86].join(" ");
     let body = chat_body(mock::DEFAULT_MODEL, &content, Some(7));

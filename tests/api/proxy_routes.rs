@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::proxy_helpers::{
     assert_openai_error, chat_body, closed_port_url, header, json_body, proxy_tests, spawn_proxy,
-    spawn_proxy_with, support::upstream as mock, unique_env_var, Backend, PRICED_MODEL,
+    spawn_proxy_with, support::upstream as mock, unique_env_var, Setup, PRICED_MODEL,
 };
 
 proxy_tests! {
@@ -29,9 +29,9 @@ proxy_tests! {
     ],
 }
 
-async fn chat_completions_are_proxied(backend: Backend) {
+async fn chat_completions_are_proxied(setup: Setup) {
     // Arrange
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let key = app.plain_key().await;
     let body = chat_body(mock::DEFAULT_MODEL, "say something nice", None);
 
@@ -59,9 +59,9 @@ async fn chat_completions_are_proxied(backend: Backend) {
     );
 }
 
-async fn completions_and_embeddings_are_proxied(backend: Backend) {
+async fn completions_and_embeddings_are_proxied(setup: Setup) {
     // Arrange
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let key = app.plain_key().await;
     let completion =
         json!({"model": "gpt-3.5-turbo-instruct", "prompt": "say this", "max_tokens": 3});
@@ -102,9 +102,9 @@ async fn completions_and_embeddings_are_proxied(backend: Backend) {
     assert_eq!(of("text-embedding-3-small"), (1, 3, 0), "{rows:?}");
 }
 
-async fn models_lists_only_the_models_the_key_may_use(backend: Backend) {
+async fn models_lists_only_the_models_the_key_may_use(setup: Setup) {
     // Arrange
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let restricted = app
         .create_key(json!({"allowed_models": [PRICED_MODEL, mock::DEFAULT_MODEL]}))
         .await;
@@ -146,9 +146,9 @@ fn model_ids(list: &Value) -> Vec<String> {
         .collect()
 }
 
-async fn declared_passthrough_paths_are_forwarded_and_others_are_404(backend: Backend) {
+async fn declared_passthrough_paths_are_forwarded_and_others_are_404(setup: Setup) {
     // Arrange
-    let app = spawn_proxy_with(backend, |config| {
+    let app = spawn_proxy_with(setup, |config| {
         config.upstreams[0].passthrough = vec!["/moderations".into()];
     })
     .await;
@@ -182,12 +182,12 @@ async fn declared_passthrough_paths_are_forwarded_and_others_are_404(backend: Ba
     );
 }
 
-async fn the_client_key_is_never_forwarded_and_the_upstream_credential_is(backend: Backend) {
+async fn the_client_key_is_never_forwarded_and_the_upstream_credential_is(setup: Setup) {
     // Arrange
     let var = unique_env_var("KG_TEST_UPSTREAM_KEY");
     let upstream_secret = format!("sk-upstream-{}", uuid::Uuid::new_v4().simple());
     std::env::set_var(&var, &upstream_secret);
-    let app = spawn_proxy_with(backend, |config| {
+    let app = spawn_proxy_with(setup, |config| {
         config.upstreams[0].api_key_env = Some(var.clone());
     })
     .await;
@@ -229,9 +229,9 @@ async fn the_client_key_is_never_forwarded_and_the_upstream_credential_is(backen
     std::env::remove_var(&var);
 }
 
-async fn hop_by_hop_and_identity_headers_are_not_forwarded(backend: Backend) {
+async fn hop_by_hop_and_identity_headers_are_not_forwarded(setup: Setup) {
     // Arrange
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let key = app.plain_key().await;
 
     // Act
@@ -279,9 +279,9 @@ async fn hop_by_hop_and_identity_headers_are_not_forwarded(backend: Backend) {
     assert_eq!(request.header("x-client-trace"), Some("trace-123"));
 }
 
-async fn upstream_errors_pass_through_uncharged_but_count_toward_rpm(backend: Backend) {
+async fn upstream_errors_pass_through_uncharged_but_count_toward_rpm(setup: Setup) {
     // Arrange
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let key = app
         .create_key(json!({"limits": {"rpm": 3, "tpm": 1000}}))
         .await;
@@ -346,9 +346,9 @@ async fn upstream_errors_pass_through_uncharged_but_count_toward_rpm(backend: Ba
     assert_eq!(app.remaining(&key.secret, "rpm", None).await, 0);
 }
 
-async fn slow_first_byte_is_a_504(backend: Backend) {
+async fn slow_first_byte_is_a_504(setup: Setup) {
     // Arrange
-    let app = spawn_proxy_with(backend, |config| {
+    let app = spawn_proxy_with(setup, |config| {
         config.proxy.first_byte_timeout_secs = 0.5;
     })
     .await;
@@ -379,9 +379,9 @@ async fn slow_first_byte_is_a_504(backend: Backend) {
     );
 }
 
-async fn unreachable_upstream_is_a_502(backend: Backend) {
+async fn unreachable_upstream_is_a_502(setup: Setup) {
     // Arrange
-    let app = spawn_proxy_with(backend, |config| {
+    let app = spawn_proxy_with(setup, |config| {
         config.upstreams[0].base_url = closed_port_url();
     })
     .await;
@@ -401,9 +401,9 @@ async fn unreachable_upstream_is_a_502(backend: Backend) {
     assert!(app.usage_rows(&key.id).await.is_empty());
 }
 
-async fn dropped_upstream_connection_is_a_502(backend: Backend) {
+async fn dropped_upstream_connection_is_a_502(setup: Setup) {
     // Arrange
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let key = app.plain_key().await;
 
     // Act
@@ -420,9 +420,9 @@ async fn dropped_upstream_connection_is_a_502(backend: Backend) {
     assert!(app.usage_rows(&key.id).await.is_empty());
 }
 
-async fn unknown_model_is_404_and_never_reaches_upstream(backend: Backend) {
+async fn unknown_model_is_404_and_never_reaches_upstream(setup: Setup) {
     // Arrange: an upstream serving named models only.
-    let app = spawn_proxy_with(backend, |config| {
+    let app = spawn_proxy_with(setup, |config| {
         config.upstreams[0].models = vec![mock::DEFAULT_MODEL.into()];
     })
     .await;

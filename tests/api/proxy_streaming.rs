@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::proxy_helpers::{
     assert_openai_error, chat_body, json_body, keygate_prompt_tokens, keygate_text_tokens,
     proxy_tests, read_sse, spawn_proxy, spawn_proxy_with, stream_body, stream_text,
-    support::upstream as mock, Backend, Event, SseReader,
+    support::upstream as mock, Event, Setup, SseReader,
 };
 
 proxy_tests! {
@@ -46,9 +46,9 @@ fn is_usage_chunk(event: &Event) -> bool {
     })
 }
 
-async fn events_are_passed_through_as_they_arrive_and_the_usage_chunk_is_hidden(backend: Backend) {
+async fn events_are_passed_through_as_they_arrive_and_the_usage_chunk_is_hidden(setup: Setup) {
     // Arrange: 400 ms between events, so the whole answer takes about 4 s.
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let key = app.plain_key().await;
     let body = stream_body("mock-slow-stream:400", PROMPT, None);
 
@@ -94,9 +94,9 @@ async fn events_are_passed_through_as_they_arrive_and_the_usage_chunk_is_hidden(
     );
 }
 
-async fn the_usage_chunk_is_shown_when_asked_and_settles_once(backend: Backend) {
+async fn the_usage_chunk_is_shown_when_asked_and_settles_once(setup: Setup) {
     // Arrange
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let key = app.create_key(json!({"limits": {"tpm": 10000}})).await;
     let body = stream_body(mock::DEFAULT_MODEL, PROMPT, Some(true));
 
@@ -136,9 +136,9 @@ async fn the_usage_chunk_is_shown_when_asked_and_settles_once(backend: Backend) 
     assert!((10000 - used..=10000 - used + 20).contains(&left), "{left}");
 }
 
-async fn an_upstream_break_mid_stream_ends_with_an_error_event_and_charges_once(backend: Backend) {
+async fn an_upstream_break_mid_stream_ends_with_an_error_event_and_charges_once(setup: Setup) {
     // Arrange
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let key = app.plain_key().await;
     let body = stream_body(mock::MODEL_DROP_MID_STREAM, PROMPT, None);
 
@@ -163,9 +163,9 @@ async fn an_upstream_break_mid_stream_ends_with_an_error_event_and_charges_once(
     assert!(usage.output_tokens >= 1);
 }
 
-async fn a_client_disconnect_cancels_upstream_and_charges_what_was_produced_once(backend: Backend) {
+async fn a_client_disconnect_cancels_upstream_and_charges_what_was_produced_once(setup: Setup) {
     // Arrange
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let key = app.plain_key().await;
     let body = stream_body("mock-slow-stream:300", PROMPT, None);
     let response = app.chat(&key.secret, &body).await;
@@ -207,9 +207,9 @@ async fn a_client_disconnect_cancels_upstream_and_charges_what_was_produced_once
     assert_eq!(app.mock.completed_streams(), 0);
 }
 
-async fn an_idle_upstream_ends_with_a_timeout_event_and_charges_once(backend: Backend) {
+async fn an_idle_upstream_ends_with_a_timeout_event_and_charges_once(setup: Setup) {
     // Arrange: the mock stalls for 30 s after two words.
-    let app = spawn_proxy_with(backend, |config| {
+    let app = spawn_proxy_with(setup, |config| {
         config.proxy.idle_timeout_secs = 0.5;
     })
     .await;
@@ -245,9 +245,9 @@ async fn an_idle_upstream_ends_with_a_timeout_event_and_charges_once(backend: Ba
     assert!(cancelled, "the stalled upstream call was left open");
 }
 
-async fn answers_without_upstream_usage_are_counted_with_the_tokenizer(backend: Backend) {
+async fn answers_without_upstream_usage_are_counted_with_the_tokenizer(setup: Setup) {
     // Arrange
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let key = app.plain_key().await;
     let streamed = stream_body(mock::MODEL_NO_USAGE, PROMPT, Some(true));
     let whole = chat_body(mock::MODEL_NO_USAGE, PROMPT, None);
@@ -271,9 +271,9 @@ async fn answers_without_upstream_usage_are_counted_with_the_tokenizer(backend: 
     assert_eq!(usage.output_tokens, 2 * reply_tokens);
 }
 
-async fn the_max_parallel_slot_is_released_on_every_path(backend: Backend) {
+async fn the_max_parallel_slot_is_released_on_every_path(setup: Setup) {
     // Arrange
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let key = app.create_key(json!({"max_parallel": 1})).await;
     let quick = chat_body(mock::DEFAULT_MODEL, "hi", None);
     let slow = app
@@ -344,10 +344,10 @@ async fn the_max_parallel_slot_is_released_on_every_path(backend: Backend) {
 }
 
 async fn asking_for_usage_keeps_the_rest_of_the_body_and_refuses_a_bad_stream_options(
-    backend: Backend,
+    setup: Setup,
 ) {
     // Arrange
-    let app = spawn_proxy(backend).await;
+    let app = spawn_proxy(setup).await;
     let key = app.plain_key().await;
     // Spacing and member order a client chose, no `stream_options`.
     let plain = format!(

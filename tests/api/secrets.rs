@@ -1,5 +1,6 @@
 //! Secrets never rest anywhere in plain text: not in the SQLite files, not in any
-//! PostgreSQL row, not in the server's log output (even at `RUST_LOG=trace`).
+//! PostgreSQL row, not in the server's log output (even at `RUST_LOG=trace`, through
+//! either front door).
 
 // Test bodies are plain async fns (not `#[test]`s), which `allow-unwrap-in-tests` does not cover.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -9,15 +10,20 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use sqlx::{postgres::PgPoolOptions, Row};
 
-use crate::helpers::{
-    both_backends, id_of, json_of, keys_in, secret_of, secret_part, spawn_app, spawn_serve,
-    Backend, TestApp, TestDb,
+use crate::{
+    helpers::{
+        both_backends, id_of, json_of, keys_in, secret_of, secret_part, spawn_app, spawn_serve,
+        Backend, TestApp, TestDb,
+    },
+    proxy_helpers::{proxy_tests, FrontDoor, Setup},
 };
 
-both_backends!(
-    the_store_holds_no_plaintext_secret,
-    server_logs_hold_no_secret_even_at_trace,
-);
+both_backends!(the_store_holds_no_plaintext_secret);
+
+proxy_tests! {
+    both: [server_logs_hold_no_secret_even_at_trace],
+    sqlite: [],
+}
 
 /// Everything the database holds, as text (PostgreSQL) or raw bytes (SQLite files).
 async fn database_contents(app: &TestApp) -> Vec<u8> {
@@ -116,15 +122,21 @@ async fn the_store_holds_no_plaintext_secret(backend: Backend) {
     assert!(keys_in(&text).is_empty(), "a well-formed key is stored");
 }
 
-async fn server_logs_hold_no_secret_even_at_trace(backend: Backend) {
+async fn server_logs_hold_no_secret_even_at_trace(setup: Setup) {
     // Arrange: the real binary, logging everything.
-    let db = TestDb::new(backend).await;
+    let db = TestDb::new(setup.backend).await;
     let bootstrap = Token::generate().expose().to_string();
+    let fast_path = if setup.door == FrontDoor::Fast {
+        "true"
+    } else {
+        "false"
+    };
     let server = spawn_serve(
         &db,
         &[
             ("RUST_LOG", "trace"),
             ("KEYGATE_BOOTSTRAP_ADMIN_KEY", bootstrap.as_str()),
+            ("KEYGATE_HTTP__FAST_PATH", fast_path),
         ],
     )
     .await;
@@ -184,6 +196,29 @@ async fn server_logs_hold_no_secret_even_at_trace(backend: Backend) {
     }
     let unknown = Token::generate().expose().to_string();
     secrets.push(unknown.clone());
+    // Inference (the fast path's routes): no upstream serves the model, so a known key
+    // gets 404 after authentication, an unknown one 401, an admin key 403.
+    let chat = json!({ "model": "no-such-model", "messages": [] });
+    for (key, status) in [
+        (&inference, StatusCode::NOT_FOUND),
+        (&unknown, StatusCode::UNAUTHORIZED),
+        (&admin, StatusCode::FORBIDDEN),
+    ] {
+        let response = call(key, Method::POST, "/v1/chat/completions")
+            .json(&chat)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status);
+    }
+    let response = client
+        .post(server.url("/v1/embeddings"))
+        .header("x-api-key", &inference)
+        .json(&json!({ "model": "no-such-model", "input": "hi" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
     let response = call(&unknown, Method::GET, "/admin/v1/keys")
         .send()
         .await

@@ -26,7 +26,7 @@ use crate::{
     pg_proxy::PgProxy,
     proxy_helpers::{
         assert_openai_error, chat_body, cost, json_body, spawn_proxy_with, support::upstream,
-        ProxyApp, TestKey, PRICED_INPUT, PRICED_MODEL, PRICED_OUTPUT,
+        FrontDoor, ProxyApp, Setup, TestKey, PRICED_INPUT, PRICED_MODEL, PRICED_OUTPUT,
     },
 };
 
@@ -53,10 +53,16 @@ pub fn pg_server() -> SocketAddr {
 /// keygate on PostgreSQL through `proxy`; also returns the direct URL of its database.
 pub async fn spawn_behind(proxy: &PgProxy) -> (ProxyApp, String) {
     let mut direct = String::new();
-    let app = spawn_proxy_with(Backend::Postgres, |config| {
-        direct = config.database_url.clone();
-        config.database_url = proxy.url_for(&direct);
-    })
+    let app = spawn_proxy_with(
+        Setup {
+            backend: Backend::Postgres,
+            door: FrontDoor::Fast,
+        },
+        |config| {
+            direct = config.database_url.clone();
+            config.database_url = proxy.url_for(&direct);
+        },
+    )
     .await;
     (app, direct)
 }

@@ -15,7 +15,7 @@ use crate::proxy_helpers::{
     support::slow_upstream::{
         SlowUpstream, DRIP_BODY, DRIP_HEAD, DRIP_STREAM, SILENT, STALL_BODY, STALL_STREAM,
     },
-    Backend, ProxyApp, TestKey,
+    ProxyApp, Setup, TestKey,
 };
 
 const FIRST_BYTE: Duration = Duration::from_millis(1500);
@@ -29,10 +29,10 @@ const TPD: i64 = 1_000_000;
 /// `max_tokens` of the hanging request: its reservation is at least this.
 const MAX_TOKENS: u64 = 1000;
 
-async fn spawn(backend: Backend) -> (ProxyApp, SlowUpstream, TestKey) {
+async fn spawn(setup: Setup) -> (ProxyApp, SlowUpstream, TestKey) {
     let slow = SlowUpstream::start().await;
     let base_url = slow.base_url.clone();
-    let app = spawn_proxy_with(backend, |config| {
+    let app = spawn_proxy_with(setup, |config| {
         config.upstreams = vec![UpstreamConfig {
             name: "slow".into(),
             base_url,
@@ -93,8 +93,8 @@ async fn assert_given_back(app: &ProxyApp, key: &TestKey, charged: i64) {
 
 /// A non-streamed request to `model` gets 504 `upstream_timeout` after `timeout`; sent
 /// with a chunked body when `chunked` (the router's front door instead of the fast path).
-async fn answer_times_out(backend: Backend, model: &str, timeout: Duration, chunked: bool) {
-    let (app, slow, key) = spawn(backend).await;
+async fn answer_times_out(setup: Setup, model: &str, timeout: Duration, chunked: bool) {
+    let (app, slow, key) = spawn(setup).await;
     let body = hanging_body(model, false);
     let started = Instant::now();
     let hanging = async {
@@ -127,8 +127,8 @@ async fn answer_times_out(backend: Backend, model: &str, timeout: Duration, chun
 
 /// A streamed request to `model` ends with an `upstream_timeout` error event after
 /// `timeout`, charged for its prompt and what was streamed.
-async fn stream_times_out(backend: Backend, model: &str, timeout: Duration) {
-    let (app, slow, key) = spawn(backend).await;
+async fn stream_times_out(setup: Setup, model: &str, timeout: Duration) {
+    let (app, slow, key) = spawn(setup).await;
     let body = hanging_body(model, true);
     let started = Instant::now();
     let hanging = async {
@@ -150,32 +150,32 @@ async fn stream_times_out(backend: Backend, model: &str, timeout: Duration) {
     assert_given_back(&app, &key, usage.input_tokens + usage.output_tokens).await;
 }
 
-async fn an_upstream_that_never_answers_times_out_at_the_first_byte(backend: Backend) {
-    answer_times_out(backend, SILENT, FIRST_BYTE, false).await;
+async fn an_upstream_that_never_answers_times_out_at_the_first_byte(setup: Setup) {
+    answer_times_out(setup, SILENT, FIRST_BYTE, false).await;
 }
 
-async fn an_upstream_that_never_answers_times_out_on_the_router_path_too(backend: Backend) {
-    answer_times_out(backend, SILENT, FIRST_BYTE, true).await;
+async fn an_upstream_that_never_answers_times_out_on_the_router_path_too(setup: Setup) {
+    answer_times_out(setup, SILENT, FIRST_BYTE, true).await;
 }
 
-async fn a_head_dripped_a_byte_a_second_times_out_at_the_first_byte(backend: Backend) {
-    answer_times_out(backend, DRIP_HEAD, FIRST_BYTE, false).await;
+async fn a_head_dripped_a_byte_a_second_times_out_at_the_first_byte(setup: Setup) {
+    answer_times_out(setup, DRIP_HEAD, FIRST_BYTE, false).await;
 }
 
-async fn a_body_that_stops_times_out_when_idle(backend: Backend) {
-    answer_times_out(backend, STALL_BODY, IDLE, false).await;
+async fn a_body_that_stops_times_out_when_idle(setup: Setup) {
+    answer_times_out(setup, STALL_BODY, IDLE, false).await;
 }
 
-async fn a_body_dripped_a_byte_a_second_times_out_at_the_total(backend: Backend) {
-    answer_times_out(backend, DRIP_BODY, TOTAL, false).await;
+async fn a_body_dripped_a_byte_a_second_times_out_at_the_total(setup: Setup) {
+    answer_times_out(setup, DRIP_BODY, TOTAL, false).await;
 }
 
-async fn a_stream_that_stops_ends_with_a_timeout_event_when_idle(backend: Backend) {
-    stream_times_out(backend, STALL_STREAM, IDLE).await;
+async fn a_stream_that_stops_ends_with_a_timeout_event_when_idle(setup: Setup) {
+    stream_times_out(setup, STALL_STREAM, IDLE).await;
 }
 
-async fn a_stream_dripped_a_byte_a_second_ends_with_a_timeout_event_at_the_total(backend: Backend) {
-    stream_times_out(backend, DRIP_STREAM, TOTAL).await;
+async fn a_stream_dripped_a_byte_a_second_ends_with_a_timeout_event_at_the_total(setup: Setup) {
+    stream_times_out(setup, DRIP_STREAM, TOTAL).await;
 }
 
 proxy_tests! {

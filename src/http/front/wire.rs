@@ -9,7 +9,7 @@ use std::{
 
 use axum::http::{HeaderMap, StatusCode};
 
-use super::ratelimit_headers::HeaderSink;
+use crate::http::ratelimit_headers::HeaderSink;
 
 /// The last chunk of a chunked body, with no trailers.
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";

@@ -1,17 +1,19 @@
 //! The inference fast path: HTTP/1.1 `POST /v1/chat/completions`, `/v1/completions` and
 //! `/v1/embeddings` with a `Content-Length` body, read and answered on the connection's
 //! own task without hyper or the router stack. Everything else (other routes and methods,
-//! chunked or `Expect` bodies, HTTP/1.0, upgrades, oversize or malformed requests) is
-//! handed to hyper and the axum router, with the bytes already read, for the rest of the
-//! connection (`super::serve`), so those requests are served exactly as before.
+//! chunked or `Expect` bodies, HTTP/1.0, upgrades, malformed requests) is handed to hyper
+//! and the axum router, with the bytes already read, for the rest of the connection
+//! (`super::serve`), so those requests are served exactly as before.
 //!
 //! Why by hand: these three routes carry nearly all of a gateway's traffic. On one core
 //! shared with the upstream, hyper's server dispatcher plus the router's middleware cost
 //! more per request than auth, limits and accounting together (docs/performance.md); a
 //! loop that parses the head with httparse, calls the same gateway and writes the answer
-//! in one write does the same work for a fraction of it. The steps are the router's, in
-//! its order: request id → auth (key, IP allowlist, failed-attempt guard) → inference key
-//! → body limit → proxy, with a panic turned into a 500.
+//! in one write does the same work for a fraction of it. The admission steps are the
+//! router's, from the same functions (`super::admission`): request id → panic guard →
+//! address, body limit, key (failed-attempt guard, IP allowlist), inference key → proxy.
+//! A request arriving in pieces has `http.request_read_timeout_secs` from its first byte
+//! to arrive whole.
 //!
 //! While the gateway works, the client's socket is watched: a client that goes away
 //! cancels the request (the upstream call is dropped, the meter settles once), as hyper
@@ -21,7 +23,6 @@ use std::{
     future::Future,
     net::SocketAddr,
     ops::Range,
-    panic::AssertUnwindSafe,
     pin::{pin, Pin},
     time::Duration,
 };
@@ -32,7 +33,6 @@ use futures::{
     future::{Either, Fuse, FusedFuture},
     FutureExt, StreamExt,
 };
-use http_body_util::BodyExt;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -42,14 +42,17 @@ use tokio::{
 use tracing::{instrument::Instrumented, Instrument, Span};
 
 use super::{
-    auth,
-    inference::{self, Answer},
-    ratelimit_headers,
+    admission::{self, Admitted, Arrival},
     wire::{self, Head},
-    REQUEST_ID,
 };
 use crate::{
     error::{ApiError, Surface},
+    http::{
+        inference::{self, Answer},
+        ratelimit_headers, REQUEST_ID,
+    },
+    keys::AuthError,
+    limits::BucketState,
     proxy::{
         headers::{RawHeaders, RequestHeaders},
         AnswerBody, Endpoint, InferenceRequest, ProxyAnswer,
@@ -61,8 +64,6 @@ use crate::{
 const MAX_HEADERS: usize = 64;
 /// Longest request head read here; a longer one goes to hyper, which answers 431.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// How long a client may take to send a whole request (head and body) once it started.
-pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes a client may send ahead (pipelining) while its request is being answered; past
 /// this, keygate stops reading until it gets to them.
 const MAX_READ_AHEAD: usize = 64 * 1024;
@@ -76,8 +77,9 @@ pub enum Ending {
     /// Closed: by the client, after `Connection: close`, on an error, or at shutdown.
     Closed,
     /// A request the fast path does not serve: hyper takes the connection, starting with
-    /// these bytes already read from it.
-    HandOff(TcpStream, Bytes),
+    /// these bytes already read from it, and the request's deadline if it started
+    /// arriving in pieces.
+    HandOff(TcpStream, Bytes, Option<Instant>),
 }
 
 /// A request head the fast path serves.
@@ -112,6 +114,11 @@ pub struct Connection<'a> {
     out: Vec<u8>,
     /// `http.keep_alive_idle_secs`, read once per connection.
     keep_alive_idle: Duration,
+    /// `http.request_read_timeout_secs`, read once per connection.
+    request_read_timeout: Duration,
+    /// When the request being read must have arrived whole: set once it arrives in
+    /// pieces (its first byte came with an earlier read than its head's end).
+    deadline: Option<Instant>,
 }
 
 impl<'a> Connection<'a> {
@@ -123,6 +130,8 @@ impl<'a> Connection<'a> {
             buffer: BytesMut::with_capacity(READ_CHUNK),
             out: Vec::with_capacity(READ_CHUNK),
             keep_alive_idle: state.config.http.keep_alive_idle(),
+            request_read_timeout: state.config.http.request_read_timeout(),
+            deadline: None,
         }
     }
 
@@ -144,7 +153,7 @@ impl<'a> Connection<'a> {
             {
                 Some(Parsed::Fast(request)) => request,
                 Some(Parsed::Other) => {
-                    return Ending::HandOff(self.stream, self.buffer.freeze());
+                    return Ending::HandOff(self.stream, self.buffer.freeze(), self.deadline);
                 }
                 Some(Parsed::Partial) | None => return Ending::Closed,
             };
@@ -163,11 +172,10 @@ impl<'a> Connection<'a> {
         mut stopped: Pin<&mut Fuse<impl Future<Output = ()>>>,
         mut idle_timer: Pin<&mut Sleep>,
     ) -> Option<Parsed> {
-        let max_body = self.state.config.http.max_body_bytes;
         let idle_until = Instant::now() + self.keep_alive_idle;
-        let mut partial_deadline = None;
+        self.deadline = None;
         loop {
-            match parse(&self.buffer, max_body) {
+            match parse(&self.buffer) {
                 Parsed::Partial if self.buffer.len() <= MAX_HEAD_BYTES => {}
                 Parsed::Partial => return Some(Parsed::Other),
                 parsed => return Some(parsed),
@@ -190,8 +198,10 @@ impl<'a> Connection<'a> {
                 }
             } else {
                 // A request arriving in pieces gets a deadline from its first byte.
-                let deadline =
-                    *partial_deadline.get_or_insert_with(|| Instant::now() + REQUEST_READ_TIMEOUT);
+                let timeout = self.request_read_timeout;
+                let deadline = *self
+                    .deadline
+                    .get_or_insert_with(|| Instant::now() + timeout);
                 read_more(&mut self.stream, &mut self.buffer, deadline).await
             };
             if !got_data {
@@ -214,9 +224,7 @@ impl<'a> Connection<'a> {
         } = request;
         let head = self.buffer.split_to(head_len).freeze();
         let raw = RawHeaders::new(head, lines);
-        let request_id = raw
-            .value(REQUEST_ID.as_str())
-            .unwrap_or_else(new_request_id);
+        let request_id = admission::request_id(raw.value(REQUEST_ID.as_str()));
         let headers = RequestHeaders::Raw(raw);
         // DEBUG, not INFO like the router's: a span per request cost more than the limiter;
         // the proxy's own log events name the request id and key instead.
@@ -228,47 +236,45 @@ impl<'a> Connection<'a> {
             key_id = tracing::field::Empty,
         );
         let state = self.state;
-        let trust_forwarded_for = state.config.http.trust_forwarded_for;
-        let ip = auth::client_ip_from(
-            trust_forwarded_for
-                .then(|| headers.text("x-forwarded-for"))
-                .flatten(),
-            Some(self.peer),
-            trust_forwarded_for,
-        );
-        let presented = auth::presented_key_in(|name| headers.text(name));
-        let key = AssertUnwindSafe(in_span(
-            async {
-                let key = auth::verify_presented(state, presented, ip, Surface::OpenAi).await?;
-                span.record("key_id", tracing::field::display(key.id));
-                inference::inference_key(state, key)
-                    .map_err(axum::response::IntoResponse::into_response)
-            },
-            &span,
-        ))
-        .catch_unwind()
+        let arrival = Arrival {
+            path: endpoint_route(endpoint),
+            headers: &headers,
+            peer: Some(self.peer),
+            content_length: Some(content_length as u64),
+        };
+        let admitted = admission::guarded(
+            Surface::OpenAi,
+            in_span(admission::admit(state, arrival), &span),
+        )
         .await;
-        let key = match key {
-            Ok(Ok(key)) => key,
-            Ok(Err(refusal)) => {
-                // The body is skipped if it is all here; otherwise the connection closes
-                // rather than read a body nobody will use.
-                let body_read = self.buffer.len() >= content_length;
-                if body_read {
-                    self.buffer.advance(content_length);
-                }
-                let close = close || !body_read;
-                return self.write_refusal(refusal, &request_id, close).await && body_read;
+        let key = match admitted {
+            Ok(Ok(Admitted { key: Some(key), .. })) => {
+                span.record("key_id", tracing::field::display(key.id));
+                key
             }
-            Err(_) => {
-                tracing::error!(parent: &span, "a request handler panicked");
-                self.write_panic(&request_id).await;
+            // The inference routes are not public: an admitted request has a key.
+            Ok(Ok(Admitted { key: None, .. })) => {
+                let refusal = ApiError::from(AuthError::Missing).on(Surface::OpenAi);
+                return self
+                    .refuse(&refusal, content_length, &request_id, close)
+                    .await;
+            }
+            Ok(Err(refusal)) => {
+                return self
+                    .refuse(&refusal, content_length, &request_id, close)
+                    .await;
+            }
+            Err(panicked) => {
+                self.write_refusal(&panicked, &[], &request_id, true).await;
                 return false;
             }
         };
 
         if self.buffer.len() < content_length {
-            let deadline = Instant::now() + REQUEST_READ_TIMEOUT;
+            let timeout = self.request_read_timeout;
+            let deadline = *self
+                .deadline
+                .get_or_insert_with(|| Instant::now() + timeout);
             while self.buffer.len() < content_length {
                 if !read_more(&mut self.stream, &mut self.buffer, deadline).await {
                     return false;
@@ -289,20 +295,39 @@ impl<'a> Connection<'a> {
         // Boxed once here: the gateway's future is a few KB, and each wrapper below (and
         // the `select!`) would otherwise move it.
         let answer = Box::pin(inference::answer(state, request));
-        let answer = AssertUnwindSafe(in_span(answer, &span)).catch_unwind();
+        let answer = admission::guarded(Surface::OpenAi, in_span(answer, &span));
         let answer = tokio::select! {
             answer = answer => answer,
             () = client_gone(&self.stream, &mut self.buffer) => return false,
         };
         match answer {
             Ok(Answer::Proxied(answer)) => self.write_answer(answer, &request_id, close).await,
-            Ok(Answer::Refused(refusal)) => self.write_refusal(refusal, &request_id, close).await,
-            Err(_) => {
-                tracing::error!(parent: &span, "a request handler panicked");
-                self.write_panic(&request_id).await;
+            Ok(Answer::Refused(refusal, limits)) => {
+                self.write_refusal(&refusal, &limits, &request_id, close)
+                    .await
+            }
+            Err(panicked) => {
+                self.write_refusal(&panicked, &[], &request_id, true).await;
                 false
             }
         }
+    }
+
+    /// Answers a request refused at admission. Its body is skipped if it is all here;
+    /// otherwise the connection closes rather than read a body nobody will use.
+    async fn refuse(
+        &mut self,
+        refusal: &ApiError,
+        content_length: usize,
+        request_id: &HeaderValue,
+        close: bool,
+    ) -> bool {
+        let body_read = self.buffer.len() >= content_length;
+        if body_read {
+            self.buffer.advance(content_length);
+        }
+        let close = close || !body_read;
+        self.write_refusal(refusal, &[], request_id, close).await && body_read
     }
 
     async fn write_answer(
@@ -367,40 +392,26 @@ impl<'a> Connection<'a> {
         }
     }
 
-    /// A refusal built by the error layer: JSON body, `Retry-After` and rate-limit headers.
+    /// A refusal as the error layer renders it (JSON body, `Retry-After`), with the
+    /// buckets' rate-limit headers.
     async fn write_refusal(
         &mut self,
-        refusal: axum::response::Response,
+        refusal: &ApiError,
+        limits: &[BucketState],
         request_id: &HeaderValue,
         close: bool,
     ) -> bool {
-        let (parts, body) = refusal.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map(|collected| collected.to_bytes())
-            .unwrap_or_default();
+        let rendered = refusal.render();
         self.out.clear();
-        let mut head = Head::new(&mut self.out, parts.status);
-        for (name, value) in &parts.headers {
-            if !matches!(
-                name.as_str(),
-                "content-length" | "transfer-encoding" | "connection"
-            ) {
-                head.header(name.as_str(), value.as_bytes());
-            }
+        let mut head = Head::new(&mut self.out, rendered.status);
+        for (name, value) in rendered.headers() {
+            head.header(name.as_str(), value.as_bytes());
         }
+        ratelimit_headers::write(&mut head, limits);
         common_headers(&mut head, request_id, close);
-        head.content_length(body.len());
+        head.content_length(rendered.body.len());
         head.end();
-        self.write_with_body(body).await
-    }
-
-    /// The 500 for a panicked handler; the connection closes after it.
-    async fn write_panic(&mut self, request_id: &HeaderValue) {
-        let response =
-            axum::response::IntoResponse::into_response(ApiError::internal().on(Surface::OpenAi));
-        self.write_refusal(response, request_id, true).await;
+        self.write_with_body(rendered.body).await
     }
 
     /// The head in `out`, then `body`: one write when the body is small.
@@ -480,14 +491,6 @@ async fn client_gone(stream: &TcpStream, buffer: &mut BytesMut) {
     }
 }
 
-/// An `x-request-id` for a request that came without one (the gateway sends it upstream).
-fn new_request_id() -> HeaderValue {
-    let mut buffer = uuid::Uuid::encode_buffer();
-    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
-    // A hyphenated UUID is always a valid header value.
-    HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("-"))
-}
-
 fn hot_endpoint(path: &str) -> Option<(Endpoint, &'static str)> {
     match path {
         "/v1/chat/completions" => Some((Endpoint::ChatCompletions, "/chat/completions")),
@@ -507,7 +510,7 @@ fn endpoint_route(endpoint: Endpoint) -> &'static str {
 }
 
 /// Reads a request head from the start of `buffer` and decides who serves it.
-fn parse(buffer: &[u8], max_body: usize) -> Parsed {
+fn parse(buffer: &[u8]) -> Parsed {
     if buffer.is_empty() {
         return Parsed::Partial;
     }
@@ -571,10 +574,9 @@ fn parse(buffer: &[u8], max_body: usize) -> Parsed {
         };
         lines.push((name, value));
     }
+    // Bigger than `usize` holds, or bigger than `http.max_body_bytes` allows: admission
+    // refuses it (413) before any of it is read.
     let content_length = content_length.unwrap_or(0);
-    if content_length > max_body {
-        return Parsed::Other; // the router's body limit answers 413
-    }
     Parsed::Fast(FastRequest {
         endpoint,
         head_len,
@@ -599,14 +601,14 @@ mod tests {
     use super::*;
 
     fn fast(head: &str) -> Option<FastRequest> {
-        match parse(head.as_bytes(), 1000) {
+        match parse(head.as_bytes()) {
             Parsed::Fast(request) => Some(request),
             _ => None,
         }
     }
 
     fn is_other(head: &str) -> bool {
-        matches!(parse(head.as_bytes(), 1000), Parsed::Other)
+        matches!(parse(head.as_bytes()), Parsed::Other)
     }
 
     #[test]
@@ -639,7 +641,6 @@ mod tests {
             "POST /v1/chat/completions HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
             "POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n",
             "POST /v1/chat/completions HTTP/1.1\r\nContent-Length: +2\r\n\r\n",
-            "POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 1001\r\n\r\n",
             "POST /v1/chat/completions HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n",
             "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             "POST /v1/chat/completions HTTP/1.1\r\nBad Header: x\r\n\r\n",
@@ -650,9 +651,9 @@ mod tests {
 
     #[test]
     fn incomplete_heads_wait_for_more() {
-        assert!(matches!(parse(b"", 10), Parsed::Partial));
+        assert!(matches!(parse(b""), Parsed::Partial));
         assert!(matches!(
-            parse(b"POST /v1/chat/completions HTTP/1.1\r\nContent-Le", 10),
+            parse(b"POST /v1/chat/completions HTTP/1.1\r\nContent-Le"),
             Parsed::Partial
         ));
     }

@@ -1,33 +1,29 @@
 //! Serving connections: accept, serve each connection's inference requests on the fast
 //! path (`super::fast`), and hand the connection to hyper and the axum router when a
-//! request needs them. On shutdown: stop accepting, close idle connections, let every
-//! request in flight finish (streams included), then return.
+//! request needs them (or at once, with `http.fast_path = false`). On shutdown: stop
+//! accepting, close idle connections, let every request in flight finish (streams
+//! included), then return.
 
-use std::{
-    future::Future,
-    io,
-    net::SocketAddr,
-    pin::{pin, Pin},
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{future::Future, io, net::SocketAddr, pin::pin, time::Duration};
 
-use axum::{body::Body, extract::ConnectInfo, Router};
-use bytes::{Buf, Bytes};
-use hyper::body::Incoming;
+use axum::{body::Body, extract::ConnectInfo, response::Response, Router};
+use bytes::Bytes;
+use hyper::body::{Body as _, Incoming};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
     service::TowerToHyperService,
 };
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::watch,
 };
 use tower::ServiceExt;
 
-use super::fast::{Connection, Ending};
+use super::{
+    deadline::{AnswerBody, Clock, Io, RequestBody},
+    fast::{Connection, Ending},
+};
 use crate::state::AppState;
 
 /// Serves `listener` until `shutdown` resolves, then drains.
@@ -36,7 +32,7 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let router = super::router(state.clone());
+    let router = crate::http::router(state.clone());
     // Every connection holds a receiver; `closed()` resolves when the last one is gone.
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut shutdown = pin!(shutdown);
@@ -78,38 +74,51 @@ async fn connection(
     peer: SocketAddr,
     mut stop: watch::Receiver<bool>,
 ) {
-    let ending = Connection::new(&state, stream, peer).serve(&mut stop).await;
-    if let Ending::HandOff(stream, read) = ending {
-        let io = Replay { read, stream };
-        serve_with_hyper(
-            router,
-            io,
-            peer,
-            state.config.http.keep_alive_idle(),
-            &mut stop,
-        )
-        .await;
-    }
+    let (stream, read, deadline) = if state.config.http.fast_path {
+        match Connection::new(&state, stream, peer).serve(&mut stop).await {
+            Ending::HandOff(stream, read, deadline) => (stream, read, deadline),
+            Ending::Closed => return,
+        }
+    } else {
+        (stream, Bytes::new(), None)
+    };
+    let http = &state.config.http;
+    let clock = Clock::new(http.request_read_timeout(), deadline);
+    let io = Io::new(stream, read, clock.clone());
+    serve_with_hyper(router, io, clock, peer, http.keep_alive_idle(), &mut stop).await;
     // Dropping `stop` tells `serve` this connection is done.
 }
 
 /// The rest of a connection, served by hyper and the router (both HTTP/1 and, for a
-/// client that opens with the HTTP/2 preface, h2c), as `axum::serve` would.
+/// client that opens with the HTTP/2 preface, h2c), as `axum::serve` would, plus the
+/// arrival deadline `clock` keeps (`super::deadline`).
 async fn serve_with_hyper(
     router: Router,
-    io: Replay,
+    io: Io,
+    clock: Clock,
     peer: SocketAddr,
     keep_alive_idle: Duration,
     stop: &mut watch::Receiver<bool>,
 ) {
-    let service = router.map_request(move |mut request: http::Request<Incoming>| {
-        request.extensions_mut().insert(ConnectInfo(peer));
-        request.map(Body::new)
-    });
+    let service = router
+        .map_request({
+            let clock = clock.clone();
+            move |mut request: http::Request<Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                let http2 = request.version() == http::Version::HTTP_2;
+                clock.head(http2, request.body().is_end_stream());
+                let clock = clock.clone();
+                request.map(|body| Body::new(RequestBody::new(body, clock)))
+            }
+        })
+        .map_response(move |response: Response| {
+            let clock = clock.clone();
+            response.map(|body| Body::new(AnswerBody::new(body, clock)))
+        });
     let service = TowerToHyperService::new(service);
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // The same idle limit as the fast path: hyper's header-read timeout runs while a
-    // keep-alive connection waits for its next request's head.
+    // The keep-alive limit: hyper's header-read timeout runs while a connection waits for
+    // its next request's head (a request that started arriving has less: `Clock`).
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -148,58 +157,4 @@ async fn accept_failed(err: io::Error) {
     }
     tracing::error!(error = %err, "accept failed");
     tokio::time::sleep(Duration::from_secs(1)).await;
-}
-
-/// A connection whose first bytes were already read by the fast path: reads return
-/// those first, then the socket's.
-struct Replay {
-    read: Bytes,
-    stream: TcpStream,
-}
-
-impl AsyncRead for Replay {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.read.has_remaining() {
-            let n = this.read.len().min(buf.remaining());
-            buf.put_slice(&this.read[..n]);
-            this.read.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Replay {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
-    }
 }
