@@ -173,6 +173,9 @@ pub struct ProxyConfig {
     pub idle_timeout_secs: f64,
     /// Whole request, first byte to last.
     pub timeout_secs: f64,
+    /// Largest event of a streamed answer passed on; past it the stream ends with an
+    /// error event (and is charged for what streamed).
+    pub max_event_bytes: usize,
 }
 
 impl Default for ProxyConfig {
@@ -182,6 +185,7 @@ impl Default for ProxyConfig {
             first_byte_timeout_secs: 60.0,
             idle_timeout_secs: 60.0,
             timeout_secs: 600.0,
+            max_event_bytes: crate::proxy::sse::MAX_EVENT_BYTES,
         }
     }
 }
@@ -330,6 +334,9 @@ impl Config {
         }
         if self.http.max_body_bytes < 1024 {
             return Err(invalid("http.max_body_bytes", "must be at least 1024"));
+        }
+        if self.proxy.max_event_bytes < 1024 {
+            return Err(invalid("proxy.max_event_bytes", "must be at least 1024"));
         }
         for (field, value) in [
             (

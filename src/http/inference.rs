@@ -219,10 +219,14 @@ pub(super) async fn proxy(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let head_request = method == Method::HEAD;
     let request = inference_request(key, endpoint, method, uri, headers, body);
     match answer(&state, request).await {
         Answer::Proxied(answer) => {
             let mut response = match answer.body {
+                _ if !super::wire::has_body(answer.status, head_request) => {
+                    Response::new(Body::empty())
+                }
                 AnswerBody::Whole(bytes) => Response::new(Body::from(bytes)),
                 AnswerBody::Stream(stream) => Response::new(Body::from_stream(stream)),
             };

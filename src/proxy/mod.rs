@@ -22,10 +22,10 @@ use std::{
 use foldhash::HashMap;
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderName, Method, StatusCode};
+use http::{header, HeaderMap, Method, StatusCode};
 use rust_decimal::Decimal;
 use serde::Deserialize;
-use serde_json::{value::RawValue, Value};
+use serde_json::Value;
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
     time::Instant,
@@ -73,6 +73,7 @@ pub struct Gateway {
     credits: Mutex<HashMap<Uuid, (Option<Decimal>, std::time::Instant)>>,
     credits_ttl: Duration,
     model_lists: Mutex<HashMap<String, (Vec<String>, std::time::Instant)>>,
+    max_event_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -158,95 +159,6 @@ pub enum InferenceError {
     Upstream(String),
 }
 
-/// Request headers never sent upstream (`name` in any case): hop-by-hop headers, the
-/// client's own key, and anything that would change the answer's encoding or identity.
-/// One `match` on the lower-cased name: run for every header of every request.
-fn is_stripped(name: &[u8]) -> bool {
-    const LONGEST: usize = "proxy-authorization".len();
-    if name.len() > LONGEST {
-        return false;
-    }
-    let mut lower = [0u8; LONGEST];
-    for (to, from) in lower.iter_mut().zip(name) {
-        *to = from.to_ascii_lowercase();
-    }
-    matches!(
-        &lower[..name.len()],
-        b"authorization"
-            | b"x-api-key"
-            | b"x-aixplain-key"
-            | b"host"
-            | b"content-length"
-            | b"connection"
-            | b"keep-alive"
-            | b"proxy-authorization"
-            | b"proxy-authenticate"
-            | b"proxy-connection"
-            | b"te"
-            | b"trailer"
-            | b"transfer-encoding"
-            | b"upgrade"
-            | b"accept-encoding"
-            | b"cookie"
-            | b"openai-organization"
-            | b"openai-project"
-            | b"x-forwarded-for"
-            | b"x-real-ip"
-            | b"forwarded"
-    )
-}
-
-/// The upstream's answer headers as passed back: without those [`keep_answer_header`]
-/// drops, and with the upstream's `x-request-id` renamed. The client's `x-request-id` is
-/// keygate's (it is in keygate's logs); the upstream's is kept under its own name for
-/// support tickets upstream.
-fn answer_headers(mut upstream: HeaderMap) -> HeaderMap {
-    // The framing and the date are keygate's to set, and these are almost always there:
-    // removed here so that the usual answer passes on as it is, without a copy.
-    upstream.remove(header::CONTENT_LENGTH);
-    upstream.remove(header::TRANSFER_ENCODING);
-    upstream.remove(header::DATE);
-    let passes = |name: &HeaderName| name.as_str() != "x-request-id" && keep_answer_header(name);
-    if upstream.keys().all(passes) {
-        return upstream;
-    }
-    let mut headers = HeaderMap::with_capacity(upstream.len());
-    for (name, value) in &upstream {
-        if name.as_str() == "x-request-id" {
-            headers.append(
-                HeaderName::from_static("x-upstream-request-id"),
-                value.clone(),
-            );
-        } else if keep_answer_header(name) {
-            headers.append(name.clone(), value.clone());
-        }
-    }
-    headers
-}
-
-/// Answer headers never passed back: hop-by-hop, lengths we recompute, the upstream's
-/// own rate-limit view (the client's limits are keygate's), and its `date`: keygate
-/// dates every answer itself, and `date` is a singleton field (RFC 9110 §6.6.1), so
-/// passing the upstream's on would send two (nginx's `proxy_pass` drops it too).
-fn keep_answer_header(name: &HeaderName) -> bool {
-    let name = name.as_str();
-    !matches!(
-        name,
-        "connection"
-            | "keep-alive"
-            | "transfer-encoding"
-            | "content-length"
-            | "content-encoding"
-            | "date"
-            | "trailer"
-            | "upgrade"
-            | "set-cookie"
-            | "proxy-authenticate"
-            | "retry-after"
-    ) && !name.starts_with("x-ratelimit")
-        && !name.starts_with("ratelimit")
-}
-
 impl Gateway {
     pub fn new(
         shared: Shared,
@@ -268,6 +180,7 @@ impl Gateway {
             credits: Mutex::default(),
             credits_ttl,
             model_lists: Mutex::default(),
+            max_event_bytes: config.max_event_bytes,
         }
     }
 
@@ -280,9 +193,12 @@ impl Gateway {
     }
 
     /// Admits, forwards and meters one request.
-    pub async fn handle(&self, request: InferenceRequest) -> Result<ProxyAnswer, InferenceError> {
+    pub async fn handle(
+        &self,
+        mut request: InferenceRequest,
+    ) -> Result<ProxyAnswer, InferenceError> {
         let key = request.key.clone();
-        let fields = read_fields(request.endpoint, &request.body)?;
+        let fields = request::read_fields(request.endpoint, &request.body)?;
         let model = match fields.as_ref().and_then(|f| f.model) {
             Some(raw) => match request::string(raw) {
                 Some(model) if !model.is_empty() => Some(model.into_owned()),
@@ -300,10 +216,11 @@ impl Gateway {
             return Err(InferenceError::ModelNotAllowed(model.clone()));
         }
         let upstream = match (request.endpoint, &model) {
-            (Endpoint::Other, _) => self
-                .upstreams
-                .for_path(&request.path)
-                .ok_or_else(|| InferenceError::PathNotFound(format!("/v1{}", request.path)))?,
+            (Endpoint::Other, _) => {
+                let (upstream, path) = self.upstreams.for_path(&request.path)?;
+                request.path = path;
+                upstream
+            }
             (_, None) => {
                 return Err(InferenceError::InvalidRequest {
                     message: "you must provide a `model`".into(),
@@ -419,7 +336,7 @@ impl Gateway {
         let client_wants_usage = fields.as_ref().is_some_and(RequestFields::wants_usage);
         let body = if stream && request.endpoint != Endpoint::Embeddings && !client_wants_usage {
             // Ask for the final usage chunk; `hide` drops it again since the client didn't.
-            match usage_requested(&request.body, stream_options) {
+            match request::usage_requested(&request.body, stream_options) {
                 Ok(body) => body,
                 Err(err) => {
                     meter.finish(Outcome::NotCharged);
@@ -469,7 +386,7 @@ impl Gateway {
             Ok(Ok(response)) => response,
         };
         let status = response.status;
-        let headers = answer_headers(std::mem::take(&mut response.headers));
+        let headers = headers::answer_headers(std::mem::take(&mut response.headers));
         let is_sse = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -483,6 +400,7 @@ impl Gateway {
                 client_wants_usage,
                 self.timeouts.idle,
                 deadline,
+                self.max_event_bytes,
             );
             return Ok(ProxyAnswer {
                 status,
@@ -545,8 +463,9 @@ impl Gateway {
             .client
             .request(&upstream.target, method, &path_and_query)
             .map_err(|err| format!("cannot forward this path upstream: {err}"))?;
+        let forwarding = headers::Forwarding::of(headers.lines());
         for (name, value) in headers.lines() {
-            if !is_stripped(name) {
+            if forwarding.forwards(name) {
                 request = request.header(name, value);
             }
         }
@@ -612,78 +531,6 @@ impl Gateway {
             at: crate::clock::now(),
         });
     }
-}
-
-/// The body's fields, or `None` for an empty body. Inference bodies must be JSON objects;
-/// a pass-through body may be any JSON.
-fn read_fields(
-    endpoint: Endpoint,
-    body: &[u8],
-) -> Result<Option<RequestFields<'_>>, InferenceError> {
-    if body.is_empty() {
-        return if endpoint == Endpoint::Other {
-            Ok(None)
-        } else {
-            Err(not_an_object())
-        };
-    }
-    match RequestFields::parse(body) {
-        Ok(fields) => Ok(Some(fields)),
-        Err(err) if err.classify() == serde_json::error::Category::Data => {
-            if endpoint == Endpoint::Other {
-                Ok(None)
-            } else {
-                Err(not_an_object())
-            }
-        }
-        Err(err) => Err(InferenceError::InvalidRequest {
-            message: format!("request body is not valid JSON: {err}"),
-            param: None,
-        }),
-    }
-}
-
-fn not_an_object() -> InferenceError {
-    InferenceError::InvalidRequest {
-        message: "request body must be a JSON object".into(),
-        param: None,
-    }
-}
-
-/// The streamed request's body with `stream_options.include_usage` set. Without a
-/// `stream_options` member the body is passed on byte for byte with that member added;
-/// otherwise it is rewritten through a `Value`.
-fn usage_requested(
-    body: &Bytes,
-    stream_options: Option<&RawValue>,
-) -> Result<Bytes, InferenceError> {
-    if stream_options.is_none() {
-        if let Some(body) = request::with_usage_requested(body) {
-            return Ok(body);
-        }
-    }
-    let mut value: Value =
-        serde_json::from_slice(body).map_err(|err| InferenceError::InvalidRequest {
-            message: format!("request body is not valid JSON: {err}"),
-            param: None,
-        })?;
-    let options = &mut value["stream_options"];
-    if options.is_null() {
-        *options = Value::Object(serde_json::Map::new());
-    }
-    let Some(options) = options.as_object_mut() else {
-        return Err(InferenceError::InvalidRequest {
-            message: "`stream_options` must be an object".into(),
-            param: Some("stream_options".into()),
-        });
-    };
-    options.insert("include_usage".into(), Value::Bool(true));
-    serde_json::to_vec(&value)
-        .map(Bytes::from)
-        .map_err(|err| InferenceError::InvalidRequest {
-            message: format!("cannot rewrite the request body: {err}"),
-            param: None,
-        })
 }
 
 /// Token counts are u64 on the wire and i64 in the stores.
@@ -846,36 +693,5 @@ impl Gateway {
             .await
             .map_err(|err| err.to_string())?;
         serde_json::from_slice(&bytes).map_err(|err| format!("unreadable: {err}"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stripped_headers_are_recognised_in_any_case_and_nothing_else_is() {
-        for name in [
-            "Authorization",
-            "X-API-KEY",
-            "x-aixplain-key",
-            "HOST",
-            "Proxy-Authorization",
-            "OpenAI-Organization",
-            "TE",
-            "Forwarded",
-        ] {
-            assert!(is_stripped(name.as_bytes()), "{name}");
-        }
-        for name in [
-            "x-request-id",
-            "content-type",
-            "authorizations",
-            "x-forwarded-proto",
-            "openai-organization-extra",
-            "",
-        ] {
-            assert!(!is_stripped(name.as_bytes()), "{name}");
-        }
     }
 }
