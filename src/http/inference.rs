@@ -224,9 +224,12 @@ pub(super) async fn proxy(
     match answer(&state, request).await {
         Answer::Proxied(answer) => {
             let mut response = match answer.body {
-                _ if !super::wire::has_body(answer.status, head_request) => {
-                    Response::new(Body::empty())
-                }
+                // axum would write `content-length: 0` for an empty body, which for HEAD
+                // claims the GET's body is empty: an empty body of unknown length has none.
+                _ if head_request => Response::new(Body::from_stream(futures::stream::empty::<
+                    Result<Bytes, std::io::Error>,
+                >())),
+                _ if !super::wire::has_body(answer.status, false) => Response::new(Body::empty()),
                 AnswerBody::Whole(bytes) => Response::new(Body::from(bytes)),
                 AnswerBody::Stream(stream) => Response::new(Body::from_stream(stream)),
             };

@@ -22,10 +22,11 @@ const TOKENS_PER_MESSAGE: u64 = 3;
 const TOKENS_PER_REPLY: u64 = 3;
 
 /// Text up to this long is counted exactly as tiktoken counts it. In longer text, a
-/// pre-tokenizer piece this long (one "word" of 64 KiB: nothing a person writes) is
-/// counted in slices of this size, a few tokens off: the byte-pair merge of one piece
-/// takes about 56 bytes of memory per byte, so a 4 MB word would take 220 MB.
-const LONGEST_PIECE: usize = 64 * 1024;
+/// pre-tokenizer piece longer than this (one "word" of over a kilobyte: nothing a person
+/// writes) is counted in slices of this size, a token or so off per slice: the
+/// byte-pair merge of one piece takes about 56 bytes of memory per byte, so a 4 MB word
+/// would take 220 MB, where a slice takes 57 KB.
+const LONGEST_PIECE: usize = 1024;
 
 fn bpe() -> Option<&'static Cl100k> {
     static BPE: OnceLock<Option<Cl100k>> = OnceLock::new();
@@ -410,17 +411,19 @@ mod tests {
     #[test]
     fn long_text_is_counted_exactly_and_a_giant_word_in_slices() {
         let tiktoken = tiktoken_rs::cl100k_base_singleton();
-        let long = "It's a test: 1234567 items, 3.5% off!\n\n  Thanks —\tBob 🙂 ".repeat(2000);
+        let long = "It's a test: 1234567 items, 3.5% off!\n\n  Thanks —\tBob 🙂 ".repeat(200);
         assert!(long.len() > LONGEST_PIECE);
         assert_eq!(count(&long), tiktoken.encode_ordinary(&long).len() as u64);
-        // One "word" of 200 KB: counted in slices, close to tiktoken's count.
-        let word = "é".repeat(100_000);
+        // One "word" of 20 KB: counted in slices, close to tiktoken's count.
+        let word = "é".repeat(10_000);
         let exact = tiktoken.encode_ordinary(&word).len() as u64;
         assert!(
-            count(&word).abs_diff(exact) <= 4,
+            count(&word).abs_diff(exact) <= 20,
             "{} vs {exact}",
             count(&word)
         );
+        // The exactness test's longest word is not sliced.
+        assert!("supercalifragilistic".repeat(50).len() <= LONGEST_PIECE);
         let slices: Vec<&str> = slices("aé", 1).collect();
         assert_eq!(slices, ["a", "é"]);
     }
@@ -484,6 +487,29 @@ mod tests {
                 }
                 body
             })
+    }
+
+    /// `default` cases, or `PROPTEST_CASES` when set (the reference, tiktoken-rs, is slow
+    /// in debug builds).
+    fn cases(default: u32) -> ProptestConfig {
+        let cases = std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|n| n.parse().ok());
+        ProptestConfig::with_cases(cases.unwrap_or(default))
+    }
+
+    proptest! {
+        #![proptest_config(cases(24))]
+
+        /// Text longer than a slice is counted piece by piece: exactly as tiktoken counts
+        /// it while no piece is longer than a slice.
+        #[test]
+        fn long_text_counts_as_tiktoken(words in proptest::collection::vec("\\PC{0,12}|[ \n\t]{1,3}|[0-9]{1,5}|'s", 200..400)) {
+            let text = words.concat();
+            let tiktoken = tiktoken_rs::cl100k_base_singleton();
+            prop_assert_eq!(count(&text), tiktoken.encode_ordinary(&text).len() as u64);
+        }
+
     }
 
     proptest! {
