@@ -467,6 +467,17 @@ mod tests {
     }
 
     #[test]
+    fn the_event_cap_is_read_and_checked() {
+        assert_eq!(Config::default().proxy.max_event_bytes, 1024 * 1024);
+        let config = load_from("[proxy]\nmax_event_bytes = 65536\n").unwrap();
+        assert_eq!(config.proxy.max_event_bytes, 65536);
+        let err = load_from("[proxy]\nmax_event_bytes = 10\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("proxy.max_event_bytes"), "{err}");
+    }
+
+    #[test]
     fn worker_threads_default_to_the_usable_cpus_and_are_checked() {
         let config = Config::default();
         assert!(config.worker_threads() >= 1);

@@ -105,7 +105,7 @@ pub fn answer_headers(mut upstream: HeaderMap) -> HeaderMap {
         .iter()
         .flat_map(|value| connection_options(value.as_bytes()))
         .filter_map(|option| HeaderName::from_bytes(option).ok())
-        .filter(|name| keep_answer_header(name))
+        .filter(keep_answer_header)
         .collect();
     let passes = |name: &HeaderName| {
         name.as_str() != "x-request-id" && keep_answer_header(name) && !nominated.contains(name)

@@ -176,3 +176,42 @@ impl Upstreams {
         &self.list
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::UpstreamConfig;
+
+    fn with_passthrough(passthrough: &[&str]) -> Config {
+        Config {
+            upstreams: vec![UpstreamConfig {
+                name: "u".into(),
+                base_url: "http://127.0.0.1:9/v1".into(),
+                api_key_env: None,
+                models: vec!["*".into()],
+                passthrough: passthrough.iter().map(|p| p.to_string()).collect(),
+            }],
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn declared_paths_are_normalised_and_matched_by_segment() {
+        let upstreams = Upstreams::from_config(&with_passthrough(&["moderations/", "/a/./b"]))
+            .unwrap_or_else(|err| panic!("{err}"));
+        let path = |path: &str| upstreams.for_path(path).map(|(_, path)| path).ok();
+        assert_eq!(path("/x/../moderations").as_deref(), Some("/moderations"));
+        assert_eq!(path("/a/b/c").as_deref(), Some("/a/b/c"));
+        assert_eq!(path("/moderationsX"), None);
+        assert_eq!(path("/moderations/../files"), None);
+    }
+
+    #[test]
+    fn a_declared_path_above_the_root_is_a_config_error() {
+        let err = Upstreams::from_config(&with_passthrough(&["../files"])).err();
+        assert!(
+            matches!(err, Some(UpstreamConfigError::Passthrough { index: 0, .. })),
+            "{err:?}"
+        );
+    }
+}
