@@ -13,6 +13,8 @@
 # in the same round, the figure the tail-latency target is stated in.
 #
 # Layout as in the shared harness: every server pinned to SERVER_CPU (0), wrk to LOAD_CPU (1).
+# MOCK_CPU=1 is the other layout: the upstream on the load generator's core, so the proxy
+# under test (keygate or nginx) has CPU 0 to itself, as with a remote provider.
 # Usage: bench/side-by-side.sh BIN [BIN...]
 #        ROUNDS=8 SECONDS_PER_RUN=4 CONNS=32 SCRIPT=post-stream.lua bench/side-by-side.sh A B
 #        RATE=14000 SECONDS_PER_RUN=6 bench/side-by-side.sh A
@@ -30,6 +32,7 @@ rate=${RATE:-}
 oha=${OHA:-$(command -v oha || echo /tmp/oha-install/bin/oha)}
 server_cpu=${SERVER_CPU:-0}
 load_cpu=${LOAD_CPU:-1}
+mock_cpu=${MOCK_CPU:-$server_cpu}
 mock_port=${MOCK_PORT:-28080}
 nginx_port=${NGINX_PORT:-28081}
 first_port=${BENCH_PORT:-28090}
@@ -46,7 +49,7 @@ rm -rf "$work" && mkdir -p "$work/nginx"
 groups=()
 trap 'for g in "${groups[@]}"; do kill -TERM -- -"$g" 2>/dev/null || true; done' EXIT
 
-setsid taskset -c "$server_cpu" env MOCK_ADDR="127.0.0.1:$mock_port" MOCK_THREADS=1 "$mock_bin" \
+setsid taskset -c "$mock_cpu" env MOCK_ADDR="127.0.0.1:$mock_port" MOCK_THREADS=1 "$mock_bin" \
   >"$work/mock.log" 2>&1 &
 groups+=($!)
 sed -e "s#@WORKDIR@#$work/nginx#g" -e "s#@NGINX_PORT@#$nginx_port#g" -e "s#@MOCK_PORT@#$mock_port#g" \

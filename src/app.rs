@@ -12,7 +12,7 @@ use crate::{
     keys::{
         bootstrap::{self, Bootstrap},
         cache::KeyCache,
-        KeysService,
+        FailedAuthGuard, KeysService,
     },
     limits::MemoryLimiter,
     proxy::{upstreams::Upstreams, Gateway, Shared},
@@ -114,9 +114,7 @@ impl App {
             Duration::from_millis(config.keys.cache_ttl_ms),
         );
         let state = AppState {
-            auth_attempts: Arc::new(http::auth::FailedAuthGuard::new(
-                config.keys.failed_auth_per_minute,
-            )),
+            auth_attempts: Arc::new(FailedAuthGuard::new(config.keys.failed_auth_per_minute)),
             config: Arc::new(config),
             store,
             keys,

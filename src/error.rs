@@ -165,6 +165,9 @@ impl From<KeyError> for ApiError {
                     "this workspace allows at most {cap} live keys; delete one or raise the cap"
                 ),
             ),
+            KeyError::LastAdminKey => {
+                ApiError::new(StatusCode::CONFLICT, "last_admin_key", err.to_string())
+            }
             KeyError::Forbidden(message) => {
                 ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
             }
@@ -194,6 +197,15 @@ impl From<AuthError> for ApiError {
             AuthError::Hash(err) => {
                 tracing::error!(error = %err, "hashing error during authentication");
                 ApiError::internal()
+            }
+            AuthError::TooManyAttempts { retry_after } => {
+                let mut error = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_auth_attempts",
+                    err.to_string(),
+                );
+                error.retry_after_secs = Some(retry_after.as_secs_f64().ceil() as u64);
+                error
             }
             other => {
                 let message = match other {

@@ -1,12 +1,13 @@
 //! keygate: a self-hosted API-key gateway for LLM inference.
 //!
-//! Dependencies point one way: `http → {keys, limits, proxy, usage} → store`. Only `http`
-//! and `error` know about axum or status codes.
+//! Dependencies point one way: `http → {keys, limits, proxy, usage} → store → domain`.
+//! Only `http` and `error` know about axum or status codes.
 
 pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod domain;
 pub mod error;
 pub mod http;
 pub mod keys;

@@ -10,7 +10,7 @@ use keygate::{
     telemetry,
 };
 
-/// mimalloc returns freed memory to the OS promptly (argon2's 19 MiB blocks, bursts of
+/// mimalloc returns freed memory to the OS promptly (argon2's 7 MiB blocks, bursts of
 /// buffers) where glibc's malloc keeps it, and allocates faster on the request path.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

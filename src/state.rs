@@ -3,8 +3,11 @@
 use std::sync::Arc;
 
 use crate::{
-    config::Config, http::auth::FailedAuthGuard, keys::KeysService, proxy::Gateway,
-    store::DynStore, usage::Recorder,
+    config::Config,
+    keys::{FailedAuthGuard, KeysService},
+    proxy::Gateway,
+    store::DynStore,
+    usage::Recorder,
 };
 
 #[derive(Clone)]

@@ -15,6 +15,8 @@ mod events;
 mod harness;
 #[path = "store_conformance/keys.rs"]
 mod keys;
+#[path = "store_conformance/last_admin.rs"]
+mod last_admin;
 #[path = "store_conformance/usage.rs"]
 mod usage;
 #[path = "store_conformance/workspaces.rs"]
@@ -81,6 +83,8 @@ conformance!(
         keys::revoke_hides_key_but_find_secret_still_sees_it,
         keys::key_cap_holds_under_concurrent_inserts,
         keys::key_cap_ignores_revoked_keys,
+        last_admin::the_last_active_admin_key_is_kept,
+        last_admin::racing_changes_of_the_last_two_admin_keys_leave_one,
         auth::rotate_limits_old_secrets_and_deletes_expired_ones,
         auth::rotate_with_no_grace_deletes_old_secrets,
         auth::find_secret_of_unknown_lookup_id_is_none,

@@ -4,11 +4,8 @@
 //! extractors then check the key's kind per route group.
 
 use std::{
-    collections::HashMap,
     net::{IpAddr, SocketAddr},
-    num::NonZeroU32,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    sync::Arc,
 };
 
 use axum::{
@@ -17,7 +14,6 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use governor::{clock::DefaultClock, DefaultKeyedRateLimiter, Quota};
 
 use crate::{
     error::{ApiError, Surface},
@@ -83,68 +79,6 @@ pub fn client_ip_from(
         }
     }
     peer.map(|addr| addr.ip())
-}
-
-/// Failed authentications per client address (DESIGN §8). governor counts failures; an
-/// address past its allowance gets 429 for anything that would reach the store or argon2
-/// until the allowance refills. Keys already verified on this instance are never slowed,
-/// so a busy client with a valid key cannot lock itself out.
-pub struct FailedAuthGuard {
-    failures: DefaultKeyedRateLimiter<IpAddr>,
-    blocked_until: Mutex<HashMap<IpAddr, Instant>>,
-}
-
-impl FailedAuthGuard {
-    pub fn new(per_minute: u32) -> Self {
-        let per_minute = NonZeroU32::new(per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
-        FailedAuthGuard {
-            failures: DefaultKeyedRateLimiter::keyed(Quota::per_minute(per_minute)),
-            blocked_until: Mutex::default(),
-        }
-    }
-
-    /// How long the address stays blocked, if it is.
-    pub fn blocked_for(&self, ip: IpAddr) -> Option<Duration> {
-        let blocked = self.blocked_until.lock().unwrap_or_else(|p| p.into_inner());
-        if blocked.is_empty() {
-            return None; // the usual case: no address is blocked, nothing to hash
-        }
-        blocked
-            .get(&ip)
-            .and_then(|until| until.checked_duration_since(Instant::now()))
-    }
-
-    /// Counts one failure; returns how long the address is now blocked if this failure was
-    /// past its allowance.
-    pub fn record_failure(&self, ip: IpAddr) -> Option<Duration> {
-        let not_until = self.failures.check_key(&ip).err()?;
-        let wait = not_until
-            .wait_time_from(governor::clock::Clock::now(&DefaultClock::default()))
-            .max(Duration::from_secs(1));
-        let mut blocked = self.blocked_until.lock().unwrap_or_else(|p| p.into_inner());
-        blocked.insert(ip, Instant::now() + wait);
-        Some(wait)
-    }
-
-    /// Forgets addresses that are idle again (governor's keyed store grows with every
-    /// address it sees).
-    pub fn retain_recent(&self) {
-        self.failures.retain_recent();
-        self.failures.shrink_to_fit();
-        let now = Instant::now();
-        let mut blocked = self.blocked_until.lock().unwrap_or_else(|p| p.into_inner());
-        blocked.retain(|_, until| *until > now);
-    }
-}
-
-fn too_many_attempts(surface: Surface, wait: Duration) -> Response {
-    ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "too_many_auth_attempts",
-        "too many failed authentications from this address; wait and retry",
-    )
-    .on(surface)
-    .into_response_with_retry(wait.as_secs_f64().ceil() as u64)
 }
 
 /// The presented key: `Authorization: Bearer …` (OpenAI, Venice, ours),
@@ -225,14 +159,8 @@ pub async fn verify_presented(
             .on(surface)
             .into_response());
     };
-    if let Some(ip) = ip {
-        if let Some(wait) = state.auth_attempts.blocked_for(ip) {
-            if !state.keys.is_cached(presented) {
-                return Err(too_many_attempts(surface, wait));
-            }
-        }
-    }
-    match state.keys.authenticate(presented).await {
+    let client = ip.map(|ip| (ip, &*state.auth_attempts));
+    match state.keys.authenticate_from(presented, client).await {
         Ok(key) => {
             if !ip_allowed(&key, ip) {
                 return Err(ApiError::new(
@@ -251,21 +179,8 @@ pub async fn verify_presented(
         }
         Err(err) => {
             tracing::info!(reason = %err, ip = ?ip, "authentication refused");
-            let counts_as_failure = !matches!(err, AuthError::Store(_) | AuthError::Hash(_));
-            if let Some(ip) = ip.filter(|_| counts_as_failure) {
-                if let Some(wait) = state.auth_attempts.record_failure(ip) {
-                    return Err(too_many_attempts(surface, wait));
-                }
-            }
             Err(ApiError::from(err).on(surface).into_response())
         }
-    }
-}
-
-impl ApiError {
-    fn into_response_with_retry(mut self, secs: u64) -> Response {
-        self.retry_after_secs = Some(secs);
-        self.into_response()
     }
 }
 

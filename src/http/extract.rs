@@ -66,13 +66,22 @@ where
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // JSON text is UTF-8 (RFC 8259 §8.1). Checked first and whole: serde_json reports bad
+    // bytes only inside strings, and in terms that say nothing about encodings.
+    if let Err(err) = std::str::from_utf8(bytes) {
+        return Err(invalid_json(
+            "body",
+            format!(
+                "request body is not valid UTF-8 (at byte {})",
+                err.valid_up_to()
+            ),
+        ));
+    }
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
+        return Err(invalid_json(
+            "body",
             "request body is empty; expected a JSON object",
-        )
-        .with_field("body"));
+        ));
     }
     // serde lets a derived struct be read from a JSON array (fields by position), so
     // `["name"]` would pass for `{"name": …}`; our bodies are objects, nothing else.
@@ -83,40 +92,55 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         ));
     }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
-        let path = err.path().to_string();
-        let inner = err.into_inner();
-        if inner.is_data() {
-            let message = inner.to_string();
-            ApiError::invalid_field(field_name(&path, &message), strip_position(&message))
-        } else if inner.is_syntax()
-            && !matches!(path.as_str(), "." | "")
-            && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
-        {
-            // The document is valid JSON, so this "syntax" error is serde_json refusing a
-            // value of the wrong type for an enum (`"kind": 1`): name the field.
-            ApiError::invalid_field(
-                path,
-                "has the wrong type (expected one of the documented string values)",
-            )
-        } else {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                format!("request body is not valid JSON: {inner}"),
-            )
-            .with_field("body")
-        }
-    })?;
-    deserializer.end().map_err(|err| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("request body is not valid JSON: {err}"),
-        )
-        .with_field("body")
-    })?;
+    let value = serde_path_to_error::deserialize(&mut deserializer)
+        .map_err(|err| refusal(err.path().to_string(), err.into_inner(), bytes))?;
+    deserializer
+        .end()
+        .map_err(|err| invalid_json("body", format!("request body is not valid JSON: {err}")))?;
     Ok(value)
+}
+
+fn invalid_json(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", message).with_field(field)
+}
+
+/// What was wrong with a body serde_json refused, at `path` (`.` for the document itself).
+/// serde_json calls several different problems "syntax"; each is named as what it is.
+fn refusal(path: String, inner: serde_json::Error, bytes: &[u8]) -> ApiError {
+    let at_root = matches!(path.as_str(), "." | "");
+    let message = inner.to_string();
+    let problem = strip_position(&message);
+    if inner.is_data() {
+        return ApiError::invalid_field(field_name(&path, &message), problem);
+    }
+    let field = if at_root { "body".to_string() } else { path };
+    if problem == "number out of range" {
+        // Valid JSON grammar, but no number the field's type can hold (`1e400`).
+        return ApiError::invalid_field(field, "number out of range");
+    }
+    if problem.contains("surrogate") || problem == "unexpected end of hex escape" {
+        // `"\ud800"`: a UTF-16 half without its other half is no character at all.
+        return invalid_json(
+            field,
+            format!(
+                "invalid unicode escape (lone surrogate) at line {} column {}",
+                inner.line(),
+                inner.column()
+            ),
+        );
+    }
+    if inner.is_syntax()
+        && !at_root
+        && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
+    {
+        // The document is valid JSON, so this "syntax" error is serde_json refusing a
+        // value of the wrong type for an enum (`"kind": 1`): name the field.
+        return ApiError::invalid_field(
+            field,
+            "has the wrong type (expected one of the documented string values)",
+        );
+    }
+    invalid_json("body", format!("request body is not valid JSON: {inner}"))
 }
 
 /// The name in a serde message about an unknown, missing or repeated field
@@ -272,5 +296,45 @@ mod tests {
             field_of(r#"{"name": "a"} trailing"#).0,
             StatusCode::BAD_REQUEST
         );
+    }
+
+    fn message_of(json: &[u8]) -> (StatusCode, Option<String>, String) {
+        let err = parse_json::<Body>(json).unwrap_err();
+        (err.status, err.field, err.message)
+    }
+
+    #[test]
+    fn errors_name_the_real_problem() {
+        let (status, field, message) = message_of(b"{\"name\": \"\xc3\"}");
+        assert_eq!(
+            (status, field.as_deref()),
+            (StatusCode::BAD_REQUEST, Some("body"))
+        );
+        assert_eq!(message, "request body is not valid UTF-8 (at byte 10)");
+
+        for surrogate in [
+            &br#"{"name": "\ud800"}"#[..],
+            br#"{"name": "\udfff"}"#,
+            br#"{"name": "\ud800\u0041"}"#,
+        ] {
+            let (status, field, message) = message_of(surrogate);
+            assert_eq!(
+                (status, field.as_deref()),
+                (StatusCode::BAD_REQUEST, Some("name"))
+            );
+            assert!(
+                message.starts_with("invalid unicode escape (lone surrogate) at line 1 column "),
+                "{message}"
+            );
+        }
+        // A valid pair is one character.
+        assert!(parse_json::<Body>(br#"{"name": "\ud83d\ude00"}"#).is_ok());
+
+        let (status, field, message) = message_of(br#"{"name": "a", "limits": {"rpm": 1e400}}"#);
+        assert_eq!(
+            (status, field.as_deref()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("limits.rpm"))
+        );
+        assert_eq!(message, "`limits.rpm`: number out of range");
     }
 }

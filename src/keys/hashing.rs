@@ -1,6 +1,6 @@
 //! argon2id at rest (DESIGN §8). Hashing and verifying run on the blocking pool, never on
 //! an async worker, and at most `MAX_CONCURRENT` at a time so a burst of cache misses or
-//! key creations cannot take every core or `MAX_CONCURRENT × 19 MiB` of memory at once.
+//! key creations cannot take every core or `MAX_CONCURRENT × 7 MiB` of memory at once.
 //!
 //! Parameters: argon2id, m = 7 MiB, t = 5, p = 1 — one of OWASP's equivalent recommended
 //! settings (same strength as m = 19 MiB, t = 2), chosen for its smaller memory: the

@@ -144,10 +144,49 @@ pub fn validate_name(name: &str) -> Result<String, KeyError> {
             format!("must be at most {MAX_NAME_CHARS} characters (got {chars})"),
         ));
     }
-    if trimmed.chars().any(char::is_control) {
-        return Err(invalid("name", "must not contain control characters"));
-    }
+    check_visible("name", trimmed)?;
     Ok(trimmed.to_string())
+}
+
+/// Characters that change how text around them is shown without being seen: bidi
+/// embeddings, overrides, isolates and marks (an `exe` can read as `pdf`), and zero-width
+/// characters (`ad\u{200b}min` looks like `admin`). Refused in names rather than stripped,
+/// so that what is stored is what the caller sent (docs/decisions.md "Names").
+fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061c}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{feff}'
+    )
+}
+
+/// Refuses control characters (NUL, escapes, DEL…) and invisible formatting characters in
+/// a name or model name, naming the first one found.
+fn check_visible(field: &str, text: &str) -> Result<(), KeyError> {
+    let Some((at, c)) = text
+        .chars()
+        .enumerate()
+        .find(|&(_, c)| c.is_control() || is_invisible_format(c))
+    else {
+        return Ok(());
+    };
+    let what = if c.is_control() {
+        "control characters"
+    } else {
+        "invisible formatting characters (bidi controls or zero-width characters)"
+    };
+    Err(invalid(
+        field,
+        format!(
+            "must not contain {what}; found U+{:04X} at character {}",
+            u32::from(c),
+            at + 1
+        ),
+    ))
 }
 
 fn check_limit_values(field: &str, limits: &Limits) -> Result<(), KeyError> {
@@ -193,14 +232,16 @@ pub fn validate_model_limits(model_limits: &[ModelLimits]) -> Result<(), KeyErro
     Ok(())
 }
 
-fn validate_model_name(field: &str, model: &str) -> Result<(), KeyError> {
+/// A model name as keys name models (`allowed_models`, `model_limits[].model`) and as the
+/// aiXplain surface looks one up: 1 to 200 characters, all of them visible.
+pub fn validate_model_name(field: &str, model: &str) -> Result<(), KeyError> {
     if model.trim().is_empty() || model.chars().count() > MAX_NAME_CHARS {
         return Err(invalid(
             field,
             format!("must be 1 to {MAX_NAME_CHARS} characters"),
         ));
     }
-    Ok(())
+    check_visible(field, model)
 }
 
 pub fn validate_allowed_models(models: &[String]) -> Result<(), KeyError> {
@@ -308,6 +349,33 @@ mod tests {
         assert!(validate_name(&"x".repeat(201)).is_err());
         assert!(validate_name(&"é".repeat(200)).is_ok());
         assert!(validate_name("a\u{0}b").is_err());
+        assert!(validate_name("Zürich · 東京").is_ok());
+    }
+
+    #[test]
+    fn invisible_and_control_characters_are_named() {
+        for (name, shown) in [
+            ("a\u{202e}b", "U+202E at character 2"),
+            ("\u{200b}admin", "U+200B at character 1"),
+            ("ab\u{feff}", "U+FEFF at character 3"),
+            ("x\u{2066}y\u{2069}", "U+2066 at character 2"),
+        ] {
+            match validate_name(name) {
+                Err(KeyError::Invalid { field, message }) => {
+                    assert_eq!(field, "name");
+                    assert!(message.contains("invisible"), "{message}");
+                    assert!(message.contains(shown), "{message}");
+                }
+                other => panic!("{name:?}: {other:?}"),
+            }
+        }
+        match validate_allowed_models(&["ok".into(), "gpt\u{0}".into()]) {
+            Err(KeyError::Invalid { field, message }) => {
+                assert_eq!(field, "allowed_models[1]");
+                assert!(message.contains("control characters"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

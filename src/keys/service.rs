@@ -4,6 +4,7 @@
 
 use std::{
     collections::HashMap,
+    net::IpAddr,
     sync::{Arc, Mutex},
     time::Instant,
 };
@@ -14,13 +15,16 @@ use uuid::Uuid;
 
 use super::{
     cache::{CachedKey, KeyCache, Lookup},
+    guard::FailedAuthGuard,
     hashing::Hasher,
     input::{self, KeyPatch, NewKey},
     model::{ApiKey, KeyKind},
     token::{self, Token},
     AuthError, KeyError,
 };
-use crate::store::{AuditEvent, DynStore, Page, Paged, SecretRecord, StoreError};
+use crate::store::{
+    AuditEvent, DynStore, LastAdmin, Page, Paged, SecretRecord, StoreError, DEFAULT_WORKSPACE_ID,
+};
 
 /// Longest rotation grace period: past a week, keeping the old secret is not a rotation.
 pub const MAX_GRACE_SECONDS: u64 = 7 * 24 * 3600;
@@ -345,13 +349,16 @@ impl KeysService {
         }
         key.updated_at = crate::clock::now();
         let audit = caller.audit("key.update", id, json!({ "fields": changed }));
-        self.store.update_key(&key, &audit).await?;
+        self.store
+            .update_key(&key, &audit, last_admin_rule(key.workspace_id))
+            .await?;
         self.cache.mark_stale(id);
         Ok(key)
     }
 
     /// Revokes the key: it stops working at once on this instance, and within the cache
     /// TTL on others. The row stays for usage history; reads answer 404 from now on.
+    /// `LastAdminKey` for the `default` workspace's last active admin key.
     pub async fn revoke(&self, caller: &Caller, id: Uuid) -> Result<ApiKey, KeyError> {
         let key = self.store.get_key(caller.workspace_id, id).await?;
         if key.created_by != caller.actor {
@@ -360,7 +367,13 @@ impl KeysService {
         let audit = caller.audit("key.revoke", id, json!({ "name": key.name }));
         let revoked = self
             .store
-            .revoke_key(caller.workspace_id, id, crate::clock::now(), &audit)
+            .revoke_key(
+                caller.workspace_id,
+                id,
+                crate::clock::now(),
+                &audit,
+                last_admin_rule(caller.workspace_id),
+            )
             .await?;
         self.cache.mark_stale(id);
         Ok(revoked)
@@ -412,8 +425,21 @@ impl KeysService {
 
     /// Authenticates a presented key string: shape and checksum first (no I/O), then the
     /// digest cache, then the store and argon2 once. Returns keys of either kind; the
-    /// caller decides whether the kind fits the route.
+    /// caller decides whether the kind fits the route. No failed-attempt guard: see
+    /// [`Self::authenticate_from`] for keys presented by a client.
     pub async fn authenticate(&self, presented: &str) -> Result<Arc<ApiKey>, AuthError> {
+        self.authenticate_from(presented, None).await
+    }
+
+    /// [`Self::authenticate`] for a key presented from `client`'s address, under its
+    /// failed-attempt guard. The guard sees only what would cost a store read or an argon2
+    /// run: a key this instance has verified before (a digest-cache hit, fresh or due for a
+    /// re-read) is never refused or counted, nor is a malformed one (see `super::guard`).
+    pub async fn authenticate_from(
+        &self,
+        presented: &str,
+        client: Option<(IpAddr, &FailedAuthGuard)>,
+    ) -> Result<Arc<ApiKey>, AuthError> {
         let checked = Token::check(presented)?;
         let digest = token::digest(checked);
         let (key, secret_valid_until) = match self.cache.get(&digest) {
@@ -421,13 +447,44 @@ impl KeysService {
                 key,
                 secret_valid_until,
             } => (key, secret_valid_until),
-            Lookup::Stale(_) | Lookup::Miss => {
+            Lookup::Stale(_) => {
                 let token = Token::parse(checked)?;
                 self.verify_once(&token, digest).await?
             }
+            Lookup::Miss => return self.authenticate_unseen(checked, digest, client).await,
         };
         check_usable(&key, secret_valid_until, Utc::now())?;
         Ok(key)
+    }
+
+    /// A key this instance has not verified: refused unread while `client`'s address is
+    /// blocked, and a failure counts against the address.
+    async fn authenticate_unseen(
+        &self,
+        checked: &str,
+        digest: [u8; 32],
+        client: Option<(IpAddr, &FailedAuthGuard)>,
+    ) -> Result<Arc<ApiKey>, AuthError> {
+        if let Some(retry_after) = client.and_then(|(ip, guard)| guard.blocked_for(ip)) {
+            return Err(AuthError::TooManyAttempts { retry_after });
+        }
+        let outcome = async {
+            let token = Token::parse(checked)?;
+            let (key, secret_valid_until) = self.verify_once(&token, digest).await?;
+            check_usable(&key, secret_valid_until, Utc::now())?;
+            Ok(key)
+        }
+        .await;
+        match outcome {
+            // A store or hashing failure says nothing about the key.
+            Err(err) if !matches!(err, AuthError::Store(_) | AuthError::Hash(_)) => {
+                match client.and_then(|(ip, guard)| guard.record_failure(ip)) {
+                    Some(retry_after) => Err(AuthError::TooManyAttempts { retry_after }),
+                    None => Err(err),
+                }
+            }
+            outcome => outcome,
+        }
     }
 
     /// The slow path, one caller per digest at a time (see [`InFlight`]); whoever waited
@@ -457,13 +514,6 @@ impl KeysService {
             Lookup::Miss => self.verify(token, digest).await?,
         };
         Ok((entry.key, entry.secret_valid_until))
-    }
-
-    /// Whether the presented key was verified on this instance before (its digest is in
-    /// the cache, fresh or due for a re-read). Such a key never needs argon2 again.
-    pub fn is_cached(&self, presented: &str) -> bool {
-        Token::check(presented)
-            .is_ok_and(|checked| !matches!(self.cache.get(&token::digest(checked)), Lookup::Miss))
     }
 
     /// Re-reads a cached key's row. `None` when the stored hash changed and the secret must
@@ -513,6 +563,18 @@ impl KeysService {
         };
         self.cache.insert(digest, entry.clone());
         Ok(entry)
+    }
+}
+
+/// The `default` workspace keeps an active admin key: without one, only the CLI on the
+/// server's own machine could manage its keys again (an automated client once revoked its
+/// own last key). Revoking, demoting or expiring that key fails with `LastAdminKey`,
+/// checked by the store in the same transaction as the change (docs/decisions.md).
+fn last_admin_rule(workspace_id: Uuid) -> LastAdmin {
+    if workspace_id == DEFAULT_WORKSPACE_ID {
+        LastAdmin::Keep
+    } else {
+        LastAdmin::MayGo
     }
 }
 

@@ -485,36 +485,12 @@ fn hash(bytes: &[u8]) -> u64 {
     hash.wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
-/// Appends the standard-alphabet base64 `text` to `out`; `None` if it is malformed.
+/// Appends the standard-alphabet, padded base64 `text` to `out`; `None` if it is malformed.
 fn decode_base64(text: &str, out: &mut Vec<u8>) -> Option<()> {
-    fn value(c: u8) -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    }
-    let text = text.as_bytes();
-    if text.len() % 4 != 0 {
-        return None;
-    }
-    for quad in text.chunks_exact(4) {
-        let padding = quad.iter().rev().take_while(|&&c| c == b'=').count();
-        if padding > 2 {
-            return None;
-        }
-        let mut word = 0u32;
-        for &c in &quad[..4 - padding] {
-            word = word << 6 | value(c)?;
-        }
-        word <<= 6 * padding as u32;
-        let decoded = [(word >> 16) as u8, (word >> 8) as u8, word as u8];
-        out.extend_from_slice(&decoded[..3 - padding]);
-    }
-    Some(())
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode_vec(text, out)
+        .ok()
 }
 
 /// The classes of `\p{L}`, `\p{N}` and `\s` as the regex engine tiktoken uses defines them

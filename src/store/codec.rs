@@ -15,7 +15,7 @@ use sqlx::{error::DatabaseError, migrate::Migrator, query::Query, Database, Enco
 use uuid::Uuid;
 
 use super::{Page, Paged, StoreError, StoreResult};
-use crate::keys::model::{ApiKey, Budget};
+use crate::domain::{ApiKey, Budget};
 
 /// How one backend represents uuid, timestamp and JSON columns.
 pub(super) trait Columns {

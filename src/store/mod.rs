@@ -17,14 +17,14 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use self::{postgres::PgStore, sqlite::SqliteStore};
-use crate::keys::model::ApiKey;
+use crate::domain::ApiKey;
 
 /// Name of the workspace that exists from the first start.
 pub const DEFAULT_WORKSPACE: &str = "default";
 
 /// Id of the `default` workspace, inserted by the first migration of both backends. Looked
 /// up by id, not name, so renaming it does not lose it.
-const DEFAULT_WORKSPACE_ID: Uuid = Uuid::from_u128(1);
+pub const DEFAULT_WORKSPACE_ID: Uuid = Uuid::from_u128(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -36,6 +36,9 @@ pub enum StoreError {
     /// Creating one more live key would pass the workspace's cap.
     #[error("the workspace allows at most {cap} live keys")]
     KeyCapReached { cap: i64 },
+    /// The change would leave the workspace without an active admin key ([`LastAdmin::Keep`]).
+    #[error("the workspace's last active admin key cannot be revoked, demoted or expired")]
+    LastAdminKey,
     #[error("unsupported database url: {0}")]
     UnsupportedUrl(String),
     #[error(transparent)]
@@ -48,6 +51,19 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Whether a key change may take away a workspace's last active admin key (active: not
+/// revoked, not expired at the change's time). The keys service decides; the store checks
+/// under the same lock and in the same transaction as the write, so two concurrent changes
+/// of a workspace's last two admin keys cannot both pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LastAdmin {
+    /// A change that leaves the workspace with no active admin key, when it had one, writes
+    /// nothing and fails with [`StoreError::LastAdminKey`].
+    Keep,
+    /// No such rule.
+    MayGo,
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Workspace {
@@ -272,15 +288,23 @@ pub trait Store: Send + Sync + 'static {
     /// Live keys of the workspace, oldest first (`created_at`, then `id`).
     async fn list_keys(&self, workspace_id: Uuid, page: Page) -> StoreResult<Paged<ApiKey>>;
     /// Writes every mutable field of `key` (name, expires_at, limits…, updated_at) and the
-    /// audit event. `NotFound` if the key is revoked or missing.
-    async fn update_key(&self, key: &ApiKey, audit: &AuditEvent) -> StoreResult<()>;
-    /// Sets `revoked_at`; `NotFound` if missing or already revoked. Returns the revoked key.
+    /// audit event. `NotFound` if the key is revoked or missing; `LastAdminKey` under
+    /// [`LastAdmin::Keep`] (active judged at `key.updated_at`).
+    async fn update_key(
+        &self,
+        key: &ApiKey,
+        audit: &AuditEvent,
+        last_admin: LastAdmin,
+    ) -> StoreResult<()>;
+    /// Sets `revoked_at`; `NotFound` if missing or already revoked; `LastAdminKey` under
+    /// [`LastAdmin::Keep`]. Returns the revoked key.
     async fn revoke_key(
         &self,
         workspace_id: Uuid,
         id: Uuid,
         at: DateTime<Utc>,
         audit: &AuditEvent,
+        last_admin: LastAdmin,
     ) -> StoreResult<ApiKey>;
     /// Adds `new_secret` as the key's current secret, limits every older secret to
     /// `old_valid_until` (deleting those already past it), sets `partial_key`/`last6`/

@@ -15,7 +15,7 @@ use super::{
     AuditEvent, Member, RateLimitEvent, Role, SecretRecord, StoreError, StoreResult, UsageRow,
     UsageTotals, Workspace,
 };
-use crate::keys::model::{ApiKey, KeyKind};
+use crate::domain::{ApiKey, KeyKind};
 
 #[derive(FromRow)]
 pub(super) struct WorkspaceRow<C: Columns> {

@@ -1,13 +1,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admin_keys;
+mod auth_guard;
 mod bad_input;
 mod bootstrap;
 mod cli;
 mod compat_aixplain;
 mod compat_venice;
+mod early_refusals;
 mod front_door;
 mod helpers;
+mod last_admin_key;
 mod ops;
 mod proxy_accounting;
 mod proxy_auth;
@@ -18,3 +21,4 @@ mod proxy_limits;
 mod proxy_routes;
 mod proxy_streaming;
 mod secrets;
+mod text_input;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use chrono::TimeDelta;
 use keygate::{
     keys::model::KeyKind,
-    store::{DynStore, StoreError},
+    store::{DynStore, LastAdmin, StoreError},
 };
 use uuid::Uuid;
 
@@ -180,7 +180,13 @@ pub async fn count_live_admin_keys_across_workspaces(store: DynStore) {
     assert_eq!(store.count_live_admin_keys().await.unwrap(), 2);
 
     store
-        .revoke_key(ws, admin.id, t(3), &audit(ws, "key.revoke", "admin", t(3)))
+        .revoke_key(
+            ws,
+            admin.id,
+            t(3),
+            &audit(ws, "key.revoke", "admin", t(3)),
+            LastAdmin::MayGo,
+        )
         .await
         .unwrap();
     assert_eq!(store.count_live_admin_keys().await.unwrap(), 1);

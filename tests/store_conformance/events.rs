@@ -3,7 +3,7 @@
 use chrono::{TimeDelta, Utc};
 use keygate::{
     keys::model::ApiKey,
-    store::{DynStore, EventFilter, RateLimitEvent},
+    store::{DynStore, EventFilter, LastAdmin, RateLimitEvent},
 };
 use uuid::Uuid;
 
@@ -28,7 +28,10 @@ pub async fn audit_events_are_listed_newest_first(store: DynStore) {
     let mut changed = key.clone();
     changed.name = "renamed".to_string();
     let update = audit(ws, "key.update", &target, t(2));
-    store.update_key(&changed, &update).await.unwrap();
+    store
+        .update_key(&changed, &update, LastAdmin::MayGo)
+        .await
+        .unwrap();
     let rotate = audit(ws, "key.rotate", &target, t(3));
     store
         .rotate_key(
@@ -43,7 +46,10 @@ pub async fn audit_events_are_listed_newest_first(store: DynStore) {
         .await
         .unwrap();
     let revoke = audit(ws, "key.revoke", &target, t(4));
-    store.revoke_key(ws, key.id, t(4), &revoke).await.unwrap();
+    store
+        .revoke_key(ws, key.id, t(4), &revoke, LastAdmin::MayGo)
+        .await
+        .unwrap();
 
     let all = store.list_audit_events(ws, page(1, 10)).await.unwrap();
     assert_eq!(all.total, 4);

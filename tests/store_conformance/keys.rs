@@ -5,7 +5,7 @@ use std::sync::Arc;
 use chrono::TimeDelta;
 use keygate::{
     keys::model::{Budget, BudgetPeriod, CompatFields, KeyKind, Limits, ModelLimits, TokenType},
-    store::{DynStore, StoreError},
+    store::{DynStore, LastAdmin, StoreError},
 };
 use sqlx::{Connection, PgConnection, SqliteConnection};
 use uuid::Uuid;
@@ -83,14 +83,16 @@ pub async fn keys_of_another_workspace_are_invisible(store: DynStore) {
 
     let event = audit(ws, "key.revoke", "key:x", t(5));
     assert!(matches!(
-        store.revoke_key(ws, theirs.id, t(5), &event).await,
+        store
+            .revoke_key(ws, theirs.id, t(5), &event, LastAdmin::MayGo)
+            .await,
         Err(StoreError::NotFound)
     ));
     let mut moved = theirs.clone();
     moved.workspace_id = ws;
     moved.name = "hijacked".to_string();
     assert!(matches!(
-        store.update_key(&moved, &event).await,
+        store.update_key(&moved, &event, LastAdmin::MayGo).await,
         Err(StoreError::NotFound)
     ));
     let new_secret = secret_for(&theirs, t(6));
@@ -166,7 +168,10 @@ pub async fn update_key_round_trips_every_field(store: DynStore) {
     changed.wallet_address = Some("0x52908400098527886E0F7030069857D2E4169EE7".to_string());
 
     let event = || audit(ws, "key.update", &format!("key:{}", key.id), t(30));
-    store.update_key(&changed, &event()).await.unwrap();
+    store
+        .update_key(&changed, &event(), LastAdmin::MayGo)
+        .await
+        .unwrap();
     let got = store.get_key(ws, key.id).await.unwrap();
     assert_eq!(got, changed);
     assert_eq!(
@@ -183,7 +188,10 @@ pub async fn update_key_round_trips_every_field(store: DynStore) {
         limit_usd: usd("12345678901.123456789"),
         period: BudgetPeriod::Lifetime,
     });
-    store.update_key(&changed, &event()).await.unwrap();
+    store
+        .update_key(&changed, &event(), LastAdmin::MayGo)
+        .await
+        .unwrap();
     assert_eq!(
         store
             .get_key(ws, key.id)
@@ -199,7 +207,10 @@ pub async fn update_key_round_trips_every_field(store: DynStore) {
     // And everything can be cleared again.
     let mut cleared = key.clone();
     cleared.updated_at = t(40);
-    store.update_key(&cleared, &event()).await.unwrap();
+    store
+        .update_key(&cleared, &event(), LastAdmin::MayGo)
+        .await
+        .unwrap();
     assert_eq!(store.get_key(ws, key.id).await.unwrap(), cleared);
 }
 
@@ -208,17 +219,20 @@ pub async fn update_key_of_missing_or_revoked_key_is_not_found(store: DynStore) 
     let event = audit(ws, "key.update", "key:x", t(1));
     let ghost = new_key(ws, "ghost", t(0));
     assert!(matches!(
-        store.update_key(&ghost, &event).await,
+        store.update_key(&ghost, &event, LastAdmin::MayGo).await,
         Err(StoreError::NotFound)
     ));
 
     let key = new_key(ws, "soon revoked", t(0));
     insert(&store, &key).await;
-    store.revoke_key(ws, key.id, t(1), &event).await.unwrap();
+    store
+        .revoke_key(ws, key.id, t(1), &event, LastAdmin::MayGo)
+        .await
+        .unwrap();
     let mut renamed = key.clone();
     renamed.name = "renamed".to_string();
     assert!(matches!(
-        store.update_key(&renamed, &event).await,
+        store.update_key(&renamed, &event, LastAdmin::MayGo).await,
         Err(StoreError::NotFound)
     ));
     // Only the create and revoke events exist: failed calls write no audit event.
@@ -271,7 +285,10 @@ pub async fn revoke_hides_key_but_find_secret_still_sees_it(store: DynStore) {
     insert(&store, &keep).await;
 
     let event = audit(ws, "key.revoke", &format!("key:{}", key.id), t(60));
-    let revoked = store.revoke_key(ws, key.id, t(60), &event).await.unwrap();
+    let revoked = store
+        .revoke_key(ws, key.id, t(60), &event, LastAdmin::MayGo)
+        .await
+        .unwrap();
     assert_eq!(revoked.id, key.id);
     assert_eq!(revoked.revoked_at, Some(t(60)));
     assert_eq!(revoked.name, key.name);
@@ -289,11 +306,15 @@ pub async fn revoke_hides_key_but_find_secret_still_sees_it(store: DynStore) {
     assert_eq!(found_key, revoked);
 
     assert!(matches!(
-        store.revoke_key(ws, key.id, t(70), &event).await,
+        store
+            .revoke_key(ws, key.id, t(70), &event, LastAdmin::MayGo)
+            .await,
         Err(StoreError::NotFound)
     ));
     assert!(matches!(
-        store.revoke_key(ws, Uuid::now_v7(), t(70), &event).await,
+        store
+            .revoke_key(ws, Uuid::now_v7(), t(70), &event, LastAdmin::MayGo)
+            .await,
         Err(StoreError::NotFound)
     ));
     let new_secret = secret_for(&key, t(80));
@@ -382,7 +403,13 @@ pub async fn key_cap_ignores_revoked_keys(store: DynStore) {
     ));
 
     store
-        .revoke_key(ws, a.id, t(4), &audit(ws, "key.revoke", "a", t(4)))
+        .revoke_key(
+            ws,
+            a.id,
+            t(4),
+            &audit(ws, "key.revoke", "a", t(4)),
+            LastAdmin::MayGo,
+        )
         .await
         .unwrap();
     try_insert("d", 5, Some(2)).await.unwrap();

@@ -7,11 +7,11 @@ use uuid::Uuid;
 
 use super::{insert_audit, map_unique, KeyJson, Pg, PgStore};
 use crate::{
-    keys::model::ApiKey,
+    domain::ApiKey,
     store::{
         codec::{page_limit, paged, BindKeyJson},
         rows::{KeyRow, SecretKeyRow},
-        AuditEvent, Page, Paged, SecretRecord, StoreError, StoreResult,
+        AuditEvent, LastAdmin, Page, Paged, SecretRecord, StoreError, StoreResult,
     },
 };
 
@@ -134,9 +134,68 @@ pub(super) async fn list_keys(
     paged(rows, total)
 }
 
-pub(super) async fn update_key(pool: &PgPool, key: &ApiKey, audit: &AuditEvent) -> StoreResult<()> {
+/// Active admin keys of the workspace at `now`: not revoked, not expired.
+async fn active_admins(
+    conn: &mut PgConnection,
+    workspace_id: Uuid,
+    now: DateTime<Utc>,
+) -> StoreResult<i64> {
+    Ok(sqlx::query_scalar(
+        "select count(*) from api_key
+         where workspace_id = $1 and kind = 'admin' and revoked_at is null
+           and (expires_at is null or expires_at > $2)",
+    )
+    .bind(workspace_id)
+    .bind(now)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Under [`LastAdmin::Keep`], locks the workspace row (so that concurrent key changes of the
+/// workspace queue here and each counts what the one before it committed) and returns its
+/// active admin keys before the change.
+async fn admins_before(
+    conn: &mut PgConnection,
+    workspace_id: Uuid,
+    now: DateTime<Utc>,
+    last_admin: LastAdmin,
+) -> StoreResult<Option<i64>> {
+    if last_admin == LastAdmin::MayGo {
+        return Ok(None);
+    }
+    sqlx::query("select id from workspace where id = $1 for update")
+        .bind(workspace_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    active_admins(conn, workspace_id, now).await.map(Some)
+}
+
+/// Fails with `LastAdminKey` when the change just made (in the same transaction) took the
+/// workspace's active admin keys from some to none.
+async fn check_admins_after(
+    conn: &mut PgConnection,
+    workspace_id: Uuid,
+    now: DateTime<Utc>,
+    before: Option<i64>,
+) -> StoreResult<()> {
+    match before {
+        Some(before) if before > 0 && active_admins(conn, workspace_id, now).await? == 0 => {
+            Err(StoreError::LastAdminKey)
+        }
+        _ => Ok(()),
+    }
+}
+
+pub(super) async fn update_key(
+    pool: &PgPool,
+    key: &ApiKey,
+    audit: &AuditEvent,
+    last_admin: LastAdmin,
+) -> StoreResult<()> {
     let json = KeyJson::new(key)?;
     let mut tx = pool.begin().await?;
+    let before = admins_before(&mut tx, key.workspace_id, key.updated_at, last_admin).await?;
     let done = sqlx::query(
         "update api_key
          set name = $3, kind = $4, expires_at = $5, metadata = $6, allowed_models = $7, budget = $8,
@@ -157,6 +216,7 @@ pub(super) async fn update_key(pool: &PgPool, key: &ApiKey, audit: &AuditEvent) 
     if done.rows_affected() == 0 {
         return Err(StoreError::NotFound);
     }
+    check_admins_after(&mut tx, key.workspace_id, key.updated_at, before).await?;
     insert_audit(&mut tx, audit).await?;
     notify_key_change(&mut tx, key.id).await?;
     tx.commit().await?;
@@ -169,8 +229,10 @@ pub(super) async fn revoke_key(
     id: Uuid,
     at: DateTime<Utc>,
     audit: &AuditEvent,
+    last_admin: LastAdmin,
 ) -> StoreResult<ApiKey> {
     let mut tx = pool.begin().await?;
+    let before = admins_before(&mut tx, workspace_id, at, last_admin).await?;
     let row = sqlx::query_as::<_, KeyRow<Pg>>(
         "update api_key set revoked_at = $3, updated_at = $3
          where workspace_id = $1 and id = $2 and revoked_at is null
@@ -183,6 +245,7 @@ pub(super) async fn revoke_key(
     .await?
     .ok_or(StoreError::NotFound)?;
     let key = ApiKey::try_from(row)?;
+    check_admins_after(&mut tx, workspace_id, at, before).await?;
     insert_audit(&mut tx, audit).await?;
     notify_key_change(&mut tx, id).await?;
     tx.commit().await?;

@@ -32,10 +32,11 @@ use uuid::Uuid;
 
 use super::{
     codec::{self, Columns},
-    AuditEvent, EventFilter, Member, Page, Paged, RateLimitEvent, SecretRecord, Store, StoreError,
-    StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals, Workspace, DEFAULT_WORKSPACE_ID,
+    AuditEvent, EventFilter, LastAdmin, Member, Page, Paged, RateLimitEvent, SecretRecord, Store,
+    StoreError, StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals, Workspace,
+    DEFAULT_WORKSPACE_ID,
 };
-use crate::keys::model::ApiKey;
+use crate::domain::ApiKey;
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -237,8 +238,13 @@ impl Store for PgStore {
         keys::list_keys(&self.pool, workspace_id, page).await
     }
 
-    async fn update_key(&self, key: &ApiKey, audit: &AuditEvent) -> StoreResult<()> {
-        keys::update_key(&self.pool, key, audit).await
+    async fn update_key(
+        &self,
+        key: &ApiKey,
+        audit: &AuditEvent,
+        last_admin: LastAdmin,
+    ) -> StoreResult<()> {
+        keys::update_key(&self.pool, key, audit, last_admin).await
     }
 
     async fn revoke_key(
@@ -247,8 +253,9 @@ impl Store for PgStore {
         id: Uuid,
         at: DateTime<Utc>,
         audit: &AuditEvent,
+        last_admin: LastAdmin,
     ) -> StoreResult<ApiKey> {
-        keys::revoke_key(&self.pool, workspace_id, id, at, audit).await
+        keys::revoke_key(&self.pool, workspace_id, id, at, audit, last_admin).await
     }
 
     async fn rotate_key(

@@ -7,11 +7,11 @@ use uuid::Uuid;
 
 use super::{id, insert_audit, map_unique, micros, opt_micros, KeyJson, Lite, SqliteStore};
 use crate::{
-    keys::model::ApiKey,
+    domain::ApiKey,
     store::{
         codec::{page_limit, paged, BindKeyJson},
         rows::{KeyRow, SecretKeyRow},
-        AuditEvent, Page, Paged, SecretRecord, StoreError, StoreResult,
+        AuditEvent, LastAdmin, Page, Paged, SecretRecord, StoreError, StoreResult,
     },
 };
 
@@ -122,13 +122,62 @@ pub(super) async fn list_keys(
     paged(rows, total)
 }
 
+/// Active admin keys of the workspace at `now`: not revoked, not expired.
+async fn active_admins(
+    conn: &mut SqliteConnection,
+    workspace_id: Uuid,
+    now: DateTime<Utc>,
+) -> StoreResult<i64> {
+    Ok(sqlx::query_scalar(
+        "select count(*) from api_key
+         where workspace_id = ? and kind = 'admin' and revoked_at is null
+           and (expires_at is null or expires_at > ?)",
+    )
+    .bind(id(workspace_id))
+    .bind(micros(now))
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Under [`LastAdmin::Keep`], the workspace's active admin keys before the change. The
+/// write transaction (`BEGIN IMMEDIATE`) already keeps every other writer out until commit.
+async fn admins_before(
+    conn: &mut SqliteConnection,
+    workspace_id: Uuid,
+    now: DateTime<Utc>,
+    last_admin: LastAdmin,
+) -> StoreResult<Option<i64>> {
+    match last_admin {
+        LastAdmin::MayGo => Ok(None),
+        LastAdmin::Keep => active_admins(conn, workspace_id, now).await.map(Some),
+    }
+}
+
+/// Fails with `LastAdminKey` when the change just made (in the same transaction) took the
+/// workspace's active admin keys from some to none.
+async fn check_admins_after(
+    conn: &mut SqliteConnection,
+    workspace_id: Uuid,
+    now: DateTime<Utc>,
+    before: Option<i64>,
+) -> StoreResult<()> {
+    match before {
+        Some(before) if before > 0 && active_admins(conn, workspace_id, now).await? == 0 => {
+            Err(StoreError::LastAdminKey)
+        }
+        _ => Ok(()),
+    }
+}
+
 pub(super) async fn update_key(
     store: &SqliteStore,
     key: &ApiKey,
     audit: &AuditEvent,
+    last_admin: LastAdmin,
 ) -> StoreResult<()> {
     let json = KeyJson::new(key)?;
     let mut w = store.begin_write().await?;
+    let before = admins_before(w.conn(), key.workspace_id, key.updated_at, last_admin).await?;
     let done = sqlx::query(
         "update api_key
          set name = ?3, kind = ?4, expires_at = ?5, metadata = ?6, allowed_models = ?7, budget = ?8,
@@ -149,6 +198,7 @@ pub(super) async fn update_key(
     if done.rows_affected() == 0 {
         return Err(StoreError::NotFound);
     }
+    check_admins_after(w.conn(), key.workspace_id, key.updated_at, before).await?;
     insert_audit(w.conn(), audit).await?;
     w.commit().await
 }
@@ -159,8 +209,10 @@ pub(super) async fn revoke_key(
     key_id: Uuid,
     at: DateTime<Utc>,
     audit: &AuditEvent,
+    last_admin: LastAdmin,
 ) -> StoreResult<ApiKey> {
     let mut w = store.begin_write().await?;
+    let before = admins_before(w.conn(), workspace_id, at, last_admin).await?;
     let row = sqlx::query_as::<_, KeyRow<Lite>>(
         "update api_key set revoked_at = ?3, updated_at = ?3
          where workspace_id = ?1 and id = ?2 and revoked_at is null
@@ -173,6 +225,7 @@ pub(super) async fn revoke_key(
     .await?
     .ok_or(StoreError::NotFound)?;
     let key = ApiKey::try_from(row)?;
+    check_admins_after(w.conn(), workspace_id, at, before).await?;
     insert_audit(w.conn(), audit).await?;
     w.commit().await?;
     Ok(key)

@@ -38,10 +38,11 @@ use uuid::{fmt::Hyphenated, Uuid};
 
 use super::{
     codec::{self, corrupt, Columns},
-    AuditEvent, EventFilter, Member, Page, Paged, RateLimitEvent, SecretRecord, Store, StoreError,
-    StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals, Workspace, DEFAULT_WORKSPACE_ID,
+    AuditEvent, EventFilter, LastAdmin, Member, Page, Paged, RateLimitEvent, SecretRecord, Store,
+    StoreError, StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals, Workspace,
+    DEFAULT_WORKSPACE_ID,
 };
-use crate::keys::model::ApiKey;
+use crate::domain::ApiKey;
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -302,8 +303,13 @@ impl Store for SqliteStore {
         keys::list_keys(self, workspace_id, page).await
     }
 
-    async fn update_key(&self, key: &ApiKey, audit: &AuditEvent) -> StoreResult<()> {
-        keys::update_key(self, key, audit).await
+    async fn update_key(
+        &self,
+        key: &ApiKey,
+        audit: &AuditEvent,
+        last_admin: LastAdmin,
+    ) -> StoreResult<()> {
+        keys::update_key(self, key, audit, last_admin).await
     }
 
     async fn revoke_key(
@@ -312,8 +318,9 @@ impl Store for SqliteStore {
         key_id: Uuid,
         at: DateTime<Utc>,
         audit: &AuditEvent,
+        last_admin: LastAdmin,
     ) -> StoreResult<ApiKey> {
-        keys::revoke_key(self, workspace_id, key_id, at, audit).await
+        keys::revoke_key(self, workspace_id, key_id, at, audit, last_admin).await
     }
 
     async fn rotate_key(

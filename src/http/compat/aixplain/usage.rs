@@ -19,6 +19,7 @@ use super::{
 use crate::{
     error::ApiError,
     keys::{
+        input,
         model::{BudgetPeriod, Limits},
         ApiKey,
     },
@@ -76,6 +77,9 @@ pub async fn get_model(
     if path.is_empty() {
         return Err(not_found().into());
     }
+    // A model id is a model name: `/v2/models/%00` is refused (422 naming `path`), not
+    // echoed back as an id.
+    input::validate_model_name("path", path)?;
     Ok(Json(AixplainModel {
         id: path.to_string(),
     }))

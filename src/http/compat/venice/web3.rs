@@ -2,7 +2,7 @@
 //! challenge token and gets an inference key (Venice's Web3 flow, wire/venice.md §6).
 //!
 //! These two routes need no API key (`http::auth::UNAUTHENTICATED`), so:
-//! - both answer 403 unless `web3.enabled` (default off);
+//! - both answer 403 unless `web3.enabled` (default off), the POST before reading its body;
 //! - only `web3.allowed_addresses` may create keys when that list is set;
 //! - `ADMIN` keys are never made here (403), whatever the request says;
 //! - a token is valid `web3.token_ttl_secs` and once (`Store::consume_once_token`);
@@ -12,9 +12,13 @@
 //! The key goes into the `default` workspace, `created_by = "web3:<address>"`, with
 //! `wallet_address` recorded (EIP-55 form).
 
-use std::time::Duration;
+use std::{net::IpAddr, time::Duration};
 
-use axum::{extract::State, http::StatusCode, Extension, Json};
+use axum::{
+    extract::{FromRequestParts, State},
+    http::{request::Parts, StatusCode},
+    Json,
+};
 
 use super::{
     keys::{new_key, Settings},
@@ -28,7 +32,7 @@ use crate::{
     http::auth::ClientIp,
     keys::{
         input::{self, NewKey},
-        Caller, CallerRole, KeyKind,
+        AuthError, Caller, CallerRole, KeyKind,
     },
     state::AppState,
     web3::{recover_personal_sign, Address, TokenSigner, Web3Error},
@@ -77,6 +81,28 @@ pub async fn web3_token(State(state): State<AppState>) -> VeniceResult<Json<Succ
     })))
 }
 
+/// What `generate_web3_key` checks before reading a body: the flow is enabled, and the
+/// client's address is not blocked for failed proofs. An extractor, so that axum runs it
+/// before the body extractor: a disabled flow (403) or a blocked address (429) is answered
+/// at once, however slowly (or never) the announced body arrives.
+pub struct Web3Open {
+    ip: Option<IpAddr>,
+}
+
+impl FromRequestParts<AppState> for Web3Open {
+    type Rejection = VeniceError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> VeniceResult<Self> {
+        // Disabled means disabled: 403 whatever the body is.
+        require_enabled(&state.config.web3)?;
+        let ip = parts.extensions.get::<ClientIp>().and_then(|c| c.0);
+        if let Some(wait) = ip.and_then(|ip| state.auth_attempts.blocked_for(ip)) {
+            return Err(too_many_attempts(wait));
+        }
+        Ok(Web3Open { ip })
+    }
+}
+
 /// The keys service's checks that can fail on the request alone, run before the token is
 /// spent so that a typo does not cost the wallet owner a new signature. The service checks
 /// again (and remains the authority).
@@ -98,7 +124,7 @@ fn precheck(new: &NewKey) -> VeniceResult<()> {
 /// address is past its allowance).
 fn refused(
     state: &AppState,
-    ip: Option<std::net::IpAddr>,
+    ip: Option<IpAddr>,
     code: &'static str,
     message: String,
 ) -> VeniceError {
@@ -108,14 +134,8 @@ fn refused(
     VeniceError(ApiError::new(StatusCode::UNAUTHORIZED, code, message))
 }
 
-fn too_many_attempts(wait: Duration) -> VeniceError {
-    let mut error = ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "too_many_auth_attempts",
-        "too many failed authentications from this address; wait and retry",
-    );
-    error.retry_after_secs = Some(wait.as_secs_f64().ceil() as u64);
-    VeniceError(error)
+fn too_many_attempts(retry_after: Duration) -> VeniceError {
+    VeniceError(ApiError::from(AuthError::TooManyAttempts { retry_after }))
 }
 
 #[utoipa::path(post, path = "/api/v1/api_keys/generate_web3_key", tag = "venice",
@@ -129,17 +149,11 @@ fn too_many_attempts(wait: Duration) -> VeniceError {
     ))]
 pub async fn web3_create_key(
     State(state): State<AppState>,
-    client: Option<Extension<ClientIp>>,
+    Web3Open { ip }: Web3Open,
     body: Result<VeniceJson<Web3CreateApiKeyRequest>, VeniceError>,
 ) -> VeniceResult<Json<Succeeded<CreatedApiKey>>> {
     let config = &state.config.web3;
-    // Disabled means disabled: 403 whatever the body is.
-    require_enabled(config)?;
     let VeniceJson(request) = body?;
-    let ip = client.and_then(|Extension(ClientIp(ip))| ip);
-    if let Some(wait) = ip.and_then(|ip| state.auth_attempts.blocked_for(ip)) {
-        return Err(too_many_attempts(wait));
-    }
     if request.api_key_type == ApiKeyType::Admin {
         return Err(VeniceError(ApiError::new(
             StatusCode::FORBIDDEN,

@@ -1,4 +1,4 @@
-//! The API-key domain types (DESIGN §3). Plain data with validation; no I/O, no HTTP.
+//! The API-key domain types (DESIGN §3): plain data with validation; no I/O, no HTTP.
 
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
