@@ -281,7 +281,7 @@ impl Config {
                 Env::prefixed("KEYGATE_")
                     .split("__")
                     // Kept apart from configuration: read by the test suite only.
-                    .ignore(&["TEST_PG_URL"]),
+                    .ignore(&["TEST_PG_URL", "TEST_VENV"]),
             )
             .extract()
             .map_err(Box::new)?;
