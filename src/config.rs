@@ -186,6 +186,9 @@ pub struct ProxyConfig {
     pub idle_timeout_secs: f64,
     /// Whole request, first byte to last.
     pub timeout_secs: f64,
+    /// Largest event of a streamed answer passed on; past it the stream ends with an
+    /// error event (and is charged for what streamed).
+    pub max_event_bytes: usize,
 }
 
 impl Default for ProxyConfig {
@@ -195,6 +198,7 @@ impl Default for ProxyConfig {
             first_byte_timeout_secs: 60.0,
             idle_timeout_secs: 60.0,
             timeout_secs: 600.0,
+            max_event_bytes: crate::proxy::sse::MAX_EVENT_BYTES,
         }
     }
 }
@@ -346,6 +350,9 @@ impl Config {
         if self.http.max_body_bytes < 1024 {
             return Err(invalid("http.max_body_bytes", "must be at least 1024"));
         }
+        if self.proxy.max_event_bytes < 1024 {
+            return Err(invalid("proxy.max_event_bytes", "must be at least 1024"));
+        }
         for (field, value) in [
             (
                 "proxy.connect_timeout_secs",
@@ -476,6 +483,17 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(err.contains("upstreams[0].base_url"), "{err}");
+    }
+
+    #[test]
+    fn the_event_cap_is_read_and_checked() {
+        assert_eq!(Config::default().proxy.max_event_bytes, 1024 * 1024);
+        let config = load_from("[proxy]\nmax_event_bytes = 65536\n").unwrap();
+        assert_eq!(config.proxy.max_event_bytes, 65536);
+        let err = load_from("[proxy]\nmax_event_bytes = 10\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("proxy.max_event_bytes"), "{err}");
     }
 
     #[test]

@@ -211,10 +211,19 @@ pub(super) async fn proxy(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let head_request = method == Method::HEAD;
     let request = inference_request(key, endpoint, method, uri, headers, body);
     let (mut response, limits) = match answer(&state, request).await {
         Answer::Proxied(answer) => {
             let mut response = match answer.body {
+                // axum would write `content-length: 0` for an empty body, which for HEAD
+                // claims the GET's body is empty: an empty body of unknown length has none.
+                _ if head_request => Response::new(Body::from_stream(futures::stream::empty::<
+                    Result<Bytes, std::io::Error>,
+                >())),
+                _ if !super::front::wire::has_body(answer.status, false) => {
+                    Response::new(Body::empty())
+                }
                 AnswerBody::Whole(bytes) => Response::new(Body::from(bytes)),
                 AnswerBody::Stream(stream) => Response::new(Body::from_stream(stream)),
             };

@@ -6,20 +6,18 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderName, Method, StatusCode};
-use serde_json::{value::RawValue, Value};
+use http::{header, HeaderMap, Method, StatusCode};
 use tokio::time::Instant;
 
 use super::{
     client::{RequestBuilder, SendError, UpstreamResponse},
-    headers::RequestHeaders,
+    headers::{self, RequestHeaders},
     meter::{Meter, Outcome},
     request::{self, RequestFields},
     stream::MeteredStream,
     upstreams::Upstream,
     AnswerBody, Endpoint, Gateway, InferenceError, InferenceRequest,
 };
-use crate::keys::presented::KEY_HEADERS;
 
 /// Largest upstream answer read whole (non-streamed); larger ones are refused as an upstream error.
 const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
@@ -87,7 +85,7 @@ impl Gateway {
             deadline,
         } = sent;
         let status = response.status;
-        let headers = answer_headers(std::mem::take(&mut response.headers));
+        let headers = headers::answer_headers(std::mem::take(&mut response.headers));
         let idle = self.timeouts.idle;
         if status.is_success() && is_event_stream(&headers) {
             let stream = MeteredStream::new(
@@ -97,6 +95,7 @@ impl Gateway {
                 client_wants_usage,
                 idle,
                 deadline,
+                self.max_event_bytes,
             );
             return Ok((status, headers, AnswerBody::Stream(Box::pin(stream))));
         }
@@ -134,8 +133,9 @@ impl Gateway {
             .client
             .request(&upstream.target, method, &path_and_query)
             .map_err(|err| format!("cannot forward this path upstream: {err}"))?;
+        let forwarding = headers::Forwarding::of(headers.lines());
         for (name, value) in headers.lines() {
-            if !is_stripped(name) {
+            if forwarding.forwards(name) {
                 request = request.header(name, value);
             }
         }
@@ -163,81 +163,7 @@ pub(super) fn upstream_body(
     if !fields.stream() || endpoint == Endpoint::Embeddings || fields.wants_usage() {
         return Ok(None);
     }
-    usage_requested(body, fields.stream_options).map(Some)
-}
-
-/// The streamed request's body with `stream_options.include_usage` set. Without a
-/// `stream_options` member the body is passed on byte for byte with that member added;
-/// otherwise it is rewritten through a `Value`.
-fn usage_requested(
-    body: &Bytes,
-    stream_options: Option<&RawValue>,
-) -> Result<Bytes, InferenceError> {
-    if stream_options.is_none() {
-        if let Some(body) = request::with_usage_requested(body) {
-            return Ok(body);
-        }
-    }
-    let mut value: Value =
-        serde_json::from_slice(body).map_err(|err| InferenceError::InvalidRequest {
-            message: format!("request body is not valid JSON: {err}"),
-            param: None,
-        })?;
-    let options = &mut value["stream_options"];
-    if options.is_null() {
-        *options = Value::Object(serde_json::Map::new());
-    }
-    let Some(options) = options.as_object_mut() else {
-        return Err(InferenceError::InvalidRequest {
-            message: "`stream_options` must be an object".into(),
-            param: Some("stream_options".into()),
-        });
-    };
-    options.insert("include_usage".into(), Value::Bool(true));
-    serde_json::to_vec(&value)
-        .map(Bytes::from)
-        .map_err(|err| InferenceError::InvalidRequest {
-            message: format!("cannot rewrite the request body: {err}"),
-            param: None,
-        })
-}
-
-/// Request headers never sent upstream (`name` in any case): the client's own key
-/// ([`KEY_HEADERS`]), hop-by-hop headers, and anything that would change the answer's
-/// encoding or identity. Run for every header of every request: one lower-casing copy,
-/// then comparisons that mostly stop at the length.
-fn is_stripped(name: &[u8]) -> bool {
-    const LONGEST: usize = "proxy-authorization".len();
-    if name.len() > LONGEST {
-        return false;
-    }
-    let mut lower = [0u8; LONGEST];
-    for (to, from) in lower.iter_mut().zip(name) {
-        *to = from.to_ascii_lowercase();
-    }
-    let lower = &lower[..name.len()];
-    KEY_HEADERS.iter().any(|key| key.as_bytes() == lower)
-        || matches!(
-            lower,
-            b"host"
-                | b"content-length"
-                | b"connection"
-                | b"keep-alive"
-                | b"proxy-authorization"
-                | b"proxy-authenticate"
-                | b"proxy-connection"
-                | b"te"
-                | b"trailer"
-                | b"transfer-encoding"
-                | b"upgrade"
-                | b"accept-encoding"
-                | b"cookie"
-                | b"openai-organization"
-                | b"openai-project"
-                | b"x-forwarded-for"
-                | b"x-real-ip"
-                | b"forwarded"
-        )
+    request::usage_requested(body, fields.stream_options).map(Some)
 }
 
 /// Whether the answer is a server-sent event stream (metered event by event).
@@ -246,57 +172,6 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"))
-}
-
-/// The upstream's answer headers as passed back: without those [`keep_answer_header`]
-/// drops, and with the upstream's `x-request-id` renamed. The client's `x-request-id` is
-/// keygate's (it is in keygate's logs); the upstream's is kept under its own name for
-/// support tickets upstream.
-fn answer_headers(mut upstream: HeaderMap) -> HeaderMap {
-    // The framing and the date are keygate's to set, and these are almost always there:
-    // removed here so that the usual answer passes on as it is, without a copy.
-    upstream.remove(header::CONTENT_LENGTH);
-    upstream.remove(header::TRANSFER_ENCODING);
-    upstream.remove(header::DATE);
-    let passes = |name: &HeaderName| name.as_str() != "x-request-id" && keep_answer_header(name);
-    if upstream.keys().all(passes) {
-        return upstream;
-    }
-    let mut headers = HeaderMap::with_capacity(upstream.len());
-    for (name, value) in &upstream {
-        if name.as_str() == "x-request-id" {
-            headers.append(
-                HeaderName::from_static("x-upstream-request-id"),
-                value.clone(),
-            );
-        } else if keep_answer_header(name) {
-            headers.append(name.clone(), value.clone());
-        }
-    }
-    headers
-}
-
-/// Answer headers never passed back: hop-by-hop, lengths we recompute, the upstream's
-/// own rate-limit view (the client's limits are keygate's), and its `date`: keygate
-/// dates every answer itself, and `date` is a singleton field (RFC 9110 §6.6.1), so
-/// passing the upstream's on would send two (nginx's `proxy_pass` drops it too).
-fn keep_answer_header(name: &HeaderName) -> bool {
-    let name = name.as_str();
-    !matches!(
-        name,
-        "connection"
-            | "keep-alive"
-            | "transfer-encoding"
-            | "content-length"
-            | "content-encoding"
-            | "date"
-            | "trailer"
-            | "upgrade"
-            | "set-cookie"
-            | "proxy-authenticate"
-            | "retry-after"
-    ) && !name.starts_with("x-ratelimit")
-        && !name.starts_with("ratelimit")
 }
 
 /// A whole (non-streamed) answer body, read within the idle and total timeouts and
@@ -344,43 +219,4 @@ pub(super) async fn read_whole(
         Some(first) => first,
         None => rest.freeze(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stripped_headers_are_recognised_in_any_case_and_nothing_else_is() {
-        for name in [
-            "Authorization",
-            "X-API-KEY",
-            "x-aixplain-key",
-            "HOST",
-            "Proxy-Authorization",
-            "OpenAI-Organization",
-            "TE",
-            "Forwarded",
-        ] {
-            assert!(is_stripped(name.as_bytes()), "{name}");
-        }
-        for name in [
-            "x-request-id",
-            "content-type",
-            "authorizations",
-            "x-forwarded-proto",
-            "openai-organization-extra",
-            "",
-        ] {
-            assert!(!is_stripped(name.as_bytes()), "{name}");
-        }
-    }
-
-    #[test]
-    fn every_header_that_carries_a_key_is_stripped() {
-        for name in KEY_HEADERS {
-            assert!(is_stripped(name.as_bytes()), "{name}");
-            assert!(is_stripped(name.to_ascii_uppercase().as_bytes()), "{name}");
-        }
-    }
 }

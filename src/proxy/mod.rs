@@ -67,6 +67,8 @@ pub struct Gateway {
     upstreams: Upstreams,
     store: DynStore,
     timeouts: Timeouts,
+    /// `proxy.max_event_bytes`: the largest SSE event passed on.
+    max_event_bytes: usize,
     slots: Mutex<HashMap<Uuid, (u32, Arc<Semaphore>)>>,
     credits: Mutex<HashMap<Uuid, (Option<Decimal>, std::time::Instant)>>,
     credits_ttl: Duration,
@@ -173,6 +175,7 @@ impl Gateway {
                 idle: Duration::from_secs_f64(config.idle_timeout_secs),
                 total: Duration::from_secs_f64(config.timeout_secs),
             },
+            max_event_bytes: config.max_event_bytes,
             slots: Mutex::default(),
             credits: Mutex::default(),
             credits_ttl,
@@ -195,9 +198,9 @@ impl Gateway {
     ) -> Result<ProxyAnswer, InferenceError> {
         // Parse: the body's fields, the model, and the upstream serving it.
         let body = std::mem::take(&mut request.body);
-        let fields = read_fields(request.endpoint, &body)?;
+        let fields = request::read_fields(request.endpoint, &body)?;
         let model = requested_model(&request.key, fields.as_ref())?;
-        let upstream = self.route(&request, model.as_deref())?;
+        let upstream = self.route(&mut request, model.as_deref())?;
         let client_wants_usage = fields.as_ref().is_some_and(RequestFields::wants_usage);
 
         // Admit (admission.rs): the concurrency slot, credits and budget, rate limits.
@@ -233,18 +236,20 @@ impl Gateway {
         })
     }
 
-    /// The upstream that serves the request: by its path for a pass-through, else by its
-    /// model (which an inference request must name).
+    /// The upstream that serves the request: by its path for a pass-through (whose path
+    /// becomes the normalised one, the only one forwarded), else by its model (which an
+    /// inference request must name).
     fn route(
         &self,
-        request: &InferenceRequest,
+        request: &mut InferenceRequest,
         model: Option<&str>,
     ) -> Result<&Upstream, InferenceError> {
         match (request.endpoint, model) {
-            (Endpoint::Other, _) => self
-                .upstreams
-                .for_path(&request.path)
-                .ok_or_else(|| InferenceError::PathNotFound(format!("/v1{}", request.path))),
+            (Endpoint::Other, _) => {
+                let (upstream, path) = self.upstreams.for_path(&request.path)?;
+                request.path = path;
+                Ok(upstream)
+            }
             (_, None) => Err(InferenceError::InvalidRequest {
                 message: "you must provide a `model`".into(),
                 param: Some("model".into()),
@@ -254,42 +259,6 @@ impl Gateway {
                 .for_model(model)
                 .ok_or_else(|| InferenceError::ModelNotFound(model.to_owned())),
         }
-    }
-}
-
-/// The body's fields, or `None` for an empty body. Inference bodies must be JSON objects;
-/// a pass-through body may be any JSON.
-fn read_fields(
-    endpoint: Endpoint,
-    body: &[u8],
-) -> Result<Option<RequestFields<'_>>, InferenceError> {
-    if body.is_empty() {
-        return if endpoint == Endpoint::Other {
-            Ok(None)
-        } else {
-            Err(not_an_object())
-        };
-    }
-    match RequestFields::parse(body) {
-        Ok(fields) => Ok(Some(fields)),
-        Err(err) if err.classify() == serde_json::error::Category::Data => {
-            if endpoint == Endpoint::Other {
-                Ok(None)
-            } else {
-                Err(not_an_object())
-            }
-        }
-        Err(err) => Err(InferenceError::InvalidRequest {
-            message: format!("request body is not valid JSON: {err}"),
-            param: None,
-        }),
-    }
-}
-
-fn not_an_object() -> InferenceError {
-    InferenceError::InvalidRequest {
-        message: "request body must be a JSON object".into(),
-        param: None,
     }
 }
 

@@ -2,24 +2,32 @@
 //! and asked for usage, and what the token estimate needs (`tokens::estimate`).
 //!
 //! Why not `serde_json::Value`: building the whole tree (a map per object, a string per
-//! text) cost more on the hot path than the limiter. [`RequestFields`] reads the body in
-//! one pass: the few members keygate reads are kept as raw JSON (parsed only when asked
-//! for) or, for `messages`, as borrowed text; everything else is skipped. It reads what
-//! `Value` reads: any members, the last of repeated names, and a field of an unexpected
-//! type counts as absent (the upstream judges its own fields). [`Members`] does the same
-//! for any object, member by member.
+//! text) cost more on the hot path than the limiter, and its size grows with the body's
+//! element count (a 4 MB list of zeros took 330 MB). [`RequestFields`] reads the body in
+//! one pass and keeps only a few slices of it (`RawValue`); everything else is skipped,
+//! and lists are walked element by element where they are read (`walk`). It accepts
+//! exactly what `Value` accepts (`scan` checks what skipping does not) and reads what
+//! `Value` reads: the last of repeated names, and a field of an unexpected type counts
+//! as absent (the upstream judges its own fields), except `stream` and
+//! `stream_options`, whose type decides how keygate meters the answer.
 
-use std::{borrow::Cow, fmt};
+mod scan;
+pub mod walk;
+
+use std::fmt;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{
-    de::{IgnoredAny, MapAccess, SeqAccess, Visitor},
+    de::{IgnoredAny, MapAccess, Visitor},
     Deserialize, Deserializer,
 };
 use serde_json::value::RawValue;
 
-/// The members of an inference request keygate reads. Raw values keep `null` (a present
-/// `"model": null` is not an absent model).
+pub use self::{scan::MAX_DEPTH, walk::string};
+use super::{Endpoint, InferenceError};
+
+/// The members of an inference request keygate reads, as slices of the body. Raw values
+/// keep `null` (a present `"model": null` is not an absent model).
 #[derive(Default)]
 pub struct RequestFields<'a> {
     pub model: Option<&'a RawValue>,
@@ -27,28 +35,74 @@ pub struct RequestFields<'a> {
     pub stream_options: Option<&'a RawValue>,
     pub max_tokens: Option<&'a RawValue>,
     pub max_completion_tokens: Option<&'a RawValue>,
-    pub messages: Option<Messages<'a>>,
+    pub messages: Option<&'a RawValue>,
     pub prompt: Option<&'a RawValue>,
     pub input: Option<&'a RawValue>,
 }
 
+/// Why a body cannot be read.
+#[derive(Debug)]
+pub enum BodyError {
+    NotUtf8,
+    TooDeep,
+    LoneSurrogate,
+    NumberOutOfRange,
+    /// Valid JSON of another type than an object.
+    NotAnObject,
+    Invalid(serde_json::Error),
+}
+
+impl fmt::Display for BodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BodyError::NotUtf8 => f.write_str("request body is not valid JSON: it is not UTF-8"),
+            BodyError::TooDeep => write!(
+                f,
+                "request body nests arrays and objects too deeply: the nesting limit is {MAX_DEPTH} levels"
+            ),
+            BodyError::LoneSurrogate => f.write_str(
+                "request body is not valid JSON: a \\u escape is a lone UTF-16 surrogate",
+            ),
+            BodyError::NumberOutOfRange => f.write_str(
+                "request body is not valid JSON: a number is too large for a 64-bit float",
+            ),
+            BodyError::NotAnObject => f.write_str("request body must be a JSON object"),
+            BodyError::Invalid(err) => write!(f, "request body is not valid JSON: {err}"),
+        }
+    }
+}
+
 impl<'a> RequestFields<'a> {
-    /// The fields of `json`, if it is an object. `Err` says why not: invalid JSON, or
-    /// (with `Category::Data`) valid JSON of another type.
-    pub fn parse(json: &'a [u8]) -> Result<RequestFields<'a>, serde_json::Error> {
-        from_json(json)
+    /// The fields of `json`, if it is a JSON object `serde_json::Value` would accept.
+    pub fn parse(json: &'a [u8]) -> Result<RequestFields<'a>, BodyError> {
+        let text = std::str::from_utf8(json).map_err(|_| BodyError::NotUtf8)?;
+        scan::check(text).map_err(|refusal| match refusal {
+            scan::Refusal::TooDeep => BodyError::TooDeep,
+            scan::Refusal::LoneSurrogate => BodyError::LoneSurrogate,
+            scan::Refusal::NumberOutOfRange => BodyError::NumberOutOfRange,
+        })?;
+        match serde_json::from_str(text) {
+            Ok(fields) => Ok(fields),
+            // Another type: the reader refuses it at once, so see whether it is JSON.
+            Err(err) if err.classify() == serde_json::error::Category::Data => {
+                match serde_json::from_str::<IgnoredAny>(text) {
+                    Ok(_) => Err(BodyError::NotAnObject),
+                    Err(err) => Err(BodyError::Invalid(err)),
+                }
+            }
+            Err(err) => Err(BodyError::Invalid(err)),
+        }
     }
 
     pub fn stream(&self) -> bool {
-        self.stream.and_then(boolean).unwrap_or(false)
+        self.stream.is_some_and(|raw| raw.get() == "true")
     }
 
     /// `stream_options.include_usage`, when it is `true`.
     pub fn wants_usage(&self) -> bool {
         self.stream_options
-            .and_then(Members::of)
-            .and_then(|options| options.bool("include_usage"))
-            .unwrap_or(false)
+            .and_then(|options| walk::member(options, "include_usage"))
+            .is_some_and(|raw| raw.get() == "true")
     }
 
     /// `max_completion_tokens`, else `max_tokens`, when a whole non-negative number.
@@ -58,31 +112,145 @@ impl<'a> RequestFields<'a> {
             .flatten()
             .find_map(|raw| serde_json::from_str(raw.get()).ok())
     }
+
+    /// `stream` and `stream_options` must be of their type (or `null`), as OpenAI
+    /// requires: keygate meters a stream differently, and a lenient upstream that
+    /// streams on `"stream": 1` would otherwise stream unmetered.
+    fn check_types(&self) -> Result<(), InferenceError> {
+        if let Some(raw) = self
+            .stream
+            .filter(|raw| !matches!(raw.get(), "true" | "false" | "null"))
+        {
+            return Err(wrong_type("stream", "a boolean", raw));
+        }
+        if let Some(raw) = self
+            .stream_options
+            .filter(|raw| raw.get() != "null" && !raw.get().starts_with('{'))
+        {
+            return Err(wrong_type("stream_options", "an object", raw));
+        }
+        Ok(())
+    }
 }
 
-/// `messages`: a list, or something else (which estimates nothing).
-pub enum Messages<'a> {
-    List(Vec<Message<'a>>),
-    NotAList,
+fn wrong_type(param: &str, expected: &str, raw: &RawValue) -> InferenceError {
+    let got = match raw.get().as_bytes().first() {
+        Some(b'"') => "a string",
+        Some(b'[') => "an array",
+        Some(b'{') => "an object",
+        Some(b't' | b'f') => "a boolean",
+        _ => "a number",
+    };
+    InferenceError::InvalidRequest {
+        message: format!("invalid type for `{param}`: expected {expected}, but got {got}"),
+        param: Some(param.into()),
+    }
 }
 
-/// What the estimate counts of a chat message; an element that is no object counts as an
-/// empty message.
-#[derive(Default)]
-pub struct Message<'a> {
-    pub content: Content<'a>,
-    pub name: Option<Cow<'a, str>>,
-    pub role: Option<Cow<'a, str>>,
+/// The body's fields, or `None` for an empty body. Inference bodies must be JSON objects;
+/// a pass-through body may be any JSON.
+pub fn read_fields(
+    endpoint: Endpoint,
+    body: &[u8],
+) -> Result<Option<RequestFields<'_>>, InferenceError> {
+    let passthrough = endpoint == Endpoint::Other;
+    if body.is_empty() {
+        return if passthrough {
+            Ok(None)
+        } else {
+            Err(invalid(BodyError::NotAnObject))
+        };
+    }
+    match RequestFields::parse(body) {
+        Ok(fields) => {
+            fields.check_types()?;
+            Ok(Some(fields))
+        }
+        Err(BodyError::NotAnObject) if passthrough => Ok(None),
+        Err(err) => Err(invalid(err)),
+    }
 }
 
-/// A message's `content`: text, the `text` of each part of a list (other parts, such as
-/// images, count nothing), or anything else (nothing).
-#[derive(Default)]
-pub enum Content<'a> {
-    #[default]
-    Other,
-    Text(Cow<'a, str>),
-    Parts(Vec<Cow<'a, str>>),
+fn invalid(err: BodyError) -> InferenceError {
+    InferenceError::InvalidRequest {
+        message: err.to_string(),
+        param: None,
+    }
+}
+
+/// The streamed request's body with `stream_options.include_usage` set; `stream_options`
+/// is the body's own (from its `RequestFields`). The body is passed on byte for byte
+/// but for that: without `stream_options`, the member is added first; otherwise that
+/// value alone is rewritten, as `{<its other members>,"include_usage":true}`.
+pub fn usage_requested(
+    body: &Bytes,
+    stream_options: Option<&RawValue>,
+) -> Result<Bytes, InferenceError> {
+    let rewritten = match stream_options {
+        None => with_usage_requested(body),
+        Some(options) => with_options_rewritten(body, options),
+    };
+    rewritten.ok_or_else(|| InferenceError::InvalidRequest {
+        message: "cannot add `stream_options.include_usage` to this body".into(),
+        param: Some("stream_options".into()),
+    })
+}
+
+const INCLUDE_USAGE: &[u8] = br#""include_usage":true"#;
+
+/// `body` (a JSON object without a `stream_options` member) with
+/// `"stream_options":{"include_usage":true}` added as its first member.
+pub fn with_usage_requested(body: &[u8]) -> Option<Bytes> {
+    let open = body.iter().position(|b| !b.is_ascii_whitespace())?;
+    if body[open] != b'{' {
+        return None;
+    }
+    let rest = &body[open + 1..];
+    let empty = rest
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|&b| b == b'}');
+    let mut out = BytesMut::with_capacity(body.len() + INCLUDE_USAGE.len() + 20);
+    out.put_slice(&body[..=open]);
+    out.put_slice(br#""stream_options":{"#);
+    out.put_slice(INCLUDE_USAGE);
+    out.put_u8(b'}');
+    if !empty {
+        out.put_u8(b',');
+    }
+    out.put_slice(rest);
+    Some(out.freeze())
+}
+
+/// `body` with its `options` (a slice of it: an object or `null`) replaced by the same
+/// members less any `include_usage`, plus `"include_usage":true`.
+fn with_options_rewritten(body: &[u8], options: &RawValue) -> Option<Bytes> {
+    let raw = options.get().as_bytes();
+    let start = (raw.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    let end = start + raw.len();
+    if body.get(start..end)? != raw {
+        return None;
+    }
+    let mut out = BytesMut::with_capacity(body.len() + INCLUDE_USAGE.len() + 2);
+    out.put_slice(&body[..start]);
+    out.put_u8(b'{');
+    if options.get() != "null" {
+        let is_object = walk::members(options, |name, value| {
+            if !walk::name_is(name, "include_usage") {
+                out.put_slice(name.get().as_bytes());
+                out.put_u8(b':');
+                out.put_slice(value.get().as_bytes());
+                out.put_u8(b',');
+            }
+        });
+        if !is_object {
+            return None;
+        }
+    }
+    out.put_slice(INCLUDE_USAGE);
+    out.put_u8(b'}');
+    out.put_slice(&body[end..]);
+    Some(out.freeze())
 }
 
 /// `T` from JSON bytes. UTF-8 is checked once for the whole input, so that serde_json,
@@ -95,175 +263,9 @@ pub fn from_json<'a, T: Deserialize<'a>>(json: &'a [u8]) -> Result<T, serde_json
     }
 }
 
-/// The value of a raw JSON boolean.
-fn boolean(raw: &RawValue) -> Option<bool> {
-    serde_json::from_str(raw.get()).ok()
-}
-
-/// A JSON object's members, values still raw.
-pub struct Members<'a> {
-    members: Vec<(Cow<'a, str>, &'a RawValue)>,
-}
-
-impl<'a> Members<'a> {
-    /// The members of `json`, if it is an object. `Err` says why not: invalid JSON, or
-    /// (with `Category::Data`) valid JSON of another type.
-    pub fn parse(json: &'a [u8]) -> Result<Members<'a>, serde_json::Error> {
-        from_json(json)
-    }
-
-    /// The members of a raw value that is an object.
-    pub fn of(raw: &'a RawValue) -> Option<Members<'a>> {
-        serde_json::from_str(raw.get()).ok()
-    }
-
-    /// The raw value of `name`; the last one if the name repeats (as `serde_json::Value`).
-    pub fn get(&self, name: &str) -> Option<&'a RawValue> {
-        self.members
-            .iter()
-            .rev()
-            .find(|(member, _)| member == name)
-            .map(|(_, value)| *value)
-    }
-
-    pub fn str(&self, name: &str) -> Option<Cow<'a, str>> {
-        self.get(name).and_then(string)
-    }
-
-    pub fn u64(&self, name: &str) -> Option<u64> {
-        self.get(name)
-            .and_then(|raw| serde_json::from_str(raw.get()).ok())
-    }
-
-    pub fn bool(&self, name: &str) -> Option<bool> {
-        self.get(name)
-            .and_then(|raw| serde_json::from_str(raw.get()).ok())
-    }
-}
-
-/// A raw value that is a string, borrowed unless it has escapes.
-pub fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
-    let json = raw.get();
-    if !json.starts_with('"') {
-        return None;
-    }
-    match serde_json::from_str::<&str>(json) {
-        Ok(text) => Some(Cow::Borrowed(text)),
-        Err(_) => serde_json::from_str::<String>(json).ok().map(Cow::Owned),
-    }
-}
-
-/// The items of a raw value that is an array.
-pub fn items(raw: &RawValue) -> Option<Vec<&RawValue>> {
-    if !raw.get().starts_with('[') {
-        return None;
-    }
-    serde_json::from_str(raw.get()).ok()
-}
-
-impl<'de> Deserialize<'de> for Members<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ObjectVisitor;
-
-        impl<'de> Visitor<'de> for ObjectVisitor {
-            type Value = Members<'de>;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
-                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some(Name(name)) = map.next_key()? {
-                    let value: &'de RawValue = map.next_value()?;
-                    members.push((name, value));
-                }
-                Ok(Members { members })
-            }
-        }
-
-        deserializer.deserialize_map(ObjectVisitor)
-    }
-}
-
-/// A member name, borrowed from the input unless it has escapes.
-struct Name<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Name<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct NameVisitor;
-
-        impl<'de> Visitor<'de> for NameVisitor {
-            type Value = Name<'de>;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a member name")
-            }
-
-            fn visit_borrowed_str<E>(self, name: &'de str) -> Result<Name<'de>, E> {
-                Ok(Name(Cow::Borrowed(name)))
-            }
-
-            fn visit_str<E>(self, name: &str) -> Result<Name<'de>, E> {
-                Ok(Name(Cow::Owned(name.to_owned())))
-            }
-
-            fn visit_string<E>(self, name: String) -> Result<Name<'de>, E> {
-                Ok(Name(Cow::Owned(name)))
-            }
-        }
-
-        deserializer.deserialize_str(NameVisitor)
-    }
-}
-
-/// Visitor methods for the JSON types a lenient reader does not want: scalars give
-/// `$none`, lists and objects are skipped whole and give `$none`.
-macro_rules! anything_else_is {
-    ($none:expr) => {
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok($none)
-        }
-        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-            Ok($none)
-        }
-        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-            Ok($none)
-        }
-        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-            Ok($none)
-        }
-        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-            Ok($none)
-        }
-    };
-}
-
-macro_rules! skip_lists {
-    ($none:expr) => {
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            while seq.next_element::<IgnoredAny>()?.is_some() {}
-            Ok($none)
-        }
-    };
-}
-
-macro_rules! skip_objects {
-    ($none:expr) => {
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-            Ok($none)
-        }
-    };
-}
-
-macro_rules! skip_strings {
-    ($none:expr) => {
-        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-            Ok($none)
-        }
-    };
-}
+/// A member name escaped as much as JSON allows is six bytes a character: longer
+/// literals are none of the names below (the longest, `max_completion_tokens`, has 21).
+const LONGEST_NAME_LITERAL: usize = 21 * 6 + 2;
 
 impl<'de> Deserialize<'de> for RequestFields<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -278,19 +280,21 @@ impl<'de> Deserialize<'de> for RequestFields<'de> {
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut fields = RequestFields::default();
-                while let Some(Name(name)) = map.next_key()? {
-                    let raw = match &*name {
-                        "model" => &mut fields.model,
-                        "stream" => &mut fields.stream,
-                        "stream_options" => &mut fields.stream_options,
-                        "max_tokens" => &mut fields.max_tokens,
-                        "max_completion_tokens" => &mut fields.max_completion_tokens,
-                        "prompt" => &mut fields.prompt,
-                        "input" => &mut fields.input,
-                        "messages" => {
-                            fields.messages = Some(map.next_value()?);
-                            continue;
-                        }
+                // Names are taken raw: serde_json would unescape each into its scratch
+                // buffer, which grows to twice the longest name.
+                while let Some(name) = map.next_key::<&'de RawValue>()? {
+                    let name = (name.get().len() <= LONGEST_NAME_LITERAL)
+                        .then(|| walk::string(name))
+                        .flatten();
+                    let raw = match name.as_deref() {
+                        Some("model") => &mut fields.model,
+                        Some("stream") => &mut fields.stream,
+                        Some("stream_options") => &mut fields.stream_options,
+                        Some("max_tokens") => &mut fields.max_tokens,
+                        Some("max_completion_tokens") => &mut fields.max_completion_tokens,
+                        Some("messages") => &mut fields.messages,
+                        Some("prompt") => &mut fields.prompt,
+                        Some("input") => &mut fields.input,
                         _ => {
                             map.next_value::<IgnoredAny>()?;
                             continue;
@@ -306,254 +310,5 @@ impl<'de> Deserialize<'de> for RequestFields<'de> {
     }
 }
 
-impl<'de> Deserialize<'de> for Messages<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct MessagesVisitor;
-
-        impl<'de> Visitor<'de> for MessagesVisitor {
-            type Value = Messages<'de>;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-
-            anything_else_is!(Messages::NotAList);
-            skip_strings!(Messages::NotAList);
-
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut messages = Vec::with_capacity(seq.size_hint().unwrap_or(4));
-                while let Some(message) = seq.next_element()? {
-                    messages.push(message);
-                }
-                Ok(Messages::List(messages))
-            }
-
-            skip_objects!(Messages::NotAList);
-        }
-
-        deserializer.deserialize_any(MessagesVisitor)
-    }
-}
-
-impl<'de> Deserialize<'de> for Message<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct MessageVisitor;
-
-        impl<'de> Visitor<'de> for MessageVisitor {
-            type Value = Message<'de>;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-
-            anything_else_is!(Message::default());
-            skip_strings!(Message::default());
-            skip_lists!(Message::default());
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut message = Message::default();
-                while let Some(Name(name)) = map.next_key()? {
-                    match &*name {
-                        "content" => message.content = map.next_value()?,
-                        "name" => message.name = map.next_value::<Text>()?.0,
-                        "role" => message.role = map.next_value::<Text>()?.0,
-                        _ => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
-                    }
-                }
-                Ok(message)
-            }
-        }
-
-        deserializer.deserialize_any(MessageVisitor)
-    }
-}
-
-impl<'de> Deserialize<'de> for Content<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ContentVisitor;
-
-        impl<'de> Visitor<'de> for ContentVisitor {
-            type Value = Content<'de>;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-
-            anything_else_is!(Content::Other);
-
-            fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Self::Value, E> {
-                Ok(Content::Text(Cow::Borrowed(text)))
-            }
-
-            fn visit_str<E>(self, text: &str) -> Result<Self::Value, E> {
-                Ok(Content::Text(Cow::Owned(text.to_owned())))
-            }
-
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut texts = Vec::new();
-                while let Some(Part(text)) = seq.next_element()? {
-                    texts.extend(text);
-                }
-                Ok(Content::Parts(texts))
-            }
-
-            skip_objects!(Content::Other);
-        }
-
-        deserializer.deserialize_any(ContentVisitor)
-    }
-}
-
-/// A content part's `text`, if it is an object with a string `text`.
-struct Part<'a>(Option<Cow<'a, str>>);
-
-impl<'de> Deserialize<'de> for Part<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct PartVisitor;
-
-        impl<'de> Visitor<'de> for PartVisitor {
-            type Value = Part<'de>;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-
-            anything_else_is!(Part(None));
-            skip_strings!(Part(None));
-            skip_lists!(Part(None));
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut text = None;
-                while let Some(Name(name)) = map.next_key()? {
-                    if name == "text" {
-                        text = map.next_value::<Text>()?.0;
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-                Ok(Part(text))
-            }
-        }
-
-        deserializer.deserialize_any(PartVisitor)
-    }
-}
-
-/// A string, borrowed unless it has escapes; any other value reads as `None`.
-struct Text<'a>(Option<Cow<'a, str>>);
-
-impl<'de> Deserialize<'de> for Text<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct TextVisitor;
-
-        impl<'de> Visitor<'de> for TextVisitor {
-            type Value = Text<'de>;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-
-            anything_else_is!(Text(None));
-            skip_lists!(Text(None));
-            skip_objects!(Text(None));
-
-            fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Self::Value, E> {
-                Ok(Text(Some(Cow::Borrowed(text))))
-            }
-
-            fn visit_str<E>(self, text: &str) -> Result<Self::Value, E> {
-                Ok(Text(Some(Cow::Owned(text.to_owned()))))
-            }
-        }
-
-        deserializer.deserialize_any(TextVisitor)
-    }
-}
-
-/// `body` (a JSON object without a `stream_options` member) with
-/// `"stream_options":{"include_usage":true}` added as its first member. The rest of the
-/// body is passed on byte for byte.
-pub fn with_usage_requested(body: &[u8]) -> Option<Bytes> {
-    const MEMBER: &[u8] = br#""stream_options":{"include_usage":true}"#;
-    let open = body.iter().position(|b| !b.is_ascii_whitespace())?;
-    if body[open] != b'{' {
-        return None;
-    }
-    let rest = &body[open + 1..];
-    let empty = rest
-        .iter()
-        .find(|b| !b.is_ascii_whitespace())
-        .is_some_and(|&b| b == b'}');
-    let mut out = BytesMut::with_capacity(body.len() + MEMBER.len() + 1);
-    out.put_slice(&body[..=open]);
-    out.put_slice(MEMBER);
-    if !empty {
-        out.put_u8(b',');
-    }
-    out.put_slice(rest);
-    Some(out.freeze())
-}
-
 #[cfg(test)]
-mod tests {
-    use serde_json::{json, Value};
-
-    use super::*;
-
-    #[test]
-    fn members_read_like_a_value() {
-        let body = br#"{"model":"m\u0031","stream":true,"n":"x","max_tokens":-1,"model":"gpt","nested":{"a":[1,2]}}"#;
-        let members = Members::parse(body).expect("an object");
-        assert_eq!(
-            members.str("model").as_deref(),
-            Some("gpt"),
-            "the last one wins"
-        );
-        assert_eq!(members.bool("stream"), Some(true));
-        assert_eq!(members.u64("n"), None, "a string is not a number");
-        assert_eq!(
-            members.u64("max_tokens"),
-            None,
-            "nor is a negative one a u64"
-        );
-        let nested = members.get("nested").and_then(Members::of).expect("object");
-        assert_eq!(nested.get("a").and_then(items).map(|a| a.len()), Some(2));
-        assert!(members.get("absent").is_none());
-    }
-
-    #[test]
-    fn escaped_names_and_strings_are_unescaped() {
-        let members = Members::parse(br#"{"mo\u0064el":"a\"b"}"#).expect("an object");
-        assert_eq!(members.str("model").as_deref(), Some("a\"b"));
-    }
-
-    #[test]
-    fn other_json_is_refused_with_the_reason() {
-        let not_object = Members::parse(b"[1, 2]").err().map(|e| e.classify());
-        assert_eq!(not_object, Some(serde_json::error::Category::Data));
-        let invalid = Members::parse(b"{\"a\":").err().map(|e| e.classify());
-        assert_eq!(invalid, Some(serde_json::error::Category::Eof));
-        let trailing = Members::parse(b"{} x").err().map(|e| e.classify());
-        assert_eq!(trailing, Some(serde_json::error::Category::Syntax));
-    }
-
-    #[test]
-    fn usage_is_requested_without_touching_the_rest() {
-        let body = br#"  { "model": "m", "stream": true }"#;
-        let out = with_usage_requested(body).expect("an object");
-        let value: Value = serde_json::from_slice(&out).expect("still JSON");
-        assert_eq!(
-            value,
-            json!({"model": "m", "stream": true, "stream_options": {"include_usage": true}})
-        );
-        assert!(out.ends_with(br#" "model": "m", "stream": true }"#));
-        let empty = with_usage_requested(b"{ }").expect("an object");
-        assert_eq!(
-            serde_json::from_slice::<Value>(&empty).ok(),
-            Some(json!({"stream_options": {"include_usage": true}}))
-        );
-        assert!(with_usage_requested(b"[1]").is_none());
-    }
-}
+mod tests;

@@ -48,10 +48,11 @@ impl MeteredStream {
         client_wants_usage: bool,
         idle: Duration,
         deadline: Instant,
+        max_event_bytes: usize,
     ) -> Self {
         MeteredStream {
             upstream: response.body,
-            splitter: EventSplitter::default(),
+            splitter: EventSplitter::new(max_event_bytes),
             ready: VecDeque::new(),
             scratch: Vec::new(),
             meter,
@@ -106,8 +107,15 @@ impl Stream for MeteredStream {
             match this.upstream.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
                     this.idle_timer.as_mut().reset(Instant::now() + this.idle);
-                    this.splitter.push(&chunk, &mut this.scratch);
+                    let pushed = this.splitter.push(&chunk, &mut this.scratch);
                     this.take_events();
+                    if pushed.is_err() {
+                        tracing::warn!(request_id = %this.request_id, max_event_bytes = this.splitter.max(), "upstream event too large; ending the stream");
+                        this.fail(
+                            "upstream_error",
+                            "the upstream sent a streamed event larger than keygate passes on",
+                        );
+                    }
                 }
                 Poll::Ready(Some(Err(err))) => {
                     tracing::warn!(request_id = %this.request_id, error = %err, "upstream stream broke");

@@ -13,13 +13,20 @@ use serde_json::{value::RawValue, Value};
 
 use super::{
     bpe::Cl100k,
-    request::{self, Content, Messages, RequestFields},
+    request::{walk, RequestFields},
 };
 use crate::limits::TokenEstimate;
 
 /// OpenAI's chat format adds about this many tokens per message, and per reply.
 const TOKENS_PER_MESSAGE: u64 = 3;
 const TOKENS_PER_REPLY: u64 = 3;
+
+/// Text up to this long is counted exactly as tiktoken counts it. In longer text, a
+/// pre-tokenizer piece longer than this (one "word" of over a kilobyte: nothing a person
+/// writes) is counted in slices of this size, a token or so off per slice: the
+/// byte-pair merge of one piece takes about 56 bytes of memory per byte, so a 4 MB word
+/// would take 220 MB, where a slice takes 57 KB.
+const LONGEST_PIECE: usize = 1024;
 
 fn bpe() -> Option<&'static Cl100k> {
     static BPE: OnceLock<Option<Cl100k>> = OnceLock::new();
@@ -38,10 +45,41 @@ pub fn count(text: &str) -> u64 {
     if text.is_empty() {
         return 0;
     }
-    match bpe() {
-        Some(bpe) => bpe.count(text) as u64,
-        None => (text.len() as u64).div_ceil(4),
+    let Some(bpe) = bpe() else {
+        return (text.len() as u64).div_ceil(4);
+    };
+    if text.len() <= LONGEST_PIECE {
+        return bpe.count(text) as u64;
     }
+    bpe.pieces(text)
+        .map(|piece| {
+            if piece.len() <= LONGEST_PIECE {
+                bpe.count(piece) as u64
+            } else {
+                slices(piece, LONGEST_PIECE)
+                    .map(|slice| bpe.count(slice) as u64)
+                    .sum()
+            }
+        })
+        .sum()
+}
+
+/// `text` in consecutive slices of at most `size` bytes (at least one character each),
+/// cut at character boundaries.
+fn slices(text: &str, size: usize) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut end = size.min(rest.len());
+        while !rest.is_char_boundary(end) {
+            end += 1;
+        }
+        let (slice, tail) = rest.split_at(end);
+        rest = tail;
+        Some(slice)
+    })
 }
 
 /// Which request shape a body has, for estimating.
@@ -61,10 +99,11 @@ pub fn estimate(kind: BodyKind, body: &[u8]) -> TokenEstimate {
         .unwrap_or_default()
 }
 
-/// [`estimate`] of a body already read.
+/// [`estimate`] of a body already read. Lists are walked element by element, so the
+/// memory it takes does not grow with their length.
 pub fn estimate_fields(kind: BodyKind, body: &RequestFields<'_>) -> TokenEstimate {
     let input = match kind {
-        BodyKind::Chat => chat_prompt_tokens(body.messages.as_ref()),
+        BodyKind::Chat => chat_prompt_tokens(body.messages),
         BodyKind::Completion => text_or_list_tokens(body.prompt),
         BodyKind::Embedding => text_or_list_tokens(body.input),
         BodyKind::Other => 0,
@@ -73,22 +112,51 @@ pub fn estimate_fields(kind: BodyKind, body: &RequestFields<'_>) -> TokenEstimat
     TokenEstimate { input, output }
 }
 
-fn chat_prompt_tokens(messages: Option<&Messages<'_>>) -> u64 {
-    let Some(Messages::List(messages)) = messages else {
+/// Per message: its overhead, its text `content` (a string, or the `text` of each part
+/// of a list; other parts, such as images, count nothing), its `name` and `role`.
+fn chat_prompt_tokens(messages: Option<&RawValue>) -> u64 {
+    let Some(messages) = messages else {
         return 0;
     };
     let mut total = TOKENS_PER_REPLY;
-    for message in messages {
+    let is_list = walk::items(messages, |message| {
         total += TOKENS_PER_MESSAGE;
-        total += match &message.content {
-            Content::Text(text) => count(text),
-            // Only text parts are estimated (not images or audio).
-            Content::Parts(texts) => texts.iter().map(|text| count(text)).sum(),
-            Content::Other => 0,
-        };
-        total += message.name.as_deref().map_or(0, count);
-        total += message.role.as_deref().map_or(0, count);
+        // The last of each name counts, as in `serde_json::Value`.
+        let (mut content, mut name, mut role) = (None, None, None);
+        walk::members(message, |member, value| {
+            if walk::name_is(member, "content") {
+                content = Some(value);
+            } else if walk::name_is(member, "name") {
+                name = Some(value);
+            } else if walk::name_is(member, "role") {
+                role = Some(value);
+            }
+        });
+        total += content.map_or(0, content_tokens);
+        total += [name, role]
+            .into_iter()
+            .flatten()
+            .filter_map(walk::string)
+            .map(|text| count(&text))
+            .sum::<u64>();
+    });
+    if is_list {
+        total
+    } else {
+        0
     }
+}
+
+fn content_tokens(content: &RawValue) -> u64 {
+    if let Some(text) = walk::string(content) {
+        return count(&text);
+    }
+    let mut total = 0;
+    walk::items(content, |part| {
+        if let Some(text) = walk::member(part, "text").and_then(walk::string) {
+            total += count(&text);
+        }
+    });
     total
 }
 
@@ -97,50 +165,69 @@ fn text_or_list_tokens(value: Option<&RawValue>) -> u64 {
     let Some(value) = value else {
         return 0;
     };
-    if let Some(text) = request::string(value) {
+    if let Some(text) = walk::string(value) {
         return count(&text);
     }
-    request::items(value)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|item| {
-            if let Some(text) = request::string(item) {
-                count(&text)
-            } else if let Some(ids) = request::items(item) {
-                ids.len() as u64
-            } else if item
-                .get()
-                .starts_with(|c: char| c == '-' || c.is_ascii_digit())
-            {
-                1 // one token id
-            } else {
-                0
-            }
-        })
-        .sum()
+    let mut total = 0;
+    walk::items(value, |item| {
+        total += if let Some(text) = walk::string(item) {
+            count(&text)
+        } else if item.get().starts_with('[') {
+            let mut ids = 0;
+            walk::items(item, |_| ids += 1);
+            ids
+        } else if item
+            .get()
+            .starts_with(|c: char| c == '-' || c.is_ascii_digit())
+        {
+            1 // one token id
+        } else {
+            0
+        };
+    });
+    total
 }
 
-/// Output tokens of a complete (non-streamed) answer, when the upstream gave no usage.
+/// Output tokens of a complete (non-streamed) answer, when the upstream gave no usage:
+/// everything generated, not only `content` (reasoning, refusals, tool-call arguments).
 pub fn completion_tokens(answer: &Value) -> u64 {
     let Some(choices) = answer.get("choices").and_then(Value::as_array) else {
         return 0;
     };
-    choices
-        .iter()
-        .map(|choice| {
-            let text = choice
-                .get("message")
-                .and_then(|m| m.get("content"))
-                .and_then(Value::as_str)
-                .or_else(|| choice.get("text").and_then(Value::as_str))
-                .unwrap_or_default();
-            count(text)
-        })
-        .sum()
+    let mut total = 0;
+    for choice in choices {
+        total += choice.get("text").and_then(Value::as_str).map_or(0, count);
+        if let Some(message) = choice.get("message") {
+            generated_text(message, |text| total += count(text));
+        }
+    }
+    total
+}
+
+/// Calls `each` with every generated text of a chat message (or a streamed delta, which
+/// has the same members).
+fn generated_text(message: &Value, mut each: impl FnMut(&str)) {
+    for member in ["content", "reasoning_content", "refusal"] {
+        if let Some(text) = message.get(member).and_then(Value::as_str) {
+            each(text);
+        }
+    }
+    let calls = message.get("tool_calls").and_then(Value::as_array);
+    let functions = calls
+        .into_iter()
+        .flatten()
+        .filter_map(|call| call.get("function"))
+        .chain(message.get("function_call"));
+    for function in functions {
+        if let Some(arguments) = function.get("arguments").and_then(Value::as_str) {
+            each(arguments);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
     use serde_json::json;
 
     use super::*;
@@ -304,5 +391,135 @@ mod tests {
         let answer =
             json!({"choices": [{"message": {"content": "hello world"}}, {"text": "hello"}]});
         assert_eq!(completion_tokens(&answer), 3);
+    }
+
+    #[test]
+    fn every_generated_text_of_an_answer_counts() {
+        let answer = json!({"choices": [{"message": {
+            "content": null,
+            "reasoning_content": "hello world",
+            "refusal": "hello",
+            "tool_calls": [
+                {"type": "function", "function": {"name": "f", "arguments": "hello world"}},
+                {"type": "function", "function": {"name": "g"}},
+            ],
+            "function_call": {"name": "h", "arguments": "hello"},
+        }}]});
+        assert_eq!(completion_tokens(&answer), 2 + 1 + 2 + 1);
+    }
+
+    #[test]
+    fn long_text_is_counted_exactly_and_a_giant_word_in_slices() {
+        let tiktoken = tiktoken_rs::cl100k_base_singleton();
+        let long = "It's a test: 1234567 items, 3.5% off!\n\n  Thanks —\tBob 🙂 ".repeat(200);
+        assert!(long.len() > LONGEST_PIECE);
+        assert_eq!(count(&long), tiktoken.encode_ordinary(&long).len() as u64);
+        // One "word" of 20 KB: counted in slices, close to tiktoken's count.
+        let word = "é".repeat(10_000);
+        let exact = tiktoken.encode_ordinary(&word).len() as u64;
+        assert!(
+            count(&word).abs_diff(exact) <= 20,
+            "{} vs {exact}",
+            count(&word)
+        );
+        // The exactness test's longest word is not sliced.
+        assert!("supercalifragilistic".repeat(50).len() <= LONGEST_PIECE);
+        let slices: Vec<&str> = slices("aé", 1).collect();
+        assert_eq!(slices, ["a", "é"]);
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof!["[a-z ]{0,12}", "\\PC{0,8}", Just("hello world".to_string())]
+    }
+
+    /// A chat body of messages with content as text, parts or anything else.
+    fn chat() -> impl Strategy<Value = Value> {
+        let content = prop_oneof![
+            text().prop_map(Value::from),
+            proptest::collection::vec(
+                prop_oneof![
+                    text().prop_map(|t| json!({"type": "text", "text": t})),
+                    Just(json!({"type": "image_url", "image_url": {"url": "x"}})),
+                    text().prop_map(Value::from),
+                    Just(json!({"text": 7})),
+                ],
+                0..4
+            )
+            .prop_map(Value::from),
+            Just(Value::Null),
+            Just(json!({"text": "objects are not parts"})),
+        ];
+        let message = prop_oneof![
+            4 => (content, text(), proptest::option::of(text())).prop_map(|(content, role, name)| {
+                let mut message = json!({"role": role, "content": content});
+                if let Some(name) = name {
+                    message["name"] = json!(name);
+                }
+                message
+            }),
+            1 => Just(json!(5)),
+            1 => Just(json!([1, 2])),
+        ];
+        let list = prop_oneof![
+            text().prop_map(Value::from),
+            proptest::collection::vec(
+                prop_oneof![
+                    text().prop_map(Value::from),
+                    proptest::collection::vec(0u32..100, 0..4).prop_map(Value::from),
+                    (-5i64..5).prop_map(Value::from),
+                    Just(json!({"x": 1})),
+                ],
+                0..4
+            )
+            .prop_map(Value::from),
+        ];
+        (
+            proptest::collection::vec(message, 0..5),
+            list.clone(),
+            list,
+            proptest::option::of(0u64..100),
+        )
+            .prop_map(|(messages, prompt, input, max_tokens)| {
+                let mut body =
+                    json!({"model": "m", "messages": messages, "prompt": prompt, "input": input});
+                if let Some(max_tokens) = max_tokens {
+                    body["max_tokens"] = json!(max_tokens);
+                }
+                body
+            })
+    }
+
+    /// `default` cases, or `PROPTEST_CASES` when set (the reference, tiktoken-rs, is slow
+    /// in debug builds).
+    fn cases(default: u32) -> ProptestConfig {
+        let cases = std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|n| n.parse().ok());
+        ProptestConfig::with_cases(cases.unwrap_or(default))
+    }
+
+    proptest! {
+        #![proptest_config(cases(24))]
+
+        /// Text longer than a slice is counted piece by piece: exactly as tiktoken counts
+        /// it while no piece is longer than a slice.
+        #[test]
+        fn long_text_counts_as_tiktoken(words in proptest::collection::vec("\\PC{0,12}|[ \n\t]{1,3}|[0-9]{1,5}|'s", 200..400)) {
+            let text = words.concat();
+            let tiktoken = tiktoken_rs::cl100k_base_singleton();
+            prop_assert_eq!(count(&text), tiktoken.encode_ordinary(&text).len() as u64);
+        }
+
+    }
+
+    proptest! {
+        /// The streaming reader's estimate is the one a `Value` gives, for every shape.
+        #[test]
+        fn estimates_agree_with_a_value(body in chat()) {
+            let text = body.to_string();
+            for kind in [BodyKind::Chat, BodyKind::Completion, BodyKind::Embedding, BodyKind::Other] {
+                prop_assert_eq!(estimate(kind, text.as_bytes()), reference_estimate(kind, &body));
+            }
+        }
     }
 }

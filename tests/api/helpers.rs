@@ -609,7 +609,17 @@ pub fn strip_ansi(text: &str) -> String {
 /// Starts `keygate --config <db's config> serve --listen 127.0.0.1:0` with `envs` and
 /// waits until it logs its address.
 pub async fn spawn_serve(db: &TestDb, envs: &[(&str, &str)]) -> ServeProcess {
+    spawn_serve_with(db, "", envs).await
+}
+
+/// [`spawn_serve`] with `toml` added to the config file (after `database_url`).
+pub async fn spawn_serve_with(db: &TestDb, toml: &str, envs: &[(&str, &str)]) -> ServeProcess {
     let config = db.config_file();
+    if !toml.is_empty() {
+        let mut text = std::fs::read_to_string(&config).expect("read config file");
+        text.push_str(toml);
+        std::fs::write(&config, text).expect("write config file");
+    }
     let mut command = keygate(db.dir.path());
     command
         .arg("--config")
@@ -667,6 +677,11 @@ pub async fn spawn_serve(db: &TestDb, envs: &[(&str, &str)]) -> ServeProcess {
 impl ServeProcess {
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// What the server has written to stderr so far.

@@ -16,6 +16,7 @@ mod ops;
 mod proxy_accounting;
 mod proxy_auth;
 mod proxy_budgets;
+mod proxy_hardening;
 mod proxy_helpers;
 mod proxy_limits;
 mod proxy_routes;

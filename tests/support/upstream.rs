@@ -14,7 +14,7 @@
 //! | GET    | `/v1/models`           | `list` of [`MODEL_IDS`]                                    |
 //! | GET    | `/v1/models/{id}`      | one `model` object (404 `model_not_found` if not listed)   |
 //! | POST   | `/v1/moderations`      | a `modr-…` result, never flagged (pass-through tests)      |
-//! | GET    | `/v1/files`            | exactly `{"object":"list","data":[]}` (pass-through tests) |
+//! | GET, HEAD | `/v1/files`         | exactly `{"object":"list","data":[]}` (pass-through tests) |
 //! | *      | anything else          | 404 with OpenAI's `Invalid URL (METHOD /path)` error body  |
 //!
 //! Every request is recorded (see [`RecordedRequest`]) before it is answered, including
@@ -40,6 +40,11 @@
 //! | `mock-drop-mid-stream`   | stream: role + 2 content chunks, then the body errors (connection aborted, no terminating chunk) |
 //! | `mock-slow-stream`       | stream: sleeps the delay (default 200 ms) before every event but the first |
 //! | `mock-drop-connection`   | TCP connection closed without any response (see below)            |
+//! | `mock-no-content`        | 204 with `content-type: text/event-stream` and no body            |
+//! | `mock-not-modified`      | 304 with no body                                                  |
+//! | `mock-hop-headers`       | normal answer plus `connection: keep-alive, x-mock-hop` and `x-mock-hop: secret` |
+//! | `mock-giant-event`       | stream: role chunk, `"Hello"`, then one event of [`EVENT_BYTES_HEADER`] bytes (default 2 MiB), finish, `[DONE]`; never usage |
+//! | `mock-rich-deltas`       | reasoning, tool-call arguments and a refusal besides content ([`RICH_TEXTS`]); never usage |
 //!
 //! Errors are sent as JSON even when `stream: true` was asked (as OpenAI does). The three
 //! stream-only switches answer a non-stream request normally.
@@ -145,6 +150,27 @@ pub const MODEL_STALL_MID_STREAM: &str = "mock-stall-mid-stream";
 pub const MODEL_DROP_MID_STREAM: &str = "mock-drop-mid-stream";
 pub const MODEL_SLOW_STREAM: &str = "mock-slow-stream";
 pub const MODEL_DROP_CONNECTION: &str = "mock-drop-connection";
+pub const MODEL_NO_CONTENT: &str = "mock-no-content";
+pub const MODEL_NOT_MODIFIED: &str = "mock-not-modified";
+pub const MODEL_HOP_HEADERS: &str = "mock-hop-headers";
+pub const MODEL_GIANT_EVENT: &str = "mock-giant-event";
+pub const MODEL_RICH_DELTAS: &str = "mock-rich-deltas";
+
+/// Request header setting the size of `mock-giant-event`'s event, in bytes.
+pub const EVENT_BYTES_HEADER: &str = "x-mock-event-bytes";
+pub const DEFAULT_EVENT_BYTES: usize = 2 * 1024 * 1024;
+/// The header `mock-hop-headers` names in its `connection` header.
+pub const HOP_HEADER: &str = "x-mock-hop";
+
+/// What `mock-rich-deltas` generates, as (member, text), in order: a stream sends one
+/// chunk per entry (tool-call arguments in the `function` of `tool_calls[0]`).
+pub const RICH_TEXTS: [(&str, &str); 5] = [
+    ("reasoning_content", "Let me think about the weather"),
+    ("arguments", "{\"city\": "),
+    ("arguments", "\"Paris\"}"),
+    ("refusal", "I cannot share that"),
+    ("content", "Done"),
+];
 
 /// Request header overriding the delay of the slow/stall models, in milliseconds.
 pub const DELAY_HEADER: &str = "x-mock-delay-ms";
@@ -614,6 +640,11 @@ enum Behavior {
     DropMidStream,
     SlowStream,
     DropConnection,
+    NoContent,
+    NotModified,
+    HopHeaders,
+    GiantEvent,
+    RichDeltas,
 }
 
 /// Behaviour and delay for a model name (`name` or `name:<ms>`) and request headers.
@@ -634,6 +665,11 @@ fn behavior_for(model: Option<&str>, parts: &Parts) -> (Behavior, Duration) {
         MODEL_DROP_MID_STREAM => (Behavior::DropMidStream, 0),
         MODEL_SLOW_STREAM => (Behavior::SlowStream, DEFAULT_SLOW_STREAM_DELAY_MS),
         MODEL_DROP_CONNECTION => (Behavior::DropConnection, 0),
+        MODEL_NO_CONTENT => (Behavior::NoContent, 0),
+        MODEL_NOT_MODIFIED => (Behavior::NotModified, 0),
+        MODEL_HOP_HEADERS => (Behavior::HopHeaders, 0),
+        MODEL_GIANT_EVENT => (Behavior::GiantEvent, 0),
+        MODEL_RICH_DELTAS => (Behavior::RichDeltas, 0),
         _ => (Behavior::Normal, 0),
     };
     let header_ms = parts
@@ -666,7 +702,7 @@ fn endpoint_for(method: &Method, path: &str) -> Option<Endpoint> {
         (&Method::GET, p) if p.starts_with("/v1/models/") && p.len() > "/v1/models/".len() => {
             Some(Endpoint::GetModel)
         }
-        (&Method::GET, "/v1/files") => Some(Endpoint::ListFiles),
+        (&Method::GET | &Method::HEAD, "/v1/files") => Some(Endpoint::ListFiles),
         _ => None,
     }
 }
@@ -778,6 +814,20 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     match behavior {
         Behavior::DropConnection => return drop_connection(&parts),
         Behavior::Error(code) => return mock_error(code),
+        Behavior::NoContent => {
+            let mut resp = Response::new(Body::empty());
+            *resp.status_mut() = StatusCode::NO_CONTENT;
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream; charset=utf-8"),
+            );
+            return resp;
+        }
+        Behavior::NotModified => {
+            let mut resp = Response::new(Body::empty());
+            *resp.status_mut() = StatusCode::NOT_MODIFIED;
+            return resp;
+        }
         Behavior::SlowFirstByte => {
             let mut stop = shared.shutdown.clone();
             tokio::select! {
@@ -803,13 +853,28 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             )
         }
     };
-    let no_usage = behavior == Behavior::NoUsage;
+    let no_usage = matches!(
+        behavior,
+        Behavior::NoUsage | Behavior::GiantEvent | Behavior::RichDeltas
+    );
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
 
-    match endpoint {
+    let mut answer = match endpoint {
         Endpoint::Chat => {
             if !body.get("messages").is_some_and(Value::is_array) {
                 return missing_param("messages");
+            }
+            if behavior == Behavior::RichDeltas {
+                return rich_answer(&shared, &model, stream);
+            }
+            if behavior == Behavior::GiantEvent && stream {
+                let size = parts
+                    .headers
+                    .get(EVENT_BYTES_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(DEFAULT_EVENT_BYTES);
+                return giant_event_stream(&shared, &model, size);
             }
             if stream {
                 let events = chat_stream_events(&model, &body, no_usage);
@@ -845,7 +910,91 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         Endpoint::ListModels | Endpoint::GetModel | Endpoint::ListFiles => {
             json_ok(&json!({"object": "list", "data": []}))
         }
+    };
+    if behavior == Behavior::HopHeaders {
+        let headers = answer.headers_mut();
+        headers.insert(
+            axum::http::header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-mock-hop"),
+        );
+        headers.insert(HOP_HEADER, HeaderValue::from_static("secret"));
     }
+    answer
+}
+
+/// A chat chunk with one choice whose delta is `delta`.
+fn delta_chunk(model: &str, delta: Value) -> Bytes {
+    sse_event(&json!({
+        "id": "chatcmpl-mock",
+        "object": "chat.completion.chunk",
+        "created": now_secs(),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": null}],
+    }))
+}
+
+fn events_response(shared: &Arc<Shared>, events: Vec<Bytes>) -> Response {
+    let cut = events.len();
+    stream_response(
+        shared,
+        StreamEvents { events, cut },
+        Behavior::Normal,
+        Duration::ZERO,
+    )
+}
+
+fn giant_event_stream(shared: &Arc<Shared>, model: &str, size: usize) -> Response {
+    let padding = "x".repeat(size);
+    let events = vec![
+        delta_chunk(model, json!({"role": "assistant", "content": ""})),
+        delta_chunk(model, json!({"content": "Hello"})),
+        delta_chunk(model, json!({"content": padding})),
+        delta_chunk(model, json!({})),
+        done_event(),
+    ];
+    events_response(shared, events)
+}
+
+/// `mock-rich-deltas`: [`RICH_TEXTS`] as a stream or as one message, without usage.
+fn rich_answer(shared: &Arc<Shared>, model: &str, stream: bool) -> Response {
+    if stream {
+        let mut events = vec![delta_chunk(model, json!({"role": "assistant"}))];
+        for (member, text) in RICH_TEXTS {
+            let delta = match member {
+                "arguments" => {
+                    json!({"tool_calls": [{"index": 0, "function": {"arguments": text}}]})
+                }
+                _ => json!({ member: text }),
+            };
+            events.push(delta_chunk(model, delta));
+        }
+        events.push(done_event());
+        return events_response(shared, events);
+    }
+    let arguments: String = RICH_TEXTS
+        .iter()
+        .filter(|(member, _)| *member == "arguments")
+        .map(|(_, text)| *text)
+        .collect();
+    let text = |name: &str| {
+        RICH_TEXTS
+            .iter()
+            .find(|(member, _)| *member == name)
+            .map(|(_, t)| *t)
+    };
+    json_ok(&json!({
+        "id": "chatcmpl-mock",
+        "object": "chat.completion",
+        "created": now_secs(),
+        "model": model,
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+            "role": "assistant",
+            "content": text("content"),
+            "reasoning_content": text("reasoning_content"),
+            "refusal": text("refusal"),
+            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": arguments}}],
+        }}],
+    }))
 }
 
 fn drop_connection(parts: &Parts) -> Response {

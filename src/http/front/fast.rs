@@ -27,7 +27,7 @@ use std::{
     time::Duration,
 };
 
-use axum::http::{header::CONNECTION, HeaderValue, Method, StatusCode};
+use axum::http::{header::CONNECTION, HeaderValue, Method};
 use bytes::{Buf, Bytes, BytesMut};
 use futures::{
     future::{Either, Fuse, FusedFuture},
@@ -347,15 +347,17 @@ impl<'a> Connection<'a> {
         head.headers(&headers);
         ratelimit_headers::write(&mut head, &limits);
         common_headers(&mut head, request_id, close);
+        if !wire::has_body(status, false) {
+            // Dropping a streamed body settles its meter, as for a client gone.
+            drop(body);
+            head.end();
+            return self.write_with_body(Bytes::new()).await;
+        }
         match body {
             AnswerBody::Whole(body) => {
-                let no_body = matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
-                if !no_body {
-                    head.content_length(body.len());
-                }
+                head.content_length(body.len());
                 head.end();
-                self.write_with_body(if no_body { Bytes::new() } else { body })
-                    .await
+                self.write_with_body(body).await
             }
             AnswerBody::Stream(mut events) => {
                 head.header("transfer-encoding", b"chunked");

@@ -7,4 +7,4 @@ pub mod admission;
 mod deadline;
 mod fast;
 pub mod serve;
-mod wire;
+pub(crate) mod wire;

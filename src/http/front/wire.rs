@@ -14,6 +14,17 @@ use crate::http::ratelimit_headers::HeaderSink;
 /// The last chunk of a chunked body, with no trailers.
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
+/// Whether an answer has a body: not for 1xx, 204 and 304 (RFC 9110 §15.2, §15.3.5,
+/// §15.4.5), nor for an answer to `HEAD`. One without a body has no `content-length` or
+/// `transfer-encoding` from keygate either, whatever the upstream sent (even an SSE
+/// content type on a 204): a client would otherwise read the next answer as this body.
+pub fn has_body(status: StatusCode, head_request: bool) -> bool {
+    !(head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED)
+}
+
 /// An answer's head being written into `out`: status line first, then [`Head::header`]
 /// lines, then [`Head::end`].
 pub struct Head<'a> {
@@ -135,6 +146,19 @@ mod tests {
             String::from_utf8_lossy(&out),
             "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: 12\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn only_answers_that_may_have_a_body_get_one() {
+        for status in [100, 101, 103, 204, 304] {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            assert!(!has_body(status, false), "{status}");
+        }
+        for status in [200, 201, 205, 400, 404, 500] {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::NO_CONTENT);
+            assert!(has_body(status, false), "{status}");
+            assert!(!has_body(status, true), "HEAD {status}");
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Decoding `Transfer-Encoding: chunked` (RFC 9112 §7.1) from whatever has been read so
 //! far. Data is handed on as soon as it arrives, not when its chunk is complete: an SSE
 //! event the upstream flushed must reach the client now, whatever chunk sizes it chose.
-//! Chunk extensions and trailers are read and ignored.
+//! Chunk extensions and trailers are read and ignored, but trailer lines must be well
+//! formed (`name: value`): a malformed one means the framing is not what it seems.
 
 use std::io;
 
@@ -45,7 +46,11 @@ enum State {
     TrailerStart {
         len: usize,
     },
-    /// Inside a trailer line, up to CR.
+    /// A trailer field's name, up to `:`.
+    TrailerName {
+        len: usize,
+    },
+    /// A trailer field's value, up to CR.
     Trailer {
         len: usize,
     },
@@ -163,13 +168,22 @@ impl ChunkedDecoder {
             },
             State::TrailerStart { len } => match byte {
                 b'\r' => State::EndLf,
-                b'\n' | 0 => return Err(invalid("bad byte in the trailers")),
-                _ => State::Trailer { len: len + 1 },
+                _ if is_token_byte(byte) => State::TrailerName { len: len + 1 },
+                _ => return Err(invalid("a trailer line is not a field")),
             },
+            State::TrailerName { len } => match byte {
+                _ if len >= MAX_TRAILERS => return Err(invalid("trailers too long")),
+                b':' => State::Trailer { len: len + 1 },
+                _ if is_token_byte(byte) => State::TrailerName { len: len + 1 },
+                _ => return Err(invalid("a trailer line is not a field")),
+            },
+            // RFC 9110 §5.5: field values are visible characters, spaces and tabs (and
+            // obs-text), never other controls.
             State::Trailer { len } => match byte {
                 _ if len >= MAX_TRAILERS => return Err(invalid("trailers too long")),
                 b'\r' => State::TrailerLf { len: len + 1 },
-                b'\n' | 0 => return Err(invalid("bad byte in the trailers")),
+                b'\t' => State::Trailer { len: len + 1 },
+                0..=0x1f | 0x7f => return Err(invalid("bad byte in the trailers")),
                 _ => State::Trailer { len: len + 1 },
             },
             State::TrailerLf { len } => match byte {
@@ -184,6 +198,11 @@ impl ChunkedDecoder {
             State::Data { .. } | State::Done => self.state,
         })
     }
+}
+
+/// RFC 9110 §5.6.2 `tchar`.
+fn is_token_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
 }
 
 fn hex_value(byte: u8) -> Option<u8> {

@@ -20,6 +20,8 @@ mod response;
 mod tls;
 
 #[cfg(test)]
+mod proof;
+#[cfg(test)]
 mod tests;
 
 use std::{

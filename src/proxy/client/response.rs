@@ -215,7 +215,7 @@ pub(super) async fn read_answer(
         headers,
         http11,
     } = head;
-    let (framing, framing_reusable) = framing(status, &headers, head_request)?;
+    let (framing, framing_reusable) = framing(status, &headers, head_request, http11)?;
     let reusable = framing_reusable && http11 && !request_close && !says_close(&headers);
     let empty = matches!(framing, Framing::Length(0));
     let mut body = ResponseBody {
@@ -295,9 +295,14 @@ fn framing(
     status: StatusCode,
     headers: &HeaderMap,
     head_request: bool,
+    http11: bool,
 ) -> Result<(Framing, bool), String> {
     if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok((Framing::Length(0), true));
+    }
+    // RFC 9112 §6.1: HTTP/1.0 has no transfer codings; such an answer's framing is faulty.
+    if !http11 && headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return Err("an HTTP/1.0 answer with a transfer-encoding".into());
     }
     let (mut codings, mut chunked_only) = (0, true);
     for coding in headers
