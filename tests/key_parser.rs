@@ -123,10 +123,8 @@ fn the_reference_checksum_is_the_parsers() {
 /// Found by generating non-ASCII input: a 60-byte string whose 16th byte is inside a
 /// character makes `Token::check` split it mid-character and panic. HTTP headers reach
 /// the parser as visible ASCII only (both front doors check), but the bootstrap key
-/// from the environment does not. The fix belongs in src/keys/token.rs (refuse non-ASCII
-/// input as `Shape` before slicing); until then this test is ignored.
+/// from the environment does not: non-ASCII input is refused as `Shape` before slicing.
 #[test]
-#[ignore = "Token::check panics on non-ASCII input; fix pending in src/keys/token.rs"]
 fn non_ascii_input_is_refused_without_a_panic() {
     let presented = format!(
         "kg_{}é{}",

@@ -77,7 +77,9 @@ impl Token {
     /// checks, without copying the secret (a cache hit needs only its digest).
     pub fn check(presented: &str) -> Result<&str, TokenError> {
         let presented = presented.trim();
-        if presented.len() != TOKEN_LEN || !presented.starts_with(PREFIX) {
+        // ASCII first: the slices below are byte offsets, which a multi-byte character
+        // could straddle (a panic on a bootstrap key read from the environment).
+        if presented.len() != TOKEN_LEN || !presented.is_ascii() || !presented.starts_with(PREFIX) {
             return Err(TokenError::Shape);
         }
         let rest = &presented[PREFIX.len()..];
