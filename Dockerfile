@@ -36,7 +36,8 @@ RUN touch src/main.rs src/lib.rs \
 FROM debian:bookworm-slim AS runtime
 
 # A fixed numeric uid, so Kubernetes' runAsNonRoot can check it without /etc/passwd.
-RUN useradd --system --uid 10001 --user-group --home-dir /data --no-create-home \
+RUN groupadd --system --gid 10001 keygate \
+ && useradd --system --uid 10001 --gid keygate --home-dir /data --no-create-home \
         --shell /usr/sbin/nologin keygate \
  && mkdir -p /data /etc/keygate \
  && chown keygate:keygate /data

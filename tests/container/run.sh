@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CI step for the container and deployment files (called by .ci/run):
-#   1. the tools: podman, buildah, debootstrap, runc, docker-compose (Debian packages),
+#   1. the tools: podman, buildah, debootstrap, runc, docker-compose, jq, curl (Debian),
 #      hadolint and kubernetes-validate (PyPI, in a virtualenv under target/);
 #   2. lint: hadolint on the Dockerfile, `docker-compose config -q` on docker-compose.yml,
 #      kubernetes-validate on deploy/kubernetes/*.yaml, `nginx -t` on config/nginx.conf;
@@ -22,12 +22,12 @@ phase_done() { timings+=("$(printf '%-28s %4ss' "$1" $((SECONDS - phase_start)))
 
 log "tools"
 missing=()
-for tool in podman buildah debootstrap runc docker-compose; do
-  command -v "$tool" >/dev/null || missing+=("$tool")
+for tool in podman buildah debootstrap runc docker-compose jq curl; do
+  command -v "$tool" >/dev/null || missing+=("$tool")   # each tool is its Debian package's name
 done
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman buildah debootstrap runc docker-compose >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 # runc (this kernel refuses crun's defaults) and ulimits below the host's hard limits.
 cat >"$work/containers.conf" <<'CONF'
@@ -97,21 +97,38 @@ phase_done "nginx -t"
 
 log "podman build (release profile)"
 image=localhost/keygate:ci
+# --format docker keeps the HEALTHCHECK (the OCI format has no field for it). The host's
+# CA bundle lets cargo reach crates.io as the host does. RUN steps run chrooted (this
+# kernel refuses the OCI runtime's defaults during builds).
+# The revision and date also go in as --label: buildah 1.28 (Debian 12) reuses a cached
+# LABEL step whose ARG values changed, so the build args alone would leave stale labels.
+build() {
+  nice -n 10 podman build --pull=never --isolation chroot --network host --format docker \
+    -v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro \
+    --build-arg REVISION="$revision" --build-arg CREATED="$created" \
+    --label org.opencontainers.image.revision="$revision" \
+    --label org.opencontainers.image.created="$created" \
+    "$@" . >>"$work/build.log" 2>&1 \
+    || { tail -n 60 "$work/build.log" >&2; exit 1; }
+}
+revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+created=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+: >"$work/build.log"
 build_start=$SECONDS
-nice -n 10 podman build --pull=never --isolation chroot --network host --format docker \
-  -v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro \
-  --build-arg REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
-  --build-arg CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
-  -t "$image" . >"$work/build.log" 2>&1 \
-  || { tail -n 60 "$work/build.log" >&2; exit 1; }
+build -t "$image"
 echo "built $image in $((SECONDS - build_start)) s ($(podman image inspect -f '{{.Size}}' "$image" | awk '{printf "%.1f MB", $1/1e6}'))"
+# The build stage's image, tagged (from the cache: instant) so that pruning the previous
+# runs' leftovers keeps the dependency layer under it for the next run.
+build --target build -t localhost/keygate-build-cache:ci
+podman image prune -f >/dev/null || true
+podman image inspect "$image" | jq -e --arg r "$revision" \
+  '.[0].Labels["org.opencontainers.image.revision"] == $r' >/dev/null \
+  || { echo "the image's revision label is not $revision" >&2; exit 1; }
 phase_done "image build"
 
 log "smoke test"
 IMAGE="$image" NGINX_IMAGE=localhost/keygate-ci-nginx bash "$here/smoke.sh"
 phase_done "smoke test"
-# Old dangling layers of earlier builds would fill the disk run after run.
-podman image prune -f >/dev/null || true
 
 log "timings"
 printf '%s\n' "${timings[@]}"
