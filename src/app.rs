@@ -116,6 +116,7 @@ impl App {
         let state = AppState {
             auth_attempts: Arc::new(FailedAuthGuard::new(config.keys.failed_auth_per_minute)),
             config: Arc::new(config),
+            usage: crate::usage::UsageReader::new(store.clone(), recorder.clone()),
             store,
             keys,
             gateway: Arc::new(gateway),

@@ -100,6 +100,29 @@ impl ApiError {
         )
     }
 
+    /// 503 `store_unavailable`: the store cannot serve the request now; retry shortly.
+    pub fn store_unavailable() -> Self {
+        let mut error = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "the key store is unavailable; retry shortly",
+        );
+        error.retry_after_secs = Some(1);
+        error
+    }
+
+    /// A store failure: 503 when it may pass ([`StoreError::is_unavailable`]), else 500.
+    /// The cause is logged here, never sent.
+    pub fn from_store(err: &crate::store::StoreError, during: &'static str) -> Self {
+        if err.is_unavailable() {
+            tracing::warn!(error = %err, during, "store unavailable");
+            ApiError::store_unavailable()
+        } else {
+            tracing::error!(error = %err, during, "store error");
+            ApiError::internal()
+        }
+    }
+
     fn openai_type(&self) -> &'static str {
         match self.status.as_u16() {
             401 => "authentication_error",
@@ -171,10 +194,7 @@ impl From<KeyError> for ApiError {
             KeyError::Forbidden(message) => {
                 ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
             }
-            KeyError::Store(err) => {
-                tracing::error!(error = %err, "store error");
-                ApiError::internal()
-            }
+            KeyError::Store(err) => ApiError::from_store(&err, "key management"),
             KeyError::Hash(err) => {
                 tracing::error!(error = %err, "hashing error");
                 ApiError::internal()
@@ -186,13 +206,15 @@ impl From<KeyError> for ApiError {
 impl From<AuthError> for ApiError {
     fn from(err: AuthError) -> Self {
         match err {
+            // Whatever the cause, a key that cannot be checked is refused with 503 (never
+            // 500, never let through): the client may retry.
             AuthError::Store(err) => {
-                tracing::error!(error = %err, "store error during authentication");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable",
-                    "key store unavailable; retry",
-                )
+                if err.is_unavailable() {
+                    tracing::warn!(error = %err, "store unavailable during authentication");
+                } else {
+                    tracing::error!(error = %err, "store error during authentication");
+                }
+                ApiError::store_unavailable()
             }
             AuthError::Hash(err) => {
                 tracing::error!(error = %err, "hashing error during authentication");

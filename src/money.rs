@@ -25,7 +25,10 @@ pub fn pico_to_usd(pico: i64) -> Decimal {
 pub mod usd {
     use std::str::FromStr;
 
-    use rust_decimal::{prelude::ToPrimitive, Decimal};
+    use rust_decimal::{
+        prelude::{FromPrimitive, ToPrimitive},
+        Decimal,
+    };
     use serde::{de::Error, Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(value: &Decimal, s: S) -> Result<S::Ok, S::Error> {
@@ -42,7 +45,14 @@ pub mod usd {
         };
         let amount = Decimal::from_str(&text)
             .or_else(|_| Decimal::from_scientific(&text))
-            .map_err(|_| D::Error::custom(format!("`{text}` is not a USD amount")))?;
+            .ok()
+            // A number with more decimals than `Decimal` keeps (`8.7e-206`) is rounded to
+            // what it keeps (28 places), as any JSON reader rounds numbers to its own type.
+            .or_else(|| match &value {
+                serde_json::Value::Number(n) => n.as_f64().and_then(Decimal::from_f64),
+                _ => None,
+            })
+            .ok_or_else(|| D::Error::custom(format!("`{text}` is not a USD amount")))?;
         if amount.is_sign_negative() && !amount.is_zero() {
             return Err(D::Error::custom("a USD amount must be >= 0"));
         }
@@ -57,5 +67,41 @@ pub mod signed_usd {
 
     pub fn serialize<S: Serializer>(value: &Decimal, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_f64(value.to_f64().unwrap_or(0.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use rust_decimal::Decimal;
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Amount {
+        #[serde(with = "super::usd")]
+        usd: Decimal,
+    }
+
+    fn read(json: &str) -> Result<Decimal, serde_json::Error> {
+        serde_json::from_str::<Amount>(json).map(|a| a.usd)
+    }
+
+    #[test]
+    fn amounts_beyond_decimal_precision_are_rounded_not_refused() {
+        // Found by schemathesis: a valid JSON number was refused as "not a USD amount".
+        assert_eq!(
+            read(r#"{"usd": 8.693357400746478e-206}"#).unwrap(),
+            Decimal::ZERO
+        );
+        assert_eq!(
+            read(r#"{"usd": 25.5}"#).unwrap(),
+            Decimal::from_str("25.5").unwrap()
+        );
+        assert_eq!(
+            read(r#"{"usd": "0.000034"}"#).unwrap(),
+            Decimal::from_str("0.000034").unwrap()
+        );
+        assert!(read(r#"{"usd": -1}"#).is_err());
+        assert!(read(r#"{"usd": "tiny"}"#).is_err());
     }
 }

@@ -7,7 +7,7 @@ use crate::{
     keys::{FailedAuthGuard, KeysService},
     proxy::Gateway,
     store::DynStore,
-    usage::Recorder,
+    usage::{Recorder, UsageReader},
 };
 
 #[derive(Clone)]
@@ -18,4 +18,6 @@ pub struct AppState {
     pub auth_attempts: Arc<FailedAuthGuard>,
     pub gateway: Arc<Gateway>,
     pub recorder: Recorder,
+    /// Every read of usage, spend and refusals goes through it (it flushes `recorder` first).
+    pub usage: UsageReader,
 }

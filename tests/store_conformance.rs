@@ -17,6 +17,8 @@ mod harness;
 mod keys;
 #[path = "store_conformance/last_admin.rs"]
 mod last_admin;
+#[path = "store_conformance/retries.rs"]
+mod retries;
 #[path = "store_conformance/usage.rs"]
 mod usage;
 #[path = "store_conformance/workspaces.rs"]
@@ -98,6 +100,8 @@ conformance!(
         events::rate_limit_events_filter_and_page_newest_first,
         events::once_tokens_are_single_use,
         events::budget_alerts_are_claimed_once,
+        retries::a_usage_batch_sent_twice_is_added_once,
+        retries::rate_limit_events_sent_twice_are_stored_once,
     ],
     empty: [workspaces::fresh_database_reports_migrations_missing],
     with_url: [keys::undecodable_json_is_reported_as_corrupt],

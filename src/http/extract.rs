@@ -65,7 +65,63 @@ where
     }
 }
 
+/// [`parse_json_as_sent`], reading a number with a zero fraction or an exponent (`2.0`,
+/// `1e3`) as the integer it equals where an integer is expected: JSON does not tell them
+/// apart, and JSON Schema (so the OpenAPI document and the clients generated from it) calls
+/// `2.0` an integer. Only a body refused for that alone is read again with such numbers
+/// written as integers (which then also holds for them inside `metadata`).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    match parse_json_as_sent(bytes) {
+        // serde's wording for a float where an integer was expected.
+        Err(err) if err.message.contains("invalid type: floating point") => {
+            match whole_numbers_as_integers(bytes) {
+                Some(rewritten) => parse_json_as_sent(&rewritten).map_err(|_| err),
+                None => Err(err),
+            }
+        }
+        other => other,
+    }
+}
+
+/// The document with every number that equals an integer (and is exactly representable,
+/// |n| ≤ 2^53) written as that integer; `None` when there is none or it is not JSON.
+fn whole_numbers_as_integers(bytes: &[u8]) -> Option<Vec<u8>> {
+    fn rewrite(value: &mut serde_json::Value) -> bool {
+        const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+        match value {
+            serde_json::Value::Number(n) if !(n.is_i64() || n.is_u64()) => match n.as_f64() {
+                Some(f) if f.fract() == 0.0 && f.abs() <= EXACT => {
+                    *value = serde_json::Value::from(f as i64);
+                    true
+                }
+                _ => false,
+            },
+            serde_json::Value::Array(items) => {
+                let mut changed = false;
+                for item in items {
+                    changed |= rewrite(item);
+                }
+                changed
+            }
+            serde_json::Value::Object(fields) => {
+                let mut changed = false;
+                for field in fields.values_mut() {
+                    changed |= rewrite(field);
+                }
+                changed
+            }
+            _ => false,
+        }
+    }
+    let mut document: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    if !rewrite(&mut document) {
+        return None;
+    }
+    serde_json::to_vec(&document).ok()
+}
+
+/// A JSON body read exactly as sent into `T`, refusals naming the field at fault.
+fn parse_json_as_sent<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // JSON text is UTF-8 (RFC 8259 §8.1). Checked first and whole: serde_json reports bad
     // bytes only inside strings, and in terms that say nothing about encodings.
     if let Err(err) = std::str::from_utf8(bytes) {
@@ -295,6 +351,24 @@ mod tests {
         assert_eq!(
             field_of(r#"{"name": "a"} trailing"#).0,
             StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[test]
+    fn whole_numbers_are_integers() {
+        let body = parse_json::<Body>(br#"{"name": "a", "limits": {"rpm": 5.0}}"#).unwrap();
+        assert_eq!(body.limits.unwrap().rpm, Some(5));
+        let body = parse_json::<Body>(br#"{"name": "a", "limits": {"rpm": 1e3}}"#).unwrap();
+        assert_eq!(body.limits.unwrap().rpm, Some(1000));
+        assert_eq!(
+            field_of(r#"{"name": "a", "limits": {"rpm": 5.5}}"#),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("limits.rpm".into()))
+        );
+        assert_eq!(
+            field_of(r#"{"name": "a", "limits": {"rpm": -1.0}}"#)
+                .1
+                .as_deref(),
+            Some("limits.rpm")
         );
     }
 

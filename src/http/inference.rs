@@ -10,7 +10,8 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::{auth::Authenticated, ratelimit_headers};
 use crate::{
@@ -236,17 +237,21 @@ pub(super) async fn proxy(
 }
 
 macro_rules! endpoint_handler {
-    ($name:ident, $endpoint:expr, $path:literal, $summary:literal) => {
+    ($name:ident, $endpoint:expr, $path:literal, $summary:literal $(, $params:tt)?) => {
         #[utoipa::path(post, path = $path, tag = "inference", summary = $summary,
+            $(params $params,)?
             request_body(content = Object, description = "OpenAI request body"),
             responses(
                 (status = 200, description = "The upstream's answer (JSON, or SSE when `stream` is true)"),
-                (status = 401, description = "invalid_api_key"),
-                (status = 402, description = "budget_exceeded / insufficient_credits"),
-                (status = 403, description = "model_not_allowed / admin_key_not_for_inference"),
-                (status = 429, description = "rate_limit_exceeded; see Retry-After"),
-                (status = 502, description = "upstream_error"),
-                (status = 504, description = "upstream_timeout"),
+                (status = 400, description = "invalid_request: the body is not a JSON object, or a field is invalid", body = OpenAiErrorBody),
+                (status = 401, description = "invalid_api_key", body = OpenAiErrorBody),
+                (status = 402, description = "budget_exceeded / insufficient_credits", body = OpenAiErrorBody),
+                (status = 403, description = "model_not_allowed / admin_key_not_for_inference", body = OpenAiErrorBody),
+                (status = 404, description = "model_not_found, or a path no upstream declares", body = OpenAiErrorBody),
+                (status = 429, description = "rate_limit_exceeded; see Retry-After", body = OpenAiErrorBody),
+                (status = 502, description = "upstream_error", body = OpenAiErrorBody),
+                (status = 503, description = "budget_unavailable / store_unavailable; retry", body = OpenAiErrorBody),
+                (status = 504, description = "upstream_timeout", body = OpenAiErrorBody),
             ),
             security(("bearer" = [])))]
         pub async fn $name(
@@ -284,21 +289,72 @@ endpoint_handler!(
     passthrough,
     Endpoint::Other,
     "/v1/{path}",
-    "Other /v1 paths an upstream declares (any method)"
+    "Other /v1 paths an upstream declares (any method)",
+    ((
+        "path" = String,
+        Path,
+        description = "The rest of the path after `/v1/`, as the upstream names it"
+    ))
 );
+
+/// OpenAI's error body, which every `/v1` refusal uses (written by `error::ApiError`; this
+/// type only describes it).
+#[derive(Debug, ToSchema)]
+pub struct OpenAiErrorBody {
+    pub error: OpenAiError,
+}
+
+#[derive(Debug, ToSchema)]
+pub struct OpenAiError {
+    pub message: String,
+    /// `invalid_request_error`, `authentication_error`, `permission_error`,
+    /// `not_found_error`, `insufficient_quota` or `api_error`.
+    #[schema(rename = "type")]
+    pub kind: String,
+    /// keygate's stable code, e.g. `invalid_api_key`, `model_not_allowed`.
+    pub code: String,
+    /// The request field at fault, when one is.
+    pub param: Option<String>,
+}
+
+/// `GET /v1/models`: `{"object": "list", "data": [...]}`, as OpenAI lists models.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelList {
+    /// Always `list`.
+    pub object: &'static str,
+    pub data: Vec<Model>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Model {
+    pub id: String,
+    /// Always `model`.
+    pub object: &'static str,
+    /// Always 0: keygate does not know when the upstream made the model.
+    pub created: u64,
+    /// The upstream that serves it.
+    pub owned_by: String,
+}
 
 /// Models this key may use.
 #[utoipa::path(get, path = "/v1/models", tag = "inference",
-    responses((status = 200, description = "OpenAI model list, only models the key may use")),
+    responses((status = 200, description = "OpenAI model list, only models the key may use", body = ModelList)),
     security(("bearer" = [])))]
 pub async fn list_models(
     State(state): State<AppState>,
     InferenceKey(key): InferenceKey,
-) -> Json<serde_json::Value> {
+) -> Json<ModelList> {
     let models = state.gateway.models_for(&key).await;
-    let data: Vec<_> = models
-        .into_iter()
-        .map(|(id, owner)| json!({ "id": id, "object": "model", "created": 0, "owned_by": owner }))
-        .collect();
-    Json(json!({ "object": "list", "data": data }))
+    Json(ModelList {
+        object: "list",
+        data: models
+            .into_iter()
+            .map(|(id, owned_by)| Model {
+                id,
+                object: "model",
+                created: 0,
+                owned_by,
+            })
+            .collect(),
+    })
 }

@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::inference::AnyKey;
 use crate::{
+    error::{ApiError, Surface},
     keys::{model::BudgetPeriod, KeyKind, KeyStatus},
     limits::buckets_of,
     state::AppState,
@@ -69,7 +70,7 @@ pub struct KeyInfo {
 pub async fn key_info(
     State(state): State<AppState>,
     AnyKey(key): AnyKey,
-) -> Result<Json<KeyInfo>, crate::error::ApiError> {
+) -> Result<Json<KeyInfo>, ApiError> {
     let now = Utc::now();
     let buckets = buckets_of(key.id, &key.limits, &key.model_limits);
     let states = state.gateway.shared().limiter.snapshot(&buckets).await;
@@ -89,7 +90,8 @@ pub async fn key_info(
         .shared()
         .budgets
         .snapshot(&key, crate::clock::now())
-        .await?
+        .await
+        .map_err(|err| ApiError::from(err).on(Surface::OpenAi))?
         .map(|b| BudgetView {
             limit_usd: b.limit_usd,
             period: b.period,

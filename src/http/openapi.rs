@@ -10,6 +10,9 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use super::{admin, inference, me, ops};
 
+mod constraints;
+mod layers;
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "keygate", description = "Self-hosted API-key gateway for LLM inference"),
@@ -58,14 +61,20 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The whole document: the native API plus the compatibility surfaces.
-pub fn document() -> utoipa::openapi::OpenApi {
+/// The whole document as served: the native API plus the compatibility surfaces, with the
+/// answers the layers give before any handler runs and the limits the server enforces.
+/// JSON rather than utoipa's typed tree: the constraints are written on it as JSON, and
+/// utoipa's types do not read every keyword back.
+pub fn document() -> serde_json::Value {
     let mut doc = ApiDoc::openapi();
     doc.merge(super::compat::venice::VeniceApi::openapi());
     doc.merge(super::compat::aixplain::AixplainApi::openapi());
-    doc
+    layers::add_layer_answers(&mut doc);
+    let mut json = serde_json::to_value(&doc).unwrap_or_default();
+    constraints::add_constraints(&mut json);
+    json
 }
 
 pub fn docs() -> SwaggerUi {
-    SwaggerUi::new("/docs").url("/openapi.json", document())
+    SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", document())
 }

@@ -1,5 +1,7 @@
 //! Operational endpoints; all unauthenticated (see `auth::UNAUTHENTICATED`).
 
+use std::time::Duration;
+
 use axum::{extract::State, http::StatusCode, Json};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -22,19 +24,35 @@ pub async fn healthz() -> Json<Health> {
     })
 }
 
-/// The store answers and every migration is applied.
+/// How long readiness waits for the store. A probe needs an answer, not a hang: while the
+/// store is unreachable the pool waits up to 5 s for a connection.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The store answers (within 2 s) and every migration is applied. While the store is
+/// unreachable this says 503 at once, and keygate keeps serving cached keys.
 #[utoipa::path(get, path = "/readyz", tag = "ops",
     responses((status = 200, body = Health), (status = 503, description = "Not ready; `reason` says why", body = Health)))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
-    let not_ready = |reason: String| {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(Health {
-                status: "unavailable",
-                reason: Some(reason),
-            }),
-        )
-    };
+    match tokio::time::timeout(READY_TIMEOUT, ready(&state)).await {
+        Ok(answer) => answer,
+        Err(_) => {
+            tracing::warn!("readiness: the store did not answer within {READY_TIMEOUT:?}");
+            not_ready("store unreachable".into())
+        }
+    }
+}
+
+fn not_ready(reason: String) -> (StatusCode, Json<Health>) {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(Health {
+            status: "unavailable",
+            reason: Some(reason),
+        }),
+    )
+}
+
+async fn ready(state: &AppState) -> (StatusCode, Json<Health>) {
     if let Err(err) = state.store.ping().await {
         tracing::warn!(error = %err, "readiness: store unreachable");
         return not_ready("store unreachable".into());

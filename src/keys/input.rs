@@ -13,6 +13,45 @@ use super::{
 };
 
 pub const MAX_NAME_CHARS: usize = 200;
+/// Rust's `char::is_whitespace`, what `str::trim` removes (for [`NAME_PATTERN`]).
+macro_rules! white_space {
+    () => {
+        r"\t\n\u000b\u000c\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+    };
+}
+/// Rust's `char::is_control`, Unicode category Cc (for [`NAME_PATTERN`]).
+macro_rules! control {
+    () => {
+        r"\u0000-\u001f\u007f-\u009f"
+    };
+}
+/// Bidi controls and zero-width characters, refused in names and model names (for
+/// [`NAME_PATTERN`] and [`MODEL_NAME_PATTERN`]).
+macro_rules! invisible {
+    () => {
+        r"\u061c\u200b-\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff"
+    };
+}
+/// [`validate_name`] as a JSON Schema `pattern` (ECMA-262, read alike by Python's `re` and
+/// Rust's `regex`) for the OpenAPI document: once white space is trimmed from both ends, 1
+/// to 200 (= 1 + 198 + 1) characters, none of them a control or invisible formatting
+/// character. Kept beside the rule it spells; `tests/api/openapi.rs` checks the two agree.
+#[rustfmt::skip]
+pub const NAME_PATTERN: &str = concat!(
+    "^[", white_space!(), "]*",
+    "[^", white_space!(), control!(), invisible!(), "]",
+    "(?:[^", control!(), invisible!(), "]{0,198}",
+    "[^", white_space!(), control!(), invisible!(), "])?",
+    "[", white_space!(), "]*$",
+);
+/// A model name (`allowed_models`, `model_limits[].model`) as a `pattern`: not only white
+/// space, no control or invisible formatting character (the document adds `maxLength` 200).
+#[rustfmt::skip]
+pub const MODEL_NAME_PATTERN: &str = concat!(
+    "^[^", control!(), invisible!(), "]*",
+    "[^", white_space!(), control!(), invisible!(), "]",
+    "[^", control!(), invisible!(), "]*$",
+);
 /// Larger limits are certainly typos; they would also overflow nothing, but say so early.
 pub const MAX_LIMIT: u64 = 1_000_000_000_000_000;
 pub const MAX_MODELS: usize = 1000;

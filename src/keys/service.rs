@@ -507,9 +507,21 @@ impl KeysService {
                 key,
                 secret_valid_until,
             } => return Ok((key, secret_valid_until)),
-            Lookup::Stale(entry) => match self.refresh(digest, entry).await? {
-                Some(entry) => entry,
-                None => self.verify(token, digest).await?,
+            Lookup::Stale(entry) => match self.refresh(digest, entry.clone()).await {
+                Ok(Some(entry)) => entry,
+                Ok(None) => self.verify(token, digest).await?,
+                // The store cannot say whether the key changed: keep trusting what it said
+                // last, for another TTL (docs/decisions.md, "Store outages").
+                Err(AuthError::Store(err)) if err.is_unavailable() => {
+                    tracing::debug!(error = %err, key_id = %entry.key.id, "store unavailable; serving the cached key");
+                    let entry = CachedKey {
+                        refreshed_at: Instant::now(),
+                        ..entry
+                    };
+                    self.cache.insert(digest, entry.clone());
+                    entry
+                }
+                Err(err) => return Err(err),
             },
             Lookup::Miss => self.verify(token, digest).await?,
         };

@@ -45,7 +45,7 @@ use crate::{
     config::ProxyConfig,
     keys::ApiKey,
     limits::{charges_for, BucketState, Limiter, Refusal, TokenEstimate},
-    store::{DynStore, RateLimitEvent},
+    store::{DynStore, RateLimitEvent, StoreError},
     usage::{
         budget::{BudgetLedger, BudgetRefusal},
         pricing::Pricing,
@@ -148,7 +148,7 @@ pub enum InferenceError {
     RateLimited(Refusal),
     #[error("{0}")]
     Budget(BudgetRefusal),
-    #[error("budget state is unavailable; try again")]
+    #[error("budget or credit state is unavailable; try again")]
     BudgetUnavailable,
     #[error("too many requests in flight for this key (max_parallel = {limit})")]
     Concurrency { limit: u32 },
@@ -320,7 +320,13 @@ impl Gateway {
 
         // Workspace credits are charged by cost too, so a priced request needs its estimate
         // even on a key without limits or budget (a 0 estimate is always admitted).
-        let credits = self.workspace_credits(key.workspace_id).await;
+        let credits = self
+            .workspace_credits(key.workspace_id)
+            .await
+            .map_err(|err| {
+                tracing::error!(request_id = %request.request_id, key_id = %key.id, error = %err, "workspace credits unavailable; refusing (fail closed)");
+                InferenceError::BudgetUnavailable
+            })?;
         let estimated = needs_estimate(&key)
             || (credits.is_some() && !self.shared.pricing.is_free(&model_name));
         let (estimate, prompt_tokens) = match &fields {
@@ -580,25 +586,28 @@ impl Gateway {
             .map_err(|_| InferenceError::Concurrency { limit })
     }
 
-    async fn workspace_credits(&self, workspace_id: Uuid) -> Option<Decimal> {
-        {
+    /// The workspace's credits, read again after `credits_ttl`. When the store cannot
+    /// answer, the last value read stands (as a cached key does); with none, `Err`, and
+    /// admission fails closed like an unloaded budget (docs/decisions.md).
+    async fn workspace_credits(&self, workspace_id: Uuid) -> Result<Option<Decimal>, StoreError> {
+        let known = {
             let credits = self.credits.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((value, at)) = credits.get(&workspace_id) {
-                if at.elapsed() < self.credits_ttl {
-                    return *value;
-                }
+            match credits.get(&workspace_id) {
+                Some((value, at)) if at.elapsed() < self.credits_ttl => return Ok(*value),
+                other => other.map(|(value, _)| *value),
             }
-        }
-        let value = match self.store.get_workspace(workspace_id).await {
-            Ok(ws) => ws.credits_usd,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot read workspace credits; not enforcing them for now");
-                None
+        };
+        let value = match (self.store.get_workspace(workspace_id).await, known) {
+            (Ok(ws), _) => ws.credits_usd,
+            (Err(err), Some(value)) if err.is_unavailable() => {
+                tracing::debug!(error = %err, %workspace_id, "store unavailable; using the credits read last");
+                value
             }
+            (Err(err), _) => return Err(err),
         };
         let mut credits = self.credits.lock().unwrap_or_else(|p| p.into_inner());
         credits.insert(workspace_id, (value, std::time::Instant::now()));
-        value
+        Ok(value)
     }
 
     fn record_refusal(&self, key: &ApiKey, model: Option<&str>, limit: &str, limit_value: String) {

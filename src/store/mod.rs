@@ -3,6 +3,7 @@
 //! opens its own transaction, so callers never see a backend's transaction type
 //! (STYLE §3 rules 11–12). Both backends pass `tests/store_conformance.rs`.
 
+mod breaker;
 mod codec;
 mod postgres;
 mod rows;
@@ -16,8 +17,13 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use self::{postgres::PgStore, sqlite::SqliteStore};
+pub use self::{breaker::GuardedStore, postgres::PgStore, sqlite::SqliteStore};
 use crate::domain::ApiKey;
+
+/// How long [`Store::add_usage_batch`] remembers a batch id. A writer retries a batch until
+/// the store takes it, so this bounds the outage after which a batch whose first commit
+/// went through unseen could be counted twice.
+pub const USAGE_BATCH_RETENTION: chrono::TimeDelta = chrono::TimeDelta::days(1);
 
 /// Name of the workspace that exists from the first start.
 pub const DEFAULT_WORKSPACE: &str = "default";
@@ -48,6 +54,46 @@ pub enum StoreError {
     /// A stored JSON column could not be decoded: the row was written by something else.
     #[error("corrupt row in {table}: {reason}")]
     Corrupt { table: &'static str, reason: String },
+    /// The store was found unreachable moments ago and is not tried again until a
+    /// background probe reaches it (see [`GuardedStore`]).
+    #[error("the store is unreachable")]
+    Unavailable,
+}
+
+impl StoreError {
+    /// The call failed because the store cannot serve it right now (unreachable,
+    /// connection lost, pool exhausted, shutting down, overloaded, a lock or transaction
+    /// conflict): the same call may succeed later. HTTP answers 503, never 500.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Unavailable => true,
+            StoreError::Database(sqlx::Error::Database(db)) => {
+                postgres::is_transient(db.as_ref()) || sqlite::is_transient(db.as_ref())
+            }
+            _ => self.is_unreachable(),
+        }
+    }
+
+    /// The narrower case of [`is_unavailable`](Self::is_unavailable): the database could
+    /// not be reached or the connection to it broke (not a conflict between transactions).
+    /// This is what opens [`GuardedStore`]'s circuit.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            StoreError::Unavailable => true,
+            StoreError::Database(err) => match err {
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::BeginFailed => true,
+                sqlx::Error::Database(db) => postgres::is_connection_failure(db.as_ref()),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -336,8 +382,18 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Paged<AuditEvent>>;
 
     // --- usage ---
-    /// Adds each delta to its key·model·minute bucket (upsert, summing), in one transaction.
-    async fn add_usage(&self, deltas: &[UsageDelta]) -> StoreResult<()>;
+    /// Adds each delta to its key·model·minute bucket (upsert, summing), in one
+    /// transaction, at most once per `batch` id: a batch whose id was applied before is
+    /// skipped and `Ok(false)` returned. So a writer whose commit went through but whose
+    /// answer was lost (the connection broke) can retry with the same id without counting
+    /// twice. Ids are remembered for [`USAGE_BATCH_RETENTION`].
+    async fn add_usage_batch(&self, batch: Uuid, deltas: &[UsageDelta]) -> StoreResult<bool>;
+    /// [`add_usage_batch`](Self::add_usage_batch) under a fresh id (no retry protection).
+    async fn add_usage(&self, deltas: &[UsageDelta]) -> StoreResult<()> {
+        self.add_usage_batch(Uuid::now_v7(), deltas)
+            .await
+            .map(|_| ())
+    }
     /// Buckets aggregated to the query's granularity (UTC), ordered by start then model.
     async fn usage(&self, query: &UsageQuery) -> StoreResult<Vec<UsageRow>>;
     /// Sums for one key since `since` (inclusive), optionally one model.
@@ -355,6 +411,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<UsageTotals>;
 
     // --- rate-limit events ---
+    /// Inserts the events; an event whose id is stored already is skipped, so a batch
+    /// retried after a lost commit answer is not stored twice.
     async fn add_rate_limit_events(&self, events: &[RateLimitEvent]) -> StoreResult<()>;
     /// Newest first.
     async fn list_rate_limit_events(
@@ -383,15 +441,17 @@ pub trait Store: Send + Sync + 'static {
 
 pub type DynStore = Arc<dyn Store>;
 
-/// Opens the store named by `url` (`postgres://…` or `sqlite://…`). Does not migrate.
+/// Opens the store named by `url` (`postgres://…` or `sqlite://…`), behind a
+/// [`GuardedStore`] (calls fail fast while the store is unreachable). Does not migrate.
 pub async fn connect(url: &str) -> StoreResult<DynStore> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PgStore::connect(url).await?))
+    let store: DynStore = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Arc::new(PgStore::connect(url).await?)
     } else if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::connect(url).await?))
+        Arc::new(SqliteStore::connect(url).await?)
     } else {
-        Err(StoreError::UnsupportedUrl(redact_url(url)))
-    }
+        return Err(StoreError::UnsupportedUrl(redact_url(url)));
+    };
+    Ok(Arc::new(GuardedStore::new(store)))
 }
 
 /// The URL with any password replaced, for logs and errors.

@@ -1,14 +1,16 @@
 //! Accounting (DESIGN §3–4, §7): what a request costs ([`pricing`]), whether a key's budget
-//! and its workspace's credits admit it ([`budget`]), and recording what it used
-//! ([`writer`]) without a store write on the request path.
+//! and its workspace's credits admit it ([`budget`]), recording what it used ([`writer`])
+//! without a store write on the request path, and reading it back ([`reader`]).
 //!
 //! Flow per inference request: `BudgetLedger::admit` with the estimated cost → upstream
 //! call → `BudgetLedger::settle` with the real cost → `Recorder::record` with the real
 //! tokens and cost. The writer task batches records per key·model·minute and flushes at
 //! least every second and once more on shutdown.
 
+mod batch;
 pub mod budget;
 pub mod pricing;
+pub mod reader;
 pub mod writer;
 
 #[cfg(test)]
@@ -24,6 +26,7 @@ use uuid::Uuid;
 pub use self::{
     budget::{BudgetHold, BudgetLedger, BudgetRefusal, BudgetState, CreditsState},
     pricing::Pricing,
+    reader::{KeySpend, RangeRequest, ReadError, UsageReader},
     writer::{spawn_writer, FlushError, Recorder, DEFAULT_FLUSH_EVERY},
 };
 

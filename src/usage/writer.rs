@@ -10,11 +10,18 @@
 //! Losses are bounded and counted, never silent:
 //! - anything recorded after the writer stopped is dropped: [`Recorder::dropped`], warned
 //!   at most every 10 s;
-//! - a failed flush puts the batch back and retries at the next tick (each store call is
-//!   one transaction, so a failed call wrote nothing and retrying cannot double count).
-//!   The batch holds at most [`MAX_BUCKETS`] usage buckets, [`MAX_REFUSALS`] refusals
-//!   and [`MAX_TOUCHES`] keys (reached only while the store refuses writes); what arrives
-//!   beyond that is discarded and counted in [`Recorder::discarded`].
+//! - a failed flush keeps what it could not write and retries at the next tick. Usage is
+//!   written in chunks, each one transaction under its own batch id
+//!   ([`Store::add_usage_batch`](crate::store::Store::add_usage_batch)); a chunk whose
+//!   call failed may still have been committed (the connection broke after the commit
+//!   was sent), so it is kept aside as it is and retried first, under the same id, which
+//!   the store skips if it took it before: nothing is counted twice. Chunks never sent
+//!   go back into the batch. Refusals (stored by id) and key uses (a maximum) are
+//!   idempotent, so they simply go back into the batch.
+//!   The batch holds at most [`MAX_BUCKETS`] usage buckets (the chunk kept aside
+//!   included), [`MAX_REFUSALS`] refusals and [`MAX_TOUCHES`] keys (reached only while the
+//!   store refuses writes); what arrives beyond that is discarded and counted in
+//!   [`Recorder::discarded`].
 
 use std::{
     future::Future,
@@ -25,8 +32,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use foldhash::{HashMap, HashMapExt};
-
 use chrono::{DateTime, Utc};
 use tokio::{
     sync::{mpsc, oneshot, watch, Notify},
@@ -35,7 +40,10 @@ use tokio::{
 };
 use uuid::Uuid;
 
-use super::UsageEvent;
+use super::{
+    batch::{Batch, BucketKey},
+    UsageEvent,
+};
 use crate::store::{DynStore, RateLimitEvent, UsageDelta};
 
 /// DESIGN §7: usage reaches the store at least every second.
@@ -249,6 +257,7 @@ pub(crate) fn spawn_writer_with(
         flush_every: flush_every.clamp(Duration::from_millis(1), DEFAULT_FLUSH_EVERY),
         retry_not_before: None,
         last_failure_logged: None,
+        unsettled: None,
     };
     let flush_every = writer.flush_every;
     let handle = tokio::spawn(run(writer, flush_requests, stop, flush_every));
@@ -318,7 +327,11 @@ async fn run(
         result = writer.flush().await;
     }
     if result.is_err() {
-        let lost = shared.batch().take().len();
+        let unsettled = writer
+            .unsettled
+            .take()
+            .map_or(0, |chunk| chunk.deltas.len());
+        let lost = shared.batch().take().len() + unsettled;
         shared.discarded.fetch_add(lost as u64, Ordering::Relaxed);
         tracing::error!(
             lost,
@@ -337,16 +350,35 @@ struct Writer {
     /// After a failed flush, early flushes wait for this (the tick still retries).
     retry_not_before: Option<Instant>,
     last_failure_logged: Option<Instant>,
+    /// The usage chunk whose store call failed: the store may have committed it anyway.
+    /// Retried as it is, under its id, before any newer usage.
+    unsettled: Option<Chunk>,
+}
+
+/// Usage buckets written in one store call under one batch id.
+struct Chunk {
+    id: Uuid,
+    deltas: Vec<UsageDelta>,
 }
 
 impl Writer {
-    /// Takes the batch and writes it. Parts the store accepted are done; the rest goes
-    /// back into the batch (with whatever arrived meanwhile) for the next attempt.
+    /// Writes the unsettled chunk, then takes the batch and writes it. Parts the store
+    /// accepted are done; the rest is kept (see the module docs) for the next attempt.
     async fn flush(&mut self) -> Result<(), FlushError> {
-        let mut batch = self.shared.batch().take();
         let mut first_error = None;
-        if let Err(e) = self.flush_usage(&mut batch).await {
-            first_error.get_or_insert(e);
+        if let Some(chunk) = &self.unsettled {
+            match self.store.add_usage_batch(chunk.id, &chunk.deltas).await {
+                Ok(_) => self.set_unsettled(None),
+                Err(e) => {
+                    first_error = Some(e);
+                }
+            }
+        }
+        let mut batch = self.shared.batch().take();
+        if first_error.is_none() {
+            if let Err(e) = self.flush_usage(&mut batch).await {
+                first_error.get_or_insert(e);
+            }
         }
         if let Err(e) = self.flush_refusals(&mut batch).await {
             first_error.get_or_insert(e);
@@ -361,7 +393,7 @@ impl Writer {
         let (retained, lost) = {
             let mut current = self.shared.batch();
             let lost = current.merge_older(batch);
-            (current.len(), lost)
+            (current.len() + current.unsettled, lost)
         };
         self.shared.count_discarded(lost);
         self.retry_not_before = Some(Instant::now() + self.flush_every);
@@ -379,19 +411,30 @@ impl Writer {
         Err(FlushError::Failed(error.to_string()))
     }
 
-    async fn flush_usage(&self, batch: &mut Batch) -> Result<(), crate::store::StoreError> {
-        while !batch.usage.is_empty() {
-            let keys: Vec<BucketKey> = batch.usage.keys().take(CHUNK).cloned().collect();
-            let deltas: Vec<UsageDelta> = keys
-                .iter()
-                .filter_map(|k| batch.usage.get(k).cloned())
-                .collect();
-            self.store.add_usage(&deltas).await?;
-            for key in &keys {
-                batch.usage.remove(key);
+    /// Writes the batch's usage chunk by chunk; the chunk that fails becomes the
+    /// unsettled one, the chunks after it stay in `batch`.
+    async fn flush_usage(&mut self, batch: &mut Batch) -> Result<(), crate::store::StoreError> {
+        // One order for every writer (key, model, minute), so that instances writing the
+        // same buckets at once lock their rows in the same order and cannot deadlock.
+        let mut keys: Vec<BucketKey> = batch.usage.keys().cloned().collect();
+        keys.sort_unstable();
+        for keys in keys.chunks(CHUNK) {
+            let deltas: Vec<UsageDelta> =
+                keys.iter().filter_map(|k| batch.usage.remove(k)).collect();
+            let id = Uuid::now_v7();
+            if let Err(e) = self.store.add_usage_batch(id, &deltas).await {
+                self.set_unsettled(Some(Chunk { id, deltas }));
+                return Err(e);
             }
         }
         Ok(())
+    }
+
+    /// Sets the unsettled chunk and tells the batch how many buckets it holds (they count
+    /// against the cap).
+    fn set_unsettled(&mut self, chunk: Option<Chunk>) {
+        self.shared.batch().unsettled = chunk.as_ref().map_or(0, |c| c.deltas.len());
+        self.unsettled = chunk;
     }
 
     async fn flush_refusals(&self, batch: &mut Batch) -> Result<(), crate::store::StoreError> {
@@ -416,117 +459,4 @@ impl Writer {
         }
         Ok(())
     }
-}
-
-type BucketKey = (Uuid, String, DateTime<Utc>);
-
-/// What the next flush writes.
-pub(crate) struct Batch {
-    caps: Caps,
-    usage: HashMap<BucketKey, UsageDelta>,
-    refusals: Vec<RateLimitEvent>,
-    touches: HashMap<Uuid, DateTime<Utc>>,
-}
-
-impl Batch {
-    fn new(caps: Caps) -> Self {
-        Batch {
-            caps,
-            usage: HashMap::new(),
-            refusals: Vec::new(),
-            touches: HashMap::new(),
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.usage.len() + self.refusals.len() + self.touches.len()
-    }
-
-    /// The batch so far, leaving an empty one (with the same caps) in its place.
-    fn take(&mut self) -> Batch {
-        std::mem::replace(self, Batch::new(self.caps))
-    }
-
-    fn add_refusal(&mut self, event: RateLimitEvent) -> bool {
-        let room = self.refusals.len() < self.caps.refusals;
-        if room {
-            self.refusals.push(event);
-        }
-        room
-    }
-
-    fn add_touch(&mut self, key_id: Uuid, at: DateTime<Utc>) -> bool {
-        if let Some(latest) = self.touches.get_mut(&key_id) {
-            *latest = (*latest).max(at);
-            true
-        } else if self.touches.len() < self.caps.touches {
-            self.touches.insert(key_id, at);
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Puts back an older batch that failed to flush, under the caps; returns how many
-    /// records did not fit.
-    fn merge_older(&mut self, older: Batch) -> u64 {
-        let mut lost = 0;
-        for (_, delta) in older.usage {
-            let event = UsageEvent {
-                key_id: delta.key_id,
-                workspace_id: delta.workspace_id,
-                model: delta.model,
-                at: delta.minute,
-                requests: delta.requests,
-                input_tokens: delta.input_tokens,
-                output_tokens: delta.output_tokens,
-                cost_pico: delta.cost_pico,
-            };
-            lost += u64::from(!self.add_usage(event));
-        }
-        // Older refusals first, as they happened.
-        let newer = std::mem::take(&mut self.refusals);
-        for event in older.refusals.into_iter().chain(newer) {
-            lost += u64::from(!self.add_refusal(event));
-        }
-        for (key_id, at) in older.touches {
-            lost += u64::from(!self.add_touch(key_id, at));
-        }
-        lost
-    }
-
-    /// Sums the event into its key·model·minute bucket. False when a new bucket would pass
-    /// the cap (existing buckets always take more).
-    fn add_usage(&mut self, event: UsageEvent) -> bool {
-        let minute = minute_of(event.at);
-        let key = (event.key_id, event.model, minute);
-        if let Some(delta) = self.usage.get_mut(&key) {
-            delta.requests = delta.requests.saturating_add(event.requests);
-            delta.input_tokens = delta.input_tokens.saturating_add(event.input_tokens);
-            delta.output_tokens = delta.output_tokens.saturating_add(event.output_tokens);
-            delta.cost_pico = delta.cost_pico.saturating_add(event.cost_pico);
-            return true;
-        }
-        if self.usage.len() >= self.caps.buckets {
-            return false;
-        }
-        let delta = UsageDelta {
-            key_id: event.key_id,
-            workspace_id: event.workspace_id,
-            model: key.1.clone(),
-            minute,
-            requests: event.requests,
-            input_tokens: event.input_tokens,
-            output_tokens: event.output_tokens,
-            cost_pico: event.cost_pico,
-        };
-        self.usage.insert(key, delta);
-        true
-    }
-}
-
-/// `at` truncated to the start of its UTC minute.
-pub(crate) fn minute_of(at: DateTime<Utc>) -> DateTime<Utc> {
-    let seconds = at.timestamp().div_euclid(60) * 60;
-    DateTime::from_timestamp(seconds, 0).unwrap_or(at)
 }

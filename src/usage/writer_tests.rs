@@ -7,8 +7,9 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::{
+    batch::minute_of,
     test_support::*,
-    writer::{minute_of, spawn_writer, spawn_writer_with, Caps, FlushError},
+    writer::{spawn_writer, spawn_writer_with, Caps, FlushError},
     UsageEvent,
 };
 use crate::{

@@ -17,6 +17,7 @@ use crate::helpers::{
 
 both_backends!(
     migrate_prepares_an_empty_database,
+    the_test_suites_variables_are_not_configuration,
     keys_create_json_prints_one_object_with_id_and_secret,
     keys_create_without_json_prints_only_the_secret,
     keys_list_show_and_revoke,
@@ -135,6 +136,27 @@ async fn migrate_prepares_an_empty_database(backend: Backend) {
     assert!(store.migrations_applied().await.unwrap());
     assert_eq!(store.default_workspace().await.unwrap().name, "default");
     assert_eq!(store.count_live_admin_keys().await.unwrap(), 0);
+}
+
+/// The test suite's own variables (`KEYGATE_TEST_PG_URL`, `KEYGATE_TEST_VENV`…) share
+/// keygate's prefix; they are not configuration, so they must not stop start-up as an
+/// unknown key would.
+async fn the_test_suites_variables_are_not_configuration(backend: Backend) {
+    // Arrange
+    let db = TestDb::new(backend).await;
+    let mut command = keygate(db.dir.path());
+    command
+        .arg("--config")
+        .arg(db.config_file())
+        .arg("migrate")
+        .env("KEYGATE_TEST_VENV", "/nowhere")
+        .env("KEYGATE_TEST_OUTAGE_SECS", "3");
+
+    // Act
+    let output = run(command).await;
+
+    // Assert
+    assert!(output.success, "migrate failed: {}", output.stderr);
 }
 
 async fn keys_create_json_prints_one_object_with_id_and_secret(backend: Backend) {

@@ -11,6 +11,7 @@ mod early_refusals;
 mod front_door;
 mod helpers;
 mod last_admin_key;
+mod openapi;
 mod ops;
 mod proxy_accounting;
 mod proxy_auth;

@@ -30,24 +30,42 @@ fn venv_dir(root: &Path) -> PathBuf {
 
 /// Runs `tests/python/ensure-venv.sh` and returns the venv's python; a failure fails the
 /// test (never a skip).
+#[allow(dead_code)] // each runner binary uses one of the two virtualenvs
 pub async fn ensure_venv() -> PathBuf {
+    let root = repo_root();
+    ensure_venv_from(&[], venv_dir(&root)).await
+}
+
+/// The OpenAPI tools' own virtualenv (`tests/openapi/requirements.txt`, in
+/// `target/openapi-venv`), apart from the SDKs' so their pins never meet.
+#[allow(dead_code)] // each runner binary uses one of the two virtualenvs
+pub async fn ensure_openapi_venv() -> PathBuf {
+    let root = repo_root();
+    let venv = root.join("target").join("openapi-venv");
+    let venv_arg = venv.to_string_lossy().into_owned();
+    ensure_venv_from(&["tests/openapi/requirements.txt", &venv_arg], venv).await
+}
+
+/// `bash tests/python/ensure-venv.sh ARGS…`, then the python of `venv`.
+async fn ensure_venv_from(args: &[&str], venv: PathBuf) -> PathBuf {
     let root = repo_root();
     let output = Command::new("bash")
         .arg("tests/python/ensure-venv.sh")
+        .args(args)
         .current_dir(&root)
         .output()
         .await
         .unwrap_or_else(|e| panic!("cannot run `bash tests/python/ensure-venv.sh`: {e}"));
     assert!(
         output.status.success(),
-        "`bash tests/python/ensure-venv.sh` failed ({}); the Python client tests need the \
-         virtualenv with the SDKs of tests/python/requirements.txt (python3 with venv, and \
-         access to PyPI the first time).\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        "`bash tests/python/ensure-venv.sh {}` failed ({}); the Python-driven tests need their \
+         virtualenv (python3 with venv, and access to PyPI the first time).\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        args.join(" "),
         output.status,
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr),
     );
-    let python = venv_dir(&root).join("bin").join("python");
+    let python = venv.join("bin").join("python");
     assert!(
         python.exists(),
         "ensure-venv.sh succeeded but {} does not exist",

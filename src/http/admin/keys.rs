@@ -21,7 +21,7 @@ use crate::{
 #[utoipa::path(post, path = "/admin/v1/keys", tag = "keys", request_body = NewKey,
     responses(
         (status = 201, description = "Created; `secret` is shown only now", body = KeyWithSecretView),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 400, description = "Malformed JSON (`invalid_json`)", body = ErrorBody),
         (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
         (status = 403, description = "Not an admin key", body = ErrorBody),
         (status = 409, description = "Workspace key cap reached", body = ErrorBody),
@@ -55,10 +55,10 @@ pub async fn list_keys(
 }
 
 #[utoipa::path(get, path = "/admin/v1/keys/{id}", tag = "keys",
-    params(("id" = String, Path, description = "Key id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "Key id")),
     responses(
         (status = 200, body = KeyView),
-        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 400, description = "Malformed id (`invalid_id`)", body = ErrorBody),
         (status = 404, description = "No such live key in this workspace", body = ErrorBody),
     ),
     security(("bearer" = [])))]
@@ -72,10 +72,12 @@ pub async fn get_key(
 }
 
 #[utoipa::path(patch, path = "/admin/v1/keys/{id}", tag = "keys", request_body = KeyPatch,
-    params(("id" = String, Path, description = "Key id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "Key id")),
     responses(
         (status = 200, description = "The updated key; absent fields unchanged, `null` clears", body = KeyView),
+        (status = 400, description = "Malformed id (`invalid_id`) or body (`invalid_json`)", body = ErrorBody),
         (status = 404, body = ErrorBody),
+        (status = 409, description = "`last_admin_key`: it would leave the `default` workspace without an active admin key", body = ErrorBody),
         (status = 422, body = ErrorBody),
     ),
     security(("bearer" = [])))]
@@ -93,10 +95,12 @@ pub async fn update_key(
 }
 
 #[utoipa::path(delete, path = "/admin/v1/keys/{id}", tag = "keys",
-    params(("id" = String, Path, description = "Key id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "Key id")),
     responses(
         (status = 204, description = "Revoked; the key stops working at once"),
+        (status = 400, description = "Malformed id (`invalid_id`)", body = ErrorBody),
         (status = 404, body = ErrorBody),
+        (status = 409, description = "`last_admin_key`: it would leave the `default` workspace without an active admin key", body = ErrorBody),
     ),
     security(("bearer" = [])))]
 pub async fn delete_key(
@@ -109,9 +113,10 @@ pub async fn delete_key(
 }
 
 #[utoipa::path(post, path = "/admin/v1/keys/{id}/rotate", tag = "keys", request_body(content = Option<RotateRequest>),
-    params(("id" = String, Path, description = "Key id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "Key id")),
     responses(
         (status = 200, description = "The key with its new secret, shown only now", body = KeyWithSecretView),
+        (status = 400, description = "Malformed id (`invalid_id`) or body (`invalid_json`)", body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 422, body = ErrorBody),
     ),
@@ -123,11 +128,11 @@ pub async fn rotate_key(
     body: Bytes,
 ) -> Result<Json<KeyWithSecretView>, ApiError> {
     let id = parse_id(&id)?;
-    // The body is optional: no body means "no grace period".
+    // The body is optional: no body (or `null`) means "no grace period".
     let request: RotateRequest = if body.iter().all(u8::is_ascii_whitespace) {
         RotateRequest::default()
     } else {
-        parse_json(&body)?
+        parse_json::<Option<RotateRequest>>(&body)?.unwrap_or_default()
     };
     let rotated = state
         .keys

@@ -4,7 +4,7 @@ use axum::{
     extract::{Path, State},
     Json,
 };
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -18,19 +18,12 @@ use crate::{
     },
     money::pico_to_usd,
     state::AppState,
-    store::{EventFilter, Granularity, UsageQuery},
+    store::{EventFilter, Granularity, UsageRow},
+    usage::{RangeRequest, ReadError},
 };
 
-/// Longest range one usage query may cover, per granularity (keeps answers bounded).
-fn max_range(granularity: Granularity) -> Duration {
-    match granularity {
-        Granularity::Minute => Duration::days(7),
-        Granularity::Hour => Duration::days(93),
-        Granularity::Day => Duration::days(3660),
-    }
-}
-
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UsageParams {
     /// Start, RFC 3339 (inclusive; default: 24 hours before `to`).
@@ -38,6 +31,7 @@ pub struct UsageParams {
     /// End, RFC 3339 (exclusive; default: now).
     pub to: Option<DateTime<Utc>>,
     /// `minute`, `hour` (default) or `day`, aligned to UTC.
+    #[param(inline)]
     pub granularity: Option<Granularity>,
     /// Only this model.
     pub model: Option<String>,
@@ -61,9 +55,10 @@ pub struct UsageAnswer {
     pub data: Vec<UsageBucket>,
 }
 
-#[utoipa::path(get, path = "/admin/v1/keys/{id}/usage", tag = "usage", params(("id" = String, Path, description = "Key id"), UsageParams),
+#[utoipa::path(get, path = "/admin/v1/keys/{id}/usage", tag = "usage", params(("id" = uuid::Uuid, Path, description = "Key id"), UsageParams),
     responses(
         (status = 200, description = "Usage per bucket and model, oldest first", body = UsageAnswer),
+        (status = 400, description = "Malformed id (`invalid_id`)", body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 422, description = "Bad `from`, `to`, `granularity` or range", body = ErrorBody),
     ),
@@ -74,57 +69,58 @@ pub async fn key_usage(
     Path(id): Path<String>,
     AppQuery(params): AppQuery<UsageParams>,
 ) -> Result<Json<UsageAnswer>, ApiError> {
-    let id = parse_id(&id)?;
     // 404 for keys of other workspaces; revoked keys keep their history.
-    let key = state.keys.get(&admin.caller, id).await?;
-    let to = params.to.unwrap_or_else(Utc::now);
-    let from = params.from.unwrap_or(to - Duration::hours(24));
-    let granularity = params.granularity.unwrap_or(Granularity::Hour);
-    if from >= to {
-        return Err(ApiError::invalid_field("from", "must be before `to`"));
-    }
-    if to - from > max_range(granularity) {
-        return Err(ApiError::invalid_field(
-            "from",
-            format!("the range is too long for granularity {granularity:?}; use a coarser granularity or a shorter range"),
-        ));
-    }
-    // Show what this instance recorded up to now, not only what the last tick wrote.
-    if let Err(err) = state.recorder.flush_now().await {
-        tracing::warn!(error = %err, "usage flush before a read failed");
-    }
-    let rows = state
-        .store
-        .usage(&UsageQuery {
-            key_id: key.id,
-            from,
-            to,
-            granularity,
-            model: params.model,
-        })
-        .await?;
+    let key = state.keys.get(&admin.caller, parse_id(&id)?).await?;
+    let range = RangeRequest {
+        from: params.from,
+        to: params.to,
+        granularity: params.granularity,
+        model: params.model,
+    };
+    let rows = state.usage.key_usage(key.id, range, Utc::now()).await?;
     Ok(Json(UsageAnswer {
-        data: rows
-            .into_iter()
-            .map(|row| UsageBucket {
-                start: row.start,
-                model: row.model,
-                requests: row.requests,
-                input_tokens: row.input_tokens,
-                output_tokens: row.output_tokens,
-                cost_usd: pico_to_usd(row.cost_pico),
-            })
-            .collect(),
+        data: rows.into_iter().map(UsageBucket::from).collect(),
     }))
 }
 
+impl From<UsageRow> for UsageBucket {
+    fn from(row: UsageRow) -> Self {
+        UsageBucket {
+            start: row.start,
+            model: row.model,
+            requests: row.requests,
+            input_tokens: row.input_tokens,
+            output_tokens: row.output_tokens,
+            cost_usd: pico_to_usd(row.cost_pico),
+        }
+    }
+}
+
+impl From<ReadError> for ApiError {
+    fn from(err: ReadError) -> Self {
+        match err {
+            ReadError::InvalidRange { field, message } => ApiError::invalid_field(field, message),
+            ReadError::Store(err) => err.into(),
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventParams {
+    /// Only this key's refusals.
+    #[param(value_type = Option<Uuid>)]
     pub key_id: Option<String>,
+    /// Start, RFC 3339 (inclusive).
     pub from: Option<DateTime<Utc>>,
+    /// End, RFC 3339 (exclusive).
     pub to: Option<DateTime<Utc>>,
+    /// 1-based page number (default 1).
+    #[param(minimum = 1, maximum = 1_000_000)]
     pub page: Option<u32>,
+    /// Items per page, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
 }
 
@@ -149,6 +145,7 @@ pub struct RateLimitEventList {
 #[utoipa::path(get, path = "/admin/v1/rate-limit-events", tag = "usage", params(EventParams),
     responses(
         (status = 200, description = "Refused requests of the workspace, newest first", body = RateLimitEventList),
+        (status = 400, description = "Malformed `key_id` (`invalid_id`)", body = ErrorBody),
         (status = 422, body = ErrorBody),
     ),
     security(("bearer" = [])))]
@@ -167,21 +164,14 @@ pub async fn rate_limit_events(
         .as_deref()
         .map(|raw| parse_id(raw).map_err(|e| e.with_field("key_id")))
         .transpose()?;
-    // Show what this instance recorded up to now, not only what the last tick wrote.
-    if let Err(err) = state.recorder.flush_now().await {
-        tracing::warn!(error = %err, "usage flush before a read failed");
-    }
+    let filter = EventFilter {
+        key_id,
+        from: params.from,
+        to: params.to,
+    };
     let events = state
-        .store
-        .list_rate_limit_events(
-            admin.caller.workspace_id,
-            &EventFilter {
-                key_id,
-                from: params.from,
-                to: params.to,
-            },
-            page,
-        )
+        .usage
+        .refusals(admin.caller.workspace_id, &filter, page)
         .await?;
     Ok(Json(RateLimitEventList {
         data: events

@@ -116,11 +116,14 @@ pub const MAX_PAGE_LIMIT: u32 = 500;
 const MAX_PAGE: u32 = 1_000_000;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PageParams {
     /// 1-based page number (default 1).
+    #[param(minimum = 1, maximum = 1_000_000)]
     pub page: Option<u32>,
     /// Items per page, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
 }
 
@@ -149,6 +152,7 @@ impl PageParams {
 pub struct RotateRequest {
     /// Seconds the old secret keeps working (default 0, at most 604800).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 604_800)]
     pub grace_seconds: Option<u64>,
 }
 

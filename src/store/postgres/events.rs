@@ -43,7 +43,8 @@ pub(super) async fn add_rate_limit_events(
     for e in events {
         sqlx::query(
             "insert into rate_limit_event (id, workspace_id, key_id, model, limit_kind, limit_value, at)
-             values ($1, $2, $3, $4, $5, $6, $7)",
+             values ($1, $2, $3, $4, $5, $6, $7)
+             on conflict (id) do nothing",
         )
         .bind(e.id)
         .bind(e.workspace_id)

@@ -24,7 +24,7 @@ use serde_json::Value;
 use sqlx::{
     error::DatabaseError,
     migrate::Migrator,
-    postgres::{PgConnectOptions, PgPoolOptions},
+    postgres::{PgConnectOptions, PgDatabaseError, PgPoolOptions},
     PgConnection, PgPool,
 };
 use tracing::instrument;
@@ -115,6 +115,30 @@ fn constraint_name(db: &dyn DatabaseError) -> Option<&str> {
 /// Unique violations become `Conflict` named after the rule; everything else passes through.
 fn map_unique(err: sqlx::Error) -> StoreError {
     codec::map_unique(err, constraint_name, UNIQUE_RULES)
+}
+
+/// The SQLSTATE of a PostgreSQL error (`None` for another backend's).
+fn sqlstate(db: &dyn DatabaseError) -> Option<&str> {
+    db.try_downcast_ref::<PgDatabaseError>()
+        .map(PgDatabaseError::code)
+}
+
+/// The server refused or dropped the connection: class 08 (connection exception), the
+/// server shutting down or starting (57P01–57P03), or out of connection slots (53300).
+pub(super) fn is_connection_failure(db: &dyn DatabaseError) -> bool {
+    sqlstate(db).is_some_and(|code| {
+        code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
+    })
+}
+
+/// Worth retrying later: a connection failure, insufficient resources (class 53), a
+/// serialization failure or deadlock (40001, 40P01), a lock not available (55P03) or a
+/// cancelled statement (57014).
+pub(super) fn is_transient(db: &dyn DatabaseError) -> bool {
+    is_connection_failure(db)
+        || sqlstate(db).is_some_and(|code| {
+            code.starts_with("53") || matches!(code, "40001" | "40P01" | "55P03" | "57014")
+        })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -305,8 +329,8 @@ impl Store for PgStore {
 
     // --- usage ---
 
-    async fn add_usage(&self, deltas: &[UsageDelta]) -> StoreResult<()> {
-        usage::add_usage(&self.pool, deltas).await
+    async fn add_usage_batch(&self, batch: Uuid, deltas: &[UsageDelta]) -> StoreResult<bool> {
+        usage::add_usage_batch(&self.pool, batch, deltas).await
     }
 
     async fn usage(&self, query: &UsageQuery) -> StoreResult<Vec<UsageRow>> {

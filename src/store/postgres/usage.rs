@@ -8,7 +8,7 @@ use super::Pg;
 use crate::store::{
     codec::floor_minute,
     rows::{TotalsRow, UsageBucketRow},
-    Granularity, StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals,
+    Granularity, StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals, USAGE_BATCH_RETENTION,
 };
 
 /// The `date_trunc` field for a granularity.
@@ -20,11 +20,28 @@ fn granularity_unit(granularity: Granularity) -> &'static str {
     }
 }
 
-pub(super) async fn add_usage(pool: &PgPool, deltas: &[UsageDelta]) -> StoreResult<()> {
+pub(super) async fn add_usage_batch(
+    pool: &PgPool,
+    batch: Uuid,
+    deltas: &[UsageDelta],
+) -> StoreResult<bool> {
     if deltas.is_empty() {
-        return Ok(());
+        return Ok(true);
     }
+    let now = crate::clock::now();
     let mut tx = pool.begin().await?;
+    let first_time = sqlx::query(
+        "insert into usage_batch (id, applied_at) values ($1, $2) on conflict (id) do nothing",
+    )
+    .bind(batch)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !first_time {
+        return Ok(false);
+    }
     for d in deltas {
         sqlx::query(
             "insert into usage_minute
@@ -47,8 +64,14 @@ pub(super) async fn add_usage(pool: &PgPool, deltas: &[UsageDelta]) -> StoreResu
         .execute(&mut *tx)
         .await?;
     }
+    // Last, so that concurrent writers (other instances) take the usage rows' locks
+    // before these and cannot deadlock over them.
+    sqlx::query("delete from usage_batch where applied_at < $1")
+        .bind(now - USAGE_BATCH_RETENTION)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
-    Ok(())
+    Ok(true)
 }
 
 pub(super) async fn usage(pool: &PgPool, query: &UsageQuery) -> StoreResult<Vec<UsageRow>> {

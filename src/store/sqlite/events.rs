@@ -42,7 +42,8 @@ pub(super) async fn add_rate_limit_events(
     for e in events {
         sqlx::query(
             "insert into rate_limit_event (id, workspace_id, key_id, model, limit_kind, limit_value, at)
-             values (?, ?, ?, ?, ?, ?, ?)",
+             values (?, ?, ?, ?, ?, ?, ?)
+             on conflict (id) do nothing",
         )
         .bind(id(e.id))
         .bind(id(e.workspace_id))

@@ -179,6 +179,21 @@ fn map_unique(err: sqlx::Error) -> StoreError {
     codec::map_unique(err, failed_columns, UNIQUE_RULES)
 }
 
+/// Worth retrying later: the primary result code (the low byte of the extended code
+/// SQLite reports) is BUSY or LOCKED (the write lock not obtained within the busy
+/// timeout), IOERR, FULL (disk full) or CANTOPEN.
+pub(super) fn is_transient(db: &dyn DatabaseError) -> bool {
+    const BUSY: i32 = 5;
+    const LOCKED: i32 = 6;
+    const IOERR: i32 = 10;
+    const FULL: i32 = 13;
+    const CANTOPEN: i32 = 14;
+    db.try_downcast_ref::<sqlx::sqlite::SqliteError>()
+        .and_then(|e| e.code())
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| matches!(code & 0xff, BUSY | LOCKED | IOERR | FULL | CANTOPEN))
+}
+
 // ---------------------------------------------------------------------------------------
 // helpers that run inside a caller's transaction
 
@@ -370,8 +385,8 @@ impl Store for SqliteStore {
 
     // --- usage ---
 
-    async fn add_usage(&self, deltas: &[UsageDelta]) -> StoreResult<()> {
-        usage::add_usage(self, deltas).await
+    async fn add_usage_batch(&self, batch: Uuid, deltas: &[UsageDelta]) -> StoreResult<bool> {
+        usage::add_usage_batch(self, batch, deltas).await
     }
 
     async fn usage(&self, query: &UsageQuery) -> StoreResult<Vec<UsageRow>> {

@@ -7,7 +7,7 @@ use super::{id, micros, Lite, SqliteStore};
 use crate::store::{
     codec::floor_minute,
     rows::{TotalsRow, UsageBucketRow},
-    Granularity, StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals,
+    Granularity, StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals, USAGE_BATCH_RETENTION,
 };
 
 /// The length of a granularity's bucket, in the microseconds timestamps are stored in.
@@ -20,11 +20,28 @@ fn bucket_micros(granularity: Granularity) -> i64 {
     }
 }
 
-pub(super) async fn add_usage(store: &SqliteStore, deltas: &[UsageDelta]) -> StoreResult<()> {
+pub(super) async fn add_usage_batch(
+    store: &SqliteStore,
+    batch: Uuid,
+    deltas: &[UsageDelta],
+) -> StoreResult<bool> {
     if deltas.is_empty() {
-        return Ok(());
+        return Ok(true);
     }
+    let now = crate::clock::now();
     let mut w = store.begin_write().await?;
+    let first_time = sqlx::query(
+        "insert into usage_batch (id, applied_at) values (?, ?) on conflict (id) do nothing",
+    )
+    .bind(id(batch))
+    .bind(micros(now))
+    .execute(w.conn())
+    .await?
+    .rows_affected()
+        == 1;
+    if !first_time {
+        return Ok(false);
+    }
     for d in deltas {
         sqlx::query(
             "insert into usage_minute
@@ -47,7 +64,12 @@ pub(super) async fn add_usage(store: &SqliteStore, deltas: &[UsageDelta]) -> Sto
         .execute(w.conn())
         .await?;
     }
-    w.commit().await
+    sqlx::query("delete from usage_batch where applied_at < ?")
+        .bind(micros(now - USAGE_BATCH_RETENTION))
+        .execute(w.conn())
+        .await?;
+    w.commit().await?;
+    Ok(true)
 }
 
 pub(super) async fn usage(store: &SqliteStore, query: &UsageQuery) -> StoreResult<Vec<UsageRow>> {

@@ -144,6 +144,7 @@ pub async fn get_key(
     responses(
         (status = 200, body = AixplainKey),
         (status = 404, body = AixplainError),
+        (status = 409, description = "`last_admin_key`: it would leave the `default` workspace without an active admin key", body = AixplainError),
         (status = 422, body = AixplainError),
     ),
     security(("x_api_key" = [])))]
@@ -207,6 +208,7 @@ pub async fn update_key(
     responses(
         (status = 204, description = "Revoked"),
         (status = 404, body = AixplainError),
+        (status = 409, description = "`last_admin_key`: it would leave the `default` workspace without an active admin key", body = AixplainError),
     ),
     security(("x_api_key" = [])))]
 pub async fn delete_key(

@@ -9,7 +9,7 @@ use axum::{
     extract::{rejection::PathRejection, Path, State},
     Json,
 };
-use chrono::{Duration, Utc};
+use chrono::Utc;
 
 use super::{
     key_id,
@@ -18,15 +18,10 @@ use super::{
 };
 use crate::{
     error::ApiError,
-    keys::{
-        input,
-        model::{BudgetPeriod, Limits},
-        ApiKey,
-    },
+    keys::{input, model::Limits, ApiKey},
     limits::TokenUsage,
     state::AppState,
-    store::{Granularity, UsageQuery, UsageRow},
-    usage::budget::period_bounds,
+    store::UsageRow,
 };
 
 #[utoipa::path(get, path = "/sdk/api-keys/{id}/usage-limits", tag = "aixplain",
@@ -65,7 +60,12 @@ pub async fn own_usage_limits(
     description = "Model-path resolution for the SDK (it resolves an `assetId` containing `/` \
         before saving limits): the model's id is its path, as clients name it in inference requests.",
     params(("path" = String, Path, description = "Model path, e.g. `openai/gpt-4o-mini`")),
-    responses((status = 200, body = AixplainModel), (status = 401, body = AixplainError)),
+    responses(
+        (status = 200, body = AixplainModel),
+        (status = 404, description = "An empty path", body = AixplainError),
+        (status = 422, description = "The path is no model name (control or invisible characters, \
+            white space only, over 200 characters)", body = AixplainError),
+    ),
     security(("x_api_key" = [])))]
 pub async fn get_model(
     AixAnyKey(_key): AixAnyKey,
@@ -86,21 +86,7 @@ pub async fn get_model(
 }
 
 async fn usage_limits(state: &AppState, key: &ApiKey) -> AixResult<Vec<AixplainUsageLimit>> {
-    // Show what this instance recorded up to now, not only what the last tick wrote.
-    if let Err(err) = state.recorder.flush_now().await {
-        tracing::warn!(error = %err, "usage flush before a read failed");
-    }
-    let (today, _) = period_bounds(BudgetPeriod::Day, Utc::now());
-    let rows = state
-        .store
-        .usage(&UsageQuery {
-            key_id: key.id,
-            from: today,
-            to: today + Duration::days(1),
-            granularity: Granularity::Day,
-            model: None,
-        })
-        .await?;
+    let rows = state.usage.today(key.id, Utc::now()).await?;
     let mut entries = vec![entry(&key.limits, rows.iter(), None)];
     for model in &key.model_limits {
         entries.push(entry(

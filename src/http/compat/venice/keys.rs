@@ -5,17 +5,14 @@ use axum::{
     extract::{rejection::PathRejection, Path, State},
     Json,
 };
-use chrono::{Duration, Utc};
-use futures::{stream, StreamExt, TryStreamExt};
+use chrono::Utc;
 use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
 use super::{
     not_found,
-    views::{
-        ApiKeyView, CreatedApiKey, Data, KeySpend, ListOf, Succeeded, Success, VeniceErrorBody,
-    },
+    views::{ApiKeyView, CreatedApiKey, Data, ListOf, Succeeded, Success, VeniceErrorBody},
     wire::{self, CreateApiKeyRequest, UpdateApiKeyRequest},
     VeniceAdmin, VeniceError, VeniceJson, VeniceQuery, VeniceResult,
 };
@@ -25,17 +22,13 @@ use crate::{
         model::{Budget, BudgetPeriod},
         ApiKey, KeyKind,
     },
-    money::pico_to_usd,
     state::AppState,
     store::Page,
-    usage::budget::period_bounds,
 };
 
 /// Largest `limit` of one page.
 pub const MAX_PAGE_LIMIT: u32 = 500;
 const MAX_PAGE: u32 = 1_000_000;
-/// Usage reads run this many at a time for one page of keys.
-const USAGE_READS_IN_PARALLEL: usize = 8;
 
 /// A key id. Ids are UUIDs; anything else cannot name a key, so it is Venice's 404 like an
 /// unknown id, never a 500.
@@ -43,45 +36,20 @@ fn key_id(raw: &str) -> Result<Uuid, VeniceError> {
     Uuid::parse_str(raw.trim()).map_err(|_| VeniceError(not_found()))
 }
 
-/// The key's spend from the stored usage: the trailing seven days, and the current limit
-/// period (the budget's, or today's UTC day for a key without a USD limit).
-async fn spend_of(state: &AppState, key: &ApiKey) -> VeniceResult<KeySpend> {
-    let now = Utc::now();
-    let week = state
-        .store
-        .key_usage_totals(key.id, now - Duration::days(7), None)
-        .await?;
-    let period = key.budget.as_ref().map_or(BudgetPeriod::Day, |b| b.period);
-    let (period_start, _) = period_bounds(period, now);
-    let current = state
-        .store
-        .key_usage_totals(key.id, period_start, None)
-        .await?;
-    Ok(KeySpend {
-        trailing_seven_days: pico_to_usd(week.cost_pico),
-        current_period: pico_to_usd(current.cost_pico),
-    })
-}
-
-/// Writes what this instance recorded so far (usage, `last_used_at`), so what is read
-/// back is current.
-async fn flush_usage(state: &AppState) {
-    if let Err(err) = state.recorder.flush_now().await {
-        tracing::warn!(error = %err, "usage flush before a read failed");
-    }
-}
-
 async fn view_of(state: &AppState, key: &ApiKey) -> VeniceResult<ApiKeyView> {
-    let spend = spend_of(state, key).await?;
+    let spend = state.usage.spend(key, Utc::now()).await?;
     Ok(ApiKeyView::new(key, &spend))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// 1-based page (default 1).
+    #[param(minimum = 1, maximum = 1_000_000)]
     pub page: Option<u32>,
     /// Keys per page, 1 to 500 (default 500).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
 }
 
@@ -114,16 +82,16 @@ pub async fn list_keys(
             format!("must be between 1 and {MAX_PAGE_LIMIT}"),
         ));
     }
-    flush_usage(&state).await;
+    // Flushed first, so `lastUsedAt` and the spend include this instance's latest requests.
+    state.usage.flush().await;
     let keys = state.keys.list(&admin.caller, Page { page, limit }).await?;
-    let views: Vec<ApiKeyView> = stream::iter(keys.items)
-        .map(|key| {
-            let state = state.clone();
-            async move { view_of(&state, &key).await }
-        })
-        .buffered(USAGE_READS_IN_PARALLEL)
-        .try_collect()
-        .await?;
+    let spends = state.usage.spend_of_each(&keys.items, Utc::now()).await?;
+    let views = keys
+        .items
+        .iter()
+        .zip(&spends)
+        .map(|(key, spend)| ApiKeyView::new(key, spend))
+        .collect();
     Ok(Json(ListOf::new(views)))
 }
 
@@ -203,6 +171,7 @@ pub fn new_key(kind: KeyKind, description: String, settings: Settings) -> Venice
         (status = 200, description = "The updated key; absent fields unchanged", body = Succeeded<ApiKeyView>),
         (status = 400, body = VeniceErrorBody),
         (status = 404, description = "`{\"error\": \"API key not found\"}`", body = VeniceErrorBody),
+        (status = 409, description = "`last_admin_key`: it would leave the `default` workspace without an active admin key", body = VeniceErrorBody),
     ),
     security(("bearer" = [])))]
 pub async fn update_key(
@@ -211,7 +180,7 @@ pub async fn update_key(
     VeniceJson(request): VeniceJson<UpdateApiKeyRequest>,
 ) -> VeniceResult<Json<Succeeded<ApiKeyView>>> {
     let id = key_id(&request.id)?;
-    flush_usage(&state).await;
+    state.usage.flush().await;
     // The current key: a new `consumptionLimit` keeps the budget's period unless
     // `limitPeriod` changes it, and `limitPeriod` alone changes the existing budget's.
     let current = state.keys.get(&admin.caller, id).await?;
@@ -258,9 +227,11 @@ pub async fn update_key(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteParams {
-    /// The key's id.
+    /// The key's id (an id that names no key is a 404).
+    #[param(required = true, pattern = r"\S")]
     pub id: Option<String>,
 }
 
@@ -269,6 +240,7 @@ pub struct DeleteParams {
         (status = 200, description = "Revoked; the key stops working at once", body = Success),
         (status = 400, description = "No `id`", body = VeniceErrorBody),
         (status = 404, body = VeniceErrorBody),
+        (status = 409, description = "`last_admin_key`: it would leave the `default` workspace without an active admin key", body = VeniceErrorBody),
     ),
     security(("bearer" = [])))]
 pub async fn delete_key(
@@ -298,7 +270,7 @@ pub async fn retrieve_key(
 ) -> VeniceResult<Json<Data<ApiKeyView>>> {
     let Path(raw) = path.map_err(|_| VeniceError(not_found()))?;
     let id = key_id(&raw)?;
-    flush_usage(&state).await;
+    state.usage.flush().await;
     let key = state.keys.get(&admin.caller, id).await?;
     Ok(Json(Data {
         data: view_of(&state, &key).await?,

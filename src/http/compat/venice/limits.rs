@@ -183,24 +183,17 @@ pub async fn rate_limit_log(
     State(state): State<AppState>,
     VeniceAnyKey(key): VeniceAnyKey,
 ) -> VeniceResult<Json<ListOf<RateLimitLogEntry>>> {
-    // Show what this instance recorded up to now, not only what the last tick wrote.
-    if let Err(err) = state.recorder.flush_now().await {
-        tracing::warn!(error = %err, "usage flush before a read failed");
-    }
     let filter = EventFilter {
         key_id: (key.kind == KeyKind::Inference).then_some(key.id),
         ..EventFilter::default()
     };
+    let page = Page {
+        page: 1,
+        limit: LOG_ENTRIES,
+    };
     let events = state
-        .store
-        .list_rate_limit_events(
-            key.workspace_id,
-            &filter,
-            Page {
-                page: 1,
-                limit: LOG_ENTRIES,
-            },
-        )
+        .usage
+        .refusals(key.workspace_id, &filter, page)
         .await?;
     Ok(Json(ListOf::new(
         events

@@ -8,7 +8,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::wire::{key_type, LimitPeriod};
-use crate::keys::ApiKey;
+use crate::{keys::ApiKey, usage::KeySpend};
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ`, as JavaScript's `toISOString` writes it.
 pub fn timestamp(at: DateTime<Utc>) -> String {
@@ -59,14 +59,6 @@ impl UsageAmounts {
 #[serde(rename_all = "camelCase")]
 pub struct ApiKeyUsage {
     pub trailing_seven_days: UsageAmounts,
-}
-
-/// A key's spend: the trailing seven days, and the current limit period (the budget's
-/// period, or the current UTC day for a key without a USD limit).
-#[derive(Debug, Clone)]
-pub struct KeySpend {
-    pub trailing_seven_days: Decimal,
-    pub current_period: Decimal,
 }
 
 /// A key as list, retrieve and update answer it.
@@ -229,25 +221,32 @@ pub struct VeniceErrorBody {
 pub struct Issue {
     pub code: &'static str,
     /// Field path, e.g. `["ipAllowlist", 2]`.
-    #[schema(value_type = Vec<Object>)]
-    pub path: Vec<serde_json::Value>,
+    pub path: Vec<PathSegment>,
     pub message: String,
+}
+
+/// One step of an issue's path: a field name or a list index (Zod's `(string | number)[]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum PathSegment {
+    Field(String),
+    Index(u64),
 }
 
 /// `consumptionLimit.usd` → `["consumptionLimit", "usd"]`, `ipAllowlist[2]` →
 /// `["ipAllowlist", 2]`.
-pub fn issue_path(field: &str) -> Vec<serde_json::Value> {
+pub fn issue_path(field: &str) -> Vec<PathSegment> {
     let mut path = Vec::new();
     for part in field.split('.').filter(|p| !p.is_empty()) {
         let mut pieces = part.split('[');
         if let Some(name) = pieces.next().filter(|n| !n.is_empty()) {
-            path.push(serde_json::Value::from(name));
+            path.push(PathSegment::Field(name.to_string()));
         }
         for index in pieces {
             let index = index.trim_end_matches(']');
             path.push(match index.parse::<u64>() {
-                Ok(i) => serde_json::Value::from(i),
-                Err(_) => serde_json::Value::from(index),
+                Ok(i) => PathSegment::Index(i),
+                Err(_) => PathSegment::Field(index.to_string()),
             });
         }
     }
@@ -260,16 +259,14 @@ mod tests {
 
     #[test]
     fn issue_paths() {
+        let json = |field: &str| serde_json::to_value(issue_path(field)).unwrap();
         assert_eq!(
-            issue_path("ipAllowlist[3]"),
-            vec![serde_json::json!("ipAllowlist"), serde_json::json!(3)]
+            json("ipAllowlist[3]"),
+            serde_json::json!(["ipAllowlist", 3])
         );
         assert_eq!(
-            issue_path("consumptionLimit.usd"),
-            vec![
-                serde_json::json!("consumptionLimit"),
-                serde_json::json!("usd")
-            ]
+            json("consumptionLimit.usd"),
+            serde_json::json!(["consumptionLimit", "usd"])
         );
         assert_eq!(timestamp(DateTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
     }
