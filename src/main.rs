@@ -18,12 +18,20 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> std::process::ExitCode {
     disable_transparent_huge_pages();
     let cli = Cli::parse();
-    let result = Config::load(cli.config.as_deref())
-        .map_err(anyhow::Error::from)
-        .and_then(|config| {
-            let runtime = runtime(config.worker_threads())?;
-            runtime.block_on(run(cli, config))
-        });
+    let result = if let Command::Health(args) = &cli.command {
+        // Before the configuration: a health check answers the same whatever the config
+        // file and environment of the process that runs it, and never touches the store.
+        runtime(1)
+            .map_err(anyhow::Error::from)
+            .and_then(|runtime| runtime.block_on(cli::health(args)))
+    } else {
+        Config::load(cli.config.as_deref())
+            .map_err(anyhow::Error::from)
+            .and_then(|config| {
+                let runtime = runtime(config.worker_threads())?;
+                runtime.block_on(run(cli, config))
+            })
+    };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
@@ -82,6 +90,7 @@ async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys(command) => cli::run_keys(&config, command).await,
+        Command::Health(args) => cli::health(&args).await,
     }
 }
 

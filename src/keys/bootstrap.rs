@@ -58,8 +58,19 @@ pub async fn ensure_admin_key(
     match provided {
         Some(secret) => {
             let token = Token::parse(secret.expose_secret()).map_err(BootstrapError::BadKey)?;
-            keys.create_with_token(&caller, new, token).await?;
-            Ok(Bootstrap::Installed)
+            match keys.create_with_token(&caller, new, token).await {
+                Ok(_) => Ok(Bootstrap::Installed),
+                // Replicas of a new deployment start together with the same key: the
+                // others' inserts lose on the lookup id. An admin key now exists, which is
+                // all this start needed.
+                Err(err) => {
+                    if keys.store().count_live_admin_keys().await.unwrap_or(0) > 0 {
+                        Ok(Bootstrap::NotNeeded)
+                    } else {
+                        Err(err.into())
+                    }
+                }
+            }
         }
         None => {
             let created = keys.create(&caller, new).await?;

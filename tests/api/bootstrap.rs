@@ -10,7 +10,8 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::helpers::{
-    both_backends, json_of, keygate, keys_in, run, spawn_serve, Backend, ServeProcess, TestDb,
+    both_backends, json_of, keygate, keys_in, run, run_cli, spawn_serve, Backend, ServeProcess,
+    TestDb,
 };
 
 both_backends!(
@@ -139,4 +140,31 @@ async fn serve_refuses_a_malformed_provided_key_without_echoing_it(backend: Back
     );
     assert!(!output.stderr.contains(bad), "the bad key is echoed");
     assert!(!output.stdout.contains(bad));
+}
+
+/// Replicas of a fresh deployment (compose, Kubernetes) start together on one migrated,
+/// empty PostgreSQL with the same provided key: every one must start, and the key be
+/// installed once. (They used to race: all but one exited on a lookup-id conflict.)
+#[tokio::test]
+async fn replicas_starting_together_all_start_and_install_the_provided_key_once() {
+    // Arrange
+    let db = TestDb::new(Backend::Postgres).await;
+    let migrated = run_cli(&db, &["migrate"]).await;
+    assert!(migrated.success, "{}", migrated.stderr);
+    let provided = Token::generate().expose().to_string();
+    let env = [("KEYGATE_BOOTSTRAP_ADMIN_KEY", provided.as_str())];
+
+    // Act: spawn_serve fails the test if a replica exits before listening.
+    let replicas = futures::future::join_all((0..4).map(|_| spawn_serve(&db, &env))).await;
+
+    // Assert
+    for replica in &replicas {
+        let (status, list) = list_keys(replica, &provided).await;
+        assert_eq!(status, StatusCode::OK, "{list}");
+        assert_eq!(list["total"], 1, "the key was installed twice: {list}");
+    }
+    for replica in replicas {
+        let (stdout, stderr) = replica.stop().await;
+        assert!(keys_in(&stdout).is_empty() && keys_in(&stderr).is_empty());
+    }
 }

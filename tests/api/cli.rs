@@ -1,5 +1,5 @@
 //! The real `keygate` binary's commands (DESIGN §9): `migrate`, `keys create|list|show|
-//! revoke|generate`, `--help` everywhere. Output contracts: machine-readable output on
+//! revoke|generate`, `health` (the container health check), `--help` everywhere. Output contracts: machine-readable output on
 //! stdout (`--json`: one JSON object), everything else on stderr.
 
 // Test bodies are plain async fns (not `#[test]`s), which `allow-unwrap-in-tests` does not cover.
@@ -57,6 +57,7 @@ async fn help_works_on_every_command() {
         &["keys", "show"][..],
         &["keys", "revoke"][..],
         &["keys", "generate"][..],
+        &["health"][..],
     ] {
         // Arrange
         let mut cmd = keygate(dir.path());
@@ -411,4 +412,114 @@ async fn cli_refuses_bad_input_with_a_message(backend: Backend) {
         "{}",
         output.stderr
     );
+}
+
+/// Runs `keygate health <args>` in an empty directory.
+async fn health(args: &[&str]) -> CliOutput {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = keygate(dir.path());
+    cmd.arg("health").args(args);
+    run(cmd).await
+}
+
+#[tokio::test]
+async fn health_exits_0_when_the_gateway_answers_2xx_and_1_otherwise() {
+    // Arrange
+    let app = spawn_app(Backend::Sqlite).await;
+    let url = |path: &str| format!("{}{path}", app.address);
+
+    // Act
+    let healthz = health(&["--url", &url("/healthz")]).await;
+    let readyz = health(&["--url", &url("/readyz")]).await;
+    // Any non-2xx is unhealthy; this one is 401 (no key given).
+    let refused = health(&["--url", &url("/admin/v1/keys")]).await;
+
+    // Assert: 0 is "healthy" and 1 "unhealthy" to Docker's HEALTHCHECK (2 is reserved).
+    for output in [&healthz, &readyz] {
+        assert_eq!(output.code, Some(0), "{}", output.stderr);
+        assert!(output.stdout.is_empty(), "{:?}", output.stdout);
+    }
+    assert_eq!(refused.code, Some(1), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("answered 401"),
+        "{}",
+        refused.stderr
+    );
+}
+
+#[tokio::test]
+async fn health_reads_no_configuration() {
+    // Arrange: a configuration that stops every other command.
+    let app = spawn_app(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = keygate(dir.path());
+    cmd.env("KEYGATE_LISTEN", "not an address")
+        .env("DATABASE_URL", "mysql://nowhere")
+        .args(["--config", "/nonexistent/keygate.toml", "health", "--url"])
+        .arg(format!("{}/healthz", app.address));
+
+    // Act
+    let output = run(cmd).await;
+
+    // Assert
+    assert_eq!(output.code, Some(0), "{}", output.stderr);
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+}
+
+#[tokio::test]
+async fn health_exits_1_within_its_timeout_when_nothing_answers() {
+    // Arrange: a closed port, and a listener that accepts but never answers.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closed_url = format!("http://{}/healthz", closed.local_addr().unwrap());
+    drop(closed);
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("http://{}/healthz", silent.local_addr().unwrap());
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+
+    // Act
+    let refused = health(&["--url", &closed_url]).await;
+    let started = Instant::now();
+    let hung = health(&["--url", &silent_url, "--timeout-secs", "0.5"]).await;
+    let waited = started.elapsed();
+
+    // Assert
+    assert_eq!(refused.code, Some(1), "{}", refused.stderr);
+    assert!(refused.stderr.contains(&closed_url), "{}", refused.stderr);
+    assert_eq!(hung.code, Some(1), "{}", hung.stderr);
+    assert!(hung.stderr.contains("no answer within"), "{}", hung.stderr);
+    assert!(waited < Duration::from_secs(5), "took {waited:?}");
+    holder.abort();
+}
+
+#[tokio::test]
+async fn health_refuses_bad_arguments_with_a_message() {
+    for (args, names) in [
+        (&["--url", "https://127.0.0.1:8080/healthz"][..], "https"),
+        (&["--url", "not a url"][..], "--url"),
+        (&["--timeout-secs", "0"][..], "--timeout-secs"),
+        (&["--timeout-secs=-1"][..], "--timeout-secs"),
+        (&["--timeout-secs", "soon"][..], "--timeout-secs"),
+    ] {
+        // Act
+        let output = health(args).await;
+
+        // Assert
+        assert!(!output.success, "keygate health {args:?} succeeded");
+        assert_ne!(
+            output.code,
+            Some(101),
+            "{args:?} panicked: {}",
+            output.stderr
+        );
+        assert!(
+            output.stderr.contains(names),
+            "keygate health {args:?}: the error does not name `{names}`: {}",
+            output.stderr
+        );
+    }
 }
