@@ -151,16 +151,16 @@ impl PageParams {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct KeyListParams {
-    /// The workspace to list (default: the key's own). Only an admin key of the `default`
-    /// workspace may name another; any other answers 404.
-    #[param(value_type = Option<Uuid>)]
-    pub workspace_id: Option<String>,
     /// 1-based page number (default 1).
     #[param(minimum = 1, maximum = 1_000_000)]
     pub page: Option<u32>,
     /// Items per page, 1 to 500 (default 50).
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
+    /// The workspace to list (default: the key's own). Only an admin key of the `default`
+    /// workspace may name another; any other answers 404.
+    #[param(value_type = Option<Uuid>)]
+    pub workspace_id: Option<String>,
 }
 
 impl KeyListParams {
