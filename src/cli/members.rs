@@ -2,7 +2,7 @@
 //! read from standard input (`--password-stdin`) or a terminal prompt, never from an
 //! argument (arguments show in `ps` and shell history).
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
@@ -93,6 +93,11 @@ fn read_password(from_stdin: bool) -> anyhow::Result<String> {
         let password = text.strip_suffix('\n').unwrap_or(&text);
         let password = password.strip_suffix('\r').unwrap_or(password);
         return Ok(password.to_string());
+    }
+    // A script (stdin not a terminal) must say where the password comes from, rather than
+    // wait on a prompt nobody sees.
+    if !std::io::stdin().is_terminal() {
+        bail!("no terminal to ask for the password on; pipe it in with --password-stdin");
     }
     let first = rpassword::prompt_password("Password: ").map_err(|e| {
         anyhow!("cannot ask for the password ({e}); pipe it in with --password-stdin")

@@ -57,6 +57,20 @@ async fn help_works_on_every_command() {
         &["keys", "show"][..],
         &["keys", "revoke"][..],
         &["keys", "generate"][..],
+        &["keys", "update"][..],
+        &["keys", "rotate"][..],
+        &["keys", "usage"][..],
+        &["workspaces", "create"][..],
+        &["workspaces", "list"][..],
+        &["workspaces", "show"][..],
+        &["workspaces", "update"][..],
+        &["workspaces", "delete"][..],
+        &["members", "add"][..],
+        &["members", "list"][..],
+        &["members", "update"][..],
+        &["members", "remove"][..],
+        &["audit", "list"][..],
+        &["rate-limit-events", "list"][..],
     ] {
         // Arrange
         let mut cmd = keygate(dir.path());

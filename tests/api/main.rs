@@ -5,6 +5,7 @@ mod auth_guard;
 mod bad_input;
 mod bootstrap;
 mod cli;
+mod cli_admin;
 mod compat_aixplain;
 mod compat_venice;
 mod early_refusals;
