@@ -10,7 +10,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion};
 use keygate::{
     app,
-    keys::{hashing::Hasher, input::NewKey, Caller, CallerRole},
+    keys::{hashing::Hasher, input::NewKey, Caller},
     Config,
 };
 
@@ -30,9 +30,7 @@ fn bench_auth(c: &mut Criterion) {
         let keys = app::keys_service(&config, store);
         let caller = Caller {
             workspace_id: workspace.id,
-            actor: "bench".into(),
-            source: None,
-            role: CallerRole::Admin,
+            ..Caller::operator("bench")
         };
         let created = keys
             .create(

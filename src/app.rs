@@ -19,6 +19,7 @@ use crate::{
     state::AppState,
     store::{self, DynStore},
     usage::{self, budget::BudgetLedger, pricing::Pricing},
+    workspaces::{MembersService, WorkspacesService},
 };
 
 /// Usage is written to the store at least this often (DESIGN §7).
@@ -74,6 +75,21 @@ pub fn keys_service(config: &Config, store: DynStore) -> KeysService {
     )
 }
 
+/// The workspace and member services beside `keys` (sharing its store and argon2 hasher).
+pub fn workspace_services(
+    config: &Config,
+    keys: &KeysService,
+) -> (WorkspacesService, MembersService) {
+    (
+        WorkspacesService::new(
+            keys.store().clone(),
+            config.keys.default_workspace_key_cap,
+            config.webhooks.allow_private,
+        ),
+        MembersService::new(keys.store().clone(), keys.hasher().clone()),
+    )
+}
+
 impl App {
     pub async fn build(config: Config) -> Result<App, StartError> {
         let store = open_store(&config).await?;
@@ -113,7 +129,10 @@ impl App {
             &config.proxy,
             Duration::from_millis(config.keys.cache_ttl_ms),
         );
+        let (workspaces, members) = workspace_services(&config, &keys);
         let state = AppState {
+            workspaces,
+            members,
             auth_attempts: Arc::new(FailedAuthGuard::new(config.keys.failed_auth_per_minute)),
             config: Arc::new(config),
             usage: crate::usage::UsageReader::new(store.clone(), recorder.clone()),

@@ -64,6 +64,7 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     pub models: Vec<ModelPrice>,
     pub web3: Web3Config,
+    pub webhooks: WebhooksConfig,
 }
 
 impl fmt::Debug for Config {
@@ -90,6 +91,7 @@ impl fmt::Debug for Config {
             .field("upstreams", &self.upstreams)
             .field("models", &self.models)
             .field("web3", &self.web3)
+            .field("webhooks", &self.webhooks)
             .finish()
     }
 }
@@ -109,6 +111,7 @@ impl Default for Config {
             upstreams: Vec::new(),
             models: Vec::new(),
             web3: Web3Config::default(),
+            webhooks: WebhooksConfig::default(),
         }
     }
 }
@@ -244,6 +247,16 @@ impl fmt::Debug for Web3Config {
     }
 }
 
+/// Workspace webhooks (budget alerts, DESIGN §3).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Accept webhook URLs whose host is (or resolves to) a loopback, private, link-local
+    /// or otherwise non-public address. Off: a workspace admin cannot make keygate call
+    /// services on its own network.
+    pub allow_private: bool,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
@@ -296,7 +309,9 @@ impl Config {
                     // `KEYGATE_TEST_*` (the database, virtualenv and outage length the test
                     // suite uses) belongs to the tests, not to keygate's configuration: an
                     // unknown key would stop start-up.
-                    .filter(|key| !key.as_str().to_ascii_lowercase().starts_with("test_")),
+                    .filter(|key| !key.as_str().to_ascii_lowercase().starts_with("test_"))
+                    // `KEYGATE_ADMIN_KEY` is the CLI's credential for `--url`, not a setting.
+                    .filter(|key| !key.as_str().eq_ignore_ascii_case("admin_key")),
             )
             .extract()
             .map_err(Box::new)?;

@@ -219,6 +219,11 @@ impl From<KeyError> for ApiError {
         match err {
             KeyError::Invalid { field, message } => ApiError::invalid_field(field, message),
             KeyError::NotFound => ApiError::not_found("no such key in this workspace"),
+            KeyError::WorkspaceNotFound => ApiError::not_found("no such workspace"),
+            KeyError::MemberNotFound => ApiError::not_found("no such member in this workspace"),
+            KeyError::Conflict { code, message } => {
+                ApiError::new(StatusCode::CONFLICT, code, message)
+            }
             KeyError::CapReached { cap } => ApiError::new(
                 StatusCode::CONFLICT,
                 "key_cap_reached",

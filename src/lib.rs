@@ -19,6 +19,7 @@ pub mod store;
 pub mod telemetry;
 pub mod usage;
 pub mod web3;
+pub mod workspaces;
 
 pub use app::App;
 pub use config::Config;

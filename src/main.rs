@@ -89,7 +89,11 @@ async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
             tracing::info!(store = store.backend(), "migrations applied");
             Ok(())
         }
-        Command::Keys(command) => cli::run_keys(&config, command).await,
+        command @ (Command::Keys(_)
+        | Command::Workspaces(_)
+        | Command::Members(_)
+        | Command::Audit(_)
+        | Command::RateLimitEvents(_)) => cli::run(&config, command).await,
         Command::Health(args) => cli::health(&args).await,
     }
 }

@@ -8,6 +8,7 @@ use crate::{
     proxy::Gateway,
     store::DynStore,
     usage::{Recorder, UsageReader},
+    workspaces::{MembersService, WorkspacesService},
 };
 
 #[derive(Clone)]
@@ -15,6 +16,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub store: DynStore,
     pub keys: KeysService,
+    pub workspaces: WorkspacesService,
+    pub members: MembersService,
     pub auth_attempts: Arc<FailedAuthGuard>,
     pub gateway: Arc<Gateway>,
     pub recorder: Recorder,

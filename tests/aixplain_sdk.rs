@@ -73,6 +73,7 @@ async fn aixplain_sdk_against_keygate() {
         actor: "test:aixplain_sdk".into(),
         source: None,
         role: CallerRole::Admin,
+        reach: keygate::keys::Reach::Own,
     };
     let admin = state
         .keys

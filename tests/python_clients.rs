@@ -36,6 +36,7 @@ fn caller(workspace_id: uuid::Uuid) -> Caller {
         actor: "test:python_clients".into(),
         source: None,
         role: CallerRole::Admin,
+        reach: keygate::keys::Reach::Own,
     }
 }
 

@@ -9,6 +9,8 @@
 
 #[path = "store_conformance/auth.rs"]
 mod auth;
+#[path = "store_conformance/deletion.rs"]
+mod deletion;
 #[path = "store_conformance/events.rs"]
 mod events;
 #[path = "store_conformance/harness.rs"]
@@ -77,6 +79,11 @@ conformance!(
         workspaces::duplicate_workspace_name_is_a_conflict,
         workspaces::members_create_find_list_delete,
         workspaces::duplicate_username_is_a_conflict,
+        deletion::a_workspace_with_live_keys_is_not_deleted,
+        deletion::a_deleted_workspace_is_gone_but_its_history_stays,
+        deletion::the_last_owner_stays,
+        deletion::racing_removals_of_the_last_two_owners_leave_one,
+        deletion::audit_events_filter_and_find_key_sees_every_workspace,
         keys::insert_get_and_list_keys_oldest_first,
         keys::keys_of_another_workspace_are_invisible,
         keys::update_key_round_trips_every_field,

@@ -47,6 +47,7 @@ fn caller(workspace_id: Uuid) -> Caller {
         actor: "test:venice_sdk".into(),
         source: None,
         role: CallerRole::Admin,
+        reach: keygate::keys::Reach::Own,
     }
 }
 
@@ -163,6 +164,7 @@ async fn venice_sdk_against_keygate() {
         key_cap: Some(2),
         credits_usd: None,
         webhook_url: None,
+        webhook_secret: None,
         created_at: now,
         updated_at: now,
     };

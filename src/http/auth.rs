@@ -23,7 +23,7 @@ use http_body_util::BodyExt;
 use super::front::admission::{self, Admitted, Arrival};
 use crate::{
     error::{ApiError, Surface},
-    keys::{ApiKey, AuthError, Caller, CallerRole, KeyKind},
+    keys::{ApiKey, AuthError, Caller, KeyKind},
     state::AppState,
 };
 
@@ -199,12 +199,7 @@ impl<S: Send + Sync> FromRequestParts<S> for AdminKey {
             ));
         }
         let ip = parts.extensions.get::<ClientIp>().and_then(|c| c.0);
-        let caller = Caller {
-            workspace_id: key.workspace_id,
-            actor: format!("key:{}", key.id),
-            source: ip.map(|ip| ip.to_string()),
-            role: CallerRole::Admin,
-        };
+        let caller = Caller::for_admin_key(&key, ip.map(|ip| ip.to_string()));
         Ok(AdminKey { key, caller })
     }
 }

@@ -4,7 +4,7 @@
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{input::NewKey, Caller, CallerRole, KeyError, KeyKind, KeysService, Token};
+use super::{input::NewKey, Caller, KeyError, KeyKind, KeysService, Token};
 
 pub const BOOTSTRAP_KEY_NAME: &str = "bootstrap admin";
 
@@ -46,9 +46,7 @@ pub async fn ensure_admin_key(
         .map_err(KeyError::from)?;
     let caller = Caller {
         workspace_id: workspace.id,
-        actor: "bootstrap".into(),
-        source: None,
-        role: CallerRole::Admin,
+        ..Caller::operator("bootstrap")
     };
     let new = NewKey {
         name: BOOTSTRAP_KEY_NAME.into(),

@@ -65,6 +65,10 @@ pub const MAX_PARALLEL: u32 = 1_000_000;
 pub struct NewKey {
     /// 1 to 200 characters; need not be unique.
     pub name: String,
+    /// The workspace to create the key in (default: the caller's own). Only the operator
+    /// (an admin key of the `default` workspace) may name another; any other is 404.
+    #[serde(default)]
+    pub workspace_id: Option<uuid::Uuid>,
     /// `inference` (default) or `admin`.
     #[serde(default)]
     pub kind: Option<KeyKind>,
@@ -141,7 +145,7 @@ pub struct KeyPatch {
 }
 
 /// `Some(None)` for an explicit `null`, `None` when the field is absent (with `#[serde(default)]`).
-fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+pub(crate) fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,
@@ -151,7 +155,7 @@ where
 
 /// For fields that cannot be cleared (`name`, `kind`): an explicit `null` is refused
 /// rather than silently ignored.
-fn not_null<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+pub(crate) fn not_null<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,

@@ -4,20 +4,23 @@
 
 pub mod bootstrap;
 pub mod cache;
+pub mod caller;
 pub mod guard;
 pub mod hashing;
 pub mod input;
 pub mod presented;
 pub mod service;
 pub mod token;
+mod verify;
 
 /// The key types live in `crate::domain` (below the store); named here as before.
 pub use crate::domain::key as model;
 
 pub use self::{
+    caller::{Caller, CallerRole, Reach},
     guard::FailedAuthGuard,
     model::{ApiKey, KeyKind, KeyStatus},
-    service::{Caller, CallerRole, KeyWithSecret, KeysService},
+    service::{KeyWithSecret, KeysService},
     token::{Token, TokenError},
 };
 use crate::store::StoreError;
@@ -29,6 +32,14 @@ pub enum KeyError {
     Invalid { field: String, message: String },
     #[error("no such key")]
     NotFound,
+    /// No such workspace, or one outside the caller's reach (never told apart).
+    #[error("no such workspace")]
+    WorkspaceNotFound,
+    #[error("no such member")]
+    MemberNotFound,
+    /// The change contradicts the current state; `code` names the rule (409).
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
     #[error("the workspace allows at most {cap} live keys")]
     CapReached { cap: i64 },
     /// The change would leave the `default` workspace without an active admin key.
@@ -51,6 +62,30 @@ impl From<StoreError> for KeyError {
             StoreError::NotFound => KeyError::NotFound,
             StoreError::KeyCapReached { cap } => KeyError::CapReached { cap },
             StoreError::LastAdminKey => KeyError::LastAdminKey,
+            StoreError::WorkspaceHasKeys { live } => KeyError::Conflict {
+                code: "workspace_has_keys",
+                message: format!(
+                    "the workspace still has {live} live keys; revoke them before deleting it"
+                ),
+            },
+            StoreError::LastOwner => KeyError::Conflict {
+                code: "last_owner",
+                message: "this is the workspace's last owner: make another member an owner \
+                          before removing or demoting this one"
+                    .into(),
+            },
+            StoreError::Conflict {
+                constraint: "workspace_name",
+            } => KeyError::Conflict {
+                code: "name_taken",
+                message: "a workspace with this name exists".into(),
+            },
+            StoreError::Conflict {
+                constraint: "member_username",
+            } => KeyError::Conflict {
+                code: "username_taken",
+                message: "this workspace has a member with this username".into(),
+            },
             other => KeyError::Store(other),
         }
     }

@@ -1,75 +1,29 @@
 //! The single API for key management. The native admin API, the Venice and aiXplain
 //! compatibility surfaces, the console and the CLI all call these functions, so each rule
-//! (validation, caps, roles, audit) lives here once.
+//! (validation, caps, roles and scope, audit) lives here once. Authentication of presented
+//! keys is in `verify.rs`; who may do what is decided by [`Caller`].
 
-use std::{
-    collections::HashMap,
-    net::IpAddr,
-    sync::{Arc, Mutex},
-    time::Instant,
-};
+use std::sync::Arc;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::Duration;
 use serde_json::json;
 use uuid::Uuid;
 
 use super::{
-    cache::{CachedKey, KeyCache, Lookup},
-    guard::FailedAuthGuard,
+    cache::KeyCache,
     hashing::Hasher,
     input::{self, KeyPatch, NewKey},
     model::{ApiKey, KeyKind},
-    token::{self, Token},
-    AuthError, KeyError,
+    token::Token,
+    verify::InFlight,
+    Caller, KeyError,
 };
 use crate::store::{
-    AuditEvent, DynStore, LastAdmin, Page, Paged, SecretRecord, StoreError, DEFAULT_WORKSPACE_ID,
+    DynStore, LastAdmin, Page, Paged, Role, SecretRecord, StoreError, DEFAULT_WORKSPACE_ID,
 };
 
 /// Longest rotation grace period: past a week, keeping the old secret is not a rotation.
 pub const MAX_GRACE_SECONDS: u64 = 7 * 24 * 3600;
-
-/// Who is asking, as established by the surface that received the request.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub workspace_id: Uuid,
-    /// Audit actor, e.g. `key:<uuid>`, `member:alice`, `cli`.
-    pub actor: String,
-    pub source: Option<String>,
-    pub role: CallerRole,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CallerRole {
-    /// An admin key, a workspace owner or admin, or the CLI: may do everything in the workspace.
-    Admin,
-    /// A plain member (console): may create inference keys without limits and delete their own.
-    Member,
-}
-
-impl Caller {
-    fn audit(&self, action: &str, target: Uuid, details: serde_json::Value) -> AuditEvent {
-        AuditEvent {
-            id: Uuid::now_v7(),
-            workspace_id: self.workspace_id,
-            actor: self.actor.clone(),
-            action: action.to_string(),
-            target: format!("key:{target}"),
-            at: crate::clock::now(),
-            source: self.source.clone(),
-            details,
-        }
-    }
-
-    fn require_admin(&self, what: &str) -> Result<(), KeyError> {
-        match self.role {
-            CallerRole::Admin => Ok(()),
-            CallerRole::Member => Err(KeyError::Forbidden(format!(
-                "only workspace admins may {what}"
-            ))),
-        }
-    }
-}
 
 /// A key with its secret, returned once by create and rotate.
 #[derive(Debug)]
@@ -80,50 +34,10 @@ pub struct KeyWithSecret {
 
 #[derive(Clone)]
 pub struct KeysService {
-    store: DynStore,
-    cache: KeyCache,
-    hasher: Hasher,
-    in_flight: Arc<InFlight>,
-}
-
-/// One verification (or re-read) per presented secret at a time. Without it, a client
-/// opening 32 connections with a key this instance has not seen yet runs 32 argon2
-/// hashes at once (seconds of CPU, ~7 MiB each) where one suffices: the others wait for
-/// it and then find the key in the cache. Keyed by the secret's digest, like the cache.
-#[derive(Default)]
-struct InFlight {
-    turns: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
-}
-
-impl InFlight {
-    fn turn_for(&self, digest: [u8; 32]) -> Arc<tokio::sync::Mutex<()>> {
-        let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
-        turns.entry(digest).or_default().clone()
-    }
-
-    /// Forgets the digest's turn once nobody holds or waits for it.
-    fn release(&self, digest: &[u8; 32]) {
-        let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
-        // One reference is the map's own, one the caller's.
-        if turns
-            .get(digest)
-            .is_some_and(|turn| Arc::strong_count(turn) <= 2)
-        {
-            turns.remove(digest);
-        }
-    }
-}
-
-/// Releases a digest's turn however the verification ends (a cancelled request too).
-struct TurnGuard<'a> {
-    in_flight: &'a InFlight,
-    digest: [u8; 32],
-}
-
-impl Drop for TurnGuard<'_> {
-    fn drop(&mut self) {
-        self.in_flight.release(&self.digest);
-    }
+    pub(super) store: DynStore,
+    pub(super) cache: KeyCache,
+    pub(super) hasher: Hasher,
+    pub(super) in_flight: Arc<InFlight>,
 }
 
 impl KeysService {
@@ -138,6 +52,11 @@ impl KeysService {
 
     pub fn store(&self) -> &DynStore {
         &self.store
+    }
+
+    /// The argon2 hasher (its concurrency bound is shared with member passwords).
+    pub fn hasher(&self) -> &Hasher {
+        &self.hasher
     }
 
     pub fn cache(&self) -> &KeyCache {
@@ -160,19 +79,20 @@ impl KeysService {
         new: NewKey,
         token: Token,
     ) -> Result<KeyWithSecret, KeyError> {
+        let workspace_id = caller.target(new.workspace_id)?;
         let kind = new.kind.unwrap_or(KeyKind::Inference);
-        if kind == KeyKind::Admin {
-            caller.require_admin("create admin keys")?;
-        }
         let limits = new.limits.unwrap_or_default();
         let model_limits = new.model_limits.unwrap_or_default();
-        if caller.role == CallerRole::Member
-            && (new.budget.is_some()
-                || !limits.is_empty()
-                || !model_limits.is_empty()
-                || new.max_parallel.is_some())
+        if kind == KeyKind::Admin {
+            caller.require(workspace_id, Role::Admin, "create admin keys")?;
+        } else if new.budget.is_some()
+            || !limits.is_empty()
+            || !model_limits.is_empty()
+            || new.max_parallel.is_some()
         {
-            caller.require_admin("set limits or budgets")?;
+            caller.require(workspace_id, Role::Admin, "set limits or budgets")?;
+        } else {
+            caller.require(workspace_id, Role::Member, "create keys")?;
         }
         let now = crate::clock::now();
         let expires_at = new.expires_at.map(crate::clock::truncate);
@@ -206,11 +126,15 @@ impl KeysService {
             .as_deref()
             .map(input::validate_alert_thresholds)
             .transpose()?;
-        let workspace = self.store.get_workspace(caller.workspace_id).await?;
+        let workspace = self
+            .store
+            .get_workspace(workspace_id)
+            .await
+            .map_err(workspace_error)?;
 
         let key = ApiKey {
             id: Uuid::now_v7(),
-            workspace_id: caller.workspace_id,
+            workspace_id,
             name,
             kind,
             partial_key: token.partial(),
@@ -240,26 +164,74 @@ impl KeysService {
             created_at: now,
         };
         let audit = caller.audit(
+            workspace_id,
             "key.create",
-            key.id,
+            key_target(key.id),
             json!({ "name": key.name, "kind": kind.as_str() }),
         );
         self.store
             .insert_key(&key, &secret, workspace.key_cap, &audit)
             .await
-            .map_err(|e| match e {
-                StoreError::KeyCapReached { cap } => KeyError::CapReached { cap },
-                other => other.into(),
-            })?;
+            .map_err(workspace_error)?;
         Ok(KeyWithSecret { key, secret: token })
     }
 
-    pub async fn list(&self, caller: &Caller, page: Page) -> Result<Paged<ApiKey>, KeyError> {
-        Ok(self.store.list_keys(caller.workspace_id, page).await?)
+    /// Live keys of `workspace` (default: the caller's own), oldest first.
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        workspace: Option<Uuid>,
+        page: Page,
+    ) -> Result<Paged<ApiKey>, KeyError> {
+        let workspace_id = self.readable_workspace(caller, workspace).await?;
+        Ok(self.store.list_keys(workspace_id, page).await?)
     }
 
+    /// The workspace a read is about (`requested`, or the caller's own), once it is known
+    /// to exist and be visible to the caller (`WorkspaceNotFound` otherwise).
+    pub async fn readable_workspace(
+        &self,
+        caller: &Caller,
+        requested: Option<Uuid>,
+    ) -> Result<Uuid, KeyError> {
+        let workspace_id = caller.target(requested)?;
+        caller.require(workspace_id, Role::Member, "read this workspace")?;
+        if requested.is_some() {
+            self.store
+                .get_workspace(workspace_id)
+                .await
+                .map_err(workspace_error)?;
+        }
+        Ok(workspace_id)
+    }
+
+    /// A live key the caller can see: of its own workspace, or of any for the operator.
     pub async fn get(&self, caller: &Caller, id: Uuid) -> Result<ApiKey, KeyError> {
-        Ok(self.store.get_key(caller.workspace_id, id).await?)
+        let key = if caller.reach == super::Reach::Every {
+            self.store.find_key(id).await?
+        } else {
+            self.store.get_key(caller.workspace_id, id).await?
+        };
+        if !caller.can_see(key.workspace_id) {
+            return Err(KeyError::NotFound);
+        }
+        Ok(key)
+    }
+
+    /// Members may change, rotate and revoke the keys they made; anyone else's, and
+    /// limits or kinds, need an admin.
+    fn require_rights(
+        caller: &Caller,
+        key: &ApiKey,
+        needs_admin: bool,
+        what: &str,
+    ) -> Result<(), KeyError> {
+        let role = if needs_admin || key.created_by != caller.actor {
+            Role::Admin
+        } else {
+            Role::Member
+        };
+        caller.require(key.workspace_id, role, what)
     }
 
     pub async fn update(
@@ -268,15 +240,18 @@ impl KeysService {
         id: Uuid,
         patch: KeyPatch,
     ) -> Result<ApiKey, KeyError> {
-        let mut key = self.store.get_key(caller.workspace_id, id).await?;
+        let mut key = self.get(caller, id).await?;
         let touches_limits = patch.budget.is_some()
             || patch.limits.is_some()
             || patch.model_limits.is_some()
             || patch.max_parallel.is_some()
             || patch.kind.is_some();
-        if touches_limits || key.created_by != caller.actor {
-            caller.require_admin("change limits, kinds or other members' keys")?;
-        }
+        Self::require_rights(
+            caller,
+            &key,
+            touches_limits,
+            "change limits, kinds or other members' keys",
+        )?;
         let mut changed = Vec::new();
         if let Some(name) = patch.name {
             key.name = input::validate_name(&name)?;
@@ -348,7 +323,12 @@ impl KeysService {
             changed.push("compat");
         }
         key.updated_at = crate::clock::now();
-        let audit = caller.audit("key.update", id, json!({ "fields": changed }));
+        let audit = caller.audit(
+            key.workspace_id,
+            "key.update",
+            key_target(id),
+            json!({ "fields": changed }),
+        );
         self.store
             .update_key(&key, &audit, last_admin_rule(key.workspace_id))
             .await?;
@@ -360,19 +340,22 @@ impl KeysService {
     /// TTL on others. The row stays for usage history; reads answer 404 from now on.
     /// `LastAdminKey` for the `default` workspace's last active admin key.
     pub async fn revoke(&self, caller: &Caller, id: Uuid) -> Result<ApiKey, KeyError> {
-        let key = self.store.get_key(caller.workspace_id, id).await?;
-        if key.created_by != caller.actor {
-            caller.require_admin("delete other members' keys")?;
-        }
-        let audit = caller.audit("key.revoke", id, json!({ "name": key.name }));
+        let key = self.get(caller, id).await?;
+        Self::require_rights(caller, &key, false, "delete other members' keys")?;
+        let audit = caller.audit(
+            key.workspace_id,
+            "key.revoke",
+            key_target(id),
+            json!({ "name": key.name }),
+        );
         let revoked = self
             .store
             .revoke_key(
-                caller.workspace_id,
+                key.workspace_id,
                 id,
                 crate::clock::now(),
                 &audit,
-                last_admin_rule(caller.workspace_id),
+                last_admin_rule(key.workspace_id),
             )
             .await?;
         self.cache.mark_stale(id);
@@ -392,10 +375,8 @@ impl KeysService {
                 message: format!("must be at most {MAX_GRACE_SECONDS} (7 days)"),
             });
         }
-        let key = self.store.get_key(caller.workspace_id, id).await?;
-        if key.created_by != caller.actor {
-            caller.require_admin("rotate other members' keys")?;
-        }
+        let key = self.get(caller, id).await?;
+        Self::require_rights(caller, &key, false, "rotate other members' keys")?;
         let token = Token::generate();
         let now = crate::clock::now();
         let secret = SecretRecord {
@@ -406,11 +387,16 @@ impl KeysService {
             created_at: now,
         };
         let grace = Duration::seconds(i64::try_from(grace_seconds).unwrap_or(i64::MAX));
-        let audit = caller.audit("key.rotate", id, json!({ "grace_seconds": grace_seconds }));
+        let audit = caller.audit(
+            key.workspace_id,
+            "key.rotate",
+            key_target(id),
+            json!({ "grace_seconds": grace_seconds }),
+        );
         let key = self
             .store
             .rotate_key(
-                caller.workspace_id,
+                key.workspace_id,
                 id,
                 &secret,
                 &token.partial(),
@@ -421,160 +407,6 @@ impl KeysService {
             .await?;
         self.cache.mark_stale(id);
         Ok(KeyWithSecret { key, secret: token })
-    }
-
-    /// Authenticates a presented key string: shape and checksum first (no I/O), then the
-    /// digest cache, then the store and argon2 once. Returns keys of either kind; the
-    /// caller decides whether the kind fits the route. No failed-attempt guard: see
-    /// [`Self::authenticate_from`] for keys presented by a client.
-    pub async fn authenticate(&self, presented: &str) -> Result<Arc<ApiKey>, AuthError> {
-        self.authenticate_from(presented, None).await
-    }
-
-    /// [`Self::authenticate`] for a key presented from `client`'s address, under its
-    /// failed-attempt guard. The guard sees only what would cost a store read or an argon2
-    /// run: a key this instance has verified before (a digest-cache hit, fresh or due for a
-    /// re-read) is never refused or counted, nor is a malformed one (see `super::guard`).
-    pub async fn authenticate_from(
-        &self,
-        presented: &str,
-        client: Option<(IpAddr, &FailedAuthGuard)>,
-    ) -> Result<Arc<ApiKey>, AuthError> {
-        let checked = Token::check(presented)?;
-        let digest = token::digest(checked);
-        let (key, secret_valid_until) = match self.cache.get(&digest) {
-            Lookup::Fresh {
-                key,
-                secret_valid_until,
-            } => (key, secret_valid_until),
-            Lookup::Stale(_) => {
-                let token = Token::parse(checked)?;
-                self.verify_once(&token, digest).await?
-            }
-            Lookup::Miss => return self.authenticate_unseen(checked, digest, client).await,
-        };
-        check_usable(&key, secret_valid_until, Utc::now())?;
-        Ok(key)
-    }
-
-    /// A key this instance has not verified: refused unread while `client`'s address is
-    /// blocked, and a failure counts against the address.
-    async fn authenticate_unseen(
-        &self,
-        checked: &str,
-        digest: [u8; 32],
-        client: Option<(IpAddr, &FailedAuthGuard)>,
-    ) -> Result<Arc<ApiKey>, AuthError> {
-        if let Some(retry_after) = client.and_then(|(ip, guard)| guard.blocked_for(ip)) {
-            return Err(AuthError::TooManyAttempts { retry_after });
-        }
-        let outcome = async {
-            let token = Token::parse(checked)?;
-            let (key, secret_valid_until) = self.verify_once(&token, digest).await?;
-            check_usable(&key, secret_valid_until, Utc::now())?;
-            Ok(key)
-        }
-        .await;
-        match outcome {
-            // A store or hashing failure says nothing about the key.
-            Err(err) if !matches!(err, AuthError::Store(_) | AuthError::Hash(_)) => {
-                match client.and_then(|(ip, guard)| guard.record_failure(ip)) {
-                    Some(retry_after) => Err(AuthError::TooManyAttempts { retry_after }),
-                    None => Err(err),
-                }
-            }
-            outcome => outcome,
-        }
-    }
-
-    /// The slow path, one caller per digest at a time (see [`InFlight`]); whoever waited
-    /// finds the cache filled by the caller before it.
-    async fn verify_once(
-        &self,
-        token: &Token,
-        digest: [u8; 32],
-    ) -> Result<(Arc<ApiKey>, Option<DateTime<Utc>>), AuthError> {
-        let turn = self.in_flight.turn_for(digest);
-        // Dropped before `turn` (reverse order), so `release` sees the map's reference
-        // and this caller's, plus one per waiter.
-        let _release = TurnGuard {
-            in_flight: &self.in_flight,
-            digest,
-        };
-        let _my_turn = turn.lock().await;
-        let entry = match self.cache.get(&digest) {
-            Lookup::Fresh {
-                key,
-                secret_valid_until,
-            } => return Ok((key, secret_valid_until)),
-            Lookup::Stale(entry) => match self.refresh(digest, entry.clone()).await {
-                Ok(Some(entry)) => entry,
-                Ok(None) => self.verify(token, digest).await?,
-                // The store cannot say whether the key changed: keep trusting what it said
-                // last, for another TTL (docs/decisions.md, "Store outages").
-                Err(AuthError::Store(err)) if err.is_unavailable() => {
-                    tracing::debug!(error = %err, key_id = %entry.key.id, "store unavailable; serving the cached key");
-                    let entry = CachedKey {
-                        refreshed_at: Instant::now(),
-                        ..entry
-                    };
-                    self.cache.insert(digest, entry.clone());
-                    entry
-                }
-                Err(err) => return Err(err),
-            },
-            Lookup::Miss => self.verify(token, digest).await?,
-        };
-        Ok((entry.key, entry.secret_valid_until))
-    }
-
-    /// Re-reads a cached key's row. `None` when the stored hash changed and the secret must
-    /// be verified again.
-    async fn refresh(
-        &self,
-        digest: [u8; 32],
-        entry: CachedKey,
-    ) -> Result<Option<CachedKey>, AuthError> {
-        match self.store.find_secret(&entry.lookup_id).await? {
-            Some((secret, key)) if secret.hash == entry.hash => {
-                let fresh = CachedKey {
-                    key: Arc::new(key),
-                    lookup_id: entry.lookup_id,
-                    hash: entry.hash,
-                    secret_valid_until: secret.valid_until,
-                    refreshed_at: Instant::now(),
-                };
-                self.cache.insert(digest, fresh.clone());
-                Ok(Some(fresh))
-            }
-            Some(_) => Ok(None),
-            None => {
-                self.cache.remove(&digest);
-                Err(AuthError::Unknown)
-            }
-        }
-    }
-
-    async fn verify(&self, token: &Token, digest: [u8; 32]) -> Result<CachedKey, AuthError> {
-        let Some((secret, key)) = self.store.find_secret(token.lookup_id()).await? else {
-            return Err(AuthError::Unknown);
-        };
-        if !self
-            .hasher
-            .verify(token.expose().to_string(), secret.hash.clone())
-            .await?
-        {
-            return Err(AuthError::Unknown);
-        }
-        let entry = CachedKey {
-            key: Arc::new(key),
-            lookup_id: secret.lookup_id,
-            hash: secret.hash,
-            secret_valid_until: secret.valid_until,
-            refreshed_at: Instant::now(),
-        };
-        self.cache.insert(digest, entry.clone());
-        Ok(entry)
     }
 }
 
@@ -590,19 +422,14 @@ fn last_admin_rule(workspace_id: Uuid) -> LastAdmin {
     }
 }
 
-fn check_usable(
-    key: &ApiKey,
-    secret_valid_until: Option<DateTime<Utc>>,
-    now: DateTime<Utc>,
-) -> Result<(), AuthError> {
-    if key.revoked_at.is_some() {
-        return Err(AuthError::Revoked);
+fn key_target(id: Uuid) -> String {
+    format!("key:{id}")
+}
+
+/// A store error of a call about a workspace: `NotFound` means the workspace.
+pub(crate) fn workspace_error(err: StoreError) -> KeyError {
+    match err {
+        StoreError::NotFound => KeyError::WorkspaceNotFound,
+        other => other.into(),
     }
-    if key.expires_at.is_some_and(|at| at <= now) {
-        return Err(AuthError::Expired);
-    }
-    if secret_valid_until.is_some_and(|at| at <= now) {
-        return Err(AuthError::Rotated);
-    }
-    Ok(())
 }

@@ -25,7 +25,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
-    AuditEvent, DynStore, EventFilter, LastAdmin, Member, Page, Paged, RateLimitEvent,
+    AuditEvent, AuditFilter, DynStore, EventFilter, LastAdmin, Member, Page, Paged, RateLimitEvent,
     SecretRecord, Store, StoreError, StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals,
     Workspace,
 };
@@ -147,8 +147,25 @@ impl Store for GuardedStore {
         self.guard(self.inner.find_workspace(name)).await
     }
 
-    async fn list_workspaces(&self) -> StoreResult<Vec<Workspace>> {
-        self.guard(self.inner.list_workspaces()).await
+    async fn list_workspaces(&self, page: Page) -> StoreResult<Paged<Workspace>> {
+        self.guard(self.inner.list_workspaces(page)).await
+    }
+
+    async fn delete_workspace(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        audit: &AuditEvent,
+    ) -> StoreResult<()> {
+        self.guard(self.inner.delete_workspace(id, at, audit)).await
+    }
+
+    async fn count_live_keys(&self, workspace_id: Uuid) -> StoreResult<u64> {
+        self.guard(self.inner.count_live_keys(workspace_id)).await
+    }
+
+    async fn update_member(&self, member: &Member, audit: &AuditEvent) -> StoreResult<()> {
+        self.guard(self.inner.update_member(member, audit)).await
     }
 
     async fn update_workspace(&self, ws: &Workspace, audit: &AuditEvent) -> StoreResult<()> {
@@ -191,6 +208,10 @@ impl Store for GuardedStore {
 
     async fn get_key(&self, workspace_id: Uuid, id: Uuid) -> StoreResult<ApiKey> {
         self.guard(self.inner.get_key(workspace_id, id)).await
+    }
+
+    async fn find_key(&self, id: Uuid) -> StoreResult<ApiKey> {
+        self.guard(self.inner.find_key(id)).await
     }
 
     async fn list_keys(&self, workspace_id: Uuid, page: Page) -> StoreResult<Paged<ApiKey>> {
@@ -256,13 +277,16 @@ impl Store for GuardedStore {
         self.guard(self.inner.touch_keys(uses)).await
     }
 
-    async fn list_audit_events(
+    async fn add_audit_event(&self, event: &AuditEvent) -> StoreResult<()> {
+        self.guard(self.inner.add_audit_event(event)).await
+    }
+
+    async fn find_audit_events(
         &self,
-        workspace_id: Uuid,
+        filter: &AuditFilter,
         page: Page,
     ) -> StoreResult<Paged<AuditEvent>> {
-        self.guard(self.inner.list_audit_events(workspace_id, page))
-            .await
+        self.guard(self.inner.find_audit_events(filter, page)).await
     }
 
     async fn add_usage_batch(&self, batch: Uuid, deltas: &[UsageDelta]) -> StoreResult<bool> {

@@ -45,6 +45,12 @@ pub enum StoreError {
     /// The change would leave the workspace without an active admin key ([`LastAdmin::Keep`]).
     #[error("the workspace's last active admin key cannot be revoked, demoted or expired")]
     LastAdminKey,
+    /// A workspace with live keys cannot be deleted.
+    #[error("the workspace still has {live} live keys")]
+    WorkspaceHasKeys { live: u64 },
+    /// The change would leave a workspace that has an owner without one.
+    #[error("the workspace's last owner cannot be removed or demoted")]
+    LastOwner,
     #[error("unsupported database url: {0}")]
     UnsupportedUrl(String),
     #[error(transparent)]
@@ -120,16 +126,42 @@ pub struct Workspace {
     /// Prepaid credit balance in USD; `None` = credits are not enforced.
     pub credits_usd: Option<Decimal>,
     pub webhook_url: Option<String>,
+    /// The key budget alerts to `webhook_url` are signed with; set whenever the URL is.
+    pub webhook_secret: Option<WebhookSecret>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+/// A workspace's webhook signing key (HMAC-SHA256). Stored as it is, because keygate signs
+/// with it; shown once, in the answer that set the webhook URL. `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookSecret(String);
+
+impl WebhookSecret {
+    pub fn new(secret: String) -> Self {
+        WebhookSecret(secret)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookSecret([REDACTED])")
+    }
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    Owner,
-    Admin,
+    // Declared from least to most rights: the derived order compares rights.
     Member,
+    Admin,
+    Owner,
 }
 
 impl Role {
@@ -281,6 +313,18 @@ pub struct RateLimitEvent {
     pub at: DateTime<Utc>,
 }
 
+/// Which audit events to list; every field narrows (exact matches, `from` inclusive, `to`
+/// exclusive). No `workspace_id`: every workspace's.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuditFilter {
+    pub workspace_id: Option<Uuid>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub target: Option<String>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EventFilter {
     pub key_id: Option<Uuid>,
@@ -299,18 +343,41 @@ pub trait Store: Send + Sync + 'static {
     async fn migrations_applied(&self) -> StoreResult<bool>;
 
     // --- workspaces and members ---
+    // A deleted workspace is invisible to every read here (`NotFound`), as are its members.
     /// The `default` workspace, created by the migrations.
     async fn default_workspace(&self) -> StoreResult<Workspace>;
     /// `Conflict{constraint: "workspace_name"}` on a duplicate name.
     async fn create_workspace(&self, ws: &Workspace, audit: &AuditEvent) -> StoreResult<()>;
     async fn get_workspace(&self, id: Uuid) -> StoreResult<Workspace>;
     async fn find_workspace(&self, name: &str) -> StoreResult<Workspace>;
-    async fn list_workspaces(&self) -> StoreResult<Vec<Workspace>>;
+    /// Oldest first (`created_at`, then `id`).
+    async fn list_workspaces(&self, page: Page) -> StoreResult<Paged<Workspace>>;
+    /// Writes every mutable field (name, key_cap, credits, webhook URL and secret,
+    /// updated_at) and the audit event.
     async fn update_workspace(&self, ws: &Workspace, audit: &AuditEvent) -> StoreResult<()>;
-    /// `Conflict{constraint: "member_username"}` on a duplicate username in the workspace.
+    /// Deletes the workspace and its members, with the audit event, unless it has live
+    /// keys (`WorkspaceHasKeys`, checked under the same lock as key creation, so no key
+    /// can slip in). The row stays, marked deleted and renamed so that its name is free,
+    /// because revoked keys, usage and audit events still point at it.
+    async fn delete_workspace(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        audit: &AuditEvent,
+    ) -> StoreResult<()>;
+    /// Live (not revoked) keys of the workspace.
+    async fn count_live_keys(&self, workspace_id: Uuid) -> StoreResult<u64>;
+    /// `Conflict{constraint: "member_username"}` on a duplicate username in the workspace;
+    /// `NotFound` if the workspace is gone.
     async fn create_member(&self, member: &Member, audit: &AuditEvent) -> StoreResult<()>;
     async fn find_member(&self, workspace_id: Uuid, username: &str) -> StoreResult<Member>;
+    /// Oldest first.
     async fn list_members(&self, workspace_id: Uuid) -> StoreResult<Vec<Member>>;
+    /// Writes the member's role, password hash and updated_at, with the audit event.
+    /// `LastOwner` when it would demote the workspace's only owner (checked under the
+    /// workspace's lock, so two concurrent demotions of the last two owners leave one).
+    async fn update_member(&self, member: &Member, audit: &AuditEvent) -> StoreResult<()>;
+    /// `LastOwner` when it is the workspace's only owner (checked as for `update_member`).
     async fn delete_member(
         &self,
         workspace_id: Uuid,
@@ -321,7 +388,8 @@ pub trait Store: Send + Sync + 'static {
     // --- keys ---
     /// Inserts the key, its first secret and the audit event atomically. When `key_cap` is
     /// set and the workspace already has that many live keys, nothing is written and
-    /// `KeyCapReached` is returned; this holds under concurrent inserts.
+    /// `KeyCapReached` is returned; this holds under concurrent inserts. `NotFound` when
+    /// the workspace is missing or deleted (also under a concurrent delete).
     async fn insert_key(
         &self,
         key: &ApiKey,
@@ -331,6 +399,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
     /// A live (not revoked) key of the workspace; `NotFound` otherwise.
     async fn get_key(&self, workspace_id: Uuid, id: Uuid) -> StoreResult<ApiKey>;
+    /// A live key of any workspace (for callers that manage every workspace).
+    async fn find_key(&self, id: Uuid) -> StoreResult<ApiKey>;
     /// Live keys of the workspace, oldest first (`created_at`, then `id`).
     async fn list_keys(&self, workspace_id: Uuid, page: Page) -> StoreResult<Paged<ApiKey>>;
     /// Writes every mutable field of `key` (name, expires_at, limits…, updated_at) and the
@@ -374,12 +444,27 @@ pub trait Store: Send + Sync + 'static {
     async fn touch_keys(&self, uses: &[(Uuid, DateTime<Utc>)]) -> StoreResult<()>;
 
     // --- audit ---
-    /// Newest first.
+    /// Records an event that goes with no other change (a failed console sign-in). Every
+    /// change writes its own event in its own transaction instead.
+    async fn add_audit_event(&self, event: &AuditEvent) -> StoreResult<()>;
+    /// Newest first (`at`, then `id`).
+    async fn find_audit_events(
+        &self,
+        filter: &AuditFilter,
+        page: Page,
+    ) -> StoreResult<Paged<AuditEvent>>;
+    /// One workspace's audit events, newest first.
     async fn list_audit_events(
         &self,
         workspace_id: Uuid,
         page: Page,
-    ) -> StoreResult<Paged<AuditEvent>>;
+    ) -> StoreResult<Paged<AuditEvent>> {
+        let filter = AuditFilter {
+            workspace_id: Some(workspace_id),
+            ..AuditFilter::default()
+        };
+        self.find_audit_events(&filter, page).await
+    }
 
     // --- usage ---
     /// Adds each delta to its key·model·minute bucket (upsert, summing), in one

@@ -13,7 +13,7 @@ use sqlx::FromRow;
 use super::{
     codec::{corrupt, decode, opt_time, Columns},
     AuditEvent, Member, RateLimitEvent, Role, SecretRecord, StoreError, StoreResult, UsageRow,
-    UsageTotals, Workspace,
+    UsageTotals, WebhookSecret, Workspace,
 };
 use crate::domain::{ApiKey, KeyKind};
 
@@ -24,6 +24,7 @@ pub(super) struct WorkspaceRow<C: Columns> {
     key_cap: Option<i64>,
     credits_usd: Option<String>,
     webhook_url: Option<String>,
+    webhook_secret: Option<String>,
     created_at: C::Time,
     updated_at: C::Time,
 }
@@ -45,6 +46,7 @@ impl<C: Columns> TryFrom<WorkspaceRow<C>> for Workspace {
             key_cap: row.key_cap,
             credits_usd,
             webhook_url: row.webhook_url,
+            webhook_secret: row.webhook_secret.map(WebhookSecret::new),
             created_at: C::time("workspace", row.created_at)?,
             updated_at: C::time("workspace", row.updated_at)?,
         })

@@ -221,9 +221,12 @@ fn common_field_cases() -> Vec<Case> {
             json!({ "name": "a", "secret": "kg_x" }),
             "secret",
         ),
+        // Naming a workspace is allowed (issue 15: the operator creates keys in any
+        // workspace; anyone else gets 404 for another, tests/api/workspaces.rs), but it
+        // must be an id.
         field(
-            "client-chosen workspace",
-            json!({ "name": "a", "workspace_id": "00000000-0000-0000-0000-000000000001" }),
+            "workspace id that is not a uuid",
+            json!({ "name": "a", "workspace_id": "default" }),
             "workspace_id",
         ),
         field(

@@ -58,6 +58,20 @@ async fn help_works_on_every_command() {
         &["keys", "revoke"][..],
         &["keys", "generate"][..],
         &["health"][..],
+        &["keys", "update"][..],
+        &["keys", "rotate"][..],
+        &["keys", "usage"][..],
+        &["workspaces", "create"][..],
+        &["workspaces", "list"][..],
+        &["workspaces", "show"][..],
+        &["workspaces", "update"][..],
+        &["workspaces", "delete"][..],
+        &["members", "add"][..],
+        &["members", "list"][..],
+        &["members", "update"][..],
+        &["members", "remove"][..],
+        &["audit", "list"][..],
+        &["rate-limit-events", "list"][..],
     ] {
         // Arrange
         let mut cmd = keygate(dir.path());

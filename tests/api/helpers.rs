@@ -385,6 +385,7 @@ impl TestApp {
             key_cap,
             credits_usd: None,
             webhook_url: None,
+            webhook_secret: None,
             created_at: now,
             updated_at: now,
         };
@@ -407,6 +408,7 @@ impl TestApp {
             actor: "test".into(),
             source: None,
             role: CallerRole::Admin,
+            reach: keygate::keys::Reach::Own,
         };
         let created = self
             .state

@@ -92,6 +92,7 @@ async fn key_with_credits(app: &ProxyApp, name: &str, credits_usd: &str) -> Test
         key_cap: None,
         credits_usd: Some(Decimal::from_str(credits_usd).unwrap()),
         webhook_url: None,
+        webhook_secret: None,
         created_at: now,
         updated_at: now,
     };
@@ -115,6 +116,7 @@ async fn key_with_credits(app: &ProxyApp, name: &str, credits_usd: &str) -> Test
         actor: "test".into(),
         source: None,
         role: CallerRole::Admin,
+        reach: keygate::keys::Reach::Own,
     };
     let created = app
         .state

@@ -205,6 +205,7 @@ pub fn workspace(name: &str, created_at: DateTime<Utc>) -> Workspace {
         key_cap: None,
         credits_usd: None,
         webhook_url: None,
+        webhook_secret: None,
         created_at,
         updated_at: created_at,
     }

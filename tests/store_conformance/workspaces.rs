@@ -25,7 +25,10 @@ pub async fn default_workspace_exists_after_migrate(store: DynStore) {
     assert_eq!(ws.webhook_url, None);
     assert_eq!(store.get_workspace(ws.id).await.unwrap(), ws);
     assert_eq!(store.find_workspace(DEFAULT_WORKSPACE).await.unwrap(), ws);
-    assert_eq!(store.list_workspaces().await.unwrap(), vec![ws]);
+    assert_eq!(
+        store.list_workspaces(page(1, 10)).await.unwrap().items,
+        vec![ws]
+    );
 }
 
 pub async fn migrate_twice_is_idempotent(store: DynStore) {
@@ -35,7 +38,10 @@ pub async fn migrate_twice_is_idempotent(store: DynStore) {
     store.migrate().await.unwrap();
     assert!(store.migrations_applied().await.unwrap());
     store.ping().await.unwrap();
-    assert_eq!(store.list_workspaces().await.unwrap(), vec![before]);
+    assert_eq!(
+        store.list_workspaces(page(1, 10)).await.unwrap().items,
+        vec![before]
+    );
 }
 
 pub async fn workspaces_create_find_list_update(store: DynStore) {
@@ -49,7 +55,7 @@ pub async fn workspaces_create_find_list_update(store: DynStore) {
 
     assert_eq!(store.get_workspace(ws.id).await.unwrap(), ws);
     assert_eq!(store.find_workspace("acme").await.unwrap(), ws);
-    let all = store.list_workspaces().await.unwrap();
+    let all = store.list_workspaces(page(1, 10)).await.unwrap().items;
     assert_eq!(all.len(), 2);
     assert!(all.contains(&default) && all.contains(&ws));
 

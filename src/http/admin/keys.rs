@@ -7,7 +7,10 @@ use axum::{
     Json,
 };
 
-use super::views::{ErrorBody, KeyList, KeyView, KeyWithSecretView, PageParams, RotateRequest};
+use super::views::{
+    parse_workspace_id, ErrorBody, KeyList, KeyListParams, KeyView, KeyWithSecretView,
+    RotateRequest,
+};
 use crate::{
     error::ApiError,
     http::{
@@ -24,7 +27,8 @@ use crate::{
         (status = 400, description = "Malformed JSON (`invalid_json`)", body = ErrorBody),
         (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
         (status = 403, description = "Not an admin key", body = ErrorBody),
-        (status = 409, description = "Workspace key cap reached", body = ErrorBody),
+        (status = 404, description = "`workspace_id` names no workspace this key can see", body = ErrorBody),
+        (status = 409, description = "`key_cap_reached`: the workspace's key cap is reached (the message names it)", body = ErrorBody),
         (status = 422, description = "A field is invalid; `field` names it", body = ErrorBody),
     ),
     security(("bearer" = [])))]
@@ -38,19 +42,22 @@ pub async fn create_key(
     Ok((StatusCode::CREATED, Json(KeyWithSecretView::from(&created))))
 }
 
-#[utoipa::path(get, path = "/admin/v1/keys", tag = "keys", params(PageParams),
+#[utoipa::path(get, path = "/admin/v1/keys", tag = "keys", params(KeyListParams),
     responses(
         (status = 200, description = "One page of the workspace's live keys, oldest first", body = KeyList),
+        (status = 400, description = "Malformed `workspace_id` (`invalid_id`)", body = ErrorBody),
+        (status = 404, description = "`workspace_id` names no workspace this key can see", body = ErrorBody),
         (status = 422, description = "Bad `page` or `limit`", body = ErrorBody),
     ),
     security(("bearer" = [])))]
 pub async fn list_keys(
     State(state): State<AppState>,
     admin: AdminKey,
-    AppQuery(params): AppQuery<PageParams>,
+    AppQuery(params): AppQuery<KeyListParams>,
 ) -> Result<Json<KeyList>, ApiError> {
     let page = params.page()?;
-    let keys = state.keys.list(&admin.caller, page).await?;
+    let workspace = parse_workspace_id(params.workspace_id.as_deref())?;
+    let keys = state.keys.list(&admin.caller, workspace, page).await?;
     Ok(Json(KeyList::new(&keys, page)))
 }
 

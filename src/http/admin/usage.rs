@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::views::{ErrorBody, PageParams};
+use super::views::{parse_workspace_id, ErrorBody, PageParams};
 use crate::{
     error::ApiError,
     http::{
@@ -109,6 +109,10 @@ impl From<ReadError> for ApiError {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventParams {
+    /// The workspace whose refusals to list (default: the key's own). Only an admin key of
+    /// the `default` workspace may name another; any other answers 404.
+    #[param(value_type = Option<Uuid>)]
+    pub workspace_id: Option<String>,
     /// Only this key's refusals.
     #[param(value_type = Option<Uuid>)]
     pub key_id: Option<String>,
@@ -145,7 +149,8 @@ pub struct RateLimitEventList {
 #[utoipa::path(get, path = "/admin/v1/rate-limit-events", tag = "usage", params(EventParams),
     responses(
         (status = 200, description = "Refused requests of the workspace, newest first", body = RateLimitEventList),
-        (status = 400, description = "Malformed `key_id` (`invalid_id`)", body = ErrorBody),
+        (status = 400, description = "Malformed `key_id` or `workspace_id` (`invalid_id`)", body = ErrorBody),
+        (status = 404, description = "`workspace_id` names no workspace this key can see", body = ErrorBody),
         (status = 422, body = ErrorBody),
     ),
     security(("bearer" = [])))]
@@ -169,10 +174,14 @@ pub async fn rate_limit_events(
         from: params.from,
         to: params.to,
     };
-    let events = state
-        .usage
-        .refusals(admin.caller.workspace_id, &filter, page)
+    let workspace_id = state
+        .keys
+        .readable_workspace(
+            &admin.caller,
+            parse_workspace_id(params.workspace_id.as_deref())?,
+        )
         .await?;
+    let events = state.usage.refusals(workspace_id, &filter, page).await?;
     Ok(Json(RateLimitEventList {
         data: events
             .items

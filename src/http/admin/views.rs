@@ -147,6 +147,38 @@ impl PageParams {
     }
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct KeyListParams {
+    /// 1-based page number (default 1).
+    #[param(minimum = 1, maximum = 1_000_000)]
+    pub page: Option<u32>,
+    /// Items per page, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<u32>,
+    /// The workspace to list (default: the key's own). Only an admin key of the `default`
+    /// workspace may name another; any other answers 404.
+    #[param(value_type = Option<Uuid>)]
+    pub workspace_id: Option<String>,
+}
+
+impl KeyListParams {
+    pub fn page(&self) -> Result<Page, ApiError> {
+        PageParams {
+            page: self.page,
+            limit: self.limit,
+        }
+        .page()
+    }
+}
+
+/// A `workspace_id` query parameter: 400 `invalid_id` naming it when malformed.
+pub fn parse_workspace_id(raw: Option<&str>) -> Result<Option<Uuid>, ApiError> {
+    raw.map(|raw| crate::http::extract::parse_id(raw).map_err(|e| e.with_field("workspace_id")))
+        .transpose()
+}
+
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateRequest {

@@ -8,27 +8,48 @@ use super::Pg;
 use crate::store::{
     codec::{page_limit, paged},
     rows::{AuditRow, RateLimitRow},
-    AuditEvent, EventFilter, Page, Paged, RateLimitEvent, StoreResult,
+    AuditEvent, AuditFilter, EventFilter, Page, Paged, RateLimitEvent, StoreResult,
 };
 
-pub(super) async fn list_audit_events(
+pub(super) async fn add_audit_event(pool: &PgPool, event: &AuditEvent) -> StoreResult<()> {
+    let mut conn = pool.acquire().await?;
+    super::insert_audit(&mut conn, event).await
+}
+
+pub(super) async fn find_audit_events(
     pool: &PgPool,
-    workspace_id: Uuid,
+    filter: &AuditFilter,
     page: Page,
 ) -> StoreResult<Paged<AuditEvent>> {
-    let total: i64 = sqlx::query_scalar("select count(*) from audit_event where workspace_id = $1")
-        .bind(workspace_id)
+    const FILTER: &str = "where ($1::uuid is null or workspace_id = $1)
+          and ($2::text is null or actor = $2)
+          and ($3::text is null or action = $3)
+          and ($4::text is null or target = $4)
+          and ($5::timestamptz is null or at >= $5)
+          and ($6::timestamptz is null or at < $6)";
+    let count_sql = format!("select count(*) from audit_event {FILTER}");
+    let total: i64 = sqlx::query_scalar(&count_sql)
+        .bind(filter.workspace_id)
+        .bind(&filter.actor)
+        .bind(&filter.action)
+        .bind(&filter.target)
+        .bind(filter.from)
+        .bind(filter.to)
         .fetch_one(pool)
         .await?;
-    let rows = sqlx::query_as::<_, AuditRow<Pg>>(
-        "select * from audit_event where workspace_id = $1
-         order by at desc, id desc limit $2 offset $3",
-    )
-    .bind(workspace_id)
-    .bind(page_limit(page))
-    .bind(page.offset())
-    .fetch_all(pool)
-    .await?;
+    let list_sql =
+        format!("select * from audit_event {FILTER} order by at desc, id desc limit $7 offset $8");
+    let rows = sqlx::query_as::<_, AuditRow<Pg>>(&list_sql)
+        .bind(filter.workspace_id)
+        .bind(&filter.actor)
+        .bind(&filter.action)
+        .bind(&filter.target)
+        .bind(filter.from)
+        .bind(filter.to)
+        .bind(page_limit(page))
+        .bind(page.offset())
+        .fetch_all(pool)
+        .await?;
     paged(rows, total)
 }
 

@@ -50,14 +50,10 @@ pub(super) async fn insert_key(
 ) -> StoreResult<()> {
     let json = KeyJson::new(key)?;
     let mut tx = pool.begin().await?;
+    // The row lock serialises concurrent inserts into one workspace (and its deletion),
+    // so the count below cannot be stale when we insert, nor the workspace gone.
+    super::workspaces::lock_workspace(&mut tx, key.workspace_id).await?;
     if let Some(cap) = key_cap {
-        // The row lock serialises concurrent inserts into one workspace, so the count
-        // below cannot be stale when we insert.
-        sqlx::query("select id from workspace where id = $1 for update")
-            .bind(key.workspace_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(StoreError::NotFound)?;
         let live: i64 = sqlx::query_scalar(
             "select count(*) from api_key where workspace_id = $1 and revoked_at is null",
         )
@@ -109,6 +105,15 @@ pub(super) async fn get_key(pool: &PgPool, workspace_id: Uuid, id: Uuid) -> Stor
     .await?
     .ok_or(StoreError::NotFound)?
     .try_into()
+}
+
+pub(super) async fn find_key(pool: &PgPool, id: Uuid) -> StoreResult<ApiKey> {
+    sqlx::query_as::<_, KeyRow<Pg>>("select * from api_key where id = $1 and revoked_at is null")
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+        .ok_or(StoreError::NotFound)?
+        .try_into()
 }
 
 pub(super) async fn list_keys(

@@ -32,9 +32,9 @@ use uuid::Uuid;
 
 use super::{
     codec::{self, Columns},
-    AuditEvent, EventFilter, LastAdmin, Member, Page, Paged, RateLimitEvent, SecretRecord, Store,
-    StoreError, StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals, Workspace,
-    DEFAULT_WORKSPACE_ID,
+    AuditEvent, AuditFilter, EventFilter, LastAdmin, Member, Page, Paged, RateLimitEvent,
+    SecretRecord, Store, StoreError, StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals,
+    Workspace, DEFAULT_WORKSPACE_ID,
 };
 use crate::domain::ApiKey;
 
@@ -213,12 +213,29 @@ impl Store for PgStore {
         workspaces::find_workspace(&self.pool, name).await
     }
 
-    async fn list_workspaces(&self) -> StoreResult<Vec<Workspace>> {
-        workspaces::list_workspaces(&self.pool).await
+    async fn list_workspaces(&self, page: Page) -> StoreResult<Paged<Workspace>> {
+        workspaces::list_workspaces(&self.pool, page).await
     }
 
     async fn update_workspace(&self, ws: &Workspace, audit: &AuditEvent) -> StoreResult<()> {
         workspaces::update_workspace(&self.pool, ws, audit).await
+    }
+
+    async fn delete_workspace(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        audit: &AuditEvent,
+    ) -> StoreResult<()> {
+        workspaces::delete_workspace(&self.pool, id, at, audit).await
+    }
+
+    async fn count_live_keys(&self, workspace_id: Uuid) -> StoreResult<u64> {
+        workspaces::count_live_keys(&self.pool, workspace_id).await
+    }
+
+    async fn update_member(&self, member: &Member, audit: &AuditEvent) -> StoreResult<()> {
+        workspaces::update_member(&self.pool, member, audit).await
     }
 
     async fn create_member(&self, member: &Member, audit: &AuditEvent) -> StoreResult<()> {
@@ -256,6 +273,10 @@ impl Store for PgStore {
 
     async fn get_key(&self, workspace_id: Uuid, id: Uuid) -> StoreResult<ApiKey> {
         keys::get_key(&self.pool, workspace_id, id).await
+    }
+
+    async fn find_key(&self, id: Uuid) -> StoreResult<ApiKey> {
+        keys::find_key(&self.pool, id).await
     }
 
     async fn list_keys(&self, workspace_id: Uuid, page: Page) -> StoreResult<Paged<ApiKey>> {
@@ -319,12 +340,16 @@ impl Store for PgStore {
 
     // --- audit ---
 
-    async fn list_audit_events(
+    async fn add_audit_event(&self, event: &AuditEvent) -> StoreResult<()> {
+        events::add_audit_event(&self.pool, event).await
+    }
+
+    async fn find_audit_events(
         &self,
-        workspace_id: Uuid,
+        filter: &AuditFilter,
         page: Page,
     ) -> StoreResult<Paged<AuditEvent>> {
-        events::list_audit_events(&self.pool, workspace_id, page).await
+        events::find_audit_events(&self.pool, filter, page).await
     }
 
     // --- usage ---

@@ -7,27 +7,49 @@ use super::{id, micros, opt_micros, Lite, SqliteStore};
 use crate::store::{
     codec::{page_limit, paged},
     rows::{AuditRow, RateLimitRow},
-    AuditEvent, EventFilter, Page, Paged, RateLimitEvent, StoreResult,
+    AuditEvent, AuditFilter, EventFilter, Page, Paged, RateLimitEvent, StoreResult,
 };
 
-pub(super) async fn list_audit_events(
+pub(super) async fn add_audit_event(store: &SqliteStore, event: &AuditEvent) -> StoreResult<()> {
+    let mut w = store.begin_write().await?;
+    super::insert_audit(w.conn(), event).await?;
+    w.commit().await
+}
+
+pub(super) async fn find_audit_events(
     store: &SqliteStore,
-    workspace_id: Uuid,
+    filter: &AuditFilter,
     page: Page,
 ) -> StoreResult<Paged<AuditEvent>> {
-    let total: i64 = sqlx::query_scalar("select count(*) from audit_event where workspace_id = ?")
-        .bind(id(workspace_id))
+    const FILTER: &str = "where (?1 is null or workspace_id = ?1)
+          and (?2 is null or actor = ?2)
+          and (?3 is null or action = ?3)
+          and (?4 is null or target = ?4)
+          and (?5 is null or at >= ?5)
+          and (?6 is null or at < ?6)";
+    let count_sql = format!("select count(*) from audit_event {FILTER}");
+    let total: i64 = sqlx::query_scalar(&count_sql)
+        .bind(filter.workspace_id.map(id))
+        .bind(&filter.actor)
+        .bind(&filter.action)
+        .bind(&filter.target)
+        .bind(opt_micros(filter.from))
+        .bind(opt_micros(filter.to))
         .fetch_one(&store.pool)
         .await?;
-    let rows = sqlx::query_as::<_, AuditRow<Lite>>(
-        "select * from audit_event where workspace_id = ?
-         order by at desc, id desc limit ? offset ?",
-    )
-    .bind(id(workspace_id))
-    .bind(page_limit(page))
-    .bind(page.offset())
-    .fetch_all(&store.pool)
-    .await?;
+    let list_sql =
+        format!("select * from audit_event {FILTER} order by at desc, id desc limit ?7 offset ?8");
+    let rows = sqlx::query_as::<_, AuditRow<Lite>>(&list_sql)
+        .bind(filter.workspace_id.map(id))
+        .bind(&filter.actor)
+        .bind(&filter.action)
+        .bind(&filter.target)
+        .bind(opt_micros(filter.from))
+        .bind(opt_micros(filter.to))
+        .bind(page_limit(page))
+        .bind(page.offset())
+        .fetch_all(&store.pool)
+        .await?;
     paged(rows, total)
 }
 

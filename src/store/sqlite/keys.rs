@@ -43,6 +43,7 @@ pub(super) async fn insert_key(
     // BEGIN IMMEDIATE holds the database's write lock from here to commit, so the count
     // cannot change between the check and the insert.
     let mut w = store.begin_write().await?;
+    super::workspaces::require_live_workspace(w.conn(), key.workspace_id).await?;
     if let Some(cap) = key_cap {
         let live: i64 = sqlx::query_scalar(
             "select count(*) from api_key where workspace_id = ? and revoked_at is null",
@@ -97,6 +98,15 @@ pub(super) async fn get_key(
     .await?
     .ok_or(StoreError::NotFound)?
     .try_into()
+}
+
+pub(super) async fn find_key(store: &SqliteStore, key_id: Uuid) -> StoreResult<ApiKey> {
+    sqlx::query_as::<_, KeyRow<Lite>>("select * from api_key where id = ? and revoked_at is null")
+        .bind(id(key_id))
+        .fetch_optional(&store.pool)
+        .await?
+        .ok_or(StoreError::NotFound)?
+        .try_into()
 }
 
 pub(super) async fn list_keys(

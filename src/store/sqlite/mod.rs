@@ -38,9 +38,9 @@ use uuid::{fmt::Hyphenated, Uuid};
 
 use super::{
     codec::{self, corrupt, Columns},
-    AuditEvent, EventFilter, LastAdmin, Member, Page, Paged, RateLimitEvent, SecretRecord, Store,
-    StoreError, StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals, Workspace,
-    DEFAULT_WORKSPACE_ID,
+    AuditEvent, AuditFilter, EventFilter, LastAdmin, Member, Page, Paged, RateLimitEvent,
+    SecretRecord, Store, StoreError, StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals,
+    Workspace, DEFAULT_WORKSPACE_ID,
 };
 use crate::domain::ApiKey;
 
@@ -269,12 +269,29 @@ impl Store for SqliteStore {
         workspaces::find_workspace(self, name).await
     }
 
-    async fn list_workspaces(&self) -> StoreResult<Vec<Workspace>> {
-        workspaces::list_workspaces(self).await
+    async fn list_workspaces(&self, page: Page) -> StoreResult<Paged<Workspace>> {
+        workspaces::list_workspaces(self, page).await
     }
 
     async fn update_workspace(&self, ws: &Workspace, audit: &AuditEvent) -> StoreResult<()> {
         workspaces::update_workspace(self, ws, audit).await
+    }
+
+    async fn delete_workspace(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        audit: &AuditEvent,
+    ) -> StoreResult<()> {
+        workspaces::delete_workspace(self, id, at, audit).await
+    }
+
+    async fn count_live_keys(&self, workspace_id: Uuid) -> StoreResult<u64> {
+        workspaces::count_live_keys(self, workspace_id).await
+    }
+
+    async fn update_member(&self, member: &Member, audit: &AuditEvent) -> StoreResult<()> {
+        workspaces::update_member(self, member, audit).await
     }
 
     async fn create_member(&self, member: &Member, audit: &AuditEvent) -> StoreResult<()> {
@@ -312,6 +329,10 @@ impl Store for SqliteStore {
 
     async fn get_key(&self, workspace_id: Uuid, key_id: Uuid) -> StoreResult<ApiKey> {
         keys::get_key(self, workspace_id, key_id).await
+    }
+
+    async fn find_key(&self, key_id: Uuid) -> StoreResult<ApiKey> {
+        keys::find_key(self, key_id).await
     }
 
     async fn list_keys(&self, workspace_id: Uuid, page: Page) -> StoreResult<Paged<ApiKey>> {
@@ -375,12 +396,16 @@ impl Store for SqliteStore {
 
     // --- audit ---
 
-    async fn list_audit_events(
+    async fn add_audit_event(&self, event: &AuditEvent) -> StoreResult<()> {
+        events::add_audit_event(self, event).await
+    }
+
+    async fn find_audit_events(
         &self,
-        workspace_id: Uuid,
+        filter: &AuditFilter,
         page: Page,
     ) -> StoreResult<Paged<AuditEvent>> {
-        events::list_audit_events(self, workspace_id, page).await
+        events::find_audit_events(self, filter, page).await
     }
 
     // --- usage ---

@@ -42,7 +42,7 @@ pub async fn list_keys(
         limit: MAX_PAGE_LIMIT,
     };
     loop {
-        let paged = state.keys.list(&admin.caller, page).await?;
+        let paged = state.keys.list(&admin.caller, None, page).await?;
         let got = paged.items.len();
         all.extend(
             paged

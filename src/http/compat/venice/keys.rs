@@ -84,7 +84,10 @@ pub async fn list_keys(
     }
     // Flushed first, so `lastUsedAt` and the spend include this instance's latest requests.
     state.usage.flush().await;
-    let keys = state.keys.list(&admin.caller, Page { page, limit }).await?;
+    let keys = state
+        .keys
+        .list(&admin.caller, None, Page { page, limit })
+        .await?;
     let spends = state.usage.spend_of_each(&keys.items, Utc::now()).await?;
     let views = keys
         .items

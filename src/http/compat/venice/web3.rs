@@ -32,7 +32,7 @@ use crate::{
     http::auth::ClientIp,
     keys::{
         input::{self, NewKey},
-        AuthError, Caller, CallerRole, KeyKind,
+        AuthError, Caller, CallerRole, KeyKind, Reach,
     },
     state::AppState,
     web3::{recover_personal_sign, Address, TokenSigner, Web3Error},
@@ -231,6 +231,7 @@ pub async fn web3_create_key(
         // The wallet acts for itself: the request may set a budget on its own key (only a
         // restriction); the key kind was forced to inference above.
         role: CallerRole::Admin,
+        reach: Reach::Own,
     };
     let created = state.keys.create(&caller, new).await?;
     Ok(Json(Succeeded::new(CreatedApiKey::new(&created))))
