@@ -10,26 +10,27 @@ use keygate::keys::Token;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{
-    assert_error, both_backends, future_rfc3339, id_of, json_of, secret_of, spawn_app, Backend,
-};
+use crate::helpers::{assert_error, future_rfc3339, id_of, json_of, secret_of, spawn_app, Backend};
+use crate::support::backends::backend_tests;
 
-both_backends!(
-    create_returns_the_key_and_its_secret_once,
-    create_accepts_every_field_and_echoes_it,
-    list_is_paginated_and_never_shows_secrets,
-    get_returns_the_key_without_its_secret,
-    unknown_and_deleted_ids_get_404,
-    patch_changes_given_fields_and_null_clears,
-    patch_can_set_every_create_field,
-    delete_revokes_the_key_at_once,
-    rotate_without_grace_stops_the_old_secret_at_once,
-    rotate_with_grace_keeps_the_old_secret_for_the_grace_period,
-    workspaces_are_isolated,
-    key_cap_refuses_the_key_past_the_cap,
-    admin_actions_are_audited_with_the_acting_key,
-    patching_expiry_into_the_past_takes_effect_at_once,
-);
+backend_tests! {
+    both: [
+        create_returns_the_key_and_its_secret_once,
+        create_accepts_every_field_and_echoes_it,
+        list_is_paginated_and_never_shows_secrets,
+        get_returns_the_key_without_its_secret,
+        unknown_and_deleted_ids_get_404,
+        patch_changes_given_fields_and_null_clears,
+        patch_can_set_every_create_field,
+        delete_revokes_the_key_at_once,
+        rotate_without_grace_stops_the_old_secret_at_once,
+        rotate_with_grace_keeps_the_old_secret_for_the_grace_period,
+        workspaces_are_isolated,
+        key_cap_refuses_the_key_past_the_cap,
+        admin_actions_are_audited_with_the_acting_key,
+        patching_expiry_into_the_past_takes_effect_at_once,
+    ],
+}
 
 const KEY_FIELDS: &[&str] = &[
     "id",

@@ -11,21 +11,24 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    assert_error, both_backends, future_rfc3339, id_of, json_of, secret_of, spawn_app,
-    spawn_app_with, Backend, TestApp,
+    assert_error, future_rfc3339, id_of, json_of, secret_of, spawn_app, spawn_app_with, Backend,
+    TestApp,
 };
+use crate::support::backends::backend_tests;
 
-both_backends!(
-    create_rejects_bad_bodies_naming_the_field,
-    patch_rejects_bad_bodies_naming_the_field,
-    rotate_rejects_bad_bodies_naming_the_field,
-    bad_ids_get_400_naming_the_id,
-    absurd_pagination_gets_422_naming_the_parameter,
-    wrong_content_type_and_oversize_bodies_get_4xx,
-    missing_malformed_unknown_expired_and_revoked_keys_get_401,
-    inference_keys_get_403_on_the_admin_api,
-    failed_authentications_are_rate_limited_per_address,
-);
+backend_tests! {
+    both: [
+        create_rejects_bad_bodies_naming_the_field,
+        patch_rejects_bad_bodies_naming_the_field,
+        rotate_rejects_bad_bodies_naming_the_field,
+        bad_ids_get_400_naming_the_id,
+        absurd_pagination_gets_422_naming_the_parameter,
+        wrong_content_type_and_oversize_bodies_get_4xx,
+        missing_malformed_unknown_expired_and_revoked_keys_get_401,
+        inference_keys_get_403_on_the_admin_api,
+        failed_authentications_are_rate_limited_per_address,
+    ],
+}
 
 /// One bad request and the answer it must get.
 struct Case {

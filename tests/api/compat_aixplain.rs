@@ -11,26 +11,27 @@ use keygate::config::UpstreamConfig;
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{
-    both_backends, json_of, keys_in, secret_of, spawn_app, spawn_app_with, Backend, TestApp,
-};
+use crate::helpers::{json_of, keys_in, secret_of, spawn_app, spawn_app_with, Backend, TestApp};
+use crate::support::backends::backend_tests;
 // tests/support is compiled once per test binary (clippy::duplicate_mod); proxy_helpers holds it.
 use crate::proxy_helpers::MockUpstream;
 
-both_backends!(
-    list_is_a_bare_array_of_every_key_with_partial_access_keys,
-    create_answers_the_wire_shape_with_the_full_key_once,
-    get_accepts_a_json_body_and_every_key_header,
-    fixed_routes_win_over_id_routes,
-    put_updates_with_aixplain_semantics,
-    delete_revokes_and_then_404s,
-    errors_use_the_aixplain_shape_and_never_500,
-    bad_bodies_get_4xx_naming_the_field,
-    key_cap_is_409,
-    workspaces_are_isolated,
-    v2_models_answers_the_path_as_id,
-    openapi_lists_the_aixplain_routes,
-);
+backend_tests! {
+    both: [
+        list_is_a_bare_array_of_every_key_with_partial_access_keys,
+        create_answers_the_wire_shape_with_the_full_key_once,
+        get_accepts_a_json_body_and_every_key_header,
+        fixed_routes_win_over_id_routes,
+        put_updates_with_aixplain_semantics,
+        delete_revokes_and_then_404s,
+        errors_use_the_aixplain_shape_and_never_500,
+        bad_bodies_get_4xx_naming_the_field,
+        key_cap_is_409,
+        workspaces_are_isolated,
+        v2_models_answers_the_path_as_id,
+        openapi_lists_the_aixplain_routes,
+    ],
+}
 
 // Tests that need a real upstream behind the proxy (SQLite only: the store is not what
 // they are about).

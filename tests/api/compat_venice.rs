@@ -17,26 +17,29 @@ use secrecy::SecretString;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{both_backends, id_of, json_of, spawn_app, spawn_app_with, Backend, TestApp};
+use crate::helpers::{id_of, json_of, spawn_app, spawn_app_with, Backend, TestApp};
+use crate::support::backends::backend_tests;
 
-both_backends!(
-    create_answers_the_created_key_shape,
-    list_retrieve_update_delete_answer_their_envelopes,
-    venice_keys_are_ordinary_keygate_keys,
-    expires_at_accepts_its_three_forms,
-    update_changes_each_field_and_clears_with_empty_values,
-    list_pages_end_with_a_short_page,
-    static_routes_win_over_the_id_route,
-    auth_failures_use_the_venice_shape_and_sdk_statuses,
-    bad_inputs_are_400_in_venice_shape_never_500,
-    key_cap_is_a_409_conflict,
-    rate_limits_are_the_calling_keys_real_limits_and_balances,
-    rate_limit_log_is_the_last_50_of_the_workspace_or_of_the_key,
-    web3_flow_creates_an_inference_key_for_the_signer,
-    web3_refuses_bad_proofs_and_admin_keys,
-    web3_is_off_by_default_and_honours_the_address_allowlist,
-    web3_failed_proofs_count_as_failed_authentications,
-);
+backend_tests! {
+    both: [
+        create_answers_the_created_key_shape,
+        list_retrieve_update_delete_answer_their_envelopes,
+        venice_keys_are_ordinary_keygate_keys,
+        expires_at_accepts_its_three_forms,
+        update_changes_each_field_and_clears_with_empty_values,
+        list_pages_end_with_a_short_page,
+        static_routes_win_over_the_id_route,
+        auth_failures_use_the_venice_shape_and_sdk_statuses,
+        bad_inputs_are_400_in_venice_shape_never_500,
+        key_cap_is_a_409_conflict,
+        rate_limits_are_the_calling_keys_real_limits_and_balances,
+        rate_limit_log_is_the_last_50_of_the_workspace_or_of_the_key,
+        web3_flow_creates_an_inference_key_for_the_signer,
+        web3_refuses_bad_proofs_and_admin_keys,
+        web3_is_off_by_default_and_honours_the_address_allowlist,
+        web3_failed_proofs_count_as_failed_authentications,
+    ],
+}
 
 const KEYS: &str = "/api/v1/api_keys";
 const WEB3: &str = "/api/v1/api_keys/generate_web3_key";

@@ -16,11 +16,14 @@ use tokio::{
 };
 
 use crate::proxy_helpers::{
-    chat_body, proxy_tests, spawn_proxy, spawn_proxy_with, stream_body, support::upstream as mock,
-    Backend, FrontDoor, ProxyApp, Setup,
+    chat_body, spawn_proxy, spawn_proxy_with, stream_body, support::upstream as mock, Backend,
+    FrontDoor, Setup, TestApp,
 };
+use crate::support::backends::backend_tests;
 
-proxy_tests! {
+backend_tests! {
+    doors: both,
+    flavor: by_backend,
     both: [],
     sqlite: [
         pipelined_requests_are_answered_in_order_on_one_connection,
@@ -84,7 +87,7 @@ struct Wire {
 }
 
 impl Wire {
-    async fn connect(app: &ProxyApp) -> Wire {
+    async fn connect(app: &TestApp) -> Wire {
         let address = app.address.trim_start_matches("http://");
         Wire {
             stream: TcpStream::connect(address).await.expect("connect"),
@@ -293,7 +296,7 @@ async fn pipelined_requests_are_answered_in_order_on_one_connection(setup: Setup
 async fn a_connection_moves_to_the_router_and_back_to_inference_without_a_hitch(setup: Setup) {
     // Arrange: a key with an rpm limit, so every /v1 answer carries rate-limit headers.
     let app = spawn_proxy(setup).await;
-    let key = app.create_key(json!({ "limits": { "rpm": 100 } })).await;
+    let key = app.key_with(json!({ "limits": { "rpm": 100 } })).await;
     let mut wire = Wire::connect(&app).await;
     let body = chat_body("gpt-4o-mini", PROMPT, Some(2));
 
@@ -465,7 +468,7 @@ async fn a_refused_request_whose_body_never_came_closes_the_connection(setup: Se
 async fn a_client_that_leaves_while_the_upstream_thinks_frees_its_slot_at_once(setup: Setup) {
     // Arrange: one request at a time; the first one's upstream takes 5 s to answer.
     let app = spawn_proxy(setup).await;
-    let key = app.create_key(json!({ "max_parallel": 1 })).await;
+    let key = app.key_with(json!({ "max_parallel": 1 })).await;
     let slow = chat_body(
         &format!("{}:5000", mock::MODEL_SLOW_FIRST_BYTE),
         PROMPT,
@@ -657,7 +660,7 @@ async fn idle_connections_close_after_the_keep_alive_timeout_and_busy_ones_stay(
 const READ_TIMEOUT: Duration = Duration::from_secs(1);
 const SLACK: Duration = Duration::from_secs(2);
 
-async fn spawn_with_short_read_timeout(setup: Setup) -> ProxyApp {
+async fn spawn_with_short_read_timeout(setup: Setup) -> TestApp {
     spawn_proxy_with(setup, |config| {
         config.http.request_read_timeout_secs = READ_TIMEOUT.as_secs_f64();
     })
@@ -867,16 +870,13 @@ async fn both_front_doors_answer_every_request_alike() {
         let app = spawn_proxy_with(setup, configure).await;
         let keys = DoorKeys {
             plain: app.plain_key().await.secret,
-            rpm_one: app
-                .create_key(json!({ "limits": { "rpm": 1 } }))
-                .await
-                .secret,
+            rpm_one: app.key_with(json!({ "limits": { "rpm": 1 } })).await.secret,
             allowed: app
-                .create_key(json!({ "allowed_models": [mock::DEFAULT_MODEL] }))
+                .key_with(json!({ "allowed_models": [mock::DEFAULT_MODEL] }))
                 .await
                 .secret,
             elsewhere: app
-                .create_key(json!({ "ip_allowlist": ["203.0.113.0/24"] }))
+                .key_with(json!({ "ip_allowlist": ["203.0.113.0/24"] }))
                 .await
                 .secret,
             admin: app.admin_key.clone(),

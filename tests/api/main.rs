@@ -22,4 +22,6 @@ mod proxy_limits;
 mod proxy_routes;
 mod proxy_streaming;
 mod secrets;
+#[path = "../support/mod.rs"]
+mod support;
 mod text_input;

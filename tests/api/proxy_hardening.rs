@@ -11,12 +11,14 @@ use serde_json::{json, Value};
 
 use crate::helpers::{spawn_serve_with, ServeProcess, TestDb};
 use crate::proxy_helpers::{
-    keygate_prompt_tokens, keygate_text_tokens, proxy_tests, raw_exchange, raw_request, read_sse,
-    spawn_proxy, spawn_proxy_with, stream_body, stream_text, support::upstream as mock, Backend,
-    Setup, DOORS,
+    keygate_prompt_tokens, keygate_text_tokens, raw_exchange, raw_request, read_sse, spawn_proxy,
+    spawn_proxy_with, stream_body, stream_text, support::upstream as mock, Backend, Setup, DOORS,
 };
+use crate::support::backends::backend_tests;
 
-proxy_tests! {
+backend_tests! {
+    doors: both,
+    flavor: by_backend,
     both: [],
     sqlite: [
         passthrough_paths_cannot_leave_their_declared_prefix,

@@ -19,4 +19,6 @@ mod lost_commit;
 mod pg_proxy;
 mod process;
 mod store_outage;
+#[path = "../support/mod.rs"]
+mod support;
 mod upstream_timeouts;
