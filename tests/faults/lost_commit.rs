@@ -9,8 +9,11 @@ use serde_json::json;
 
 use crate::{
     pg_proxy::PgProxy,
-    proxy_helpers::{chat_body, json_body, TestApp, PRICED_MODEL},
     store_outage::{pg_server, spawn_behind, stored_usage},
+    support::{
+        app::{TestApp, PRICED_MODEL},
+        http::{chat_body, json_body},
+    },
 };
 
 /// Waits until the proxy has swallowed `n` commit answers (panics after 10 s).

@@ -21,12 +21,14 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::{
-    helpers::{pg_admin_url, Backend},
     load::{Request, Sample, Traffic},
     pg_proxy::PgProxy,
-    proxy_helpers::{
-        assert_openai_error, chat_body, cost, json_body, spawn_proxy_with, support::upstream,
-        FrontDoor, Setup, TestApp, TestKey, PRICED_INPUT, PRICED_MODEL, PRICED_OUTPUT,
+    support::{
+        app::{spawn_proxy_with, TestApp, TestKey, PRICED_INPUT, PRICED_MODEL, PRICED_OUTPUT},
+        backends::{Backend, FrontDoor, Setup},
+        db::pg_admin_url,
+        http::{assert_openai_error, chat_body, cost, json_body},
+        upstream,
     },
 };
 

@@ -10,14 +10,15 @@ use keygate::config::UpstreamConfig;
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::proxy_helpers::{
-    assert_openai_error, chat_body, read_sse, spawn_proxy_with,
-    support::slow_upstream::{
+use crate::support::{
+    app::{spawn_proxy_with, TestApp, TestKey},
+    backends::{backend_tests, Setup},
+    http::{assert_openai_error, chat_body},
+    slow_upstream::{
         SlowUpstream, DRIP_BODY, DRIP_HEAD, DRIP_STREAM, SILENT, STALL_BODY, STALL_STREAM,
     },
-    Setup, TestApp, TestKey,
+    sse::read_sse,
 };
-use crate::support::backends::backend_tests;
 
 const FIRST_BYTE: Duration = Duration::from_millis(1500);
 /// Above the upstream's one byte a second, so dripping is never idle.
