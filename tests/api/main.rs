@@ -9,6 +9,7 @@ mod compat_aixplain;
 mod compat_venice;
 mod early_refusals;
 mod front_door;
+mod harness;
 mod helpers;
 mod last_admin_key;
 mod openapi;

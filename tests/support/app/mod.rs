@@ -124,7 +124,7 @@ pub async fn spawn_app_with(
     let mut config = test_config(&db.url);
     config.http.fast_path = setup.door == FrontDoor::Fast;
     configure(&mut config);
-    TestApp::start(setup, db, mock, config).await
+    TestApp::start(setup.backend, db, mock, config).await
 }
 
 /// keygate with [`proxy_config`] (in front of its mock) on a fresh database.
@@ -143,7 +143,7 @@ pub async fn spawn_proxy_with(
     let mut config = proxy_config(&db, &mock);
     config.http.fast_path = setup.door == FrontDoor::Fast;
     configure(&mut config);
-    TestApp::start(setup, db, mock, config).await
+    TestApp::start(setup.backend, db, mock, config).await
 }
 
 /// `n` keygate instances ([`proxy_config`]) on ONE fresh database and in front of one
@@ -167,9 +167,10 @@ pub async fn spawn_replicas(
 }
 
 impl TestApp {
-    /// Starts keygate with `config` (whose `database_url` is `db`'s, or leads to it).
+    /// Starts keygate with `config` (whose `database_url` is `db`'s, or leads to it); the
+    /// front door is the one `config.http.fast_path` picks.
     pub async fn start(
-        setup: Setup,
+        backend: Backend,
         db: Arc<TestDb>,
         mock: Arc<MockUpstream>,
         config: Config,
@@ -202,8 +203,12 @@ impl TestApp {
                 .timeout(Duration::from_secs(60))
                 .build()
                 .expect("http client"),
-            backend: setup.backend,
-            door: setup.door,
+            backend,
+            door: if config.http.fast_path {
+                FrontDoor::Fast
+            } else {
+                FrontDoor::Router
+            },
             db_url: db.url.clone(),
             config,
             state,
@@ -220,15 +225,7 @@ impl TestApp {
     pub async fn spawn_peer(&self, configure: impl FnOnce(&mut Config)) -> TestApp {
         let mut config = self.config.clone();
         configure(&mut config);
-        let setup = Setup {
-            backend: self.backend,
-            door: if config.http.fast_path {
-                FrontDoor::Fast
-            } else {
-                FrontDoor::Router
-            },
-        };
-        TestApp::start(setup, self.db.clone(), self.mock.clone(), config).await
+        TestApp::start(self.backend, self.db.clone(), self.mock.clone(), config).await
     }
 
     pub fn setup(&self) -> Setup {
