@@ -14,95 +14,55 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/pytest.rs"]
-mod pytest;
-#[path = "support/mod.rs"]
 mod support;
 
-use std::time::Duration;
-
-use keygate::{
-    config::{ModelPrice, UpstreamConfig},
-    keys::{input::NewKey, Caller, CallerRole, KeyKind},
-    App, Config,
+use keygate::keys::{input::NewKey, KeyKind};
+use support::{
+    app::{price, spawn_proxy_with},
+    backends::Backend,
+    pytest,
+    sdk::{admin_caller, named, Suite},
 };
-use rust_decimal::Decimal;
-use support::upstream::MockUpstream;
-use tokio::sync::oneshot;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aixplain_sdk_against_keygate() {
     let python = pytest::ensure_venv().await;
+    let app = spawn_proxy_with(Backend::Sqlite, |config| {
+        config.models = vec![price("mock-model", "1", "2")];
+        config.keys.default_workspace_key_cap = None;
+    })
+    .await;
 
-    let mock = MockUpstream::start().await;
-    let db_dir = tempfile::tempdir().unwrap();
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: format!("sqlite://{}", db_dir.path().join("keygate.db").display()),
-        upstreams: vec![UpstreamConfig {
-            name: "mock".into(),
-            base_url: mock.base_url.clone(),
-            api_key_env: None,
-            models: vec!["*".into()],
-            passthrough: vec![],
-        }],
-        models: vec![ModelPrice {
-            name: "mock-model".into(),
-            input_usd_per_mtok: Decimal::new(1, 0),
-            output_usd_per_mtok: Decimal::new(2, 0),
-        }],
-        ..Config::default()
-    };
-    config.keys.default_workspace_key_cap = None;
-
-    let app = App::build(config).await.expect("keygate starts");
-    let address = app.local_addr();
-    let state = app.state().clone();
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(app.run(async move {
-        let _ = stop_rx.await;
-    }));
-
-    let workspace = state
-        .store
-        .default_workspace()
-        .await
-        .expect("the default workspace exists");
-    let caller = Caller {
-        workspace_id: workspace.id,
-        actor: "test:aixplain_sdk".into(),
-        source: None,
-        role: CallerRole::Admin,
-        reach: keygate::keys::Reach::Own,
-    };
-    let admin = state
-        .keys
-        .create(
+    let caller = admin_caller(app.workspace_id, "test:aixplain_sdk");
+    let admin = app
+        .create_key_as(
             &caller,
             NewKey {
-                name: "aixplain admin".into(),
                 kind: Some(KeyKind::Admin),
-                ..NewKey::default()
+                ..named("aixplain admin")
             },
         )
-        .await
-        .expect("create the admin key");
-    let inference = state
-        .keys
-        .create(
-            &caller,
-            NewKey {
-                name: "aixplain inference".into(),
-                ..NewKey::default()
-            },
-        )
-        .await
-        .expect("create the inference key");
+        .await;
+    let inference = app
+        .create_key_as(&caller, named("aixplain inference"))
+        .await;
 
-    let run = pytest::run_pytest(
-        &python,
-        "tests/python/test_aixplain_sdk.py",
-        |upper| {
+    let env = [
+        ("AIXPLAIN_ALLOW_INSECURE_URLS", "1".to_string()),
+        ("KEYGATE_AIX_URL", app.address.clone()),
+        ("KEYGATE_AIX_ADMIN_KEY", admin.secret.expose().to_string()),
+        ("KEYGATE_AIX_ADMIN_KEY_ID", admin.key.id.to_string()),
+        (
+            "KEYGATE_AIX_INFERENCE_KEY",
+            inference.secret.expose().to_string(),
+        ),
+        ("KEYGATE_AIX_INFERENCE_KEY_ID", inference.key.id.to_string()),
+    ];
+    Suite {
+        python: &python,
+        file: "tests/python/test_aixplain_sdk.py",
+        what: "the aiXplain SDK tests",
+        steers_sdk: |upper| {
             upper.starts_with("OPENAI_")
                 || upper.starts_with("AIXPLAIN_")
                 || [
@@ -113,32 +73,7 @@ async fn aixplain_sdk_against_keygate() {
                 ]
                 .contains(&upper)
         },
-        &[
-            ("AIXPLAIN_ALLOW_INSECURE_URLS", "1".to_string()),
-            ("KEYGATE_AIX_URL", format!("http://{address}")),
-            ("KEYGATE_AIX_ADMIN_KEY", admin.secret.expose().to_string()),
-            ("KEYGATE_AIX_ADMIN_KEY_ID", admin.key.id.to_string()),
-            (
-                "KEYGATE_AIX_INFERENCE_KEY",
-                inference.secret.expose().to_string(),
-            ),
-            ("KEYGATE_AIX_INFERENCE_KEY_ID", inference.key.id.to_string()),
-        ],
-    )
-    .await;
-    let pytest::PytestRun { status, out, err } = run;
-
-    // Shut keygate down (draining in-flight requests) before judging the run.
-    let _ = stop_tx.send(());
-    let served = tokio::time::timeout(Duration::from_secs(30), server).await;
-    drop(mock);
-
-    assert!(
-        status.success(),
-        "the aiXplain SDK tests failed ({status})\n--- stdout ---\n{out}\n--- stderr ---\n{err}"
-    );
-    match served {
-        Ok(Ok(Ok(()))) => {}
-        other => panic!("keygate did not shut down cleanly: {other:?}"),
     }
+    .run(app, &env)
+    .await;
 }

@@ -9,53 +9,24 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/pytest.rs"]
-mod pytest;
+mod support;
 
-use std::time::Duration;
-
-use keygate::{keys::token::Token, App, Config};
-use secrecy::SecretString;
-use tokio::sync::oneshot;
+use support::{app::spawn_app, backends::Backend, pytest, sdk::Suite};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generated_python_client_manages_keys() {
     let python = pytest::ensure_openapi_venv().await;
-
-    let db_dir = tempfile::tempdir().unwrap();
-    let admin_key = Token::generate().expose().to_string();
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: format!("sqlite://{}", db_dir.path().join("keygate.db").display()),
-        bootstrap_admin_key: Some(SecretString::from(admin_key.clone())),
-        ..Config::default()
-    };
-    let app = App::build(config).await.expect("keygate starts");
-    let address = app.local_addr();
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(app.run(async move {
-        let _ = stop_rx.await;
-    }));
-
-    let pytest::PytestRun { status, out, err } = pytest::run_pytest(
-        &python,
-        "tests/openapi/test_generated_client.py",
-        |upper| upper.starts_with("KEYGATE_"),
-        &[
-            ("KEYGATE_BASE_URL", format!("http://{address}")),
-            ("KEYGATE_ADMIN_KEY", admin_key),
-        ],
-    )
-    .await;
-
-    let _ = stop_tx.send(());
-    let served = tokio::time::timeout(Duration::from_secs(30), server).await;
-    assert!(
-        status.success(),
-        "the generated-client tests failed ({status})\n--- stdout ---\n{out}\n--- stderr ---\n{err}"
-    );
-    match served {
-        Ok(Ok(Ok(()))) => {}
-        other => panic!("keygate did not shut down cleanly: {other:?}"),
+    let app = spawn_app(Backend::Sqlite).await;
+    let env = [
+        ("KEYGATE_BASE_URL", app.address.clone()),
+        ("KEYGATE_ADMIN_KEY", app.admin_key.clone()),
+    ];
+    Suite {
+        python: &python,
+        file: "tests/openapi/test_generated_client.py",
+        what: "the generated-client tests",
+        steers_sdk: |upper| upper.starts_with("KEYGATE_"),
     }
+    .run(app, &env)
+    .await;
 }

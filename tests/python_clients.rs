@@ -10,42 +10,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/pytest.rs"]
-mod pytest;
-#[path = "support/mod.rs"]
 mod support;
 
-use std::time::Duration;
-
-use keygate::{
-    config::{ModelPrice, UpstreamConfig},
-    keys::{
-        input::NewKey,
-        model::{Budget, BudgetPeriod, Limits},
-        Caller, CallerRole, KeyKind,
-    },
-    App, Config,
+use keygate::keys::{
+    input::NewKey,
+    model::{Budget, BudgetPeriod, Limits},
+    KeyKind,
 };
 use rust_decimal::Decimal;
-use support::upstream::MockUpstream;
-use tokio::sync::oneshot;
-
-fn caller(workspace_id: uuid::Uuid) -> Caller {
-    Caller {
-        workspace_id,
-        actor: "test:python_clients".into(),
-        source: None,
-        role: CallerRole::Admin,
-        reach: keygate::keys::Reach::Own,
-    }
-}
-
-fn named(name: &str) -> NewKey {
-    NewKey {
-        name: name.into(),
-        ..NewKey::default()
-    }
-}
+use support::{
+    app::{price, spawn_proxy_with},
+    backends::{Backend, FrontDoor, Setup},
+    pytest,
+    sdk::{admin_caller, named, Suite},
+};
 
 fn rpm(limit: u64) -> Option<Limits> {
     Some(Limits {
@@ -56,137 +34,107 @@ fn rpm(limit: u64) -> Option<Limits> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_python_sdk_against_keygate_on_the_fast_path() {
-    openai_python_sdk_against_keygate(true).await
+    openai_python_sdk_against_keygate(FrontDoor::Fast).await
 }
 
 /// The same suite with `http.fast_path = false`: every request through hyper and the
 /// router, which must answer the SDK exactly as the fast path does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_python_sdk_against_keygate_through_the_router() {
-    openai_python_sdk_against_keygate(false).await
+    openai_python_sdk_against_keygate(FrontDoor::Router).await
 }
 
-async fn openai_python_sdk_against_keygate(fast_path: bool) {
+async fn openai_python_sdk_against_keygate(door: FrontDoor) {
     let python = pytest::ensure_venv().await;
-
-    let mock = MockUpstream::start().await;
-    let db_dir = tempfile::tempdir().unwrap();
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: format!("sqlite://{}", db_dir.path().join("keygate.db").display()),
-        upstreams: vec![UpstreamConfig {
-            name: "mock".into(),
-            base_url: mock.base_url.clone(),
-            api_key_env: None,
-            models: vec!["*".into()],
-            passthrough: vec![],
-        }],
-        models: vec![ModelPrice {
-            name: "mock-model".into(),
-            input_usd_per_mtok: Decimal::new(1, 0),
-            output_usd_per_mtok: Decimal::new(2, 0),
-        }],
-        ..Config::default()
+    let setup = Setup {
+        backend: Backend::Sqlite,
+        door,
     };
-    config.keys.default_workspace_key_cap = None;
-    config.http.fast_path = fast_path;
+    let app = spawn_proxy_with(setup, |config| {
+        config.models = vec![price("mock-model", "1", "2")];
+        config.keys.default_workspace_key_cap = None;
+    })
+    .await;
 
-    let app = App::build(config).await.expect("keygate starts");
-    let address = app.local_addr();
-    let state = app.state().clone();
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(app.run(async move {
-        let _ = stop_rx.await;
-    }));
-
-    let workspace = state
-        .store
-        .default_workspace()
-        .await
-        .expect("the default workspace exists");
-    let admin = caller(workspace.id);
-    let create = |new: NewKey| {
-        let keys = state.keys.clone();
-        let admin = admin.clone();
-        async move {
-            let name = new.name.clone();
-            keys.create(&admin, new)
-                .await
-                .unwrap_or_else(|e| panic!("cannot create key `{name}`: {e}"))
-        }
-    };
-
-    let plain = create(named("python plain")).await;
-    let rpm_headers = create(NewKey {
-        limits: rpm(1),
-        ..named("python rpm=1 (headers)")
-    })
-    .await;
-    let rpm_refused = create(NewKey {
-        limits: rpm(1),
-        ..named("python rpm=1 (429)")
-    })
-    .await;
-    let budget_zero = create(NewKey {
-        budget: Some(Budget {
-            limit_usd: Decimal::ZERO,
-            period: BudgetPeriod::Month,
-        }),
-        ..named("python budget 0")
-    })
-    .await;
-    let allowed = create(NewKey {
-        allowed_models: Some(vec!["mock-model".into()]),
-        ..named("python allowed_models")
-    })
-    .await;
-    let admin_key = create(NewKey {
-        kind: Some(KeyKind::Admin),
-        ..named("python admin")
-    })
-    .await;
-    let revoked = create(named("python revoked")).await;
-    state
+    let admin = admin_caller(app.workspace_id, "test:python_clients");
+    let plain = app.create_key_as(&admin, named("python plain")).await;
+    let rpm_headers = app
+        .create_key_as(
+            &admin,
+            NewKey {
+                limits: rpm(1),
+                ..named("python rpm=1 (headers)")
+            },
+        )
+        .await;
+    let rpm_refused = app
+        .create_key_as(
+            &admin,
+            NewKey {
+                limits: rpm(1),
+                ..named("python rpm=1 (429)")
+            },
+        )
+        .await;
+    let budget_zero = app
+        .create_key_as(
+            &admin,
+            NewKey {
+                budget: Some(Budget {
+                    limit_usd: Decimal::ZERO,
+                    period: BudgetPeriod::Month,
+                }),
+                ..named("python budget 0")
+            },
+        )
+        .await;
+    let allowed = app
+        .create_key_as(
+            &admin,
+            NewKey {
+                allowed_models: Some(vec!["mock-model".into()]),
+                ..named("python allowed_models")
+            },
+        )
+        .await;
+    let admin_key = app
+        .create_key_as(
+            &admin,
+            NewKey {
+                kind: Some(KeyKind::Admin),
+                ..named("python admin")
+            },
+        )
+        .await;
+    let revoked = app.create_key_as(&admin, named("python revoked")).await;
+    app.state
         .keys
         .revoke(&admin, revoked.key.id)
         .await
         .expect("the key is revoked");
 
-    let run = pytest::run_pytest(
-        &python,
-        "tests/python/test_openai_client.py",
-        |upper| upper.starts_with("OPENAI_") || upper.starts_with("AZURE_OPENAI"),
-        &[
-            ("KEYGATE_BASE_URL", format!("http://{address}/v1")),
-            ("KEYGATE_KEY", plain.secret.expose().to_string()),
-            ("KEYGATE_RPM1_KEY", rpm_headers.secret.expose().to_string()),
-            (
-                "KEYGATE_RPM1_REFUSED_KEY",
-                rpm_refused.secret.expose().to_string(),
-            ),
-            (
-                "KEYGATE_BUDGET0_KEY",
-                budget_zero.secret.expose().to_string(),
-            ),
-            ("KEYGATE_ALLOWED_KEY", allowed.secret.expose().to_string()),
-            ("KEYGATE_ADMIN_KEY", admin_key.secret.expose().to_string()),
-            ("KEYGATE_REVOKED_KEY", revoked.secret.expose().to_string()),
-        ],
-    )
-    .await;
-    let pytest::PytestRun { status, out, err } = run;
-
-    // Shut keygate down (draining in-flight requests) before judging the run.
-    let _ = stop_tx.send(());
-    let served = tokio::time::timeout(Duration::from_secs(30), server).await;
-    drop(mock);
-
-    assert!(
-        status.success(),
-        "the openai SDK tests failed ({status})\n--- stdout ---\n{out}\n--- stderr ---\n{err}"
-    );
-    match served {
-        Ok(Ok(Ok(()))) => {}
-        other => panic!("keygate did not shut down cleanly: {other:?}"),
+    let env = [
+        ("KEYGATE_BASE_URL", format!("{}/v1", app.address)),
+        ("KEYGATE_KEY", plain.secret.expose().to_string()),
+        ("KEYGATE_RPM1_KEY", rpm_headers.secret.expose().to_string()),
+        (
+            "KEYGATE_RPM1_REFUSED_KEY",
+            rpm_refused.secret.expose().to_string(),
+        ),
+        (
+            "KEYGATE_BUDGET0_KEY",
+            budget_zero.secret.expose().to_string(),
+        ),
+        ("KEYGATE_ALLOWED_KEY", allowed.secret.expose().to_string()),
+        ("KEYGATE_ADMIN_KEY", admin_key.secret.expose().to_string()),
+        ("KEYGATE_REVOKED_KEY", revoked.secret.expose().to_string()),
+    ];
+    Suite {
+        python: &python,
+        file: "tests/python/test_openai_client.py",
+        what: "the openai SDK tests",
+        steers_sdk: |upper| upper.starts_with("OPENAI_") || upper.starts_with("AZURE_OPENAI"),
     }
+    .run(app, &env)
+    .await;
 }

@@ -26,52 +26,15 @@ mod usage;
 #[path = "store_conformance/workspaces.rs"]
 mod workspaces;
 
-/// Generates `mod sqlite` and `mod postgres` with one `#[tokio::test]` per body. Bodies
-/// under `migrated` get a migrated store, those under `empty` a store on an empty database,
-/// those under `with_url` a migrated store and its URL (to reach the database directly).
-macro_rules! conformance {
-    (
-        migrated: [$($module:ident::$name:ident),* $(,)?],
-        empty: [$($e_module:ident::$e_name:ident),* $(,)?],
-        with_url: [$($u_module:ident::$u_name:ident),* $(,)?] $(,)?
-    ) => {
-        conformance!(@backend sqlite, run_sqlite,
-            [$($module::$name),*], [$($e_module::$e_name),*], [$($u_module::$u_name),*]);
-        conformance!(@backend postgres, run_postgres,
-            [$($module::$name),*], [$($e_module::$e_name),*], [$($u_module::$u_name),*]);
-    };
-    (
-        @backend $backend:ident, $run:ident,
-        [$($module:ident::$name:ident),*],
-        [$($e_module:ident::$e_name:ident),*],
-        [$($u_module:ident::$u_name:ident),*]
-    ) => {
-        mod $backend {
-            use crate::harness::{$run, Setup};
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    $run(|store, _| crate::$module::$name(store), Setup::Migrated).await;
-                }
-            )*
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $e_name() {
-                    $run(|store, _| crate::$e_module::$e_name(store), Setup::Empty).await;
-                }
-            )*
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $u_name() {
-                    $run(crate::$u_module::$u_name, Setup::Migrated).await;
-                }
-            )*
-        }
-    };
-}
+mod support;
 
-conformance!(
-    migrated: [
+use support::backends::backend_tests;
+
+// Bodies taking a `DynStore` get a migrated one, `harness::EmptyStore` an unmigrated one,
+// `harness::StoreWithUrl` a migrated one and its URL (to reach the database directly).
+backend_tests! {
+    flavor: multi_thread,
+    both: [
         workspaces::default_workspace_exists_after_migrate,
         workspaces::migrate_twice_is_idempotent,
         workspaces::default_workspace_survives_a_rename,
@@ -109,7 +72,7 @@ conformance!(
         events::budget_alerts_are_claimed_once,
         retries::a_usage_batch_sent_twice_is_added_once,
         retries::rate_limit_events_sent_twice_are_stored_once,
+        workspaces::fresh_database_reports_migrations_missing,
+        keys::undecodable_json_is_reported_as_corrupt,
     ],
-    empty: [workspaces::fresh_database_reports_migrations_missing],
-    with_url: [keys::undecodable_json_is_reported_as_corrupt],
-);
+}

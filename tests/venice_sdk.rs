@@ -15,46 +15,36 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/pytest.rs"]
-mod pytest;
-#[path = "support/mod.rs"]
 mod support;
 
 use std::time::Duration;
 
 use keygate::{
-    config::{ModelPrice, UpstreamConfig},
     keys::{
         input::NewKey,
         model::{Budget, BudgetPeriod, Limits, ModelLimits},
-        Caller, CallerRole, KeyKind, KeyWithSecret,
+        KeyKind, KeyWithSecret,
     },
     store::{AuditEvent, Workspace},
     web3::TokenSigner,
-    App, Config,
 };
 use rust_decimal::Decimal;
 use secrecy::SecretString;
-use support::upstream::{MockUpstream, DEFAULT_MODEL};
-use tokio::sync::oneshot;
+use support::{
+    app::{price, spawn_proxy_with},
+    backends::Backend,
+    pytest,
+    sdk::{admin_caller, named, Suite},
+    upstream::DEFAULT_MODEL,
+};
 use uuid::Uuid;
 
 const WEB3_SECRET: &str = "venice sdk test secret, at least 32 characters";
-
-fn caller(workspace_id: Uuid) -> Caller {
-    Caller {
-        workspace_id,
-        actor: "test:venice_sdk".into(),
-        source: None,
-        role: CallerRole::Admin,
-        reach: keygate::keys::Reach::Own,
-    }
-}
+const ACTOR: &str = "test:venice_sdk";
 
 /// rpm 100, tpm 100 000, 50 requests a day of the mock model, a budget of 1 USD a day.
 fn limited(name: &str) -> NewKey {
     NewKey {
-        name: name.into(),
         limits: Some(Limits {
             rpm: Some(100),
             tpm: Some(100_000),
@@ -72,89 +62,52 @@ fn limited(name: &str) -> NewKey {
             limit_usd: Decimal::ONE,
             period: BudgetPeriod::Day,
         }),
-        ..NewKey::default()
+        ..named(name)
     }
 }
 
 fn rpm1(name: &str) -> NewKey {
     NewKey {
-        name: name.into(),
         limits: Some(Limits {
             rpm: Some(1),
             ..Limits::default()
         }),
-        ..NewKey::default()
+        ..named(name)
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn venice_sdk_against_keygate() {
     let python = pytest::ensure_venv().await;
-
-    let mock = MockUpstream::start().await;
-    let db_dir = tempfile::tempdir().unwrap();
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: format!("sqlite://{}", db_dir.path().join("keygate.db").display()),
-        upstreams: vec![UpstreamConfig {
-            name: "mock".into(),
-            base_url: mock.base_url.clone(),
-            api_key_env: None,
-            models: vec!["*".into()],
-            passthrough: vec![],
-        }],
+    let app = spawn_proxy_with(Backend::Sqlite, |config| {
         // Expensive on purpose: one chat costs about 2 cents, so a balance visibly drops.
-        models: vec![ModelPrice {
-            name: DEFAULT_MODEL.into(),
-            input_usd_per_mtok: Decimal::new(1000, 0),
-            output_usd_per_mtok: Decimal::new(2000, 0),
-        }],
-        ..Config::default()
-    };
-    config.keys.default_workspace_key_cap = None;
-    // The failure tests send refused keys from 127.0.0.1 on purpose.
-    config.keys.failed_auth_per_minute = 100_000;
-    config.web3.enabled = true;
-    config.web3.token_secret = Some(SecretString::from(WEB3_SECRET.to_string()));
-
-    let app = App::build(config).await.expect("keygate starts");
-    let address = app.local_addr();
-    let state = app.state().clone();
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(app.run(async move {
-        let _ = stop_rx.await;
-    }));
-
-    let workspace = state
-        .store
-        .default_workspace()
-        .await
-        .expect("the default workspace exists");
-    let admin = caller(workspace.id);
-    let create = |admin: Caller, new: NewKey| {
-        let keys = state.keys.clone();
-        async move {
-            let name = new.name.clone();
-            keys.create(&admin, new)
-                .await
-                .unwrap_or_else(|e| panic!("cannot create key `{name}`: {e}"))
-        }
-    };
-    let admin_key = create(
-        admin.clone(),
-        NewKey {
-            kind: Some(KeyKind::Admin),
-            ..NewKey {
-                name: "venice admin".into(),
-                ..NewKey::default()
-            }
-        },
-    )
+        config.models = vec![price(DEFAULT_MODEL, "1000", "2000")];
+        config.keys.default_workspace_key_cap = None;
+        config.web3.enabled = true;
+        config.web3.token_secret = Some(SecretString::from(WEB3_SECRET.to_string()));
+    })
     .await;
-    let limited_sync = create(admin.clone(), limited("venice limited (sync)")).await;
-    let limited_async = create(admin.clone(), limited("venice limited (async)")).await;
-    let rpm1_sync = create(admin.clone(), rpm1("venice rpm=1 (sync)")).await;
-    let rpm1_async = create(admin.clone(), rpm1("venice rpm=1 (async)")).await;
+
+    let admin = admin_caller(app.workspace_id, ACTOR);
+    let admin_key = app
+        .create_key_as(
+            &admin,
+            NewKey {
+                kind: Some(KeyKind::Admin),
+                ..named("venice admin")
+            },
+        )
+        .await;
+    let limited_sync = app
+        .create_key_as(&admin, limited("venice limited (sync)"))
+        .await;
+    let limited_async = app
+        .create_key_as(&admin, limited("venice limited (async)"))
+        .await;
+    let rpm1_sync = app.create_key_as(&admin, rpm1("venice rpm=1 (sync)")).await;
+    let rpm1_async = app
+        .create_key_as(&admin, rpm1("venice rpm=1 (async)"))
+        .await;
 
     // A workspace that allows two live keys, with its admin key (the first of the two).
     let now = keygate::clock::now();
@@ -168,14 +121,13 @@ async fn venice_sdk_against_keygate() {
         created_at: now,
         updated_at: now,
     };
-    state
-        .store
+    app.store()
         .create_workspace(
             &capped,
             &AuditEvent {
                 id: Uuid::now_v7(),
                 workspace_id: capped.id,
-                actor: "test:venice_sdk".into(),
+                actor: ACTOR.into(),
                 action: "workspace.create".into(),
                 target: format!("workspace:{}", capped.id),
                 at: now,
@@ -185,15 +137,15 @@ async fn venice_sdk_against_keygate() {
         )
         .await
         .expect("create the capped workspace");
-    let capped_admin = create(
-        caller(capped.id),
-        NewKey {
-            name: "capped admin".into(),
-            kind: Some(KeyKind::Admin),
-            ..NewKey::default()
-        },
-    )
-    .await;
+    let capped_admin = app
+        .create_key_as(
+            &admin_caller(capped.id, ACTOR),
+            NewKey {
+                kind: Some(KeyKind::Admin),
+                ..named("capped admin")
+            },
+        )
+        .await;
 
     // A genuine token of this gateway that expired an hour ago.
     let (expired_token, _) = TokenSigner::from_secret(WEB3_SECRET.as_bytes()).issue(
@@ -202,52 +154,39 @@ async fn venice_sdk_against_keygate() {
     );
 
     let secret = |k: &KeyWithSecret| k.secret.expose().to_string();
-    let run = pytest::run_pytest(
-        &python,
-        "tests/python/test_venice_sdk.py",
-        |upper| upper.starts_with("OPENAI_") || upper.starts_with("VENICE_"),
-        &[
-            ("KEYGATE_VENICE_URL", format!("http://{address}")),
-            ("KEYGATE_VENICE_ADMIN_KEY", secret(&admin_key)),
-            ("KEYGATE_VENICE_LIMITED_SYNC_KEY", secret(&limited_sync)),
-            (
-                "KEYGATE_VENICE_LIMITED_SYNC_ID",
-                limited_sync.key.id.to_string(),
-            ),
-            ("KEYGATE_VENICE_LIMITED_ASYNC_KEY", secret(&limited_async)),
-            (
-                "KEYGATE_VENICE_LIMITED_ASYNC_ID",
-                limited_async.key.id.to_string(),
-            ),
-            ("KEYGATE_VENICE_RPM1_SYNC_KEY", secret(&rpm1_sync)),
-            ("KEYGATE_VENICE_RPM1_SYNC_ID", rpm1_sync.key.id.to_string()),
-            ("KEYGATE_VENICE_RPM1_ASYNC_KEY", secret(&rpm1_async)),
-            (
-                "KEYGATE_VENICE_RPM1_ASYNC_ID",
-                rpm1_async.key.id.to_string(),
-            ),
-            ("KEYGATE_VENICE_CAPPED_ADMIN_KEY", secret(&capped_admin)),
-            ("KEYGATE_VENICE_EXPIRED_TOKEN", expired_token.clone()),
-        ],
-    )
+    let env = [
+        ("KEYGATE_VENICE_URL", app.address.clone()),
+        ("KEYGATE_VENICE_ADMIN_KEY", secret(&admin_key)),
+        ("KEYGATE_VENICE_LIMITED_SYNC_KEY", secret(&limited_sync)),
+        (
+            "KEYGATE_VENICE_LIMITED_SYNC_ID",
+            limited_sync.key.id.to_string(),
+        ),
+        ("KEYGATE_VENICE_LIMITED_ASYNC_KEY", secret(&limited_async)),
+        (
+            "KEYGATE_VENICE_LIMITED_ASYNC_ID",
+            limited_async.key.id.to_string(),
+        ),
+        ("KEYGATE_VENICE_RPM1_SYNC_KEY", secret(&rpm1_sync)),
+        ("KEYGATE_VENICE_RPM1_SYNC_ID", rpm1_sync.key.id.to_string()),
+        ("KEYGATE_VENICE_RPM1_ASYNC_KEY", secret(&rpm1_async)),
+        (
+            "KEYGATE_VENICE_RPM1_ASYNC_ID",
+            rpm1_async.key.id.to_string(),
+        ),
+        ("KEYGATE_VENICE_CAPPED_ADMIN_KEY", secret(&capped_admin)),
+        ("KEYGATE_VENICE_EXPIRED_TOKEN", expired_token.clone()),
+    ];
+    let out = Suite {
+        python: &python,
+        file: "tests/python/test_venice_sdk.py",
+        what: "the Venice SDK tests",
+        steers_sdk: |upper| upper.starts_with("OPENAI_") || upper.starts_with("VENICE_"),
+    }
+    .run(app, &env)
     .await;
-    let pytest::PytestRun { status, out, err } = run;
-
-    // Shut keygate down (draining in-flight requests) before judging the run.
-    let _ = stop_tx.send(());
-    let served = tokio::time::timeout(Duration::from_secs(30), server).await;
-    drop(mock);
-
-    assert!(
-        status.success(),
-        "the Venice SDK tests failed ({status})\n--- stdout ---\n{out}\n--- stderr ---\n{err}"
-    );
     assert!(
         out.contains(" passed") && !out.contains("skipped"),
         "pytest did not run every test:\n{out}"
     );
-    match served {
-        Ok(Ok(Ok(()))) => {}
-        other => panic!("keygate did not shut down cleanly: {other:?}"),
-    }
 }

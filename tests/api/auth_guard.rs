@@ -11,12 +11,15 @@ use std::time::Duration;
 use keygate::keys::Token;
 use reqwest::StatusCode;
 
-use crate::helpers::{both_backends, spawn_app_with, Backend};
+use crate::helpers::{spawn_app_with, Backend};
+use crate::support::backends::backend_tests;
 
-both_backends!(
-    a_bad_script_cannot_lock_out_admin_keys,
-    guessing_is_throttled_but_verified_admin_keys_pass,
-);
+backend_tests! {
+    both: [
+        a_bad_script_cannot_lock_out_admin_keys,
+        guessing_is_throttled_but_verified_admin_keys_pass,
+    ],
+}
 
 /// A key whose shape is wrong ("Bearer undefined" from a script whose variable is unset):
 /// refused before any store read or argon2 run.
@@ -106,11 +109,12 @@ mod inference {
     use reqwest::StatusCode;
 
     use super::{MANGLED, PAST_TTL};
-    use crate::proxy_helpers::{
-        chat_body, proxy_tests, spawn_proxy_with, support::upstream as mock, Setup,
-    };
+    use crate::proxy_helpers::{chat_body, spawn_proxy_with, support::upstream as mock, Setup};
+    use crate::support::backends::backend_tests;
 
-    proxy_tests! {
+    backend_tests! {
+        doors: both,
+        flavor: by_backend,
         both: [a_bad_script_cannot_lock_out_inference_keys],
         sqlite: [],
     }

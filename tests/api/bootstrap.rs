@@ -10,15 +10,17 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::helpers::{
-    both_backends, json_of, keygate, keys_in, run, run_cli, spawn_serve, Backend, ServeProcess,
-    TestDb,
+    json_of, keygate, keys_in, run, run_cli, spawn_serve, Backend, ServeProcess, TestDb,
 };
+use crate::support::backends::backend_tests;
 
-both_backends!(
-    serve_installs_the_provided_key_and_prints_none,
-    serve_prints_one_generated_key_once,
-    serve_refuses_a_malformed_provided_key_without_echoing_it,
-);
+backend_tests! {
+    both: [
+        serve_installs_the_provided_key_and_prints_none,
+        serve_prints_one_generated_key_once,
+        serve_refuses_a_malformed_provided_key_without_echoing_it,
+    ],
+}
 
 async fn list_keys(server: &ServeProcess, key: &str) -> (StatusCode, Value) {
     let response = reqwest::Client::new()

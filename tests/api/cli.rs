@@ -11,19 +11,20 @@ use keygate::keys::Token;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{
-    both_backends, keygate, keys_in, run, run_cli, spawn_app, Backend, CliOutput, TestDb,
-};
+use crate::helpers::{keygate, keys_in, run, run_cli, spawn_app, Backend, CliOutput, TestDb};
+use crate::support::backends::backend_tests;
 
-both_backends!(
-    migrate_prepares_an_empty_database,
-    the_test_suites_variables_are_not_configuration,
-    keys_create_json_prints_one_object_with_id_and_secret,
-    keys_create_without_json_prints_only_the_secret,
-    keys_list_show_and_revoke,
-    cli_keys_work_against_a_running_server,
-    cli_refuses_bad_input_with_a_message,
-);
+backend_tests! {
+    both: [
+        migrate_prepares_an_empty_database,
+        the_test_suites_variables_are_not_configuration,
+        keys_create_json_prints_one_object_with_id_and_secret,
+        keys_create_without_json_prints_only_the_secret,
+        keys_list_show_and_revoke,
+        cli_keys_work_against_a_running_server,
+        cli_refuses_bad_input_with_a_message,
+    ],
+}
 
 fn parse_json(output: &CliOutput) -> Value {
     assert!(output.success, "command failed: {}", output.stderr);

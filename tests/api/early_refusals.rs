@@ -14,12 +14,15 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::helpers::{both_backends, spawn_app, spawn_app_with, Backend, TestApp};
+use crate::helpers::{spawn_app, spawn_app_with, Backend, TestApp};
+use crate::support::backends::backend_tests;
 
-both_backends!(
-    refusals_that_need_no_body_come_before_it,
-    a_blocked_address_is_refused_web3_keys_before_its_body,
-);
+backend_tests! {
+    both: [
+        refusals_that_need_no_body_come_before_it,
+        a_blocked_address_is_refused_web3_keys_before_its_body,
+    ],
+}
 
 /// Far less than any server-side read deadline: an answer this fast did not wait for the
 /// body.

@@ -9,14 +9,17 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, both_backends, json_of, run_cli, spawn_app, Backend, TestApp};
+use crate::helpers::{assert_error, json_of, run_cli, spawn_app, Backend, TestApp};
+use crate::support::backends::backend_tests;
 
-both_backends!(
-    the_last_admin_key_cannot_revoke_demote_or_expire_itself,
-    compat_surfaces_refuse_to_remove_the_last_admin_key,
-    the_cli_refuses_to_revoke_the_last_admin_key,
-    an_admin_key_can_go_while_another_stays,
-);
+backend_tests! {
+    both: [
+        the_last_admin_key_cannot_revoke_demote_or_expire_itself,
+        compat_surfaces_refuse_to_remove_the_last_admin_key,
+        the_cli_refuses_to_revoke_the_last_admin_key,
+        an_admin_key_can_go_while_another_stays,
+    ],
+}
 
 const PAST: &str = "2020-01-01T00:00:00Z";
 

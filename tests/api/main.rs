@@ -10,6 +10,7 @@ mod compat_aixplain;
 mod compat_venice;
 mod early_refusals;
 mod front_door;
+mod harness;
 mod helpers;
 mod last_admin_key;
 mod members;
@@ -25,5 +26,7 @@ mod proxy_routes;
 mod proxy_streaming;
 mod roles;
 mod secrets;
+#[path = "../support/mod.rs"]
+mod support;
 mod text_input;
 mod workspaces;

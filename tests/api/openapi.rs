@@ -8,15 +8,18 @@ use fancy_regex::Regex;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{both_backends, id_of, json_of, spawn_app, Backend, TestApp};
+use crate::helpers::{id_of, json_of, spawn_app, Backend, TestApp};
+use crate::support::backends::backend_tests;
 
-both_backends!(
-    numbers_written_as_whole_floats_are_integers,
-    usd_amounts_beyond_decimal_precision_are_rounded,
-    rotate_takes_a_null_body,
-    key_names_are_accepted_exactly_when_the_pattern_matches,
-    model_names_are_accepted_exactly_when_the_pattern_matches,
-);
+backend_tests! {
+    both: [
+        numbers_written_as_whole_floats_are_integers,
+        usd_amounts_beyond_decimal_precision_are_rounded,
+        rotate_takes_a_null_body,
+        key_names_are_accepted_exactly_when_the_pattern_matches,
+        model_names_are_accepted_exactly_when_the_pattern_matches,
+    ],
+}
 
 async fn document(app: &TestApp) -> Value {
     let (status, doc) = json_of(

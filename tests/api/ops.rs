@@ -6,15 +6,18 @@
 
 use reqwest::{Method, StatusCode};
 
-use crate::helpers::{both_backends, json_of, spawn_app, Backend};
+use crate::helpers::{json_of, spawn_app, Backend};
+use crate::support::backends::backend_tests;
 
-both_backends!(
-    healthz_answers_ok_without_a_key,
-    readyz_answers_ready_when_the_store_is_migrated,
-    openapi_document_lists_the_admin_paths,
-    docs_page_works_offline,
-    every_response_carries_a_request_id,
-);
+backend_tests! {
+    both: [
+        healthz_answers_ok_without_a_key,
+        readyz_answers_ready_when_the_store_is_migrated,
+        openapi_document_lists_the_admin_paths,
+        docs_page_works_offline,
+        every_response_carries_a_request_id,
+    ],
+}
 
 async fn healthz_answers_ok_without_a_key(backend: Backend) {
     // Arrange

@@ -11,12 +11,14 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::proxy_helpers::{
-    chat_body, cost, eventually, json_body, limit_view, proxy_tests, spawn_proxy,
-    support::upstream as mock, usd, Setup, PRICED_INPUT, PRICED_MODEL, PRICED_OUTPUT,
-    UNPRICED_MODEL,
+    chat_body, cost, eventually, json_body, limit_view, spawn_proxy, support::upstream as mock,
+    usd, Setup, PRICED_INPUT, PRICED_MODEL, PRICED_OUTPUT, UNPRICED_MODEL,
 };
+use crate::support::backends::backend_tests;
 
-proxy_tests! {
+backend_tests! {
+    doors: both,
+    flavor: by_backend,
     both: [
         usage_is_exact_per_key_model_and_minute,
     ],
@@ -122,12 +124,12 @@ async fn every_refusal_is_listed_in_the_rate_limit_events(setup: Setup) {
     // Arrange
     let app = spawn_proxy(setup).await;
     let started = Utc::now() - chrono::Duration::seconds(1);
-    let rpm = app.create_key(json!({"limits": {"rpm": 1}})).await;
-    let tpm = app.create_key(json!({"limits": {"tpm": 10}})).await;
+    let rpm = app.key_with(json!({"limits": {"rpm": 1}})).await;
+    let tpm = app.key_with(json!({"limits": {"tpm": 10}})).await;
     let budget = app
-        .create_key(json!({"budget": {"limit_usd": 0.000001, "period": "month"}}))
+        .key_with(json!({"budget": {"limit_usd": 0.000001, "period": "month"}}))
         .await;
-    let concurrency = app.create_key(json!({"max_parallel": 0})).await;
+    let concurrency = app.key_with(json!({"max_parallel": 0})).await;
     let credits = app.plain_key().await;
     let hi = chat_body(mock::DEFAULT_MODEL, "hi", None);
     let priced = chat_body(PRICED_MODEL, "hi", None);
@@ -276,7 +278,7 @@ async fn key_self_service_shows_limits_remaining_and_budget(setup: Setup) {
     // Arrange
     let app = spawn_proxy(setup).await;
     let key = app
-        .create_key(json!({
+        .key_with(json!({
             "name": "self service",
             "limits": {"rpm": 2, "tpm": 1000},
             "model_limits": [{"model": PRICED_MODEL, "rpm": 3}],
@@ -351,7 +353,7 @@ async fn key_self_service_works_without_limits(setup: Setup) {
     let key = app.plain_key().await;
 
     // Act
-    let (status, info) = json_body(app.get(&key.secret, "/v1/key").await).await;
+    let (status, info) = json_body(app.get_as(&key.secret, "/v1/key").await).await;
 
     // Assert
     assert_eq!(status, StatusCode::OK, "{info}");

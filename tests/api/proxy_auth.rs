@@ -7,11 +7,14 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::proxy_helpers::{
-    assert_openai_error, chat_body, eventually, header, proxy_tests, spawn_proxy, spawn_proxy_with,
+    assert_openai_error, chat_body, eventually, header, spawn_proxy, spawn_proxy_with,
     support::upstream as mock, Setup, PRICED_MODEL,
 };
+use crate::support::backends::backend_tests;
 
-proxy_tests! {
+backend_tests! {
+    doors: both,
+    flavor: by_backend,
     both: [],
     sqlite: [
         a_deleted_key_is_refused_at_once,
@@ -68,7 +71,7 @@ async fn an_expired_key_is_refused(setup: Setup) {
     let app = spawn_proxy(setup).await;
     let expires_at = chrono::Utc::now() + chrono::Duration::seconds(3);
     let key = app
-        .create_key(json!({
+        .key_with(json!({
             "expires_at": expires_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
         }))
         .await;
@@ -113,7 +116,7 @@ async fn models_outside_allowed_models_are_403(setup: Setup) {
     // Arrange
     let app = spawn_proxy(setup).await;
     let key = app
-        .create_key(json!({"allowed_models": [mock::DEFAULT_MODEL]}))
+        .key_with(json!({"allowed_models": [mock::DEFAULT_MODEL]}))
         .await;
 
     // Act

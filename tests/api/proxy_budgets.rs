@@ -9,11 +9,14 @@ use rust_decimal::Decimal;
 use serde_json::json;
 
 use crate::proxy_helpers::{
-    assert_openai_error, chat_body, cost, json_body, keygate_prompt_tokens, proxy_tests,
-    spawn_proxy, usd, Setup, PRICED_INPUT, PRICED_MODEL, PRICED_OUTPUT, UNPRICED_MODEL,
+    assert_openai_error, chat_body, cost, json_body, keygate_prompt_tokens, spawn_proxy, usd,
+    Setup, PRICED_INPUT, PRICED_MODEL, PRICED_OUTPUT, UNPRICED_MODEL,
 };
+use crate::support::backends::backend_tests;
 
-proxy_tests! {
+backend_tests! {
+    doors: both,
+    flavor: by_backend,
     both: [
         concurrent_requests_cannot_overshoot_a_budget,
     ],
@@ -33,7 +36,7 @@ async fn a_spent_budget_gets_402(setup: Setup) {
     // Arrange: a budget smaller than one call.
     let app = spawn_proxy(setup).await;
     let key = app
-        .create_key(json!({"budget": {"limit_usd": 0.000001, "period": "lifetime"}}))
+        .key_with(json!({"budget": {"limit_usd": 0.000001, "period": "lifetime"}}))
         .await;
     let body = chat_body(PRICED_MODEL, "hi", None);
 
@@ -110,7 +113,7 @@ async fn unpriced_models_are_never_refused_by_a_budget(setup: Setup) {
     // Arrange: a budget spent on a priced model.
     let app = spawn_proxy(setup).await;
     let key = app
-        .create_key(json!({"budget": {"limit_usd": 0.000001, "period": "day"}}))
+        .key_with(json!({"budget": {"limit_usd": 0.000001, "period": "day"}}))
         .await;
     app.chat_ok(&key.secret, &chat_body(PRICED_MODEL, "hi", None))
         .await;
@@ -147,7 +150,7 @@ async fn concurrent_requests_cannot_overshoot_a_budget(setup: Setup) {
     let app = spawn_proxy(setup).await;
     let limit = Decimal::from_str("0.0001").unwrap();
     let key = app
-        .create_key(json!({"budget": {"limit_usd": 0.0001, "period": "lifetime"}}))
+        .key_with(json!({"budget": {"limit_usd": 0.0001, "period": "lifetime"}}))
         .await;
     let body = chat_body(PRICED_MODEL, "hi", Some(7));
     let estimate = cost(

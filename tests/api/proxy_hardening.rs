@@ -11,12 +11,15 @@ use serde_json::{json, Value};
 
 use crate::helpers::{spawn_serve_with, ServeProcess, TestDb};
 use crate::proxy_helpers::{
-    keygate_prompt_tokens, keygate_text_tokens, proxy_tests, raw_exchange, raw_request, read_sse,
-    spawn_proxy, spawn_proxy_with, stream_body, stream_text, support::upstream as mock, Backend,
-    Setup, DOORS,
+    keygate_prompt_tokens, keygate_text_tokens, raw_exchange, raw_request, read_sse, spawn_proxy,
+    spawn_proxy_with, stream_body, stream_text, support::upstream as mock, Backend, Setup, DOORS,
 };
+use crate::support::backends::backend_tests;
+use crate::support::serve::upstream_toml;
 
-proxy_tests! {
+backend_tests! {
+    doors: both,
+    flavor: by_backend,
     both: [],
     sqlite: [
         passthrough_paths_cannot_leave_their_declared_prefix,
@@ -393,11 +396,12 @@ async fn sixteen_hostile_bodies_at_once_keep_the_peak_memory_bounded() {
     let mock = mock::MockUpstream::start().await;
     let db = TestDb::new(Backend::Sqlite).await;
     let admin = keygate::keys::Token::generate().expose().to_string();
-    let toml = format!(
-        "\n[[upstreams]]\nname = \"mock\"\nbase_url = \"{}\"\nmodels = [\"*\"]\n",
-        mock.base_url
-    );
-    let server = spawn_serve_with(&db, &toml, &[("KEYGATE_BOOTSTRAP_ADMIN_KEY", &admin)]).await;
+    let server = spawn_serve_with(
+        &db,
+        &upstream_toml(&mock),
+        &[("KEYGATE_BOOTSTRAP_ADMIN_KEY", &admin)],
+    )
+    .await;
     let client = reqwest::Client::new();
     let created: Value = client
         .post(server.url("/admin/v1/keys"))

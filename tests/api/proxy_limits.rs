@@ -10,11 +10,13 @@ use serde_json::json;
 
 use crate::proxy_helpers::{
     assert_openai_error, chat_body, eventually, go_duration_secs, header, is_go_duration,
-    json_body, keygate_prompt_tokens, proxy_tests, spawn_proxy, support::upstream as mock, Setup,
-    PRICED_MODEL,
+    json_body, keygate_prompt_tokens, spawn_proxy, support::upstream as mock, Setup, PRICED_MODEL,
 };
+use crate::support::backends::backend_tests;
 
-proxy_tests! {
+backend_tests! {
+    doors: both,
+    flavor: by_backend,
     both: [
         rpm_is_exact,
         concurrent_requests_cannot_overshoot_tpm,
@@ -30,7 +32,7 @@ proxy_tests! {
 async fn rpm_is_exact(setup: Setup) {
     // Arrange
     let app = spawn_proxy(setup).await;
-    let key = app.create_key(json!({"limits": {"rpm": 3}})).await;
+    let key = app.key_with(json!({"limits": {"rpm": 3}})).await;
     let body = chat_body(mock::DEFAULT_MODEL, "hi", None);
 
     // Act
@@ -72,7 +74,7 @@ async fn a_model_limit_refuses_while_the_global_limit_has_room(setup: Setup) {
     // Arrange
     let app = spawn_proxy(setup).await;
     let key = app
-        .create_key(json!({
+        .key_with(json!({
             "limits": {"rpm": 5},
             "model_limits": [{"model": PRICED_MODEL, "rpm": 1}],
         }))
@@ -111,7 +113,7 @@ async fn a_model_limit_refuses_while_the_global_limit_has_room(setup: Setup) {
 async fn tpm_reserves_the_estimate_and_settles_the_real_count(setup: Setup) {
     // Arrange: tpm 100; "hi" is 4 tokens for the mock, and it answers 7.
     let app = spawn_proxy(setup).await;
-    let key = app.create_key(json!({"limits": {"tpm": 100}})).await;
+    let key = app.key_with(json!({"limits": {"tpm": 100}})).await;
     let with_max = |max_tokens: i64| chat_body(mock::DEFAULT_MODEL, "hi", Some(max_tokens as u64));
     let prompt_estimate = keygate_prompt_tokens(BodyKind::Chat, &with_max(1));
     let actual = 4 + 7;
@@ -182,10 +184,10 @@ async fn token_type_input_and_output_count_different_tokens(setup: Setup) {
     // Arrange
     let app = spawn_proxy(setup).await;
     let input_key = app
-        .create_key(json!({"limits": {"tpm": 20, "token_type": "input"}}))
+        .key_with(json!({"limits": {"tpm": 20, "token_type": "input"}}))
         .await;
     let output_key = app
-        .create_key(json!({"limits": {"tpm": 20, "token_type": "output"}}))
+        .key_with(json!({"limits": {"tpm": 20, "token_type": "output"}}))
         .await;
     let long_answer = chat_body(mock::DEFAULT_MODEL, "hi", Some(1000));
     let short_answer = chat_body(mock::DEFAULT_MODEL, "hi", Some(5));
@@ -228,7 +230,7 @@ async fn rate_limit_headers_on_success_and_refusal(setup: Setup) {
     // Arrange
     let app = spawn_proxy(setup).await;
     let key = app
-        .create_key(json!({"limits": {"rpm": 2, "tpm": 1000}}))
+        .key_with(json!({"limits": {"rpm": 2, "tpm": 1000}}))
         .await;
     let body = chat_body(mock::DEFAULT_MODEL, "hi", Some(10));
     let estimate = keygate_prompt_tokens(BodyKind::Chat, &body) + 10;
@@ -287,7 +289,7 @@ async fn concurrent_requests_cannot_overshoot_tpm(setup: Setup) {
     // Arrange: tpm 1000; each request is estimated at about 100 tokens and uses a little less.
     const REQUESTS: usize = 48;
     let app = spawn_proxy(setup).await;
-    let key = app.create_key(json!({"limits": {"tpm": 1000}})).await;
+    let key = app.key_with(json!({"limits": {"tpm": 1000}})).await;
     let content = vec!["word"; 86].join(" ");
     let body = chat_body(mock::DEFAULT_MODEL, &content, Some(7));
     let estimate = keygate_prompt_tokens(BodyKind::Chat, &body) + 7;

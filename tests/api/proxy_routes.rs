@@ -8,11 +8,14 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::proxy_helpers::{
-    assert_openai_error, chat_body, closed_port_url, header, json_body, proxy_tests, spawn_proxy,
+    assert_openai_error, chat_body, closed_port_url, header, json_body, spawn_proxy,
     spawn_proxy_with, support::upstream as mock, unique_env_var, Setup, PRICED_MODEL,
 };
+use crate::support::backends::backend_tests;
 
-proxy_tests! {
+backend_tests! {
+    doors: both,
+    flavor: by_backend,
     both: [],
     sqlite: [
         chat_completions_are_proxied,
@@ -106,14 +109,14 @@ async fn models_lists_only_the_models_the_key_may_use(setup: Setup) {
     // Arrange
     let app = spawn_proxy(setup).await;
     let restricted = app
-        .create_key(json!({"allowed_models": [PRICED_MODEL, mock::DEFAULT_MODEL]}))
+        .key_with(json!({"allowed_models": [PRICED_MODEL, mock::DEFAULT_MODEL]}))
         .await;
     let open = app.plain_key().await;
 
     // Act
     let (restricted_status, restricted_list) =
-        json_body(app.get(&restricted.secret, "/v1/models").await).await;
-    let (open_status, open_list) = json_body(app.get(&open.secret, "/v1/models").await).await;
+        json_body(app.get_as(&restricted.secret, "/v1/models").await).await;
+    let (open_status, open_list) = json_body(app.get_as(&open.secret, "/v1/models").await).await;
 
     // Assert
     assert_eq!(restricted_status, StatusCode::OK, "{restricted_list}");
@@ -164,7 +167,7 @@ async fn declared_passthrough_paths_are_forwarded_and_others_are_404(setup: Setu
         .await,
     )
     .await;
-    let undeclared = app.get(&key.secret, "/v1/files").await;
+    let undeclared = app.get_as(&key.secret, "/v1/files").await;
 
     // Assert
     assert_eq!(status, StatusCode::OK, "{moderation}");
@@ -199,7 +202,7 @@ async fn the_client_key_is_never_forwarded_and_the_upstream_credential_is(setup:
         .chat(&key.secret, &chat_body(mock::DEFAULT_MODEL, "hi", None))
         .await;
     let status = response.status();
-    let (_, models) = json_body(app.get(&key.secret, "/v1/models").await).await;
+    let (_, models) = json_body(app.get_as(&key.secret, "/v1/models").await).await;
 
     // Assert
     assert_eq!(status, StatusCode::OK);
@@ -283,7 +286,7 @@ async fn upstream_errors_pass_through_uncharged_but_count_toward_rpm(setup: Setu
     // Arrange
     let app = spawn_proxy(setup).await;
     let key = app
-        .create_key(json!({"limits": {"rpm": 3, "tpm": 1000}}))
+        .key_with(json!({"limits": {"rpm": 3, "tpm": 1000}}))
         .await;
 
     // Act
@@ -352,7 +355,7 @@ async fn slow_first_byte_is_a_504(setup: Setup) {
         config.proxy.first_byte_timeout_secs = 0.5;
     })
     .await;
-    let key = app.create_key(json!({"limits": {"tpm": 1000}})).await;
+    let key = app.key_with(json!({"limits": {"tpm": 1000}})).await;
     let started = Instant::now();
 
     // Act

@@ -11,11 +11,14 @@ use serde_json::{json, Value};
 
 use crate::proxy_helpers::{
     assert_openai_error, chat_body, json_body, keygate_prompt_tokens, keygate_text_tokens,
-    proxy_tests, read_sse, spawn_proxy, spawn_proxy_with, stream_body, stream_text,
-    support::upstream as mock, Event, Setup, SseReader,
+    read_sse, spawn_proxy, spawn_proxy_with, stream_body, stream_text, support::upstream as mock,
+    Event, Setup, SseReader,
 };
+use crate::support::backends::backend_tests;
 
-proxy_tests! {
+backend_tests! {
+    doors: both,
+    flavor: by_backend,
     both: [
         the_usage_chunk_is_shown_when_asked_and_settles_once,
         a_client_disconnect_cancels_upstream_and_charges_what_was_produced_once,
@@ -97,7 +100,7 @@ async fn events_are_passed_through_as_they_arrive_and_the_usage_chunk_is_hidden(
 async fn the_usage_chunk_is_shown_when_asked_and_settles_once(setup: Setup) {
     // Arrange
     let app = spawn_proxy(setup).await;
-    let key = app.create_key(json!({"limits": {"tpm": 10000}})).await;
+    let key = app.key_with(json!({"limits": {"tpm": 10000}})).await;
     let body = stream_body(mock::DEFAULT_MODEL, PROMPT, Some(true));
 
     // Act
@@ -274,7 +277,7 @@ async fn answers_without_upstream_usage_are_counted_with_the_tokenizer(setup: Se
 async fn the_max_parallel_slot_is_released_on_every_path(setup: Setup) {
     // Arrange
     let app = spawn_proxy(setup).await;
-    let key = app.create_key(json!({"max_parallel": 1})).await;
+    let key = app.key_with(json!({"max_parallel": 1})).await;
     let quick = chat_body(mock::DEFAULT_MODEL, "hi", None);
     let slow = app
         .chat(

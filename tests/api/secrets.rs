@@ -10,17 +10,24 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use sqlx::{postgres::PgPoolOptions, Row};
 
+use crate::support::backends::backend_tests;
 use crate::{
     helpers::{
-        both_backends, id_of, json_of, keys_in, secret_of, secret_part, spawn_app, spawn_serve,
-        Backend, TestApp, TestDb,
+        id_of, json_of, keys_in, secret_of, secret_part, spawn_app, spawn_serve, Backend, TestApp,
+        TestDb,
     },
-    proxy_helpers::{proxy_tests, FrontDoor, Setup},
+    proxy_helpers::{FrontDoor, Setup},
 };
 
-both_backends!(the_store_holds_no_plaintext_secret);
+backend_tests! {
+    both: [
+        the_store_holds_no_plaintext_secret,
+    ],
+}
 
-proxy_tests! {
+backend_tests! {
+    doors: both,
+    flavor: by_backend,
     both: [server_logs_hold_no_secret_even_at_trace],
     sqlite: [],
 }

@@ -9,13 +9,16 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, both_backends, json_of, spawn_app, Backend, TestApp};
+use crate::helpers::{assert_error, json_of, spawn_app, Backend, TestApp};
+use crate::support::backends::backend_tests;
 
-both_backends!(
-    control_characters_in_model_names_are_refused,
-    invisible_characters_in_key_names_are_refused,
-    json_errors_name_the_real_problem,
-);
+backend_tests! {
+    both: [
+        control_characters_in_model_names_are_refused,
+        invisible_characters_in_key_names_are_refused,
+        json_errors_name_the_real_problem,
+    ],
+}
 
 async fn control_characters_in_model_names_are_refused(backend: Backend) {
     // Arrange

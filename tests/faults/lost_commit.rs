@@ -9,8 +9,11 @@ use serde_json::json;
 
 use crate::{
     pg_proxy::PgProxy,
-    proxy_helpers::{chat_body, json_body, ProxyApp, PRICED_MODEL},
     store_outage::{pg_server, spawn_behind, stored_usage},
+    support::{
+        app::{TestApp, PRICED_MODEL},
+        http::{chat_body, json_body},
+    },
 };
 
 /// Waits until the proxy has swallowed `n` commit answers (panics after 10 s).
@@ -22,7 +25,7 @@ async fn wait_lost(proxy: &PgProxy, n: usize) {
     }
 }
 
-async fn chat_status(app: &ProxyApp, key: &str) -> StatusCode {
+async fn chat_status(app: &TestApp, key: &str) -> StatusCode {
     let body = chat_body(PRICED_MODEL, "hello there", None);
     json_body(app.chat(key, &body).await).await.0
 }
@@ -51,7 +54,7 @@ async fn a_usage_flush_whose_commit_answer_is_lost_is_counted_once() {
 async fn refusals_whose_commit_answer_is_lost_are_stored_once_and_later_ones_too() {
     let proxy = PgProxy::start(pg_server()).await;
     let (mut app, direct_url) = spawn_behind(&proxy).await;
-    let key = app.create_key(json!({ "limits": { "rpm": 1 } })).await;
+    let key = app.key_with(json!({ "limits": { "rpm": 1 } })).await;
 
     assert_eq!(chat_status(&app, &key.secret).await, StatusCode::OK);
     proxy.lose_next_commit_reply("rate_limit_event");

@@ -7,16 +7,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[allow(dead_code, unused_imports, unused_macros)]
-#[path = "../api/helpers.rs"]
-mod helpers;
-#[allow(dead_code, unused_imports, unused_macros)]
-#[path = "../api/proxy_helpers.rs"]
-mod proxy_helpers;
-
 mod load;
 mod lost_commit;
 mod pg_proxy;
 mod process;
 mod store_outage;
+#[path = "../support/mod.rs"]
+mod support;
 mod upstream_timeouts;

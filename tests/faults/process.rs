@@ -3,26 +3,32 @@
 //! at most the usage of the last flush interval (1 s, DESIGN §7) is lost, and nothing is
 //! counted that was not answered. Both stores.
 
-use std::{
-    process::Stdio,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use keygate::keys::Token;
 use reqwest::StatusCode;
 use serde_json::json;
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::Child,
-};
 
 use crate::{
-    helpers::{keygate, strip_ansi, Backend, TestDb},
     load::{Request, Sample, Traffic},
-    proxy_helpers::{chat_body, json_body, support::upstream, MockUpstream, PRICED_MODEL},
     store_outage::stored_usage,
+    support::{
+        app::PRICED_MODEL,
+        backends::{backend_tests, Backend},
+        db::TestDb,
+        http::{chat_body, json_body},
+        serve::{proxy_toml, spawn_serve_with, strip_ansi, ServeProcess},
+        upstream::{self, MockUpstream},
+    },
 };
+
+backend_tests! {
+    flavor: multi_thread,
+    both: [
+        sigterm_under_load_loses_no_usage,
+        sigkill_under_load_loses_at_most_the_last_flush_interval,
+    ],
+}
 
 /// The usage writer's flush interval (`app::USAGE_FLUSH_EVERY`, DESIGN §7).
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
@@ -32,68 +38,27 @@ const SLACK: Duration = Duration::from_millis(500);
 /// How long the slow requests wait at the mock before their answer.
 const SLOW_MS: u64 = 300;
 
-/// `keygate serve` on `db`, in front of `mock`, with stderr captured.
+/// `keygate serve` on `db`, in front of `mock` (the proxy tests' configuration), and its
+/// bootstrap admin key.
 struct Server {
-    child: Child,
-    address: String,
+    process: ServeProcess,
     admin_key: String,
-    stderr: Arc<Mutex<String>>,
 }
 
 impl Server {
     async fn start(db: &TestDb, mock: &MockUpstream) -> Server {
-        let config = db.dir.path().join("faults.toml");
-        std::fs::write(&config, config_text(&db.url, &mock.base_url)).unwrap();
         let admin_key = Token::generate().expose().to_string();
-        let mut command = keygate(db.dir.path());
-        command
-            .arg("--config")
-            .arg(&config)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "info")
-            .env("KEYGATE_BOOTSTRAP_ADMIN_KEY", &admin_key)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().expect("keygate serve starts");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let lines = stderr.clone();
-        let mut reader = BufReader::new(child.stderr.take().unwrap()).lines();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = reader.next_line().await {
-                let mut text = lines.lock().unwrap();
-                text.push_str(&strip_ansi(&line));
-                text.push('\n');
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let address = loop {
-            let found = stderr
-                .lock()
-                .unwrap()
-                .lines()
-                .filter(|l| l.contains("keygate listening"))
-                .find_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("addr=")))
-                .map(|addr| format!("http://{addr}"));
-            if let Some(address) = found {
-                break address;
-            }
-            assert!(
-                Instant::now() < deadline && child.try_wait().unwrap().is_none(),
-                "keygate serve did not start:\n{}",
-                stderr.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        Server {
-            child,
-            address,
-            admin_key,
-            stderr,
-        }
+        let process = spawn_serve_with(
+            db,
+            &proxy_toml(mock),
+            &[("KEYGATE_BOOTSTRAP_ADMIN_KEY", admin_key.as_str())],
+        )
+        .await;
+        Server { process, admin_key }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{}", self.address, path)
+        self.process.url(path)
     }
 
     async fn create_key(&self) -> (String, String) {
@@ -113,46 +78,17 @@ impl Server {
     }
 
     fn signal(&self, signal: &str) {
-        let pid = self.child.id().expect("keygate is running");
-        let status = std::process::Command::new("kill")
-            .args([format!("-{signal}"), pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{signal} {pid}");
+        self.process.signal(signal);
     }
 
     /// Waits for the process to end; returns its exit code (`None`: killed by a signal).
     async fn exit(&mut self) -> Option<i32> {
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("keygate exited within 30 s")
-            .unwrap();
-        status.code()
+        self.process.exit().await
     }
 
     fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        strip_ansi(&self.process.stderr_so_far())
     }
-}
-
-fn config_text(db_url: &str, upstream: &str) -> String {
-    format!(
-        r#"database_url = "{db_url}"
-
-[keys]
-failed_auth_per_minute = 100000
-
-[[upstreams]]
-name = "mock"
-base_url = "{upstream}"
-models = ["*"]
-
-[[models]]
-name = "gpt-4o-mini"
-input_usd_per_mtok = 0.15
-output_usd_per_mtok = 0.60
-"#
-    )
 }
 
 /// Fast requests from four workers and slow ones (held `SLOW_MS` at the upstream) from
@@ -293,32 +229,4 @@ async fn sigkill_under_load_loses_at_most_the_last_flush_interval(backend: Backe
         FLUSH_EVERY + SLACK
     );
     assert!(requests <= answered, "counted what was never answered");
-}
-
-mod sqlite {
-    use super::*;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sigterm_under_load_loses_no_usage() {
-        super::sigterm_under_load_loses_no_usage(Backend::Sqlite).await
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sigkill_under_load_loses_at_most_the_last_flush_interval() {
-        super::sigkill_under_load_loses_at_most_the_last_flush_interval(Backend::Sqlite).await
-    }
-}
-
-mod postgres {
-    use super::*;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sigterm_under_load_loses_no_usage() {
-        super::sigterm_under_load_loses_no_usage(Backend::Postgres).await
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sigkill_under_load_loses_at_most_the_last_flush_interval() {
-        super::sigkill_under_load_loses_at_most_the_last_flush_interval(Backend::Postgres).await
-    }
 }

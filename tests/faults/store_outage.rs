@@ -21,12 +21,14 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::{
-    helpers::{pg_admin_url, Backend},
     load::{Request, Sample, Traffic},
     pg_proxy::PgProxy,
-    proxy_helpers::{
-        assert_openai_error, chat_body, cost, json_body, spawn_proxy_with, support::upstream,
-        FrontDoor, ProxyApp, Setup, TestKey, PRICED_INPUT, PRICED_MODEL, PRICED_OUTPUT,
+    support::{
+        app::{spawn_proxy_with, TestApp, TestKey, PRICED_INPUT, PRICED_MODEL, PRICED_OUTPUT},
+        backends::{Backend, FrontDoor, Setup},
+        db::pg_admin_url,
+        http::{assert_openai_error, chat_body, cost, json_body},
+        upstream,
     },
 };
 
@@ -51,7 +53,7 @@ pub fn pg_server() -> SocketAddr {
 }
 
 /// keygate on PostgreSQL through `proxy`; also returns the direct URL of its database.
-pub async fn spawn_behind(proxy: &PgProxy) -> (ProxyApp, String) {
+pub async fn spawn_behind(proxy: &PgProxy) -> (TestApp, String) {
     let mut direct = String::new();
     let app = spawn_proxy_with(
         Setup {
@@ -84,7 +86,7 @@ pub async fn stored_usage(db_url: &str, key_id: &str) -> (i64, i64, i64, i64) {
 }
 
 /// An inference key in a new workspace granted `credits_usd`.
-async fn key_with_credits(app: &ProxyApp, name: &str, credits_usd: &str) -> TestKey {
+async fn key_with_credits(app: &TestApp, name: &str, credits_usd: &str) -> TestKey {
     let now = keygate::clock::now();
     let workspace = Workspace {
         id: Uuid::now_v7(),
@@ -136,7 +138,7 @@ async fn key_with_credits(app: &ProxyApp, name: &str, credits_usd: &str) -> Test
     }
 }
 
-async fn get_as(app: &ProxyApp, key: &str, path: &str) -> reqwest::Response {
+async fn get_as(app: &TestApp, key: &str, path: &str) -> reqwest::Response {
     app.client
         .get(app.url(path))
         .bearer_auth(key)
@@ -145,7 +147,7 @@ async fn get_as(app: &ProxyApp, key: &str, path: &str) -> reqwest::Response {
         .unwrap()
 }
 
-async fn readyz(app: &ProxyApp) -> StatusCode {
+async fn readyz(app: &TestApp) -> StatusCode {
     app.client
         .get(app.url("/readyz"))
         .send()
@@ -155,7 +157,7 @@ async fn readyz(app: &ProxyApp) -> StatusCode {
 }
 
 /// Polls `/readyz` until it answers `want` (panics after `within`).
-async fn wait_ready(app: &ProxyApp, want: StatusCode, within: Duration) -> Duration {
+async fn wait_ready(app: &TestApp, want: StatusCode, within: Duration) -> Duration {
     let started = Instant::now();
     loop {
         if readyz(app).await == want {
@@ -188,7 +190,7 @@ async fn postgres_outage_under_traffic_serves_cached_keys_and_loses_no_usage() {
     // `GET /v1/models` (no budget or credits read); the last key was never used.
     let steady = app.plain_key().await;
     let budgeted = app
-        .create_key(json!({ "budget": { "limit_usd": 10, "period": "month" } }))
+        .key_with(json!({ "budget": { "limit_usd": 10, "period": "month" } }))
         .await;
     let credits_known = key_with_credits(&app, "credits read", "100").await;
     let credits_unknown = key_with_credits(&app, "credits never read", "100").await;

@@ -10,12 +10,14 @@ use keygate::config::UpstreamConfig;
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::proxy_helpers::{
-    assert_openai_error, chat_body, proxy_tests, read_sse, spawn_proxy_with,
-    support::slow_upstream::{
+use crate::support::{
+    app::{spawn_proxy_with, TestApp, TestKey},
+    backends::{backend_tests, Setup},
+    http::{assert_openai_error, chat_body},
+    slow_upstream::{
         SlowUpstream, DRIP_BODY, DRIP_HEAD, DRIP_STREAM, SILENT, STALL_BODY, STALL_STREAM,
     },
-    ProxyApp, Setup, TestKey,
+    sse::read_sse,
 };
 
 const FIRST_BYTE: Duration = Duration::from_millis(1500);
@@ -29,7 +31,7 @@ const TPD: i64 = 1_000_000;
 /// `max_tokens` of the hanging request: its reservation is at least this.
 const MAX_TOKENS: u64 = 1000;
 
-async fn spawn(setup: Setup) -> (ProxyApp, SlowUpstream, TestKey) {
+async fn spawn(setup: Setup) -> (TestApp, SlowUpstream, TestKey) {
     let slow = SlowUpstream::start().await;
     let base_url = slow.base_url.clone();
     let app = spawn_proxy_with(setup, |config| {
@@ -46,7 +48,7 @@ async fn spawn(setup: Setup) -> (ProxyApp, SlowUpstream, TestKey) {
     })
     .await;
     let key = app
-        .create_key(json!({ "max_parallel": 1, "limits": { "tpd": TPD } }))
+        .key_with(json!({ "max_parallel": 1, "limits": { "tpd": TPD } }))
         .await;
     (app, slow, key)
 }
@@ -61,7 +63,7 @@ fn hanging_body(model: &str, stream: bool) -> Value {
 
 /// While the hanging request is at the upstream: how many tokens its key has reserved,
 /// and what a second request of the key (`max_parallel` = 1) gets.
-async fn while_hanging(app: &ProxyApp, slow: &SlowUpstream, key: &TestKey) -> (i64, StatusCode) {
+async fn while_hanging(app: &TestApp, slow: &SlowUpstream, key: &TestKey) -> (i64, StatusCode) {
     slow.wait_for_requests(1).await;
     let reserved = TPD - app.remaining(&key.secret, "tpd", None).await;
     let second = app
@@ -79,7 +81,7 @@ fn assert_on_time(elapsed: Duration, timeout: Duration, what: &str) {
 
 /// After the failed request: the slot is free (a request is admitted) and the key's
 /// tokens are back but for `charged`.
-async fn assert_given_back(app: &ProxyApp, key: &TestKey, charged: i64) {
+async fn assert_given_back(app: &TestApp, key: &TestKey, charged: i64) {
     let remaining = app.remaining(&key.secret, "tpd", None).await;
     // A day's bucket refills about 12 tokens a second.
     assert!(
@@ -178,7 +180,9 @@ async fn a_stream_dripped_a_byte_a_second_ends_with_a_timeout_event_at_the_total
     stream_times_out(setup, DRIP_STREAM, TOTAL).await;
 }
 
-proxy_tests! {
+backend_tests! {
+    doors: both,
+    flavor: by_backend,
     both: [
         an_upstream_that_never_answers_times_out_at_the_first_byte,
         an_upstream_that_never_answers_times_out_on_the_router_path_too,

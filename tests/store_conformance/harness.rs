@@ -1,11 +1,9 @@
-//! Runs one test body against a fresh store of each backend, and builds test data.
-//!
-//! SQLite: a new file in a temporary directory. PostgreSQL: a new database
-//! `kg_test_<uuid>` on the server named by `KEYGATE_TEST_PG_URL` (default
-//! `postgres://postgres@127.0.0.1:5432/postgres`), dropped afterwards even when the body
-//! panics.
+//! The store each conformance body asks for, on a fresh [`TestDb`] of the test's backend
+//! (a SQLite file in a temporary directory, or a new PostgreSQL database on the server
+//! named by `KEYGATE_TEST_PG_URL`, dropped afterwards even when the body panics), and
+//! builders of test data.
 
-use std::{future::Future, panic::resume_unwind, str::FromStr};
+use std::str::FromStr;
 
 use chrono::{DateTime, TimeZone, Utc};
 use keygate::{
@@ -13,93 +11,56 @@ use keygate::{
     store::{self, AuditEvent, DynStore, Page, SecretRecord, Workspace},
 };
 use rust_decimal::Decimal;
-use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
-const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+use crate::support::{
+    backends::{Backend, Fixture, Setup},
+    db::TestDb,
+};
 
-/// Whether the harness migrates the store before handing it to the body.
-#[derive(Clone, Copy)]
-pub enum Setup {
-    Migrated,
-    Empty,
+/// A store on a fresh database of the test's backend, not migrated; the database lives
+/// as long as the returned guard.
+async fn open(setup: Setup) -> (DynStore, String, TestDb) {
+    let db = TestDb::new(setup.backend).await;
+    let store = store::connect(&db.url).await.unwrap();
+    let expected = match setup.backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    assert_eq!(store.backend(), expected);
+    (store, db.url.clone(), db)
 }
 
-async fn open(url: &str, setup: Setup) -> DynStore {
-    let store = store::connect(url).await.unwrap();
-    if let Setup::Migrated = setup {
+/// A body taking a `DynStore` gets it migrated.
+impl Fixture for DynStore {
+    type Guard = TestDb;
+    async fn prepare(setup: Setup) -> (DynStore, TestDb) {
+        let (store, _, db) = open(setup).await;
         store.migrate().await.unwrap();
-    }
-    store
-}
-
-/// Runs `body(store, url)` on a fresh SQLite file.
-pub async fn run_sqlite<F, Fut>(body: F, setup: Setup)
-where
-    F: FnOnce(DynStore, String) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("keygate.db").display());
-    let store = open(&url, setup).await;
-    assert_eq!(store.backend(), "sqlite");
-    body(store, url).await;
-}
-
-/// Runs `body(store, url)` on a fresh PostgreSQL database, dropped afterwards.
-pub async fn run_postgres<F, Fut>(body: F, setup: Setup)
-where
-    F: FnOnce(DynStore, String) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let admin_url =
-        std::env::var("KEYGATE_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_string());
-    let mut admin = PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
-        panic!("PostgreSQL at {admin_url} is not reachable ({e}); set KEYGATE_TEST_PG_URL")
-    });
-    let db = format!("kg_test_{}", Uuid::new_v4().simple());
-    sqlx::query(&format!("create database {db}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let url = with_database(&admin_url, &db);
-
-    // Run the body in its own task so that a panic comes back here and the database is
-    // dropped before the panic goes on.
-    let outcome = tokio::spawn(async move {
-        let store = open(&url, setup).await;
-        assert_eq!(store.backend(), "postgres");
-        body(store, url).await;
-    })
-    .await;
-
-    sqlx::query(&format!("drop database if exists {db} with (force)"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    admin.close().await.unwrap();
-    if let Err(err) = outcome {
-        match err.try_into_panic() {
-            Ok(panic) => resume_unwind(panic),
-            Err(err) => panic!("test task failed: {err}"),
-        }
+        (store, db)
     }
 }
 
-/// `url` with its database name replaced by `db`.
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let authority = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[authority..].find('/') {
-        Some(slash) => &base[..authority + slash],
-        None => base,
-    };
-    match query {
-        Some(query) => format!("{base}/{db}?{query}"),
-        None => format!("{base}/{db}"),
+/// A store on an empty database (no migration run).
+pub struct EmptyStore(pub DynStore);
+
+impl Fixture for EmptyStore {
+    type Guard = TestDb;
+    async fn prepare(setup: Setup) -> (EmptyStore, TestDb) {
+        let (store, _, db) = open(setup).await;
+        (EmptyStore(store), db)
+    }
+}
+
+/// A migrated store and its database URL, to reach the database directly.
+pub struct StoreWithUrl(pub DynStore, pub String);
+
+impl Fixture for StoreWithUrl {
+    type Guard = TestDb;
+    async fn prepare(setup: Setup) -> (StoreWithUrl, TestDb) {
+        let (store, url, db) = open(setup).await;
+        store.migrate().await.unwrap();
+        (StoreWithUrl(store, url), db)
     }
 }
 
@@ -226,7 +187,7 @@ pub async fn create_workspace(store: &DynStore, name: &str) -> Workspace {
 
 #[cfg(test)]
 mod tests {
-    use super::with_database;
+    use crate::support::db::with_database;
 
     #[test]
     fn with_database_replaces_the_path() {

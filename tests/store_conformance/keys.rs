@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::harness::{
     audit, create_workspace, default_ws, insert, new_key, page, secret_for, t, usd, workspace,
+    StoreWithUrl,
 };
 
 pub async fn insert_get_and_list_keys_oldest_first(store: DynStore) {
@@ -430,7 +431,7 @@ pub async fn key_cap_ignores_revoked_keys(store: DynStore) {
     assert_eq!(names, ["b", "d", "f"]);
 }
 
-pub async fn undecodable_json_is_reported_as_corrupt(store: DynStore, url: String) {
+pub async fn undecodable_json_is_reported_as_corrupt(StoreWithUrl(store, url): StoreWithUrl) {
     let ws = default_ws(&store).await;
     let key = new_key(ws, "victim", t(0));
     let secret = insert(&store, &key).await;

@@ -3,9 +3,9 @@
 use keygate::store::{DynStore, Member, Role, StoreError, DEFAULT_WORKSPACE};
 use uuid::Uuid;
 
-use crate::harness::{audit, create_workspace, default_ws, page, t, usd, workspace};
+use crate::harness::{audit, create_workspace, default_ws, page, t, usd, workspace, EmptyStore};
 
-pub async fn fresh_database_reports_migrations_missing(store: DynStore) {
+pub async fn fresh_database_reports_migrations_missing(EmptyStore(store): EmptyStore) {
     store.ping().await.unwrap();
     assert!(!store.migrations_applied().await.unwrap());
     store.migrate().await.unwrap();
