@@ -213,9 +213,14 @@ impl Deliverer {
                 }
             }
         }
-        // Attempts cut short here stay pending in the store; the next start (or another
-        // instance) sends them once their lease has run out.
-        in_flight.abort_all();
+        // Let the attempts in flight end (each within its timeout) and record them, so a
+        // POST that was answered is not sent again after a restart. What is scheduled
+        // stays pending in the store, for the next start or another instance.
+        while let Some(done) = in_flight.join_next().await {
+            if let Ok((alert, outcome)) = done {
+                self.settle(alert, outcome).await;
+            }
+        }
     }
 
     fn spawn_attempt(&self, in_flight: &mut JoinSet<(BudgetAlert, Outcome)>, alert: BudgetAlert) {

@@ -53,3 +53,4 @@ pub mod serve;
 pub mod slow_upstream;
 pub mod sse;
 pub mod upstream;
+pub mod webhook;
