@@ -104,7 +104,11 @@ impl Checker {
                 },
             );
         }
-        let Some(alerts) = self.watched.get_mut(&key_id).and_then(|w| w.alerts.as_mut()) else {
+        let Some(alerts) = self
+            .watched
+            .get_mut(&key_id)
+            .and_then(|w| w.alerts.as_mut())
+        else {
             return Ok(());
         };
         let now = Utc::now();
@@ -124,7 +128,10 @@ impl Checker {
             .await?
             .cost_pico;
         let limit = usd_to_pico(alerts.budget.limit_usd);
-        for (bp, fraction) in open.into_iter().filter(|(bp, _)| crossed(spent, limit, *bp)) {
+        for (bp, fraction) in open
+            .into_iter()
+            .filter(|(bp, _)| crossed(spent, limit, *bp))
+        {
             let payload = Payload {
                 kind: "budget.threshold",
                 key_id,

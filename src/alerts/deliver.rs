@@ -92,9 +92,8 @@ impl reqwest::dns::Resolve for PublicResolver {
         let allow_private = self.allow_private;
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             if !allow_private {
                 if let Some(ip) = found.iter().map(SocketAddr::ip).find(|ip| !is_public(*ip)) {
                     return Err(Box::new(NonPublicAddress { host, ip }) as _);
@@ -289,7 +288,8 @@ impl Deliverer {
             error,
             next_attempt_at: retry_in.map(|wait| now + wait),
         };
-        let audit = (status != AlertStatus::Pending).then(|| audit_event(&alert, &attempt, attempts));
+        let audit =
+            (status != AlertStatus::Pending).then(|| audit_event(&alert, &attempt, attempts));
         if let Err(error) = self
             .sender
             .store
@@ -402,7 +402,9 @@ fn describe(error: reqwest::Error) -> String {
 /// The wait after `attempts` failed attempts: `initial · 2^(attempts−1)`, at most
 /// [`MAX_BACKOFF`], drawn from its upper half.
 fn backoff(initial: Duration, attempts: i64) -> Duration {
-    let doublings = u32::try_from(attempts.saturating_sub(1)).unwrap_or(u32::MAX).min(20);
+    let doublings = u32::try_from(attempts.saturating_sub(1))
+        .unwrap_or(u32::MAX)
+        .min(20);
     let full = initial.saturating_mul(1 << doublings).min(MAX_BACKOFF);
     let half = full / 2;
     half + half.mul_f64(rand::thread_rng().gen_range(0.0..=1.0))
@@ -483,7 +485,10 @@ mod tests {
         .resolve(name())
         .await;
         let error = refused.err().unwrap();
-        assert!(error.downcast_ref::<NonPublicAddress>().is_some(), "{error}");
+        assert!(
+            error.downcast_ref::<NonPublicAddress>().is_some(),
+            "{error}"
+        );
         let allowed = PublicResolver {
             allow_private: true,
         }

@@ -25,9 +25,9 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
-    AlertAttempt, AuditEvent, AuditFilter, BudgetAlert, BudgetAlertId, NewBudgetAlert, DynStore, EventFilter, LastAdmin, Member, Page, Paged, RateLimitEvent,
-    SecretRecord, Store, StoreError, StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals,
-    Workspace,
+    AlertAttempt, AuditEvent, AuditFilter, BudgetAlert, BudgetAlertId, DynStore, EventFilter,
+    LastAdmin, Member, NewBudgetAlert, Page, Paged, RateLimitEvent, SecretRecord, Store,
+    StoreError, StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals, Workspace,
 };
 use crate::domain::ApiKey;
 

@@ -91,7 +91,9 @@ async fn audit_events(app: &TestApp, action: &str, n: usize) -> Vec<Value> {
 
 fn today() -> String {
     let midnight = Utc::now().date_naive().and_hms_opt(0, 0, 0).unwrap();
-    midnight.and_utc().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    midnight
+        .and_utc()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// The delivery is signed with `secret` and carries the documented event.
@@ -165,7 +167,10 @@ async fn each_threshold_is_posted_once_signed_and_never_again(backend: Backend) 
         assert_eq!(event["target"], format!("key:{}", key.id));
         assert_eq!(event["details"]["attempts"], 1, "{event}");
         let text = event.to_string();
-        assert!(!text.contains(&secret) && !text.contains(&receiver.url), "{text}");
+        assert!(
+            !text.contains(&secret) && !text.contains(&receiver.url),
+            "{text}"
+        );
     }
     let got = receiver.deliveries();
     assert_eq!(thresholds_of(&got), [0.5, 0.8, 1.0]);
@@ -244,7 +249,10 @@ async fn a_non_public_destination_is_never_called(backend: Backend) {
     for event in &refused {
         let error = event["details"]["error"].as_str().unwrap();
         assert!(error.contains("non-public"), "{event}");
-        assert!(error.contains("127.0.0.1") || error.contains("::1"), "{event}");
+        assert!(
+            error.contains("127.0.0.1") || error.contains("::1"),
+            "{event}"
+        );
     }
     let targets: std::collections::HashSet<&str> = refused
         .iter()
@@ -252,7 +260,11 @@ async fn a_non_public_destination_is_never_called(backend: Backend) {
         .collect();
     assert!(targets.contains(format!("key:{}", by_ip.id).as_str()));
     assert!(targets.contains(format!("key:{}", by_name.id).as_str()));
-    assert!(receiver.deliveries().is_empty(), "{:#?}", receiver.deliveries());
+    assert!(
+        receiver.deliveries().is_empty(),
+        "{:#?}",
+        receiver.deliveries()
+    );
 }
 
 /// Two replicas on one PostgreSQL, both serving the key: each sees the thresholds crossed

@@ -253,12 +253,30 @@ pub async fn budget_alerts_are_claimed_once(store: DynStore) {
     let march = at(2025, 3, 1, 0, 0);
     let april = at(2025, 4, 1, 0, 0);
     let claim = |key: &ApiKey, period, bp| new_alert(key, period, bp, t(0));
-    assert!(store.claim_budget_alert(&claim(&key, march, 8000)).await.unwrap());
-    assert!(!store.claim_budget_alert(&claim(&key, march, 8000)).await.unwrap());
-    assert!(store.claim_budget_alert(&claim(&key, march, 10000)).await.unwrap());
-    assert!(store.claim_budget_alert(&claim(&key, april, 8000)).await.unwrap());
-    assert!(store.claim_budget_alert(&claim(&other_key, march, 8000)).await.unwrap());
-    assert!(!store.claim_budget_alert(&claim(&key, april, 8000)).await.unwrap());
+    assert!(store
+        .claim_budget_alert(&claim(&key, march, 8000))
+        .await
+        .unwrap());
+    assert!(!store
+        .claim_budget_alert(&claim(&key, march, 8000))
+        .await
+        .unwrap());
+    assert!(store
+        .claim_budget_alert(&claim(&key, march, 10000))
+        .await
+        .unwrap());
+    assert!(store
+        .claim_budget_alert(&claim(&key, april, 8000))
+        .await
+        .unwrap());
+    assert!(store
+        .claim_budget_alert(&claim(&other_key, march, 8000))
+        .await
+        .unwrap());
+    assert!(!store
+        .claim_budget_alert(&claim(&key, april, 8000))
+        .await
+        .unwrap());
 
     // The first claim's row, as stored: pending, no attempt yet, leased to the claimer.
     let stored = store.list_budget_alerts(key.id).await.unwrap();
@@ -285,12 +303,24 @@ pub async fn budget_alert_leases_and_attempts(store: DynStore) {
 
     // Not due while the claimer's lease runs; due after it, and then leased only once.
     assert!(store.due_budget_alerts(t(39), 10).await.unwrap().is_empty());
-    assert!(!store.lease_budget_alert(&alert.id, t(39), t(100)).await.unwrap());
+    assert!(!store
+        .lease_budget_alert(&alert.id, t(39), t(100))
+        .await
+        .unwrap());
     let due = store.due_budget_alerts(t(40), 10).await.unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].id, alert.id);
-    assert!(store.lease_budget_alert(&alert.id, t(40), t(80)).await.unwrap());
-    assert!(!store.lease_budget_alert(&alert.id, t(41), t(81)).await.unwrap(), "taken");
+    assert!(store
+        .lease_budget_alert(&alert.id, t(40), t(80))
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .lease_budget_alert(&alert.id, t(41), t(81))
+            .await
+            .unwrap(),
+        "taken"
+    );
     assert!(store.due_budget_alerts(t(79), 10).await.unwrap().is_empty());
 
     // A failed attempt: counted, its error kept, due again at the retry time.
@@ -300,14 +330,23 @@ pub async fn budget_alert_leases_and_attempts(store: DynStore) {
         error: Some("the webhook answered 500".into()),
         next_attempt_at: Some(t(60)),
     };
-    store.record_budget_alert_attempt(&alert.id, &failed, None).await.unwrap();
+    store
+        .record_budget_alert_attempt(&alert.id, &failed, None)
+        .await
+        .unwrap();
     let due = store.due_budget_alerts(t(60), 10).await.unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].attempts, 1);
-    assert_eq!(due[0].last_error.as_deref(), Some("the webhook answered 500"));
+    assert_eq!(
+        due[0].last_error.as_deref(),
+        Some("the webhook answered 500")
+    );
 
     // Delivered, with its audit event in the same call: final, never due again.
-    assert!(store.lease_budget_alert(&alert.id, t(60), t(100)).await.unwrap());
+    assert!(store
+        .lease_budget_alert(&alert.id, t(60), t(100))
+        .await
+        .unwrap());
     let delivered = AlertAttempt {
         at: t(61),
         status: AlertStatus::Delivered,
@@ -324,8 +363,15 @@ pub async fn budget_alert_leases_and_attempts(store: DynStore) {
     assert_eq!(stored[0].attempts, 2);
     assert_eq!(stored[0].last_error, None);
     assert_eq!(stored[0].finished_at, Some(t(61)));
-    assert!(store.due_budget_alerts(t(10_000), 10).await.unwrap().is_empty());
-    assert!(!store.lease_budget_alert(&alert.id, t(10_000), t(10_040)).await.unwrap());
+    assert!(store
+        .due_budget_alerts(t(10_000), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(!store
+        .lease_budget_alert(&alert.id, t(10_000), t(10_040))
+        .await
+        .unwrap());
     let filter = AuditFilter {
         action: Some("budget_alert.sent".into()),
         ..AuditFilter::default()

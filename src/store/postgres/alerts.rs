@@ -97,7 +97,10 @@ pub(super) async fn record_budget_alert_attempt(
     Ok(())
 }
 
-pub(super) async fn list_budget_alerts(pool: &PgPool, key_id: Uuid) -> StoreResult<Vec<BudgetAlert>> {
+pub(super) async fn list_budget_alerts(
+    pool: &PgPool,
+    key_id: Uuid,
+) -> StoreResult<Vec<BudgetAlert>> {
     let rows = sqlx::query_as::<_, BudgetAlertRow<Pg>>(
         "select * from budget_alert where key_id = $1 and payload is not null
          order by claimed_at, period_start, threshold_bp",

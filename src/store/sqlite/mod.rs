@@ -39,9 +39,9 @@ use uuid::{fmt::Hyphenated, Uuid};
 
 use super::{
     codec::{self, corrupt, Columns},
-    AlertAttempt, AuditEvent, AuditFilter, BudgetAlert, BudgetAlertId, NewBudgetAlert, EventFilter, LastAdmin, Member, Page, Paged, RateLimitEvent,
-    SecretRecord, Store, StoreError, StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals,
-    Workspace, DEFAULT_WORKSPACE_ID,
+    AlertAttempt, AuditEvent, AuditFilter, BudgetAlert, BudgetAlertId, EventFilter, LastAdmin,
+    Member, NewBudgetAlert, Page, Paged, RateLimitEvent, SecretRecord, Store, StoreError,
+    StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals, Workspace, DEFAULT_WORKSPACE_ID,
 };
 use crate::domain::ApiKey;
 
