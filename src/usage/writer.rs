@@ -4,6 +4,9 @@
 //! every `flush_every` (≤ 1 s, DESIGN §7) and once more when told to stop (STYLE rule 15).
 //! The batch aggregates per key·model·minute as events arrive.
 //!
+//! After each flush it tells an optional [`FlushHook`] which keys it wrote usage for (the
+//! budget-alert checker, `src/alerts`), so alerts cost nothing per request.
+//!
 //! Why no channel: a message per request woke the writer task once per request, which
 //! cost more on the proxy's hot path than the aggregation itself.
 //!
