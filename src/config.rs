@@ -247,14 +247,46 @@ impl fmt::Debug for Web3Config {
     }
 }
 
-/// Workspace webhooks (budget alerts, DESIGN §3).
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Workspace webhooks (budget alerts, DESIGN §3; src/alerts).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebhooksConfig {
     /// Accept webhook URLs whose host is (or resolves to) a loopback, private, link-local
     /// or otherwise non-public address. Off: a workspace admin cannot make keygate call
-    /// services on its own network.
+    /// services on its own network (checked when the URL is set and again at each POST).
     pub allow_private: bool,
+    /// One delivery attempt (resolve, connect, send, read the answer) must end within this.
+    pub attempt_timeout_secs: f64,
+    /// A delivery is retried until this long after the threshold was crossed, then given up.
+    pub retry_for_secs: f64,
+    /// Wait before the second attempt; it doubles per attempt (at most 10 minutes), with
+    /// jitter.
+    pub retry_initial_secs: f64,
+}
+
+impl WebhooksConfig {
+    pub fn attempt_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.attempt_timeout_secs)
+    }
+
+    pub fn retry_for(&self) -> Duration {
+        Duration::from_secs_f64(self.retry_for_secs)
+    }
+
+    pub fn retry_initial(&self) -> Duration {
+        Duration::from_secs_f64(self.retry_initial_secs)
+    }
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            allow_private: false,
+            attempt_timeout_secs: 10.0,
+            retry_for_secs: 3600.0,
+            retry_initial_secs: 5.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -380,6 +412,15 @@ impl Config {
             ("proxy.idle_timeout_secs", self.proxy.idle_timeout_secs),
             ("proxy.timeout_secs", self.proxy.timeout_secs),
             ("http.keep_alive_idle_secs", self.http.keep_alive_idle_secs),
+            (
+                "webhooks.attempt_timeout_secs",
+                self.webhooks.attempt_timeout_secs,
+            ),
+            ("webhooks.retry_for_secs", self.webhooks.retry_for_secs),
+            (
+                "webhooks.retry_initial_secs",
+                self.webhooks.retry_initial_secs,
+            ),
             (
                 "http.request_read_timeout_secs",
                 self.http.request_read_timeout_secs,

@@ -4,6 +4,7 @@ mod admin_keys;
 mod auth_guard;
 mod bad_input;
 mod bootstrap;
+mod budget_alerts;
 mod cli;
 mod cli_admin;
 mod compat_aixplain;
