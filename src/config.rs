@@ -5,7 +5,11 @@
 
 use std::{
     collections::{BTreeMap, HashSet},
-    fmt, net::SocketAddr, path::Path, time::Duration};
+    fmt,
+    net::SocketAddr,
+    path::Path,
+    time::Duration,
+};
 
 use figment::{
     providers::{Env, Format, Toml},
@@ -753,7 +757,10 @@ fast_path = \"yes\"
             (1, 3)
         );
         assert_eq!(
-            config.upstreams[1].model_mapping.get("gpt-4o").map(String::as_str),
+            config.upstreams[1]
+                .model_mapping
+                .get("gpt-4o")
+                .map(String::as_str),
             Some("azure-gpt4o-eu")
         );
         assert_eq!(config.proxy.max_attempts, 3);
@@ -764,8 +771,14 @@ fast_path = \"yes\"
         .to_string();
         assert!(err.contains("upstreams[0].weight"), "{err}");
         assert!(err.contains("priority"), "{err}");
-        for bad in ["max_attempts = 0", "breaker_failures = 0", "breaker_cooldown_secs = 0"] {
-            let err = load_from(&format!("[proxy]\n{bad}\n")).unwrap_err().to_string();
+        for bad in [
+            "max_attempts = 0",
+            "breaker_failures = 0",
+            "breaker_cooldown_secs = 0",
+        ] {
+            let err = load_from(&format!("[proxy]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(bad.split(' ').next().unwrap_or(bad)), "{err}");
         }
     }

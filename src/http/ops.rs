@@ -41,14 +41,14 @@ const READY_TIMEOUT: Duration = Duration::from_secs(2);
 #[utoipa::path(get, path = "/readyz", tag = "ops",
     responses((status = 200, body = Health), (status = 503, description = "Not ready; `reason` says why", body = Health)))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
-    let (status, Json(mut health)) =
-        match tokio::time::timeout(READY_TIMEOUT, ready(&state)).await {
-            Ok(answer) => answer,
-            Err(_) => {
-                tracing::warn!("readiness: the store did not answer within {READY_TIMEOUT:?}");
-                not_ready("store unreachable".into())
-            }
-        };
+    let (status, Json(mut health)) = match tokio::time::timeout(READY_TIMEOUT, ready(&state)).await
+    {
+        Ok(answer) => answer,
+        Err(_) => {
+            tracing::warn!("readiness: the store did not answer within {READY_TIMEOUT:?}");
+            not_ready("store unreachable".into())
+        }
+    };
     health.upstreams = Some(state.gateway.upstreams().health());
     (status, Json(health))
 }

@@ -47,7 +47,9 @@ impl Gateway {
         // The same value `requested_model` checked; borrowed unless it has escapes.
         let model = fields.and_then(|f| f.model).and_then(request::string);
         let Some((mut upstream, mut pass)) = candidates.next() else {
-            return Err(InferenceError::Upstream("no upstream serves this request".into()));
+            return Err(InferenceError::Upstream(
+                "no upstream serves this request".into(),
+            ));
         };
         loop {
             let mapped = model.as_deref().and_then(|m| upstream.mapped_model(m));
@@ -78,7 +80,10 @@ impl Gateway {
             let Some((next, next_pass)) = candidates.next() else {
                 return result;
             };
-            let status = result.as_ref().ok().map(|sent| sent.response.status.as_u16());
+            let status = result
+                .as_ref()
+                .ok()
+                .map(|sent| sent.response.status.as_u16());
             tracing::warn!(request_id = %request.request_id, upstream = %upstream.name, cause = cause.as_str(), status, next = %next.name, "upstream failed; trying the next one");
             metrics::counter!("keygate_upstream_fallbacks_total", "upstream" => upstream.name.clone(), "cause" => cause.as_str())
                 .increment(1);

@@ -130,11 +130,20 @@ async fn weights_hold_over_a_thousand_requests_and_a_worse_priority_gets_nothing
         .await;
 
     // Assert
-    assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
     let (a, b, c) = (chats(&mocks[0]), chats(&mocks[1]), chats(&mocks[2]));
     assert_eq!(a + b, 1000);
-    assert!((700..=800).contains(&a), "a got {a}, b got {b} (3:1 expected)");
-    assert_eq!(c, 0, "the priority-1 upstream got requests while priority 0 was healthy");
+    assert!(
+        (700..=800).contains(&a),
+        "a got {a}, b got {b} (3:1 expected)"
+    );
+    assert_eq!(
+        c, 0,
+        "the priority-1 upstream got requests while priority 0 was healthy"
+    );
     let usage = app.settled_usage(&key.id, 1000).await;
     assert_eq!(usage.requests, 1000);
     assert_key_never_forwarded(&mocks.iter().collect::<Vec<_>>(), &key);
@@ -170,7 +179,11 @@ async fn a_failing_upstream_is_skipped_charged_once_and_back_after_its_cool_down
     assert_eq!(usage.input_tokens, 20 * expected.prompt_tokens as i64);
     assert_eq!(usage.output_tokens, 20 * expected.completion_tokens as i64);
     let (status, a) = readiness(&app, "a").await;
-    assert_eq!(status, StatusCode::OK, "upstream health must not change readiness");
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "upstream health must not change readiness"
+    );
     assert_eq!(a["state"], "open", "{a}");
     assert_eq!(readiness(&app, "b").await.1["state"], "closed");
 
@@ -361,6 +374,13 @@ async fn model_mapping_sends_the_upstreams_name_and_meters_the_clients(setup: Se
     assert_eq!(streamed["stream"], true);
     assert_eq!(stream_text(&events), mock::reply_text(7));
     assert_eq!(status, StatusCode::NOT_FOUND, "{unknown}");
+    // The model list names the client's model, served by the upstream that maps it.
+    let (_, models) = json_body(app.get_as(&key.secret, "/v1/models").await).await;
+    let listed = models["data"]
+        .as_array()
+        .and_then(|data| data.iter().find(|m| m["id"] == "gpt-4o"))
+        .unwrap_or_else(|| panic!("gpt-4o not listed: {models}"));
+    assert_eq!(listed["owned_by"], "azure-eu", "{listed}");
     // … and usage and price are the client's model's.
     let rows = app.usage_rows(&key.id).await;
     assert!(!rows.is_empty());
@@ -461,8 +481,14 @@ async fn with_only_openai_api_key_set_keygate_serves_openai_and_says_so() {
         .lines()
         .find(|l| l.contains("no [[upstreams]] configured"))
         .unwrap_or_else(|| panic!("no start-up line:\n{stderr}"));
-    assert!(line.contains("INFO") && line.contains("OPENAI_API_KEY"), "{line}");
-    assert!(!stderr.contains("sk-test-first-run"), "the credential was logged");
+    assert!(
+        line.contains("INFO") && line.contains("OPENAI_API_KEY"),
+        "{line}"
+    );
+    assert!(
+        !stderr.contains("sk-test-first-run"),
+        "the credential was logged"
+    );
 }
 
 #[tokio::test]
@@ -501,6 +527,9 @@ async fn with_no_upstream_and_no_provider_key_keygate_warns_naming_the_config_ke
         .lines()
         .find(|l| l.contains("nothing can be proxied"))
         .unwrap_or_else(|| panic!("no warning:\n{stderr}"));
-    assert!(line.contains("WARN") && line.contains("[[upstreams]]"), "{line}");
+    assert!(
+        line.contains("WARN") && line.contains("[[upstreams]]"),
+        "{line}"
+    );
     assert!(line.contains("OPENAI_API_KEY"), "{line}");
 }

@@ -6,7 +6,10 @@
 //! probing: the state moves only when a request asks.
 
 use std::{
-    sync::Mutex,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -83,6 +86,10 @@ pub struct Breaker {
     threshold: u32,
     cooldown: Duration,
     state: Mutex<State>,
+    /// Whether `state` is anything but closed with no failure. While it is not (nearly
+    /// always), a request passes and succeeds without taking the lock: every request of
+    /// every upstream goes through here.
+    troubled: AtomicBool,
 }
 
 /// Leave to send one request to an upstream. Report its outcome with
@@ -101,6 +108,7 @@ impl Breaker {
             threshold: threshold.max(1),
             cooldown,
             state: Mutex::default(),
+            troubled: AtomicBool::new(false),
         };
         breaker.publish(BreakerState::Closed);
         breaker
@@ -108,6 +116,16 @@ impl Breaker {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn healthy(&self) -> bool {
+        !self.troubled.load(Ordering::Acquire)
+    }
+
+    /// Keeps `troubled` in step with `state` (called with the lock held).
+    fn mark(&self, state: &State) {
+        let troubled = state.failures > 0 || state.open_until.is_some() || state.probing;
+        self.troubled.store(troubled, Ordering::Release);
     }
 
     /// The state at `now`, the failures in a row, and the cool-down left when open.
@@ -131,6 +149,9 @@ impl Breaker {
     /// Whether a request may go now without forcing: closed, or half-open with no probe
     /// in flight.
     pub fn available(&self, now: Instant) -> bool {
+        if self.healthy() {
+            return true;
+        }
         let state = self.lock();
         match state_at(&state, now) {
             BreakerState::Closed => true,
@@ -141,6 +162,12 @@ impl Breaker {
 
     /// Leave to send a request now: `None` when open, or half-open with its probe taken.
     pub fn pass(&self, now: Instant) -> Option<Pass<'_>> {
+        if self.healthy() {
+            return Some(Pass {
+                breaker: self,
+                probe: false,
+            });
+        }
         let mut state = self.lock();
         match state_at(&state, now) {
             BreakerState::Closed => Some(Pass {
@@ -149,6 +176,7 @@ impl Breaker {
             }),
             BreakerState::HalfOpen if !state.probing => {
                 state.probing = true;
+                self.mark(&state);
                 drop(state);
                 self.publish(BreakerState::HalfOpen);
                 Some(Pass {
@@ -171,9 +199,13 @@ impl Breaker {
     }
 
     fn succeeded(&self, probe: bool) {
+        if self.healthy() {
+            return;
+        }
         let mut state = self.lock();
         let was_open = state.open_until.is_some();
         *state = State::default();
+        self.mark(&state);
         drop(state);
         if was_open || probe {
             tracing::info!(upstream = %self.upstream, "upstream answered again; breaker closed");
@@ -190,25 +222,27 @@ impl Breaker {
         }
         let cool_for = match retry_after {
             Some(wait) => Some(wait.min(MAX_RETRY_AFTER)),
-            None if probe
-                || state.open_until.is_some()
-                || state.failures >= self.threshold =>
-            {
+            None if probe || state.open_until.is_some() || state.failures >= self.threshold => {
                 Some(self.cooldown)
             }
             None => None,
         };
         let Some(cool_for) = cool_for else {
+            self.mark(&state);
             return;
         };
+        let was = state_at(&state, now);
         let until = now + cool_for;
         // A longer cool-down already running (a Retry-After) is not shortened.
         if state.open_until.is_none_or(|current| current < until) {
             state.open_until = Some(until);
         }
+        self.mark(&state);
         let failures = state.failures;
         drop(state);
-        tracing::warn!(upstream = %self.upstream, failures, cool_down_secs = cool_for.as_secs_f64(), "upstream breaker open");
+        if was != BreakerState::Open {
+            tracing::warn!(upstream = %self.upstream, failures, cool_down_secs = cool_for.as_secs_f64(), "upstream breaker open: skipped while it cools down");
+        }
         self.publish(BreakerState::Open);
     }
 
@@ -243,7 +277,9 @@ impl Pass<'_> {
 impl Drop for Pass<'_> {
     fn drop(&mut self) {
         if self.probe {
-            self.breaker.lock().probing = false;
+            let mut state = self.breaker.lock();
+            state.probing = false;
+            self.breaker.mark(&state);
         }
     }
 }
@@ -283,7 +319,11 @@ mod tests {
         let probe = breaker.pass(later).expect("the probe");
         assert!(breaker.pass(later).is_none(), "one probe at a time");
         probe.failed(None);
-        assert_eq!(state(&breaker), BreakerState::Open, "a failed probe re-opens");
+        assert_eq!(
+            state(&breaker),
+            BreakerState::Open,
+            "a failed probe re-opens"
+        );
 
         std::thread::sleep(COOL * 2);
         let probe = breaker.pass(Instant::now()).expect("the next probe");

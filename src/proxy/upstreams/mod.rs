@@ -46,8 +46,7 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn serves(&self, model: &str) -> bool {
-        self.models.iter().any(|m| m == "*" || m == model)
-            || self.model_mapping.contains_key(model)
+        self.models.iter().any(|m| m == "*" || m == model) || self.model_mapping.contains_key(model)
     }
 
     /// This upstream's name for the client's `model`, when its `model_mapping` renames it.
@@ -203,8 +202,7 @@ impl Upstreams {
         };
         let by_name = |index: usize, model: &str| {
             let upstream = &upstreams[index];
-            upstream.models.iter().any(|m| m == model)
-                || upstream.model_mapping.contains_key(model)
+            upstream.models.iter().any(|m| m == model) || upstream.model_mapping.contains_key(model)
         };
         let wildcards: Vec<usize> = (0..upstreams.len())
             .filter(|&index| upstreams[index].models.iter().any(|m| m == "*"))
@@ -222,9 +220,7 @@ impl Upstreams {
                         if by_name(index, model) {
                             Some(candidate(index, true))
                         } else {
-                            wildcards
-                                .contains(&index)
-                                .then(|| candidate(index, false))
+                            wildcards.contains(&index).then(|| candidate(index, false))
                         }
                     })
                     .collect();
@@ -233,7 +229,9 @@ impl Upstreams {
             .collect();
         let wildcard = (!wildcards.is_empty())
             .then(|| Route::new(wildcards.iter().map(|&i| candidate(i, false)).collect()));
-        let alone = (0..list.len()).map(|i| Route::new(vec![(i, (0, false), 1)])).collect();
+        let alone = (0..list.len())
+            .map(|i| Route::new(vec![(i, (0, false), 1)]))
+            .collect();
         Ok(Upstreams {
             list,
             named,
