@@ -46,7 +46,7 @@ impl Gateway {
         let deadline = Instant::now() + self.timeouts.total;
         // The same value `requested_model` checked; borrowed unless it has escapes.
         let model = fields.and_then(|f| f.model).and_then(request::string);
-        let Some((mut upstream, mut pass)) = candidates.next() else {
+        let Some((mut upstream, mut pass)) = candidates.next_upstream() else {
             return Err(InferenceError::Upstream(
                 "no upstream serves this request".into(),
             ));
@@ -77,7 +77,7 @@ impl Gateway {
             if candidates.attempts() >= self.max_attempts || Instant::now() >= deadline {
                 return result;
             }
-            let Some((next, next_pass)) = candidates.next() else {
+            let Some((next, next_pass)) = candidates.next_upstream() else {
                 return result;
             };
             let status = result

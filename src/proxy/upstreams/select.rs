@@ -60,7 +60,7 @@ impl Route {
     }
 }
 
-/// One request's walk over its candidates: [`Candidates::next`] gives the next upstream
+/// One request's walk over its candidates: [`Candidates::next_upstream`] gives the next upstream
 /// to try, with the breaker's leave.
 pub struct Candidates<'a> {
     upstreams: &'a [Upstream],
@@ -91,7 +91,7 @@ impl<'a> Candidates<'a> {
     /// one whose cool-down ends first (a request is always tried at least once: the
     /// upstream may be back, and the client gets its real answer). `None`: no candidate
     /// left.
-    pub fn next(&mut self) -> Option<(&'a Upstream, Pass<'a>)> {
+    pub fn next_upstream(&mut self) -> Option<(&'a Upstream, Pass<'a>)> {
         let now = Instant::now();
         let mut offset = 0;
         for tier in &self.route.tiers {
