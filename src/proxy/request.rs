@@ -246,14 +246,15 @@ enum With<'a> {
 /// rewrite is not an object.
 fn apply(body: &[u8], edits: &mut [Edit<'_>]) -> Option<Bytes> {
     edits.sort_by_key(|edit| edit.at.start);
-    let grows: usize = edits
-        .iter()
-        .map(|edit| match &edit.with {
+    // The new body's size (at most, for `stream_options`: its `include_usage` goes).
+    let size = edits.iter().fold(body.len(), |size, edit| {
+        let added = match &edit.with {
             With::Bytes(bytes) => bytes.len(),
             With::UsageOptions(_) => edit.at.len() + INCLUDE_USAGE.len() + 2,
-        })
-        .sum();
-    let mut out = BytesMut::with_capacity(body.len() + grows);
+        };
+        size - edit.at.len() + added
+    });
+    let mut out = BytesMut::with_capacity(size);
     let mut from = 0;
     for edit in edits.iter() {
         out.put_slice(&body[from..edit.at.start]);
