@@ -24,6 +24,7 @@ mod proxy_hardening;
 mod proxy_helpers;
 mod proxy_limits;
 mod proxy_routes;
+mod proxy_routing;
 mod proxy_streaming;
 mod roles;
 mod secrets;
