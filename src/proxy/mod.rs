@@ -47,6 +47,7 @@ use crate::{
     keys::ApiKey,
     limits::{BucketState, Limiter, Refusal},
     store::DynStore,
+    telemetry::metrics::{Metrics, ModelId},
     usage::{
         budget::{BudgetLedger, BudgetRefusal},
         pricing::Pricing,
@@ -60,6 +61,7 @@ pub struct Shared {
     pub budgets: BudgetLedger,
     pub recorder: Recorder,
     pub pricing: Pricing,
+    pub metrics: Arc<Metrics>,
 }
 
 pub struct Gateway {
@@ -130,6 +132,13 @@ pub enum AnswerBody {
     Stream(ByteStream),
 }
 
+/// What became of a request: answered or refused, and the model it named (the label of
+/// its `/metrics` series; `None` when it named none).
+pub struct Handled {
+    pub model: Option<ModelId>,
+    pub result: Result<ProxyAnswer, InferenceError>,
+}
+
 /// Why a request was not proxied, with the buckets' states where known.
 #[derive(Debug, thiserror::Error)]
 pub enum InferenceError {
@@ -192,14 +201,28 @@ impl Gateway {
     }
 
     /// Admits, forwards and meters one request: parse → admit → forward → meter.
-    pub async fn handle(
+    pub async fn handle(&self, request: InferenceRequest) -> Handled {
+        let mut model = None;
+        let result = self.walk(request, &mut model).await;
+        Handled { model, result }
+    }
+
+    /// [`Gateway::handle`]'s steps; `named` is set to the model's label once it is known.
+    async fn walk(
         &self,
         mut request: InferenceRequest,
+        named: &mut Option<ModelId>,
     ) -> Result<ProxyAnswer, InferenceError> {
         // Parse: the body's fields, the model, and the upstream serving it.
         let body = std::mem::take(&mut request.body);
         let fields = request::read_fields(request.endpoint, &body)?;
-        let model = requested_model(&request.key, fields.as_ref())?;
+        let metrics = &self.shared.metrics;
+        let model = requested_model(&request.key, fields.as_ref()).inspect_err(|err| {
+            if let InferenceError::ModelNotAllowed(model) = err {
+                *named = Some(metrics.model(model));
+            }
+        })?;
+        *named = model.as_deref().map(|model| metrics.model(model));
         let upstream = self.route(&mut request, model.as_deref())?;
         let client_wants_usage = fields.as_ref().is_some_and(RequestFields::wants_usage);
 
@@ -208,6 +231,7 @@ impl Gateway {
             self.admit(&request, &body, fields.as_ref(), model).await?;
 
         // Forward (forward.rs): the body, asking for usage on a stream; the answer's head.
+        let started = tokio::time::Instant::now();
         let sent = match forward::upstream_body(request.endpoint, &body, fields.as_ref()) {
             Ok(changed) => {
                 self.forward(upstream, &request, changed.unwrap_or(body))
@@ -223,6 +247,10 @@ impl Gateway {
                 return Err(err);
             }
         };
+        if let Some(series) = metrics.upstream(&upstream.name, named.unwrap_or(ModelId::OTHER)) {
+            series.ttfb.record(started.elapsed());
+            meter.time_upstream(series.duration.clone(), started);
+        }
 
         // Meter: a stream settles as it ends (stream.rs), a whole answer once it is read.
         let (status, headers, body) = self
