@@ -31,7 +31,9 @@ use std::{
 use metrics::{
     Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit,
 };
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
 use crate::{config::Config, keys::cache::CacheStats, store::PoolStats};
 
@@ -198,12 +200,8 @@ impl Metrics {
             true => recorder.register_gauge(&Key::from_static_name(IN_FLIGHT), &METADATA),
             false => Gauge::noop(),
         };
-        let fast_routes = [
-            "/v1/chat/completions",
-            "/v1/completions",
-            "/v1/embeddings",
-        ]
-        .map(RouteSeries::new);
+        let fast_routes =
+            ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"].map(RouteSeries::new);
         let routes = fast_routes
             .iter()
             .map(|series| (Box::from(&*series.route), series.clone()))
@@ -460,19 +458,18 @@ impl RouteSeries {
 fn recorder() -> PrometheusRecorder {
     let builder = PrometheusBuilder::new();
     // Both calls only fail on an empty bucket list.
-    let builder = match builder.set_buckets_for_metric(
-        Matcher::Full(UPSTREAM_DURATION.into()),
-        &LATENCY_BUCKETS,
-    ) {
+    let builder = match builder
+        .set_buckets_for_metric(Matcher::Full(UPSTREAM_DURATION.into()), &LATENCY_BUCKETS)
+    {
         Ok(builder) => builder,
         Err(_) => PrometheusBuilder::new(),
     };
-    let builder =
-        match builder.set_buckets_for_metric(Matcher::Full(UPSTREAM_TTFB.into()), &LATENCY_BUCKETS)
-        {
-            Ok(builder) => builder,
-            Err(_) => PrometheusBuilder::new(),
-        };
+    let builder = match builder
+        .set_buckets_for_metric(Matcher::Full(UPSTREAM_TTFB.into()), &LATENCY_BUCKETS)
+    {
+        Ok(builder) => builder,
+        Err(_) => PrometheusBuilder::new(),
+    };
     builder.build_recorder()
 }
 
@@ -483,14 +480,38 @@ fn counter(recorder: &PrometheusRecorder, name: &'static str, labels: Vec<Label>
 /// The `# HELP` lines.
 fn describe(recorder: &PrometheusRecorder) {
     let counters = [
-        (REQUESTS, "Requests answered, by matched route, status and (inference) model."),
-        (TOKENS, "Tokens charged, by model and type (input or output)."),
-        (REFUSALS, "Requests refused by admission, by the limit that refused them."),
-        (CACHE_HITS, "Key verifications answered from the cache without a store read."),
-        (CACHE_MISSES, "Key verifications that read the store (not cached, or older than keys.cache_ttl_ms)."),
-        (FLUSH_FAILURES, "Usage flushes the store refused (the batch is kept and retried)."),
-        (USAGE_DROPPED, "Usage records that arrived after the writer stopped."),
-        (USAGE_DISCARDED, "Usage records thrown away because the batch was full while the store refused writes."),
+        (
+            REQUESTS,
+            "Requests answered, by matched route, status and (inference) model.",
+        ),
+        (
+            TOKENS,
+            "Tokens charged, by model and type (input or output).",
+        ),
+        (
+            REFUSALS,
+            "Requests refused by admission, by the limit that refused them.",
+        ),
+        (
+            CACHE_HITS,
+            "Key verifications answered from the cache without a store read.",
+        ),
+        (
+            CACHE_MISSES,
+            "Key verifications that read the store (not cached, or older than keys.cache_ttl_ms).",
+        ),
+        (
+            FLUSH_FAILURES,
+            "Usage flushes the store refused (the batch is kept and retried).",
+        ),
+        (
+            USAGE_DROPPED,
+            "Usage records that arrived after the writer stopped.",
+        ),
+        (
+            USAGE_DISCARDED,
+            "Usage records thrown away because the batch was full while the store refused writes.",
+        ),
     ];
     for (name, help) in counters {
         recorder.describe_counter(KeyName::from_const_str(name), None, help.into());
@@ -509,8 +530,14 @@ fn describe(recorder: &PrometheusRecorder) {
         recorder.describe_gauge(KeyName::from_const_str(name), None, help.into());
     }
     for (name, help) in [
-        (UPSTREAM_TTFB, "From sending a request upstream until its answer's head arrived."),
-        (UPSTREAM_DURATION, "From sending a request upstream until its answer ended or the client left."),
+        (
+            UPSTREAM_TTFB,
+            "From sending a request upstream until its answer's head arrived.",
+        ),
+        (
+            UPSTREAM_DURATION,
+            "From sending a request upstream until its answer ended or the client left.",
+        ),
     ] {
         recorder.describe_histogram(
             KeyName::from_const_str(name),
@@ -534,20 +561,21 @@ mod tests {
     use crate::config::{ModelPrice, UpstreamConfig};
 
     fn config() -> Config {
-        let mut config = Config::default();
-        config.upstreams = vec![UpstreamConfig {
-            name: "main".into(),
-            base_url: "http://127.0.0.1:1".into(),
-            api_key_env: None,
-            models: vec!["gpt-4o".into(), "*".into()],
-            passthrough: Vec::new(),
-        }];
-        config.models = vec![ModelPrice {
-            name: "gpt-4o-mini".into(),
-            input_usd_per_mtok: "0.15".parse().unwrap_or_default(),
-            output_usd_per_mtok: "0.60".parse().unwrap_or_default(),
-        }];
-        config
+        Config {
+            upstreams: vec![UpstreamConfig {
+                name: "main".into(),
+                base_url: "http://127.0.0.1:1".into(),
+                api_key_env: None,
+                models: vec!["gpt-4o".into(), "*".into()],
+                passthrough: Vec::new(),
+            }],
+            models: vec![ModelPrice {
+                name: "gpt-4o-mini".into(),
+                input_usd_per_mtok: "0.15".parse().unwrap_or_default(),
+                output_usd_per_mtok: "0.60".parse().unwrap_or_default(),
+            }],
+            ..Config::default()
+        }
     }
 
     #[test]
@@ -583,7 +611,9 @@ mod tests {
         assert!(text.contains(
             "keygate_requests_total{route=\"/v1/chat/completions\",status=\"200\",model=\"gpt-4o\"} 2"
         ), "{text}");
-        assert!(text.contains("keygate_requests_total{route=\"/admin/v1/keys/{id}\",status=\"404\"} 1"));
+        assert!(
+            text.contains("keygate_requests_total{route=\"/admin/v1/keys/{id}\",status=\"404\"} 1")
+        );
     }
 
     #[test]

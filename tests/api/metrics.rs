@@ -120,13 +120,19 @@ async fn proxied_requests_tokens_and_cost_are_counted_exactly(setup: Setup) {
     let (mut input, mut output) = (0_i64, 0_i64);
     for i in 0..5 {
         let answer = app
-            .chat_ok(&key.secret, &chat_body(PRICED_MODEL, &"word ".repeat(i + 1), None))
+            .chat_ok(
+                &key.secret,
+                &chat_body(PRICED_MODEL, &"word ".repeat(i + 1), None),
+            )
             .await;
         input += answer["usage"]["prompt_tokens"].as_i64().unwrap();
         output += answer["usage"]["completion_tokens"].as_i64().unwrap();
     }
     let unknown = app
-        .chat(&key.secret, &chat_body("a-model-nobody-configured", "hi", None))
+        .chat(
+            &key.secret,
+            &chat_body("a-model-nobody-configured", "hi", None),
+        )
         .await;
     let after = scrape(&app).await;
 
@@ -138,14 +144,24 @@ async fn proxied_requests_tokens_and_cost_are_counted_exactly(setup: Setup) {
         5.0
     );
     assert_eq!(
-        requests(&after, CHAT, "200", Some("other")) - requests(&before, CHAT, "200", Some("other")),
+        requests(&after, CHAT, "200", Some("other"))
+            - requests(&before, CHAT, "200", Some("other")),
         1.0
     );
     let tokens = |scrape: &Exposition, kind| {
-        scrape.value("keygate_tokens_total", &[("model", PRICED_MODEL), ("type", kind)])
+        scrape.value(
+            "keygate_tokens_total",
+            &[("model", PRICED_MODEL), ("type", kind)],
+        )
     };
-    assert_eq!(tokens(&after, "input") - tokens(&before, "input"), input as f64);
-    assert_eq!(tokens(&after, "output") - tokens(&before, "output"), output as f64);
+    assert_eq!(
+        tokens(&after, "input") - tokens(&before, "input"),
+        input as f64
+    );
+    assert_eq!(
+        tokens(&after, "output") - tokens(&before, "output"),
+        output as f64
+    );
     assert_eq!(
         cost_usd(&after, PRICED_MODEL) - cost_usd(&before, PRICED_MODEL),
         cost(input, output, PRICED_INPUT, PRICED_OUTPUT)
@@ -178,10 +194,12 @@ async fn a_rate_limit_refusal_is_counted_by_its_limit(setup: Setup) {
     let after = scrape(&app).await;
 
     // Assert
-    assert_eq!((first, second), (StatusCode::OK, StatusCode::TOO_MANY_REQUESTS));
-    let refusals = |scrape: &Exposition, limit| {
-        scrape.value("keygate_refusals_total", &[("limit", limit)])
-    };
+    assert_eq!(
+        (first, second),
+        (StatusCode::OK, StatusCode::TOO_MANY_REQUESTS)
+    );
+    let refusals =
+        |scrape: &Exposition, limit| scrape.value("keygate_refusals_total", &[("limit", limit)]);
     assert_eq!(refusals(&after, "rpm") - refusals(&before, "rpm"), 1.0);
     for other in ["rpd", "tpm", "tpd", "budget", "credits", "concurrency"] {
         assert_eq!(refusals(&after, other), refusals(&before, other), "{other}");
@@ -206,7 +224,9 @@ async fn no_label_carries_a_key_a_key_id_or_a_raw_path(setup: Setup) {
     let refused = app
         .chat(&made_up, &chat_body(PRICED_MODEL, "hi", None))
         .await;
-    let listed = app.get_as(&other_admin, &format!("/admin/v1/keys/{}", key.id)).await;
+    let listed = app
+        .get_as(&other_admin, &format!("/admin/v1/keys/{}", key.id))
+        .await;
     let missing = app
         .get(&format!("/admin/v1/keys/{}", uuid::Uuid::new_v4()))
         .await;
@@ -251,7 +271,10 @@ async fn metrics_listen_serves_without_a_key_until_shutdown(setup: Setup) {
     let key = app.plain_key().await;
     app.chat_ok(&key.secret, &chat_body(PRICED_MODEL, "hi", None))
         .await;
-    let address = app.metrics_address.clone().expect("metrics.listen is bound");
+    let address = app
+        .metrics_address
+        .clone()
+        .expect("metrics.listen is bound");
 
     // Act
     let open = app
@@ -276,7 +299,10 @@ async fn metrics_listen_serves_without_a_key_until_shutdown(setup: Setup) {
     assert_eq!(requests(&scrape, CHAT, "200", Some(PRICED_MODEL)), 1.0);
     assert_eq!(main_port.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(elsewhere.status(), StatusCode::NOT_FOUND);
-    assert!(after_shutdown.is_err(), "the metrics listener stops with the app");
+    assert!(
+        after_shutdown.is_err(),
+        "the metrics listener stops with the app"
+    );
 }
 
 async fn metrics_off_answers_404_naming_the_setting(setup: Setup) {

@@ -45,12 +45,15 @@ impl Exposition {
                         if !is_metric_name(name) {
                             return Err(at("bad metric name"));
                         }
-                        if !["counter", "gauge", "histogram", "summary", "untyped"]
-                            .contains(&kind)
+                        if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind)
                         {
                             return Err(at("unknown type"));
                         }
-                        if exposition.samples.iter().any(|s| family(&s.name, kind) == name) {
+                        if exposition
+                            .samples
+                            .iter()
+                            .any(|s| family(&s.name, kind) == name)
+                        {
                             return Err(at("TYPE after the family's samples"));
                         }
                         if exposition
@@ -61,10 +64,10 @@ impl Exposition {
                             return Err(at("second TYPE for one family"));
                         }
                     }
-                    (Some("HELP"), Some(name), _) => {
-                        if !is_metric_name(name) || !helped.insert(name.to_string()) {
-                            return Err(at("bad or repeated HELP"));
-                        }
+                    (Some("HELP"), Some(name), _)
+                        if !is_metric_name(name) || !helped.insert(name.to_string()) =>
+                    {
+                        return Err(at("bad or repeated HELP"));
                     }
                     _ => {} // any other comment
                 }
@@ -85,9 +88,10 @@ impl Exposition {
     /// series and counters end in `_total`.
     fn check_families(&self) -> Result<(), String> {
         for sample in &self.samples {
-            let typed = self.types.iter().find(|(name, kind)| {
-                family(&sample.name, kind) == name.as_str()
-            });
+            let typed = self
+                .types
+                .iter()
+                .find(|(name, kind)| family(&sample.name, kind) == name.as_str());
             let Some((_, kind)) = typed else {
                 return Err(format!("{} has no TYPE", sample.name));
             };
@@ -103,7 +107,10 @@ impl Exposition {
                         && s.value == sample.value
                 });
                 if !inf {
-                    return Err(format!("{base}{:?} has no +Inf bucket equal to its count", sample.labels));
+                    return Err(format!(
+                        "{base}{:?} has no +Inf bucket equal to its count",
+                        sample.labels
+                    ));
                 }
             }
         }
@@ -193,9 +200,7 @@ fn label_value(quoted: &str) -> Result<(String, usize), String> {
 
 /// `name{label="value",...} value`, values escaped with `\\`, `\"` and `\n` only.
 fn sample(line: &str) -> Result<Sample, String> {
-    let name_end = line
-        .find(|c: char| c == '{' || c == ' ')
-        .ok_or("no value")?;
+    let name_end = line.find(['{', ' ']).ok_or("no value")?;
     let name = &line[..name_end];
     if !is_metric_name(name) {
         return Err("bad metric name".into());
