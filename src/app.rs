@@ -19,12 +19,15 @@ use crate::{
     proxy::{upstreams::Upstreams, Gateway, Shared},
     state::AppState,
     store::{self, DynStore},
+    telemetry::metrics::Metrics,
     usage::{self, budget::BudgetLedger, pricing::Pricing},
     workspaces::{MembersService, WorkspacesService},
 };
 
 /// Usage is written to the store at least this often (DESIGN §7).
 const USAGE_FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// How often recorded histogram samples are folded into their buckets.
+const METRICS_UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -51,6 +54,8 @@ pub enum StartError {
 pub struct App {
     listener: TcpListener,
     local_addr: SocketAddr,
+    /// `metrics.listen`: `/metrics` without a key, on its own address.
+    metrics_listener: Option<(TcpListener, SocketAddr)>,
     state: AppState,
     limiter: MemoryLimiter,
     usage_writer: JoinHandle<()>,
@@ -112,6 +117,10 @@ impl App {
             addr: config.listen,
             source,
         })?;
+        let metrics_listener = match config.metrics.listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         if config.redis_url.is_some() {
             // Say so loudly: an operator who sets redis_url expects limits shared across instances.
             tracing::warn!("redis_url is set, but this version keeps rate-limit buckets per instance; limits are not yet shared across instances");
@@ -127,11 +136,14 @@ impl App {
             flushed_keys.hook(),
         );
         let limiter = MemoryLimiter::new();
+        let metrics = Arc::new(Metrics::new(&config));
+        metrics.set_limiter_backend("memory");
         let shared = Shared {
             limiter: Arc::new(limiter.clone()),
             budgets: BudgetLedger::new(store.clone()),
             recorder: recorder.clone(),
             pricing: Pricing::from_config(&config.models),
+            metrics: metrics.clone(),
         };
         let gateway = Gateway::new(
             shared,
@@ -151,10 +163,12 @@ impl App {
             keys,
             gateway: Arc::new(gateway),
             recorder,
+            metrics,
         };
         Ok(App {
             listener,
             local_addr,
+            metrics_listener,
             state,
             limiter,
             usage_writer,
@@ -166,6 +180,11 @@ impl App {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bound `metrics.listen` address, when one is configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(|(_, addr)| *addr)
     }
 
     pub fn state(&self) -> &AppState {
@@ -187,6 +206,10 @@ impl App {
                     let _ = stop.changed().await;
                 }),
         );
+        if let Some((listener, addr)) = self.metrics_listener {
+            tracing::info!(%addr, "serving /metrics without a key (metrics.listen)");
+            tasks.push(serve_metrics(listener, &self.state, stop_tx.subscribe()));
+        }
         tracing::info!(addr = %self.local_addr, store = self.state.store.backend(), "keygate listening");
         let result = http::front::serve::serve(self.listener, self.state.clone(), shutdown).await;
         // In-flight requests have drained (their meters recorded usage); now stop the
@@ -204,8 +227,49 @@ impl App {
     }
 }
 
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    Ok((listener, local))
+}
+
+/// `/metrics` without a key on `metrics.listen`, until `stop`.
+fn serve_metrics(
+    listener: TcpListener,
+    state: &AppState,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let router = http::metrics::listener_router(state.clone());
+    tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        };
+        if let Err(err) = axum::serve(listener, router)
+            .with_graceful_shutdown(stopped)
+            .await
+        {
+            tracing::error!(error = %err, "the metrics listener failed");
+        }
+    })
+}
+
 /// Owned, cancellable background work (STYLE §3 rule 15).
 fn spawn_background(state: &AppState, mut stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+    let metrics = state.metrics.clone();
+    let mut upkeep_stop = stop.clone();
+    let upkeep = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(METRICS_UPKEEP_EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => metrics.upkeep(),
+                _ = upkeep_stop.changed() => break,
+            }
+        }
+    });
     let attempts = state.auth_attempts.clone();
     let gc = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -219,7 +283,7 @@ fn spawn_background(state: &AppState, mut stop: watch::Receiver<bool>) -> Vec<Jo
             }
         }
     });
-    vec![gc]
+    vec![gc, upkeep]
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

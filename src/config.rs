@@ -76,6 +76,7 @@ pub struct Config {
     pub models: Vec<ModelPrice>,
     pub web3: Web3Config,
     pub webhooks: WebhooksConfig,
+    pub metrics: MetricsConfig,
 }
 
 impl fmt::Debug for Config {
@@ -103,6 +104,7 @@ impl fmt::Debug for Config {
             .field("models", &self.models)
             .field("web3", &self.web3)
             .field("webhooks", &self.webhooks)
+            .field("metrics", &self.metrics)
             .finish()
     }
 }
@@ -123,6 +125,7 @@ impl Default for Config {
             models: Vec::new(),
             web3: Web3Config::default(),
             webhooks: WebhooksConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -307,6 +310,26 @@ impl Default for WebhooksConfig {
             attempt_timeout_secs: 10.0,
             retry_for_secs: 3600.0,
             retry_initial_secs: 5.0,
+        }
+    }
+}
+
+/// Prometheus series (`GET /metrics`, docs/metrics.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Count the series at all. Off: nothing is counted and `/metrics` answers 404.
+    pub enabled: bool,
+    /// A second address serving `GET /metrics` WITHOUT a key (for a scraper on a private
+    /// network). `None`: only the main port serves it, behind an admin key.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            listen: None,
         }
     }
 }
@@ -509,6 +532,12 @@ impl Config {
             .is_some_and(|cap| cap < 0)
         {
             return Err(invalid("keys.default_workspace_key_cap", "must be >= 0"));
+        }
+        if self.metrics.listen == Some(self.listen) && self.listen.port() != 0 {
+            return Err(invalid(
+                "metrics.listen",
+                "must differ from `listen` (it serves /metrics without a key)",
+            ));
         }
         if self.http.max_body_bytes < 1024 {
             return Err(invalid("http.max_body_bytes", "must be at least 1024"));

@@ -7,6 +7,7 @@ use crate::{
     keys::{FailedAuthGuard, KeysService},
     proxy::Gateway,
     store::DynStore,
+    telemetry::metrics::Metrics,
     usage::{Recorder, UsageReader},
     workspaces::{MembersService, WorkspacesService},
 };
@@ -23,4 +24,6 @@ pub struct AppState {
     pub recorder: Recorder,
     /// Every read of usage, spend and refusals goes through it (it flushes `recorder` first).
     pub usage: UsageReader,
+    /// The Prometheus series (`/metrics`); the gateway holds the same.
+    pub metrics: Arc<Metrics>,
 }

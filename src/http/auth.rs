@@ -27,13 +27,13 @@ use crate::{
     state::AppState,
 };
 
-/// Routes that need no key. Everything else requires one. The Venice Web3 key flow
+/// Routes that need no key. Everything else requires one (`/metrics` an admin key; the
+/// separate `metrics.listen` address serves it without one). The Venice Web3 key flow
 /// (GET and POST `generate_web3_key`) proves a wallet instead of a key; it is off unless
 /// `web3.enabled` (see `http::compat::venice::web3`).
 const UNAUTHENTICATED: &[&str] = &[
     "/healthz",
     "/readyz",
-    "/metrics",
     "/openapi.json",
     "/api/v1/api_keys/generate_web3_key",
 ];

@@ -18,8 +18,9 @@ use crate::{
     error::{ApiError, Surface},
     keys::{ApiKey, AuthError, KeyKind},
     limits::BucketState,
-    proxy::{AnswerBody, Endpoint, InferenceError, InferenceRequest, ProxyAnswer},
+    proxy::{AnswerBody, Endpoint, Handled, InferenceError, InferenceRequest, ProxyAnswer},
     state::AppState,
+    telemetry::metrics::ModelId,
     usage::budget::BudgetRefusal,
 };
 
@@ -189,8 +190,13 @@ fn inference_request(
     }
 }
 
-pub(super) async fn answer(state: &AppState, request: InferenceRequest) -> Answer {
-    match state.gateway.handle(request).await {
+/// The answer to an inference request, and the model it named (its `/metrics` label).
+pub(super) async fn answer(
+    state: &AppState,
+    request: InferenceRequest,
+) -> (Answer, Option<ModelId>) {
+    let Handled { model, result } = state.gateway.handle(request).await;
+    let answer = match result {
         Ok(answer) => Answer::Proxied(answer),
         Err(err) => {
             let states = match &err {
@@ -199,7 +205,8 @@ pub(super) async fn answer(state: &AppState, request: InferenceRequest) -> Answe
             };
             Answer::Refused(ApiError::from(err), states)
         }
-    }
+    };
+    (answer, model)
 }
 
 pub(super) async fn proxy(
@@ -213,7 +220,8 @@ pub(super) async fn proxy(
 ) -> Response {
     let head_request = method == Method::HEAD;
     let request = inference_request(key, endpoint, method, uri, headers, body);
-    let (mut response, limits) = match answer(&state, request).await {
+    let (answer, model) = answer(&state, request).await;
+    let (mut response, limits) = match answer {
         Answer::Proxied(answer) => {
             let mut response = match answer.body {
                 // axum would write `content-length: 0` for an empty body, which for HEAD
@@ -234,6 +242,9 @@ pub(super) async fn proxy(
         Answer::Refused(refusal, limits) => (refusal.into_response(), limits),
     };
     ratelimit_headers::apply(response.headers_mut(), &limits);
+    if let Some(model) = model {
+        response.extensions_mut().insert(model);
+    }
     response
 }
 

@@ -10,9 +10,10 @@
 //! 2. `TraceLayer`: one span per request with the matched route, request id and key id.
 //! 3. `PropagateRequestId`: echoes the id on the response.
 //! 4. `SetSensitiveRequestHeaders`: the headers that carry a key never reach logs.
-//! 5. `panic_guard`: a panic becomes the surface's JSON 500 (`admission::guarded`).
-//! 6. body limit: bodies over `http.max_body_bytes` get 413, declared or as they stream.
-//! 7. `auth::authenticate`: the rest of `admission::admit` (address, key, allowlist).
+//! 5. `metrics::count_requests`: `keygate_requests_total` by matched route, status, model.
+//! 6. `panic_guard`: a panic becomes the surface's JSON 500 (`admission::guarded`).
+//! 7. body limit: bodies over `http.max_body_bytes` get 413, declared or as they stream.
+//! 8. `auth::authenticate`: the rest of `admission::admit` (address, key, allowlist).
 
 pub mod admin;
 pub mod auth;
@@ -21,6 +22,7 @@ pub mod extract;
 pub mod front;
 pub mod inference;
 pub mod me;
+pub mod metrics;
 pub mod openapi;
 pub mod ops;
 pub mod ratelimit_headers;
@@ -50,9 +52,11 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.http.max_body_bytes;
+    let counted = state.metrics.clone();
     let api = Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(metrics::scrape))
         .merge(admin::router())
         .merge(compat::router())
         .route("/v1/chat/completions", post(inference::chat_completions))
@@ -86,6 +90,10 @@ pub fn router(state: AppState) -> Router {
             // The headers that carry a key: never logged.
             .layer(SetSensitiveRequestHeadersLayer::new(
                 admission::KEY_HEADERS.map(HeaderName::from_static),
+            ))
+            .layer(middleware::from_fn_with_state(
+                counted,
+                metrics::count_requests,
             ))
             .layer(middleware::from_fn(panic_guard))
             .layer(middleware::from_fn(body_too_large_as_json))

@@ -8,7 +8,7 @@ use utoipa::{
 };
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{admin, inference, me, ops};
+use super::{admin, inference, me, metrics, ops};
 
 mod constraints;
 mod layers;
@@ -19,6 +19,7 @@ mod layers;
     paths(
         ops::healthz,
         ops::readyz,
+        metrics::scrape,
         admin::keys::create_key,
         admin::keys::list_keys,
         admin::keys::get_key,
@@ -50,7 +51,7 @@ mod layers;
         (name = "usage", description = "Usage per key and model, and the log of refused requests"),
         (name = "workspaces", description = "Workspaces, their members and the audit log. An admin key of the `default` workspace (the operator) manages every workspace; any other admin key acts as an admin of its own workspace and gets 404 outside it"),
         (name = "inference", description = "OpenAI-compatible inference, the model list and key self-service"),
-        (name = "ops", description = "Health and readiness"),
+        (name = "ops", description = "Health, readiness and Prometheus metrics"),
     )
 )]
 pub struct ApiDoc;

@@ -8,7 +8,10 @@
 //! prove possession of the secret, or anyone knowing a public lookup id would get in.
 
 use std::{
-    sync::{Arc, RwLock},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, RwLock,
+    },
     time::{Duration, Instant},
 };
 
@@ -37,6 +40,24 @@ const MAX_ENTRIES: usize = 100_000;
 pub struct KeyCache {
     entries: Arc<RwLock<HashMap<[u8; 32], CachedKey>>>,
     ttl: Duration,
+    counts: Arc<Counts>,
+}
+
+/// Lookups answered from memory (`Fresh`) and not (`Stale` or `Miss`), for `/metrics`.
+#[derive(Default)]
+struct Counts {
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// What the cache has answered so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Lookups answered without a store read.
+    pub hits: u64,
+    /// Lookups that read the store: not cached, or older than the TTL.
+    pub misses: u64,
+    pub entries: u64,
 }
 
 pub enum Lookup {
@@ -56,6 +77,15 @@ impl KeyCache {
         KeyCache {
             entries: Arc::default(),
             ttl,
+            counts: Arc::default(),
+        }
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.counts.hits.load(Ordering::Relaxed),
+            misses: self.counts.misses.load(Ordering::Relaxed),
+            entries: self.len() as u64,
         }
     }
 
@@ -72,6 +102,18 @@ impl KeyCache {
             Some(entry) => Lookup::Stale(entry.clone()),
             None => Lookup::Miss,
         }
+    }
+
+    /// [`KeyCache::get`] for a presented key, counted as a hit or a miss ([`CacheStats`]);
+    /// the re-checks of the slow path use `get`, so each presentation counts once.
+    pub fn lookup(&self, digest: &[u8; 32]) -> Lookup {
+        let lookup = self.get(digest);
+        let count = match lookup {
+            Lookup::Fresh { .. } => &self.counts.hits,
+            Lookup::Stale(_) | Lookup::Miss => &self.counts.misses,
+        };
+        count.fetch_add(1, Ordering::Relaxed);
+        lookup
     }
 
     pub fn insert(&self, digest: [u8; 32], entry: CachedKey) {

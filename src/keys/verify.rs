@@ -79,7 +79,7 @@ impl KeysService {
     ) -> Result<Arc<ApiKey>, AuthError> {
         let checked = Token::check(presented)?;
         let digest = token::digest(checked);
-        let (key, secret_valid_until) = match self.cache.get(&digest) {
+        let (key, secret_valid_until) = match self.cache.lookup(&digest) {
             Lookup::Fresh {
                 key,
                 secret_valid_until,

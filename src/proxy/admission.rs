@@ -186,6 +186,7 @@ impl Gateway {
     }
 
     fn record_refusal(&self, key: &ApiKey, model: Option<&str>, limit: &str, limit_value: String) {
+        self.shared.metrics.refused(limit);
         self.shared.recorder.refusal(RateLimitEvent {
             id: Uuid::now_v7(),
             workspace_id: key.workspace_id,

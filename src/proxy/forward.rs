@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, Method, StatusCode};
+use metrics::Histogram;
 use tokio::time::Instant;
 
 use super::{
@@ -19,6 +20,7 @@ use super::{
     upstreams::{Candidates, FailureCause, Upstream},
     AnswerBody, Endpoint, Gateway, InferenceError, InferenceRequest,
 };
+use crate::telemetry::metrics::ModelId;
 
 /// Largest upstream answer read whole (non-streamed); larger ones are refused as an upstream error.
 const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
@@ -27,6 +29,9 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 pub(super) struct Sent {
     pub response: UpstreamResponse,
     pub deadline: Instant,
+    /// The answering upstream's duration histogram and when the request was sent to it,
+    /// for `/metrics` (`None` with metrics off).
+    pub timing: Option<(Histogram, Instant)>,
 }
 
 impl Gateway {
@@ -42,8 +47,10 @@ impl Gateway {
         request: &InferenceRequest,
         body: &Bytes,
         fields: Option<&RequestFields<'_>>,
+        named: Option<ModelId>,
     ) -> Result<Sent, InferenceError> {
         let deadline = Instant::now() + self.timeouts.total;
+        let metrics = &self.shared.metrics;
         // The same value `requested_model` checked; borrowed unless it has escapes.
         let model = fields.and_then(|f| f.model).and_then(request::string);
         let Some((mut upstream, mut pass)) = candidates.next_upstream() else {
@@ -53,13 +60,21 @@ impl Gateway {
         };
         loop {
             let mapped = model.as_deref().and_then(|m| upstream.mapped_model(m));
-            let result = match upstream_body(request.endpoint, body, fields, mapped) {
+            let started = Instant::now();
+            let mut result = match upstream_body(request.endpoint, body, fields, mapped) {
                 Ok(changed) => {
                     let body = changed.unwrap_or_else(|| body.clone());
                     self.forward(upstream, request, body, deadline).await
                 }
                 Err(err) => Err(err),
             };
+            if let (Ok(sent), Some(series)) = (
+                &mut result,
+                metrics.upstream(&upstream.name, named.unwrap_or(ModelId::OTHER)),
+            ) {
+                series.ttfb.record(started.elapsed());
+                sent.timing = Some((series.duration.clone(), started));
+            }
             let (cause, retry_after) = match &result {
                 Ok(sent) => match failure_of(sent.response.status) {
                     Some(cause) => (cause, retry_after(&sent.response.headers, cause)),
@@ -85,8 +100,7 @@ impl Gateway {
                 .ok()
                 .map(|sent| sent.response.status.as_u16());
             tracing::warn!(request_id = %request.request_id, upstream = %upstream.name, cause = cause.as_str(), status, next = %next.name, "upstream failed; trying the next one");
-            metrics::counter!("keygate_upstream_fallbacks_total", "upstream" => upstream.name.clone(), "cause" => cause.as_str())
-                .increment(1);
+            metrics.fallback(&upstream.name, cause.as_str());
             // Dropping a failed answer closes its connection (its body is not read).
             drop(result);
             (upstream, pass) = (next, next_pass);
@@ -131,7 +145,11 @@ impl Gateway {
                     upstream.name
                 )))
             }
-            Ok(Ok(response)) => Ok(Sent { response, deadline }),
+            Ok(Ok(response)) => Ok(Sent {
+                response,
+                deadline,
+                timing: None,
+            }),
         }
     }
 
@@ -148,6 +166,7 @@ impl Gateway {
         let Sent {
             mut response,
             deadline,
+            timing: _,
         } = sent;
         let status = response.status;
         let headers = headers::answer_headers(std::mem::take(&mut response.headers));

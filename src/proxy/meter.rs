@@ -12,12 +12,14 @@ use std::{
 
 use bytes::Bytes;
 use http::StatusCode;
-use tokio::sync::OwnedSemaphorePermit;
+use metrics::Histogram;
+use tokio::{sync::OwnedSemaphorePermit, time::Instant};
 
 use super::{saturating_i64, sse, tokens, tokens::BodyKind, Shared};
 use crate::{
     keys::ApiKey,
     limits::{Limiter, Reservation, TokenUsage},
+    telemetry::metrics::ModelId,
     usage::{budget::BudgetHold, UsageEvent},
 };
 
@@ -67,6 +69,10 @@ struct Pending {
     /// Usage is booked at admission time, the same period the budget charged it to, so a
     /// stream crossing midnight is stored under the day it started.
     admitted_at: chrono::DateTime<chrono::Utc>,
+    /// The model's `/metrics` label.
+    model_id: ModelId,
+    /// The upstream's duration histogram and when the request was sent, once it was.
+    upstream_timing: Option<(Histogram, Instant)>,
 }
 
 /// What admission took for a request, for the meter to give back or settle.
@@ -92,6 +98,8 @@ impl Meter {
             slot,
             at,
         } = admission;
+        shared.metrics.in_flight().increment(1.0);
+        let model_id = shared.metrics.model(&model);
         Meter {
             pending: Some(Pending {
                 shared,
@@ -104,7 +112,16 @@ impl Meter {
                 produced: String::new(),
                 reported: None,
                 admitted_at: at,
+                model_id,
+                upstream_timing: None,
             }),
+        }
+    }
+
+    /// Times the upstream from `sent` until the meter settles, into `duration`.
+    pub fn time_upstream(&mut self, duration: Histogram, sent: Instant) {
+        if let Some(pending) = &mut self.pending {
+            pending.upstream_timing = Some((duration, sent));
         }
     }
 
@@ -176,8 +193,15 @@ impl Meter {
             reservation,
             hold,
             admitted_at,
+            model_id,
+            upstream_timing,
             ..
         } = pending;
+        let metrics = &shared.metrics;
+        metrics.in_flight().decrement(1.0);
+        if let Some((duration, sent)) = upstream_timing {
+            duration.record(sent.elapsed());
+        }
         let usage = match outcome {
             Outcome::Charged(usage) => usage,
             Outcome::NotCharged => TokenUsage::default(),
@@ -191,6 +215,7 @@ impl Meter {
             shared.budgets.settle(hold, cost_pico);
         }
         if let Outcome::Charged(usage) = outcome {
+            metrics.used(model_id, usage.input, usage.output, cost_pico);
             shared.recorder.record(UsageEvent {
                 key_id: key.id,
                 workspace_id: key.workspace_id,

@@ -48,6 +48,7 @@ use crate::{
     keys::ApiKey,
     limits::{BucketState, Limiter, Refusal},
     store::DynStore,
+    telemetry::metrics::{Metrics, ModelId},
     usage::{
         budget::{BudgetLedger, BudgetRefusal},
         pricing::Pricing,
@@ -61,6 +62,7 @@ pub struct Shared {
     pub budgets: BudgetLedger,
     pub recorder: Recorder,
     pub pricing: Pricing,
+    pub metrics: Arc<Metrics>,
 }
 
 pub struct Gateway {
@@ -133,6 +135,13 @@ pub enum AnswerBody {
     Stream(ByteStream),
 }
 
+/// What became of a request: answered or refused, and the model it named (the label of
+/// its `/metrics` series; `None` when it named none).
+pub struct Handled {
+    pub model: Option<ModelId>,
+    pub result: Result<ProxyAnswer, InferenceError>,
+}
+
 /// Why a request was not proxied, with the buckets' states where known.
 #[derive(Debug, thiserror::Error)]
 pub enum InferenceError {
@@ -196,14 +205,28 @@ impl Gateway {
     }
 
     /// Admits, forwards and meters one request: parse → admit → forward → meter.
-    pub async fn handle(
+    pub async fn handle(&self, request: InferenceRequest) -> Handled {
+        let mut model = None;
+        let result = self.walk(request, &mut model).await;
+        Handled { model, result }
+    }
+
+    /// [`Gateway::handle`]'s steps; `named` is set to the model's label once it is known.
+    async fn walk(
         &self,
         mut request: InferenceRequest,
+        named: &mut Option<ModelId>,
     ) -> Result<ProxyAnswer, InferenceError> {
         // Parse: the body's fields, the model, and the upstream serving it.
         let body = std::mem::take(&mut request.body);
         let fields = request::read_fields(request.endpoint, &body)?;
-        let model = requested_model(&request.key, fields.as_ref())?;
+        let metrics = &self.shared.metrics;
+        let model = requested_model(&request.key, fields.as_ref()).inspect_err(|err| {
+            if let InferenceError::ModelNotAllowed(model) = err {
+                *named = Some(metrics.model(model));
+            }
+        })?;
+        *named = model.as_deref().map(|model| metrics.model(model));
         let mut candidates = self.route(&mut request, model.as_deref())?;
         let client_wants_usage = fields.as_ref().is_some_and(RequestFields::wants_usage);
 
@@ -216,7 +239,7 @@ impl Gateway {
         // a connect error, a timeout before the first byte, a 429 or a 5xx); the body asks
         // for usage on a stream and carries each upstream's own model name.
         let sent = self
-            .send(&mut candidates, &request, &body, fields.as_ref())
+            .send(&mut candidates, &request, &body, fields.as_ref(), *named)
             .await;
         let sent = match sent {
             Ok(sent) => sent,
@@ -226,6 +249,9 @@ impl Gateway {
                 return Err(err);
             }
         };
+        if let Some((duration, started)) = sent.timing.clone() {
+            meter.time_upstream(duration, started);
+        }
 
         // Meter: a stream settles as it ends (stream.rs), a whole answer once it is read.
         let (status, headers, body) = self

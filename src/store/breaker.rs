@@ -119,6 +119,10 @@ impl Store for GuardedStore {
         self.inner.backend()
     }
 
+    fn pool_stats(&self) -> super::PoolStats {
+        self.inner.pool_stats()
+    }
+
     async fn migrate(&self) -> StoreResult<()> {
         self.inner.migrate().await
     }

@@ -385,6 +385,26 @@ impl AlertStatus {
     }
 }
 
+/// The connection pool's state, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Open connections, idle or in use.
+    pub size: u32,
+    pub idle: u32,
+    /// The most the pool opens.
+    pub max: u32,
+}
+
+impl PoolStats {
+    fn of<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> PoolStats {
+        PoolStats {
+            size: pool.size(),
+            idle: u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
+            max: pool.options().get_max_connections(),
+        }
+    }
+}
+
 /// A stored budget alert and its delivery state.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BudgetAlert {
@@ -413,6 +433,8 @@ pub struct AlertAttempt {
 pub trait Store: Send + Sync + 'static {
     /// Short name for logs and metrics: `postgres` or `sqlite`.
     fn backend(&self) -> &'static str;
+    /// The connection pool's state now.
+    fn pool_stats(&self) -> PoolStats;
     async fn migrate(&self) -> StoreResult<()>;
     /// The database answers a trivial query.
     async fn ping(&self) -> StoreResult<()>;

@@ -19,6 +19,8 @@ pub(crate) struct Batch {
     pub(super) touches: HashMap<Uuid, DateTime<Utc>>,
     /// Buckets in the writer's unsettled chunk, counted against `caps.buckets`.
     pub(super) unsettled: usize,
+    /// When the oldest record in here arrived (`/metrics`' flush lag).
+    pub(super) pending_since: Option<std::time::Instant>,
 }
 
 impl Batch {
@@ -29,6 +31,7 @@ impl Batch {
             refusals: Vec::new(),
             touches: HashMap::new(),
             unsettled: 0,
+            pending_since: None,
         }
     }
 
@@ -67,6 +70,10 @@ impl Batch {
     /// records did not fit.
     pub(super) fn merge_older(&mut self, older: Batch) -> u64 {
         let mut lost = 0;
+        self.pending_since = match (older.pending_since, self.pending_since) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         for (_, delta) in older.usage {
             let event = UsageEvent {
                 key_id: delta.key_id,

@@ -88,6 +88,8 @@ struct Shared {
     early: Notify,
     dropped: AtomicU64,
     discarded: AtomicU64,
+    /// Flushes the store refused (`/metrics`).
+    flush_failures: AtomicU64,
     started: Instant,
     /// Milliseconds since `started` + 1 of the last warning; 0 = never warned.
     last_warning: AtomicU64,
@@ -172,6 +174,19 @@ impl Recorder {
         self.shared.discarded.load(Ordering::Relaxed)
     }
 
+    /// Flushes the store refused so far (each one retried later).
+    pub fn flush_failures(&self) -> u64 {
+        self.shared.flush_failures.load(Ordering::Relaxed)
+    }
+
+    /// How long the oldest record not yet written has waited; zero when none waits.
+    pub fn oldest_pending(&self) -> Duration {
+        self.shared
+            .batch()
+            .pending_since
+            .map_or(Duration::ZERO, |since| since.elapsed())
+    }
+
     /// Asks the writer to flush now and resolves when the flush is done. Everything
     /// recorded earlier (by any clone, in happens-before order) is included.
     pub fn flush_now(&self) -> impl Future<Output = Result<(), FlushError>> + Send + 'static {
@@ -202,7 +217,11 @@ impl Recorder {
                 }
                 return;
             }
-            (add(&mut batch), batch.len())
+            let kept = add(&mut batch);
+            if kept && batch.pending_since.is_none() {
+                batch.pending_since = Some(Instant::now());
+            }
+            (kept, batch.len())
         };
         if !kept {
             self.shared.count_discarded(1);
@@ -266,6 +285,7 @@ pub(crate) fn spawn_writer_with(
         early: Notify::new(),
         dropped: AtomicU64::new(0),
         discarded: AtomicU64::new(0),
+        flush_failures: AtomicU64::new(0),
         started: Instant::now(),
         last_warning: AtomicU64::new(0),
     });
@@ -429,6 +449,7 @@ impl Writer {
             (current.len() + current.unsettled, lost)
         };
         self.shared.count_discarded(lost);
+        self.shared.flush_failures.fetch_add(1, Ordering::Relaxed);
         self.retry_not_before = Some(Instant::now() + self.flush_every);
         let quiet = self
             .last_failure_logged

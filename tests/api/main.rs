@@ -15,6 +15,7 @@ mod harness;
 mod helpers;
 mod last_admin_key;
 mod members;
+mod metrics;
 mod openapi;
 mod ops;
 mod proxy_accounting;

@@ -23,7 +23,8 @@
 //!   -> TestKey`, `plain_key`, `chat`, `chat_ok`, `post`, `key_info`, `remaining`,
 //!   `usage`, `settled_usage`, `rate_limit_events`, …).
 //! - **Answers** — [`http`] (JSON bodies, error shapes, headers, amounts, request bodies),
-//!   [`sse`] (events as they arrive), [`raw`] (HTTP as bytes over TCP).
+//!   [`sse`] (events as they arrive), [`raw`] (HTTP as bytes over TCP), [`metrics`]
+//!   (`/metrics` parsed and validated as Prometheus reads it).
 //! - **The real binary** — [`serve`]: `run_cli(&db, args)`, `spawn_serve(&db, envs)` /
 //!   `spawn_serve_with(&db, toml, envs)` on the same `TestDb` (its config file);
 //!   `proxy_toml(&mock)` is the proxy tests' configuration as TOML.
@@ -48,6 +49,7 @@ pub mod app;
 pub mod backends;
 pub mod db;
 pub mod http;
+pub mod metrics;
 pub mod pytest;
 pub mod raw;
 pub mod sdk;

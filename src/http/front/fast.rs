@@ -247,6 +247,8 @@ impl<'a> Connection<'a> {
             in_span(admission::admit(state, arrival), &span),
         )
         .await;
+        let metrics = &state.metrics;
+        let route = endpoint_index(endpoint);
         let key = match admitted {
             Ok(Ok(Admitted { key: Some(key), .. })) => {
                 span.record("key_id", tracing::field::display(key.id));
@@ -255,16 +257,19 @@ impl<'a> Connection<'a> {
             // The inference routes are not public: an admitted request has a key.
             Ok(Ok(Admitted { key: None, .. })) => {
                 let refusal = ApiError::from(AuthError::Missing).on(Surface::OpenAi);
+                metrics.count_fast_request(route, refusal.status.as_u16(), None);
                 return self
                     .refuse(&refusal, content_length, &request_id, close)
                     .await;
             }
             Ok(Err(refusal)) => {
+                metrics.count_fast_request(route, refusal.status.as_u16(), None);
                 return self
                     .refuse(&refusal, content_length, &request_id, close)
                     .await;
             }
             Err(panicked) => {
+                metrics.count_fast_request(route, panicked.status.as_u16(), None);
                 self.write_refusal(&panicked, &[], &request_id, true).await;
                 return false;
             }
@@ -301,12 +306,17 @@ impl<'a> Connection<'a> {
             () = client_gone(&self.stream, &mut self.buffer) => return false,
         };
         match answer {
-            Ok(Answer::Proxied(answer)) => self.write_answer(answer, &request_id, close).await,
-            Ok(Answer::Refused(refusal, limits)) => {
+            Ok((Answer::Proxied(answer), model)) => {
+                metrics.count_fast_request(route, answer.status.as_u16(), model);
+                self.write_answer(answer, &request_id, close).await
+            }
+            Ok((Answer::Refused(refusal, limits), model)) => {
+                metrics.count_fast_request(route, refusal.status.as_u16(), model);
                 self.write_refusal(&refusal, &limits, &request_id, close)
                     .await
             }
             Err(panicked) => {
+                metrics.count_fast_request(route, panicked.status.as_u16(), None);
                 self.write_refusal(&panicked, &[], &request_id, true).await;
                 false
             }
@@ -499,6 +509,17 @@ fn hot_endpoint(path: &str) -> Option<(Endpoint, &'static str)> {
         "/v1/completions" => Some((Endpoint::Completions, "/completions")),
         "/v1/embeddings" => Some((Endpoint::Embeddings, "/embeddings")),
         _ => None,
+    }
+}
+
+/// The fast path's route as `Metrics::count_fast_request` numbers it.
+fn endpoint_index(endpoint: Endpoint) -> usize {
+    match endpoint {
+        Endpoint::ChatCompletions => 0,
+        Endpoint::Completions => 1,
+        Endpoint::Embeddings => 2,
+        // Never served here (`hot_endpoint`); out of range, so not counted twice.
+        Endpoint::Other => usize::MAX,
     }
 }
 

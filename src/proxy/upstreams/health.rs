@@ -34,15 +34,6 @@ impl BreakerState {
             BreakerState::Open => "open",
         }
     }
-
-    /// The value of the `keygate_upstream_state` gauge.
-    fn gauge(self) -> f64 {
-        match self {
-            BreakerState::Closed => 0.0,
-            BreakerState::HalfOpen => 1.0,
-            BreakerState::Open => 2.0,
-        }
-    }
 }
 
 /// Why an attempt failed, as the fallback log and the metric label say it.
@@ -110,7 +101,6 @@ impl Breaker {
             state: Mutex::default(),
             troubled: AtomicBool::new(false),
         };
-        breaker.publish(BreakerState::Closed);
         breaker
     }
 
@@ -178,7 +168,6 @@ impl Breaker {
                 state.probing = true;
                 self.mark(&state);
                 drop(state);
-                self.publish(BreakerState::HalfOpen);
                 Some(Pass {
                     breaker: self,
                     probe: true,
@@ -209,7 +198,6 @@ impl Breaker {
         drop(state);
         if was_open || probe {
             tracing::info!(upstream = %self.upstream, "upstream answered again; breaker closed");
-            self.publish(BreakerState::Closed);
         }
     }
 
@@ -243,12 +231,6 @@ impl Breaker {
         if was != BreakerState::Open {
             tracing::warn!(upstream = %self.upstream, failures, cool_down_secs = cool_for.as_secs_f64(), "upstream breaker open: skipped while it cools down");
         }
-        self.publish(BreakerState::Open);
-    }
-
-    fn publish(&self, state: BreakerState) {
-        metrics::gauge!("keygate_upstream_state", "upstream" => self.upstream.clone())
-            .set(state.gauge());
     }
 }
 

@@ -172,6 +172,10 @@ impl Store for PgStore {
         "postgres"
     }
 
+    fn pool_stats(&self) -> super::PoolStats {
+        super::PoolStats::of(&self.pool)
+    }
+
     async fn migrate(&self) -> StoreResult<()> {
         MIGRATOR.run(&self.pool).await?;
         Ok(())

@@ -225,6 +225,10 @@ impl Store for SqliteStore {
         "sqlite"
     }
 
+    fn pool_stats(&self) -> super::PoolStats {
+        super::PoolStats::of(&self.pool)
+    }
+
     async fn migrate(&self) -> StoreResult<()> {
         let _guard = self.write_lock.lock().await;
         MIGRATOR.run(&self.pool).await?;

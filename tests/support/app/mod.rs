@@ -40,6 +40,8 @@ pub const UNPRICED_MODEL: &str = "mock-model";
 pub struct TestApp {
     /// `http://127.0.0.1:<port>`
     pub address: String,
+    /// `http://<metrics.listen>` as bound, when the configuration sets one.
+    pub metrics_address: Option<String>,
     /// The bootstrap admin key of the `default` workspace.
     pub admin_key: String,
     pub admin_key_id: Uuid,
@@ -176,6 +178,7 @@ impl TestApp {
             .expect("tests always install a bootstrap key");
         let app = App::build(config.clone()).await.expect("the app builds");
         let address = format!("http://{}", app.local_addr());
+        let metrics_address = app.metrics_addr().map(|addr| format!("http://{addr}"));
         let state = app.state().clone();
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run(async move {
@@ -190,6 +193,7 @@ impl TestApp {
             .expect("the bootstrap key was installed");
         TestApp {
             address,
+            metrics_address,
             admin_key,
             admin_key_id: admin.id,
             workspace_id: admin.workspace_id,

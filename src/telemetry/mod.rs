@@ -1,4 +1,7 @@
-//! Logging: `tracing` to stderr, text or JSON, level from `RUST_LOG` (default `info`).
+//! Logging: `tracing` to stderr, text or JSON, level from `RUST_LOG` (default `info`);
+//! and the Prometheus series (`metrics`).
+
+pub mod metrics;
 
 use tracing_subscriber::{fmt, EnvFilter};
 
