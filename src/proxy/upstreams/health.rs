@@ -94,14 +94,13 @@ pub struct Pass<'a> {
 
 impl Breaker {
     pub fn new(upstream: &str, threshold: u32, cooldown: Duration) -> Self {
-        let breaker = Breaker {
+        Breaker {
             upstream: upstream.to_owned(),
             threshold: threshold.max(1),
             cooldown,
             state: Mutex::default(),
             troubled: AtomicBool::new(false),
-        };
-        breaker
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
