@@ -215,6 +215,23 @@ mod tests {
     }
 
     #[test]
+    fn names_match_as_they_read_whether_escaped_or_not() {
+        for (literal, reads_content) in [
+            (r#""content""#, true),
+            (r#""\u0063ontent""#, true),
+            (r#""cont\u0065nt""#, true),
+            (r#""conten""#, false),
+            (r#""contents""#, false),
+            (r#""Content""#, false),
+            (r#""conte\nt""#, false),
+            (r#""""#, false),
+        ] {
+            assert_eq!(name_is(raw(literal), "content"), reads_content, "{literal}");
+        }
+        assert!(!name_is(raw("7"), "7"));
+    }
+
+    #[test]
     fn strings_unescape_like_serde_json() {
         for json in [
             r#""plain""#,
