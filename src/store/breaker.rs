@@ -25,9 +25,9 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
-    AuditEvent, AuditFilter, DynStore, EventFilter, LastAdmin, Member, Page, Paged, RateLimitEvent,
-    SecretRecord, Store, StoreError, StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals,
-    Workspace,
+    AuditEvent, AuditFilter, DynStore, EventFilter, KeyChanges, LastAdmin, Member, Page, Paged,
+    RateLimitEvent, SecretRecord, Store, StoreError, StoreResult, UsageDelta, UsageQuery, UsageRow,
+    UsageTotals, Workspace,
 };
 use crate::domain::ApiKey;
 
@@ -117,6 +117,10 @@ impl GuardedStore {
 impl Store for GuardedStore {
     fn backend(&self) -> &'static str {
         self.inner.backend()
+    }
+
+    async fn key_changes(&self) -> StoreResult<Option<KeyChanges>> {
+        self.inner.key_changes().await
     }
 
     async fn migrate(&self) -> StoreResult<()> {
