@@ -205,8 +205,9 @@ async fn a_change_on_one_replica_is_followed_by_the_others_within_a_second() {
     );
 }
 
-/// The control: with B and C not listening, the same changes are still served by them a
-/// second later, so what makes the test above pass is the notices, not a cache re-read.
+/// The control: with B and C not listening, the same changes (and a credits change) are
+/// still served by them a second later, so what makes the tests above pass is the notices,
+/// not a cache re-read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_listener_a_change_is_not_followed_within_a_second() {
     let replicas = three_replicas(false).await;
@@ -219,6 +220,38 @@ async fn without_the_listener_a_change_is_not_followed_within_a_second() {
             change.name()
         );
     }
+    let times = credits_spent_on_a(&replicas, DEADLINE).await;
+    assert_eq!(times, [None, None], "credits: followed without listening");
+}
+
+/// The workspace's credits set to 0 on A; how long B and C took to refuse a priced request
+/// of a key they cached (402), each `None` if still served after `give_up`.
+async fn credits_spent_on_a(replicas: &[TestApp], give_up: Duration) -> [Option<Duration>; 2] {
+    let key = cached_everywhere(replicas).await;
+    let a = &replicas[0];
+    let path = format!("/admin/v1/workspaces/{}", a.workspace_id);
+    let status = a
+        .patch_json(&path, &json!({ "credits_usd": 0 }))
+        .await
+        .status();
+    assert_eq!(status, StatusCode::OK, "PATCH credits_usd");
+    let answered = Instant::now();
+    let expected = StatusCode::PAYMENT_REQUIRED;
+    let (b, c) = tokio::join!(
+        time_to_follow(&replicas[1], &key.secret, expected, answered, give_up),
+        time_to_follow(&replicas[2], &key.secret, expected, answered, give_up),
+    );
+    [b, c]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_credits_change_on_one_replica_is_followed_by_the_others() {
+    let replicas = three_replicas(true).await;
+    let times = credits_spent_on_a(&replicas, DEADLINE).await;
+    assert!(
+        times.iter().all(Option::is_some),
+        "credits set to 0 on A, still served on B or C after 1 s: {times:?}"
+    );
 }
 
 /// `pg_terminate_backend` on every key-change listener of the test's database; how many.
