@@ -20,6 +20,8 @@
 # every column but the key's own taken from the template.
 #
 # Usage: bench/stores.sh                       (ROUNDS=5 SECONDS_PER_RUN=5 CONNS=32)
+#        BENCH_BIN=target/debug/keygate KEYS=2000 IN_USE=100 ROUNDS=1 SECONDS_PER_RUN=1 \
+#          bench/stores.sh                     (a quick check of the script itself)
 #        KEYS=100000 IN_USE=10000 ROUNDS=3 bench/stores.sh
 # Needs: wrk, psql, a PostgreSQL server (PG_ADMIN_URL, default the local one).
 set -euo pipefail
@@ -33,8 +35,9 @@ total_keys=${KEYS:-100000}
 in_use=${IN_USE:-10000}
 server_cpu=${SERVER_CPU:-0}
 load_cpu=${LOAD_CPU:-1}
-mock_port=${MOCK_PORT:-28080}
-first_port=${BENCH_PORT:-28090}
+# Ports apart from bench/side-by-side.sh's, so both can run on one machine (not at once).
+mock_port=${MOCK_PORT:-28280}
+first_port=${BENCH_PORT:-28290}
 mock_bin=${MOCK_BIN:-/tmp/mock-upstream-target/release/mock-upstream}
 pg_admin=${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 work=${BENCH_DIR:-/tmp/keygate-stores}
@@ -43,9 +46,11 @@ work=${BENCH_DIR:-/tmp/keygate-stores}
 
 require_free_ports "$mock_port" $(seq "$first_port" $((first_port + 3)))
 ensure_mock "$mock_bin" "$shared_bench"
-(cd "$repo" && cargo build --release --quiet --bin keygate --example bench_keys)
-bin=${KEYGATE_BIN:-"$repo/target/release/keygate"}
-gen="$repo/target/release/examples/bench_keys"
+bin=${BENCH_BIN:-"$repo/target/release/keygate"}
+[ -n "${BENCH_BIN:-}" ] || (cd "$repo" && cargo build --release --quiet --bin keygate)
+# The key generator runs once, so a debug build (argon2 is optimised in it too) will do.
+(cd "$repo" && cargo build --quiet --example bench_keys)
+gen="$repo/target/debug/examples/bench_keys"
 rm -rf "$work" && mkdir -p "$work"
 suffix=$(date +%s)
 db_one=kg_bench_one_$suffix
@@ -102,10 +107,10 @@ start pg-many "$(pg_url "$db_many")"
 template_secret=$(bench_key "$((first_port + 2))" "$admin")
 echo "$template_secret" >"$work/one-many.txt"
 echo "making $total_keys keys ($in_use in use)..." >&2
-"$gen" "$((total_keys - 1))" "$in_use" "$work/keys.csv" "$work/in-use.txt"
+"$gen" "$((total_keys - 1))" "$in_use" "$work/keys.tsv" "$work/in-use.txt"
 psql -q -v ON_ERROR_STOP=1 "$(pg_url "$db_many")" <<SQL
 create temp table bench_key (n int, id uuid, lookup_id text, partial_key text, last6 text, hash text);
-\copy bench_key from '$work/keys.csv' with (format csv)
+\copy bench_key from '$work/keys.tsv'
 insert into api_key (
     id, workspace_id, name, kind, partial_key, last6, created_by, created_at, updated_at,
     expires_at, last_used_at, revoked_at, metadata, allowed_models, budget, limits,

@@ -1,5 +1,6 @@
-//! Makes many keys for `bench/many-keys.sh`: one CSV line per key with what the store
-//! keeps of it (`n,id,lookup_id,partial_key,last6,hash`), for `\copy` into PostgreSQL, and
+//! Makes many keys for `bench/stores.sh`: one tab-separated line per key with what the
+//! store keeps of it (`n id lookup_id partial_key last6 hash`), for psql's `\copy` into
+//! PostgreSQL (text format: the PHC string has commas), and
 //! the full secrets of the first `IN_USE` keys, one per line, for the load generator.
 //!
 //! The secrets are real keys (`Token::generate`) and their hashes real argon2id PHC
@@ -9,7 +10,7 @@
 //! them take seconds, not an hour. After that first use argon2 never runs again for a
 //! key, so the measured hot path is the same as with production hashes.
 //!
-//! Usage: cargo run --release --example bench_keys -- COUNT IN_USE KEYS_CSV SECRETS_TXT
+//! Usage: cargo run --example bench_keys -- COUNT IN_USE KEYS_TSV SECRETS_TXT
 
 use std::{
     fs::File,
@@ -25,8 +26,8 @@ use uuid::Uuid;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [count, in_use, keys_csv, secrets_txt] = args.as_slice() else {
-        return Err("usage: bench_keys COUNT IN_USE KEYS_CSV SECRETS_TXT".into());
+    let [count, in_use, keys_tsv, secrets_txt] = args.as_slice() else {
+        return Err("usage: bench_keys COUNT IN_USE KEYS_TSV SECRETS_TXT".into());
     };
     let (count, in_use): (usize, usize) = (count.parse()?, in_use.parse()?);
     let cheap = Argon2::new(
@@ -34,7 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Version::V0x13,
         Params::new(Params::MIN_M_COST, 1, 1, None).map_err(|e| e.to_string())?,
     );
-    let mut keys = BufWriter::new(File::create(keys_csv)?);
+    let mut keys = BufWriter::new(File::create(keys_tsv)?);
     let mut secrets = BufWriter::new(File::create(secrets_txt)?);
     for n in 0..count {
         let token = Token::generate();
@@ -44,7 +45,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map_err(|e| e.to_string())?;
         writeln!(
             keys,
-            "{n},{},{},{},{},{hash}",
+            "{n}\t{}\t{}\t{}\t{}\t{hash}",
             Uuid::now_v7(),
             token.lookup_id(),
             token.partial(),
