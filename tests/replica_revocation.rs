@@ -9,6 +9,9 @@
 //!
 //! PostgreSQL only: a SQLite file serves one instance, which marks its own changes at once.
 
+// Helpers outside `#[test]` functions, which `allow-unwrap-in-tests` does not cover.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::time::{Duration, Instant};
@@ -254,37 +257,16 @@ async fn a_workspace_credits_change_on_one_replica_is_followed_by_the_others() {
     );
 }
 
-/// `pg_terminate_backend` on every key-change listener of the test's database; how many.
-async fn terminate_listeners(db_url: &str) -> Vec<i32> {
-    let mut conn = PgConnection::connect(db_url).await.unwrap();
-    let pids: Vec<i32> = sqlx::query_scalar(
+/// The backends of the test's database that run a key-change listener (their last
+/// statement was `LISTEN …`).
+async fn listener_pids(conn: &mut PgConnection) -> Vec<i32> {
+    sqlx::query_scalar(
         "select pid from pg_stat_activity
          where datname = current_database() and query ilike 'listen%'",
     )
-    .fetch_all(&mut conn)
+    .fetch_all(conn)
     .await
-    .unwrap();
-    for pid in &pids {
-        sqlx::query("select pg_terminate_backend($1)")
-            .bind(pid)
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    }
-    pids
-}
-
-/// Listener backends of the test's database other than `gone`.
-async fn listeners_other_than(db_url: &str, gone: &[i32]) -> usize {
-    let mut conn = PgConnection::connect(db_url).await.unwrap();
-    let pids: Vec<i32> = sqlx::query_scalar(
-        "select pid from pg_stat_activity
-         where datname = current_database() and query ilike 'listen%'",
-    )
-    .fetch_all(&mut conn)
-    .await
-    .unwrap();
-    pids.iter().filter(|pid| !gone.contains(pid)).count()
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,10 +290,21 @@ async fn a_replica_that_lost_its_listener_re_reads_every_key_once_it_listens_aga
     );
 
     // Act: every listener's connection is killed; they listen again by themselves.
-    let gone = terminate_listeners(&a.db_url).await;
+    let gone = listener_pids(&mut conn).await;
     assert_eq!(gone.len(), 3, "one listener per replica");
+    for pid in &gone {
+        sqlx::query("select pg_terminate_backend($1)")
+            .bind(pid)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
     let started = Instant::now();
-    while listeners_other_than(&a.db_url, &gone).await < 3 {
+    while (listener_pids(&mut conn).await.iter())
+        .filter(|pid| !gone.contains(pid))
+        .count()
+        < 3
+    {
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "the replicas did not listen again within 10 s"
