@@ -7,6 +7,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::{
+    alerts,
     config::Config,
     http,
     key_changes::{self, Caches},
@@ -41,6 +42,8 @@ pub enum StartError {
     Upstreams(#[from] crate::proxy::upstreams::UpstreamConfigError),
     #[error("cannot listen for key changes in the store: {0}")]
     KeyChanges(store::StoreError),
+    #[error("cannot start the budget-alert webhooks: {0}")]
+    Webhooks(#[from] reqwest::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -56,6 +59,8 @@ pub struct App {
     usage_writer: JoinHandle<()>,
     /// Changes other instances make, heard from the end of `build` on (PostgreSQL).
     key_changes: Option<KeyChanges>,
+    /// The budget-alert checker (ends after the usage writer) and delivery task.
+    alerts: Vec<JoinHandle<()>>,
     stop_tx: watch::Sender<bool>,
     /// What the first-start check did; a generated key must be shown to the operator.
     pub bootstrap: Bootstrap,
@@ -118,8 +123,14 @@ impl App {
         }
         let upstreams = Upstreams::from_config(&config)?;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let (recorder, usage_writer) =
-            usage::spawn_writer(store.clone(), USAGE_FLUSH_EVERY, stop_rx);
+        let (flushed_keys, alerts) =
+            alerts::spawn(store.clone(), &config.webhooks, stop_rx.clone())?;
+        let (recorder, usage_writer) = usage::writer::spawn_writer_notifying(
+            store.clone(),
+            USAGE_FLUSH_EVERY,
+            stop_rx,
+            flushed_keys.hook(),
+        );
         let limiter = MemoryLimiter::new();
         let shared = Shared {
             limiter: Arc::new(limiter.clone()),
@@ -160,6 +171,7 @@ impl App {
             limiter,
             usage_writer,
             key_changes,
+            alerts,
             stop_tx,
             bootstrap,
         })
@@ -205,6 +217,9 @@ impl App {
             let _ = task.await;
         }
         let _ = self.usage_writer.await;
+        for task in self.alerts {
+            let _ = task.await;
+        }
         tracing::info!("keygate stopped");
         result
     }

@@ -3,7 +3,13 @@
 //! e.g. `KEYGATE_PROXY__TIMEOUT_SECS`). Unknown keys and bad values stop start-up with
 //! a message that names the key (DESIGN §2, §9).
 
-use std::{collections::HashSet, fmt, net::SocketAddr, path::Path, time::Duration};
+use std::{
+    collections::{BTreeMap, HashSet},
+    fmt,
+    net::SocketAddr,
+    path::Path,
+    time::Duration,
+};
 
 use figment::{
     providers::{Env, Format, Toml},
@@ -41,6 +47,11 @@ pub enum LogFormat {
     Text,
     Json,
 }
+
+/// More attempts than this would only add latency to a request nobody can serve.
+const MAX_ATTEMPTS: u32 = 10;
+/// A request's candidates are tracked in one 64-bit set (`proxy::upstreams::select`).
+pub const MAX_UPSTREAMS: usize = 64;
 
 /// More threads than this only adds scheduling overhead on any machine keygate targets.
 const MAX_WORKER_THREADS: usize = 1024;
@@ -198,6 +209,14 @@ pub struct ProxyConfig {
     /// Largest event of a streamed answer passed on; past it the stream ends with an
     /// error event (and is charged for what streamed).
     pub max_event_bytes: usize,
+    /// Upstreams a request may be sent to, counting the first: a connect error, a timeout
+    /// before the first byte, a 429 or a 5xx moves it to the next candidate (docs/decisions.md).
+    pub max_attempts: u32,
+    /// Failures in a row after which an upstream is skipped for `breaker_cooldown_secs`.
+    pub breaker_failures: u32,
+    /// How long an upstream whose breaker opened is skipped before one probe request is
+    /// let through.
+    pub breaker_cooldown_secs: f64,
 }
 
 impl Default for ProxyConfig {
@@ -208,6 +227,9 @@ impl Default for ProxyConfig {
             idle_timeout_secs: 60.0,
             timeout_secs: 600.0,
             max_event_bytes: crate::proxy::sse::MAX_EVENT_BYTES,
+            max_attempts: 3,
+            breaker_failures: 5,
+            breaker_cooldown_secs: 30.0,
         }
     }
 }
@@ -253,14 +275,46 @@ impl fmt::Debug for Web3Config {
     }
 }
 
-/// Workspace webhooks (budget alerts, DESIGN §3).
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Workspace webhooks (budget alerts, DESIGN §3; src/alerts).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebhooksConfig {
     /// Accept webhook URLs whose host is (or resolves to) a loopback, private, link-local
     /// or otherwise non-public address. Off: a workspace admin cannot make keygate call
-    /// services on its own network.
+    /// services on its own network (checked when the URL is set and again at each POST).
     pub allow_private: bool,
+    /// One delivery attempt (resolve, connect, send, read the answer) must end within this.
+    pub attempt_timeout_secs: f64,
+    /// A delivery is retried until this long after the threshold was crossed, then given up.
+    pub retry_for_secs: f64,
+    /// Wait before the second attempt; it doubles per attempt (at most 10 minutes), with
+    /// jitter.
+    pub retry_initial_secs: f64,
+}
+
+impl WebhooksConfig {
+    pub fn attempt_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.attempt_timeout_secs)
+    }
+
+    pub fn retry_for(&self) -> Duration {
+        Duration::from_secs_f64(self.retry_for_secs)
+    }
+
+    pub fn retry_initial(&self) -> Duration {
+        Duration::from_secs_f64(self.retry_initial_secs)
+    }
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            allow_private: false,
+            attempt_timeout_secs: 10.0,
+            retry_for_secs: 3600.0,
+            retry_initial_secs: 5.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -272,12 +326,77 @@ pub struct UpstreamConfig {
     /// Name of the environment variable holding this upstream's credential.
     #[serde(default)]
     pub api_key_env: Option<String>,
-    /// Exact model names, or `*` for any model not served by an earlier upstream.
+    /// Exact model names, or `*` for any model. Every upstream listing a model is a
+    /// candidate for it; an exact listing outranks `*` at the same `priority`.
+    #[serde(default)]
     pub models: Vec<String>,
     /// Other paths under `/v1` this upstream serves and keygate passes through as they
     /// are (e.g. `["/moderations", "/files"]`), still authenticated and counted.
     #[serde(default)]
     pub passthrough: Vec<String>,
+    /// Lower is tried first; a higher number only when every better candidate failed or
+    /// is cooling down.
+    #[serde(default)]
+    pub priority: u32,
+    /// Share of the requests among the candidates of one priority (at least 1).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// The client's model name → this upstream's (`gpt-4o = "azure-gpt4o-eu"`). The
+    /// forwarded body carries the upstream's name; limits, prices and usage stay keyed by
+    /// the client's. A mapped name is served by this upstream even if `models` omits it.
+    #[serde(default)]
+    pub model_mapping: BTreeMap<String, String>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+impl UpstreamConfig {
+    /// An upstream at `base_url` serving `models`, everything else as by default.
+    pub fn new(name: &str, base_url: &str, models: &[&str]) -> Self {
+        UpstreamConfig {
+            name: name.to_owned(),
+            base_url: base_url.to_owned(),
+            api_key_env: None,
+            models: models.iter().map(|m| (*m).to_owned()).collect(),
+            passthrough: Vec::new(),
+            priority: 0,
+            weight: default_weight(),
+            model_mapping: BTreeMap::new(),
+        }
+    }
+}
+
+/// A provider keygate serves on its own on a first run: no `[[upstreams]]` configured and
+/// the provider's credential in the environment. One more provider is one more line of
+/// [`PROVIDERS`].
+#[derive(Debug)]
+pub struct Provider {
+    pub name: &'static str,
+    /// The variable holding the credential (also the upstream's `api_key_env`).
+    pub key_env: &'static str,
+    /// A variable that, when set, replaces `base_url` (the provider's SDKs read it too).
+    pub base_url_env: &'static str,
+    pub base_url: &'static str,
+}
+
+pub const PROVIDERS: &[Provider] = &[Provider {
+    name: "openai",
+    key_env: "OPENAI_API_KEY",
+    base_url_env: "OPENAI_BASE_URL",
+    base_url: "https://api.openai.com/v1",
+}];
+
+/// Where the upstreams came from, for the start-up log.
+#[derive(Debug)]
+pub enum UpstreamSource {
+    /// `[[upstreams]]` in the configuration.
+    Configured,
+    /// None configured; these providers' credentials were in the environment.
+    Environment(Vec<&'static Provider>),
+    /// None configured and no provider credential: nothing can be proxied.
+    Nothing,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -323,6 +442,35 @@ impl Config {
             .map_err(Box::new)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The first run: with no `[[upstreams]]`, one upstream serving every model (`*`) per
+    /// provider of [`PROVIDERS`] whose credential `env` finds (`serve` passes the process
+    /// environment; the tests' in-process configurations never come through here).
+    pub fn upstreams_from_environment(
+        &mut self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> UpstreamSource {
+        if !self.upstreams.is_empty() {
+            return UpstreamSource::Configured;
+        }
+        let present = |var: &str| env(var).filter(|value| !value.trim().is_empty());
+        let found: Vec<&'static Provider> = PROVIDERS
+            .iter()
+            .filter(|provider| present(provider.key_env).is_some())
+            .collect();
+        for provider in &found {
+            let base_url =
+                present(provider.base_url_env).unwrap_or_else(|| provider.base_url.to_owned());
+            let mut upstream = UpstreamConfig::new(provider.name, &base_url, &["*"]);
+            upstream.api_key_env = Some(provider.key_env.to_owned());
+            self.upstreams.push(upstream);
+        }
+        if found.is_empty() {
+            UpstreamSource::Nothing
+        } else {
+            UpstreamSource::Environment(found)
+        }
     }
 
     /// The request-serving threads to start: `worker_threads`, else the CPUs this process
@@ -385,7 +533,20 @@ impl Config {
             ),
             ("proxy.idle_timeout_secs", self.proxy.idle_timeout_secs),
             ("proxy.timeout_secs", self.proxy.timeout_secs),
+            (
+                "proxy.breaker_cooldown_secs",
+                self.proxy.breaker_cooldown_secs,
+            ),
             ("http.keep_alive_idle_secs", self.http.keep_alive_idle_secs),
+            (
+                "webhooks.attempt_timeout_secs",
+                self.webhooks.attempt_timeout_secs,
+            ),
+            ("webhooks.retry_for_secs", self.webhooks.retry_for_secs),
+            (
+                "webhooks.retry_initial_secs",
+                self.webhooks.retry_initial_secs,
+            ),
             (
                 "http.request_read_timeout_secs",
                 self.http.request_read_timeout_secs,
@@ -394,6 +555,21 @@ impl Config {
             if !(value.is_finite() && value > 0.0 && value <= 86_400.0) {
                 return Err(invalid(field, "must be a number of seconds in (0, 86400]"));
             }
+        }
+        if !(1..=MAX_ATTEMPTS).contains(&self.proxy.max_attempts) {
+            return Err(invalid(
+                "proxy.max_attempts",
+                format!("must be a whole number in [1, {MAX_ATTEMPTS}]"),
+            ));
+        }
+        if self.proxy.breaker_failures == 0 {
+            return Err(invalid("proxy.breaker_failures", "must be at least 1"));
+        }
+        if self.upstreams.len() > MAX_UPSTREAMS {
+            return Err(invalid(
+                "upstreams",
+                format!("at most {MAX_UPSTREAMS} upstreams can be configured"),
+            ));
         }
         let mut names = HashSet::new();
         for (i, upstream) in self.upstreams.iter().enumerate() {
@@ -410,10 +586,28 @@ impl Config {
                     ))
                 }
             }
-            if upstream.models.is_empty() || upstream.models.iter().any(|m| m.trim().is_empty()) {
+            if (upstream.models.is_empty() && upstream.model_mapping.is_empty())
+                || upstream.models.iter().any(|m| m.trim().is_empty())
+            {
                 return Err(invalid(
                     at("models"),
                     "must list at least one model name or \"*\"",
+                ));
+            }
+            if upstream.weight == 0 {
+                return Err(invalid(
+                    at("weight"),
+                    "must be at least 1 (for an upstream that should only serve as a fallback, give it a larger `priority`)",
+                ));
+            }
+            if let Some((from, _)) = upstream
+                .model_mapping
+                .iter()
+                .find(|(from, to)| from.trim().is_empty() || *from == "*" || to.trim().is_empty())
+            {
+                return Err(invalid(
+                    at(&format!("model_mapping.{from}")),
+                    "must map a model name to a non-empty model name (`*` cannot be mapped)",
                 ));
             }
         }
@@ -591,6 +785,89 @@ fast_path = \"yes\"
         .unwrap_err()
         .to_string();
         assert!(err.contains("fast_path"), "{err}");
+    }
+
+    #[test]
+    fn routing_fields_load_with_their_defaults_and_are_checked() {
+        let config = load_from(
+            "[[upstreams]]\nname = \"a\"\nbase_url = \"http://a/v1\"\nmodels = [\"*\"]\n\
+             [[upstreams]]\nname = \"b\"\nbase_url = \"http://b/v1\"\npriority = 1\nweight = 3\n\
+             model_mapping = { gpt-4o = \"azure-gpt4o-eu\" }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (config.upstreams[0].priority, config.upstreams[0].weight),
+            (0, 1)
+        );
+        assert_eq!(
+            (config.upstreams[1].priority, config.upstreams[1].weight),
+            (1, 3)
+        );
+        assert_eq!(
+            config.upstreams[1]
+                .model_mapping
+                .get("gpt-4o")
+                .map(String::as_str),
+            Some("azure-gpt4o-eu")
+        );
+        assert_eq!(config.proxy.max_attempts, 3);
+        let err = load_from(
+            "[[upstreams]]\nname = \"a\"\nbase_url = \"http://a/v1\"\nmodels = [\"*\"]\nweight = 0\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("upstreams[0].weight"), "{err}");
+        assert!(err.contains("priority"), "{err}");
+        for bad in [
+            "max_attempts = 0",
+            "breaker_failures = 0",
+            "breaker_cooldown_secs = 0",
+        ] {
+            let err = load_from(&format!("[proxy]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(bad.split(' ').next().unwrap_or(bad)), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_first_run_serves_the_providers_whose_key_is_set() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let mut config = Config::default();
+        let source = config.upstreams_from_environment(env(&[("OPENAI_API_KEY", "sk-x")]));
+        assert!(matches!(source, UpstreamSource::Environment(ref p) if p.len() == 1));
+        let openai = &config.upstreams[0];
+        assert_eq!(openai.base_url, "https://api.openai.com/v1");
+        assert_eq!(openai.models, ["*"]);
+        assert_eq!(openai.api_key_env.as_deref(), Some("OPENAI_API_KEY"));
+        config.validate().unwrap();
+
+        let mut config = Config::default();
+        config.upstreams_from_environment(env(&[
+            ("OPENAI_API_KEY", "sk-x"),
+            ("OPENAI_BASE_URL", "http://127.0.0.1:9/v1"),
+        ]));
+        assert_eq!(config.upstreams[0].base_url, "http://127.0.0.1:9/v1");
+
+        let mut config = Config::default();
+        let source = config.upstreams_from_environment(env(&[("OPENAI_API_KEY", " ")]));
+        assert!(matches!(source, UpstreamSource::Nothing));
+        assert!(config.upstreams.is_empty());
+
+        // Configured upstreams are never added to.
+        let mut config = Config {
+            upstreams: vec![UpstreamConfig::new("mine", "http://x/v1", &["*"])],
+            ..Config::default()
+        };
+        let source = config.upstreams_from_environment(env(&[("OPENAI_API_KEY", "sk-x")]));
+        assert!(matches!(source, UpstreamSource::Configured));
+        assert_eq!(config.upstreams.len(), 1);
     }
 
     #[test]

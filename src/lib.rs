@@ -3,6 +3,7 @@
 //! Dependencies point one way: `http → {keys, limits, proxy, usage} → store → domain`.
 //! Only `http` and `error` know about axum or status codes.
 
+pub mod alerts;
 pub mod app;
 pub mod cli;
 pub mod clock;

@@ -5,7 +5,7 @@ use clap::Parser;
 use keygate::{
     app::{self, App},
     cli::{self, Cli, Command},
-    config::Config,
+    config::{Config, UpstreamSource, PROVIDERS},
     keys::bootstrap::Bootstrap,
     telemetry,
 };
@@ -79,6 +79,9 @@ async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
             if let Some(listen) = listen {
                 config.listen = listen;
             }
+            let source = config.upstreams_from_environment(|var| std::env::var(var).ok());
+            announce_upstreams(&source, &config);
+            config.validate()?;
             let app = App::build(config).await?;
             announce_bootstrap(&app.bootstrap);
             app.run(app::shutdown_signal()).await?;
@@ -95,6 +98,37 @@ async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
         | Command::Audit(_)
         | Command::RateLimitEvents(_)) => cli::run(&config, command).await,
         Command::Health(args) => cli::health(&args).await,
+    }
+}
+
+/// Says where the upstreams come from when the configuration names none (the first run).
+fn announce_upstreams(source: &UpstreamSource, config: &Config) {
+    match source {
+        UpstreamSource::Configured => {}
+        UpstreamSource::Environment(providers) => {
+            for provider in providers {
+                let base_url = config
+                    .upstreams
+                    .iter()
+                    .find(|u| u.name == provider.name)
+                    .map_or(provider.base_url, |u| u.base_url.as_str());
+                tracing::info!(
+                    provider = provider.name,
+                    credential = provider.key_env,
+                    base_url,
+                    "no [[upstreams]] configured: serving every model from {} with the key in {} (configure [[upstreams]] to choose)",
+                    provider.name,
+                    provider.key_env
+                );
+            }
+        }
+        UpstreamSource::Nothing => {
+            let vars: Vec<&str> = PROVIDERS.iter().map(|p| p.key_env).collect();
+            tracing::warn!(
+                "no [[upstreams]] configured and no provider key ({}) in the environment: nothing can be proxied; every model is \"not found\"",
+                vars.join(", ")
+            );
+        }
     }
 }
 

@@ -70,6 +70,7 @@ backend_tests! {
         events::rate_limit_events_filter_and_page_newest_first,
         events::once_tokens_are_single_use,
         events::budget_alerts_are_claimed_once,
+        events::budget_alert_leases_and_attempts,
         retries::a_usage_batch_sent_twice_is_added_once,
         retries::rate_limit_events_sent_twice_are_stored_once,
         workspaces::fresh_database_reports_migrations_missing,

@@ -6,13 +6,18 @@ use axum::{extract::State, http::StatusCode, Json};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::state::AppState;
+use crate::{proxy::upstreams::UpstreamHealth, state::AppState};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// `/readyz` only: each upstream's breaker. Details, not readiness: an instance whose
+    /// upstreams are all down still answers (with their errors), serves the admin API
+    /// and must stay in its load balancer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstreams: Option<Vec<UpstreamHealth>>,
 }
 
 /// The process is up and serving HTTP.
@@ -21,6 +26,7 @@ pub async fn healthz() -> Json<Health> {
     Json(Health {
         status: "ok",
         reason: None,
+        upstreams: None,
     })
 }
 
@@ -29,17 +35,22 @@ pub async fn healthz() -> Json<Health> {
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The store answers (within 2 s) and every migration is applied. While the store is
-/// unreachable this says 503 at once, and keygate keeps serving cached keys.
+/// unreachable this says 503 at once, and keygate keeps serving cached keys. `upstreams`
+/// shows each upstream's breaker (`closed`, `open`, `half_open`), and never changes the
+/// status.
 #[utoipa::path(get, path = "/readyz", tag = "ops",
     responses((status = 200, body = Health), (status = 503, description = "Not ready; `reason` says why", body = Health)))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
-    match tokio::time::timeout(READY_TIMEOUT, ready(&state)).await {
+    let (status, Json(mut health)) = match tokio::time::timeout(READY_TIMEOUT, ready(&state)).await
+    {
         Ok(answer) => answer,
         Err(_) => {
             tracing::warn!("readiness: the store did not answer within {READY_TIMEOUT:?}");
             not_ready("store unreachable".into())
         }
-    }
+    };
+    health.upstreams = Some(state.gateway.upstreams().health());
+    (status, Json(health))
 }
 
 fn not_ready(reason: String) -> (StatusCode, Json<Health>) {
@@ -48,6 +59,7 @@ fn not_ready(reason: String) -> (StatusCode, Json<Health>) {
         Json(Health {
             status: "unavailable",
             reason: Some(reason),
+            upstreams: None,
         }),
     )
 }
@@ -63,6 +75,7 @@ async fn ready(state: &AppState) -> (StatusCode, Json<Health>) {
             Json(Health {
                 status: "ready",
                 reason: None,
+                upstreams: None,
             }),
         ),
         Ok(false) => not_ready("migrations not applied".into()),

@@ -1,7 +1,8 @@
 //! Forwarding an admitted request (DESIGN §4): the body to send (asking for the usage
-//! chunk on a stream), the upstream request (the client's headers less the stripped ones,
-//! the upstream's own credential), sending it within the timeouts, and reading the
-//! answer: its headers as passed back, and its body, streamed or whole.
+//! chunk on a stream, with the upstream's own model name), the upstream request (the
+//! client's headers less the stripped ones, the upstream's own credential), sending it
+//! within the timeouts to the request's candidates in turn until one answers (fallback),
+//! and reading the answer: its headers as passed back, and its body, streamed or whole.
 
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use super::{
     meter::{Meter, Outcome},
     request::{self, RequestFields},
     stream::MeteredStream,
-    upstreams::Upstream,
+    upstreams::{Candidates, FailureCause, Upstream},
     AnswerBody, Endpoint, Gateway, InferenceError, InferenceRequest,
 };
 
@@ -29,16 +30,78 @@ pub(super) struct Sent {
 }
 
 impl Gateway {
+    /// Sends `request` to its candidates in turn until one answers: a connect error, a
+    /// timeout before the first byte, a 429 or a 5xx moves it to the next one, at most
+    /// `proxy.max_attempts` in all and within the total timeout. Each attempt's outcome
+    /// feeds that upstream's breaker. When no attempt is left, the last answer (a 429 or
+    /// 5xx, passed on as it is) or error stands. Nothing has reached the client yet, so a
+    /// new attempt is always safe for it; the body is bytes, sent again as it is.
+    pub(super) async fn send(
+        &self,
+        candidates: &mut Candidates<'_>,
+        request: &InferenceRequest,
+        body: &Bytes,
+        fields: Option<&RequestFields<'_>>,
+    ) -> Result<Sent, InferenceError> {
+        let deadline = Instant::now() + self.timeouts.total;
+        // The same value `requested_model` checked; borrowed unless it has escapes.
+        let model = fields.and_then(|f| f.model).and_then(request::string);
+        let Some((mut upstream, mut pass)) = candidates.next_upstream() else {
+            return Err(InferenceError::Upstream(
+                "no upstream serves this request".into(),
+            ));
+        };
+        loop {
+            let mapped = model.as_deref().and_then(|m| upstream.mapped_model(m));
+            let result = match upstream_body(request.endpoint, body, fields, mapped) {
+                Ok(changed) => {
+                    let body = changed.unwrap_or_else(|| body.clone());
+                    self.forward(upstream, request, body, deadline).await
+                }
+                Err(err) => Err(err),
+            };
+            let (cause, retry_after) = match &result {
+                Ok(sent) => match failure_of(sent.response.status) {
+                    Some(cause) => (cause, retry_after(&sent.response.headers, cause)),
+                    None => {
+                        pass.succeeded();
+                        return result;
+                    }
+                },
+                Err(InferenceError::UpstreamTimeout) => (FailureCause::Timeout, None),
+                Err(InferenceError::Upstream(_)) => (FailureCause::Connect, None),
+                // Refused before anything was sent: says nothing of the upstream.
+                Err(_) => return result,
+            };
+            pass.failed(retry_after);
+            if candidates.attempts() >= self.max_attempts || Instant::now() >= deadline {
+                return result;
+            }
+            let Some((next, next_pass)) = candidates.next_upstream() else {
+                return result;
+            };
+            let status = result
+                .as_ref()
+                .ok()
+                .map(|sent| sent.response.status.as_u16());
+            tracing::warn!(request_id = %request.request_id, upstream = %upstream.name, cause = cause.as_str(), status, next = %next.name, "upstream failed; trying the next one");
+            metrics::counter!("keygate_upstream_fallbacks_total", "upstream" => upstream.name.clone(), "cause" => cause.as_str())
+                .increment(1);
+            // Dropping a failed answer closes its connection (its body is not read).
+            drop(result);
+            (upstream, pass) = (next, next_pass);
+        }
+    }
+
     /// Sends `request` (with `body`, see [`upstream_body`]) to `upstream` and waits for the
-    /// answer's head, within the first-byte and total timeouts.
+    /// answer's head, within the first-byte timeout and the request's `deadline`.
     pub(super) async fn forward(
         &self,
         upstream: &Upstream,
         request: &InferenceRequest,
         body: Bytes,
+        deadline: Instant,
     ) -> Result<Sent, InferenceError> {
-        let started = Instant::now();
-        let deadline = started + self.timeouts.total;
         let upstream_request = self
             .build_request(
                 upstream,
@@ -53,7 +116,9 @@ impl Gateway {
                 param: None,
             })?;
         match tokio::time::timeout(
-            self.timeouts.first_byte.min(self.timeouts.total),
+            self.timeouts
+                .first_byte
+                .min(deadline.saturating_duration_since(Instant::now())),
             upstream_request.send(body),
         )
         .await
@@ -151,19 +216,51 @@ impl Gateway {
 
 /// The body to send upstream in place of the client's, if it must change: a stream whose
 /// client did not ask for usage gets `stream_options.include_usage` (the usage chunk is
-/// hidden from the client again by `stream::MeteredStream`). `None`: send it as it is.
+/// hidden from the client again by `stream::MeteredStream`), and `mapped` (the upstream's
+/// name for the model, from its `model_mapping`) replaces `model`. `None`: send it as it is.
 pub(super) fn upstream_body(
     endpoint: Endpoint,
     body: &Bytes,
     fields: Option<&RequestFields<'_>>,
+    mapped: Option<&str>,
 ) -> Result<Option<Bytes>, InferenceError> {
     let Some(fields) = fields else {
         return Ok(None);
     };
-    if !fields.stream() || endpoint == Endpoint::Embeddings || fields.wants_usage() {
+    let usage = (fields.stream() && endpoint != Endpoint::Embeddings && !fields.wants_usage())
+        .then_some(fields.stream_options);
+    let model = mapped.zip(fields.model).map(|(name, raw)| (raw, name));
+    if usage.is_none() && model.is_none() {
         return Ok(None);
     }
-    request::usage_requested(body, fields.stream_options).map(Some)
+    request::rewrite(body, usage, model).map(Some)
+}
+
+/// Whether an answer's status sends the request to the next candidate.
+fn failure_of(status: StatusCode) -> Option<FailureCause> {
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        Some(FailureCause::RateLimited)
+    } else if status.is_server_error() {
+        Some(FailureCause::ServerError)
+    } else {
+        None
+    }
+}
+
+/// A 429's `Retry-After`, in seconds or as an HTTP date: how long that upstream asks to be
+/// left alone (its breaker opens for that long, capped at `upstreams::MAX_RETRY_AFTER`).
+fn retry_after(headers: &HeaderMap, cause: FailureCause) -> Option<Duration> {
+    if cause != FailureCause::RateLimited {
+        return None;
+    }
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    match value.parse::<u64>() {
+        Ok(secs) => Some(Duration::from_secs(secs)),
+        Err(_) => httpdate::parse_http_date(value)
+            .ok()?
+            .duration_since(std::time::SystemTime::now())
+            .ok(),
+    }
 }
 
 /// Whether the answer is a server-sent event stream (metered event by event).

@@ -5,7 +5,8 @@
 //! turns `ProxyAnswer` and `InferenceError` into responses.
 //!
 //! A request's walk is [`Gateway::handle`]: parse (here, with `request`), admit
-//! (`admission`), forward (`forward`), meter (`meter`, and `stream` for a stream).
+//! (`admission`), forward (`forward`, over the candidates `upstreams` picks), meter
+//! (`meter`, and `stream` for a stream).
 //! `models` lists the models a key may use.
 
 mod admission;
@@ -40,7 +41,7 @@ use self::{
     request::RequestFields,
     stream::ByteStream,
     tokens::BodyKind,
-    upstreams::{Upstream, Upstreams},
+    upstreams::{Candidates, Upstreams},
 };
 use crate::{
     config::ProxyConfig,
@@ -69,6 +70,8 @@ pub struct Gateway {
     timeouts: Timeouts,
     /// `proxy.max_event_bytes`: the largest SSE event passed on.
     max_event_bytes: usize,
+    /// `proxy.max_attempts`: upstreams one request may be sent to, the first included.
+    max_attempts: u32,
     slots: Mutex<HashMap<Uuid, (u32, Arc<Semaphore>)>>,
     credits: Mutex<HashMap<Uuid, (Option<Decimal>, std::time::Instant)>>,
     credits_ttl: Duration,
@@ -176,6 +179,7 @@ impl Gateway {
                 total: Duration::from_secs_f64(config.timeout_secs),
             },
             max_event_bytes: config.max_event_bytes,
+            max_attempts: config.max_attempts,
             slots: Mutex::default(),
             credits: Mutex::default(),
             credits_ttl,
@@ -212,21 +216,20 @@ impl Gateway {
         let body = std::mem::take(&mut request.body);
         let fields = request::read_fields(request.endpoint, &body)?;
         let model = requested_model(&request.key, fields.as_ref())?;
-        let upstream = self.route(&mut request, model.as_deref())?;
+        let mut candidates = self.route(&mut request, model.as_deref())?;
         let client_wants_usage = fields.as_ref().is_some_and(RequestFields::wants_usage);
 
         // Admit (admission.rs): the concurrency slot, credits and budget, rate limits.
+        // Once, whatever the number of upstreams tried below.
         let Admitted { mut meter, limits } =
             self.admit(&request, &body, fields.as_ref(), model).await?;
 
-        // Forward (forward.rs): the body, asking for usage on a stream; the answer's head.
-        let sent = match forward::upstream_body(request.endpoint, &body, fields.as_ref()) {
-            Ok(changed) => {
-                self.forward(upstream, &request, changed.unwrap_or(body))
-                    .await
-            }
-            Err(err) => Err(err),
-        };
+        // Forward (forward.rs): to the candidates in turn until one answers (fallback on
+        // a connect error, a timeout before the first byte, a 429 or a 5xx); the body asks
+        // for usage on a stream and carries each upstream's own model name.
+        let sent = self
+            .send(&mut candidates, &request, &body, fields.as_ref())
+            .await;
         let sent = match sent {
             Ok(sent) => sent,
             Err(err) => {
@@ -248,19 +251,19 @@ impl Gateway {
         })
     }
 
-    /// The upstream that serves the request: by its path for a pass-through (whose path
-    /// becomes the normalised one, the only one forwarded), else by its model (which an
-    /// inference request must name).
+    /// The upstreams that may serve the request: by its path for a pass-through (whose
+    /// path becomes the normalised one, the only one forwarded), else by its model (which
+    /// an inference request must name).
     fn route(
         &self,
         request: &mut InferenceRequest,
         model: Option<&str>,
-    ) -> Result<&Upstream, InferenceError> {
+    ) -> Result<Candidates<'_>, InferenceError> {
         match (request.endpoint, model) {
             (Endpoint::Other, _) => {
-                let (upstream, path) = self.upstreams.for_path(&request.path)?;
+                let (candidates, path) = self.upstreams.for_path(&request.path)?;
                 request.path = path;
-                Ok(upstream)
+                Ok(candidates)
             }
             (_, None) => Err(InferenceError::InvalidRequest {
                 message: "you must provide a `model`".into(),

@@ -37,7 +37,7 @@ impl Gateway {
                 for model in key.allowed_models.iter().flatten() {
                     if self
                         .upstreams
-                        .for_model(model)
+                        .first_for_model(model)
                         .is_some_and(|u| u.name == upstream.name)
                     {
                         push(model, &upstream.name, &mut models);

@@ -186,11 +186,41 @@ pub fn usage_requested(
     body: &Bytes,
     stream_options: Option<&RawValue>,
 ) -> Result<Bytes, InferenceError> {
-    let rewritten = match stream_options {
-        None => with_usage_requested(body),
-        Some(options) => with_options_rewritten(body, options),
-    };
-    rewritten.ok_or_else(|| InferenceError::InvalidRequest {
+    rewrite(body, Some(stream_options), None)
+}
+
+/// `body` changed for one upstream, byte for byte but for what is asked: `usage`
+/// (`Some(the body's stream_options)`) sets `stream_options.include_usage` as
+/// [`usage_requested`] says; `model` (`(the body's model value, the new name)`) replaces
+/// the `model` member's value with the new name (`model_mapping`).
+pub fn rewrite(
+    body: &Bytes,
+    usage: Option<Option<&RawValue>>,
+    model: Option<(&RawValue, &str)>,
+) -> Result<Bytes, InferenceError> {
+    let mut edits: Vec<Edit> = Vec::with_capacity(2);
+    if let Some(stream_options) = usage {
+        let edit = match stream_options {
+            None => usage_added(body),
+            Some(options) => options_rewritten(body, options),
+        };
+        edits.push(edit.ok_or_else(|| InferenceError::InvalidRequest {
+            message: "cannot add `stream_options.include_usage` to this body".into(),
+            param: Some("stream_options".into()),
+        })?);
+    }
+    if let Some((raw, name)) = model {
+        let at = slice_range(body, raw).ok_or_else(|| InferenceError::InvalidRequest {
+            message: "cannot rewrite `model` in this body".into(),
+            param: Some("model".into()),
+        })?;
+        let name = serde_json::to_vec(name).unwrap_or_default();
+        edits.push(Edit {
+            at,
+            with: With::Bytes(name),
+        });
+    }
+    apply(body, &mut edits).ok_or_else(|| InferenceError::InvalidRequest {
         message: "cannot add `stream_options.include_usage` to this body".into(),
         param: Some("stream_options".into()),
     })
@@ -198,59 +228,109 @@ pub fn usage_requested(
 
 const INCLUDE_USAGE: &[u8] = br#""include_usage":true"#;
 
+/// A change to a body: the bytes at `at` replaced (an insertion when `at` is empty).
+struct Edit<'a> {
+    at: std::ops::Range<usize>,
+    with: With<'a>,
+}
+
+enum With<'a> {
+    Bytes(Vec<u8>),
+    /// The object `stream_options` (or `null`) less any `include_usage`, plus
+    /// `"include_usage":true`: written straight into the new body, so that a large
+    /// `stream_options` is not copied twice (tests/alloc_bound.rs).
+    UsageOptions(&'a RawValue),
+}
+
+/// `body` with `edits` (which do not overlap) made; `None` when a `stream_options` to
+/// rewrite is not an object.
+fn apply(body: &[u8], edits: &mut [Edit<'_>]) -> Option<Bytes> {
+    edits.sort_by_key(|edit| edit.at.start);
+    // The new body's size (at most, for `stream_options`: its `include_usage` goes).
+    let size = edits.iter().fold(body.len(), |size, edit| {
+        let added = match &edit.with {
+            With::Bytes(bytes) => bytes.len(),
+            With::UsageOptions(_) => edit.at.len() + INCLUDE_USAGE.len() + 2,
+        };
+        size - edit.at.len() + added
+    });
+    let mut out = BytesMut::with_capacity(size);
+    let mut from = 0;
+    for edit in edits.iter() {
+        out.put_slice(&body[from..edit.at.start]);
+        match &edit.with {
+            With::Bytes(bytes) => out.put_slice(bytes),
+            With::UsageOptions(options) => {
+                out.put_u8(b'{');
+                if options.get() != "null" {
+                    let is_object = walk::members(options, |name, value| {
+                        if !walk::name_is(name, "include_usage") {
+                            out.put_slice(name.get().as_bytes());
+                            out.put_u8(b':');
+                            out.put_slice(value.get().as_bytes());
+                            out.put_u8(b',');
+                        }
+                    });
+                    if !is_object {
+                        return None;
+                    }
+                }
+                out.put_slice(INCLUDE_USAGE);
+                out.put_u8(b'}');
+            }
+        }
+        from = edit.at.end;
+    }
+    out.put_slice(&body[from..]);
+    Some(out.freeze())
+}
+
+/// Where `raw` (a slice of `body`) lies in it.
+fn slice_range(body: &[u8], raw: &RawValue) -> Option<std::ops::Range<usize>> {
+    let raw = raw.get().as_bytes();
+    let start = (raw.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    let end = start + raw.len();
+    (body.get(start..end)? == raw).then_some(start..end)
+}
+
 /// `body` (a JSON object without a `stream_options` member) with
 /// `"stream_options":{"include_usage":true}` added as its first member.
 pub fn with_usage_requested(body: &[u8]) -> Option<Bytes> {
+    let edit = usage_added(body)?;
+    apply(body, &mut [edit])
+}
+
+/// `"stream_options":{"include_usage":true}` added as the first member of `body` (a JSON
+/// object without a `stream_options` member).
+fn usage_added(body: &[u8]) -> Option<Edit<'static>> {
     let open = body.iter().position(|b| !b.is_ascii_whitespace())?;
     if body[open] != b'{' {
         return None;
     }
-    let rest = &body[open + 1..];
-    let empty = rest
+    let empty = body[open + 1..]
         .iter()
         .find(|b| !b.is_ascii_whitespace())
         .is_some_and(|&b| b == b'}');
-    let mut out = BytesMut::with_capacity(body.len() + INCLUDE_USAGE.len() + 20);
-    out.put_slice(&body[..=open]);
-    out.put_slice(br#""stream_options":{"#);
-    out.put_slice(INCLUDE_USAGE);
-    out.put_u8(b'}');
+    let mut with = Vec::with_capacity(INCLUDE_USAGE.len() + 20);
+    with.extend_from_slice(br#""stream_options":{"#);
+    with.extend_from_slice(INCLUDE_USAGE);
+    with.push(b'}');
     if !empty {
-        out.put_u8(b',');
+        with.push(b',');
     }
-    out.put_slice(rest);
-    Some(out.freeze())
+    Some(Edit {
+        at: open + 1..open + 1,
+        with: With::Bytes(with),
+    })
 }
 
-/// `body` with its `options` (a slice of it: an object or `null`) replaced by the same
-/// members less any `include_usage`, plus `"include_usage":true`.
-fn with_options_rewritten(body: &[u8], options: &RawValue) -> Option<Bytes> {
-    let raw = options.get().as_bytes();
-    let start = (raw.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
-    let end = start + raw.len();
-    if body.get(start..end)? != raw {
-        return None;
-    }
-    let mut out = BytesMut::with_capacity(body.len() + INCLUDE_USAGE.len() + 2);
-    out.put_slice(&body[..start]);
-    out.put_u8(b'{');
-    if options.get() != "null" {
-        let is_object = walk::members(options, |name, value| {
-            if !walk::name_is(name, "include_usage") {
-                out.put_slice(name.get().as_bytes());
-                out.put_u8(b':');
-                out.put_slice(value.get().as_bytes());
-                out.put_u8(b',');
-            }
-        });
-        if !is_object {
-            return None;
-        }
-    }
-    out.put_slice(INCLUDE_USAGE);
-    out.put_u8(b'}');
-    out.put_slice(&body[end..]);
-    Some(out.freeze())
+/// `options` (a slice of `body`: an object or `null`) replaced by the same members less
+/// any `include_usage`, plus `"include_usage":true`.
+fn options_rewritten<'a>(body: &[u8], options: &'a RawValue) -> Option<Edit<'a>> {
+    Some(Edit {
+        at: slice_range(body, options)?,
+        with: With::UsageOptions(options),
+    })
 }
 
 /// `T` from JSON bytes. UTF-8 is checked once for the whole input, so that serde_json,

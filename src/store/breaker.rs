@@ -25,9 +25,9 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
-    AuditEvent, AuditFilter, DynStore, EventFilter, KeyChanges, LastAdmin, Member, Page, Paged,
-    RateLimitEvent, SecretRecord, Store, StoreError, StoreResult, UsageDelta, UsageQuery, UsageRow,
-    UsageTotals, Workspace,
+    AlertAttempt, AuditEvent, AuditFilter, BudgetAlert, BudgetAlertId, DynStore, EventFilter,
+    KeyChanges, LastAdmin, Member, NewBudgetAlert, Page, Paged, RateLimitEvent, SecretRecord,
+    Store, StoreError, StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals, Workspace,
 };
 use crate::domain::ApiKey;
 
@@ -346,17 +346,40 @@ impl Store for GuardedStore {
             .await
     }
 
-    async fn claim_budget_alert(
+    async fn claim_budget_alert(&self, alert: &NewBudgetAlert) -> StoreResult<bool> {
+        self.guard(self.inner.claim_budget_alert(alert)).await
+    }
+
+    async fn due_budget_alerts(
         &self,
-        key_id: Uuid,
-        period_start: DateTime<Utc>,
-        threshold_bp: i64,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<BudgetAlert>> {
+        self.guard(self.inner.due_budget_alerts(now, limit)).await
+    }
+
+    async fn lease_budget_alert(
+        &self,
+        id: &BudgetAlertId,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        self.guard(
-            self.inner
-                .claim_budget_alert(key_id, period_start, threshold_bp),
-        )
-        .await
+        self.guard(self.inner.lease_budget_alert(id, now, until))
+            .await
+    }
+
+    async fn record_budget_alert_attempt(
+        &self,
+        id: &BudgetAlertId,
+        attempt: &AlertAttempt,
+        audit: Option<&AuditEvent>,
+    ) -> StoreResult<()> {
+        self.guard(self.inner.record_budget_alert_attempt(id, attempt, audit))
+            .await
+    }
+
+    async fn list_budget_alerts(&self, key_id: Uuid) -> StoreResult<Vec<BudgetAlert>> {
+        self.guard(self.inner.list_budget_alerts(key_id)).await
     }
 }
 

@@ -353,6 +353,83 @@ pub enum KeyChange {
     Missed,
 }
 
+/// Identifies one budget alert: at most one per key, budget period and threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BudgetAlertId {
+    pub key_id: Uuid,
+    pub period_start: DateTime<Utc>,
+    /// The threshold in basis points of the budget (0.8 = 8000).
+    pub threshold_bp: i64,
+}
+
+/// A budget alert as claimed: what to POST, and when its first attempt's lease ends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewBudgetAlert {
+    pub id: BudgetAlertId,
+    pub workspace_id: Uuid,
+    /// The JSON body, fixed at the claim (each attempt signs it with a fresh timestamp).
+    pub payload: String,
+    pub claimed_at: DateTime<Utc>,
+    pub next_attempt_at: DateTime<Utc>,
+}
+
+/// Where a budget alert's delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertStatus {
+    Pending,
+    Delivered,
+    /// Retried until the retry horizon without a 2xx answer.
+    Failed,
+    /// The destination is (or resolves to) a non-public address and
+    /// `webhooks.allow_private` is off: never called.
+    Refused,
+}
+
+impl AlertStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertStatus::Pending => "pending",
+            AlertStatus::Delivered => "delivered",
+            AlertStatus::Failed => "failed",
+            AlertStatus::Refused => "refused",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(AlertStatus::Pending),
+            "delivered" => Some(AlertStatus::Delivered),
+            "failed" => Some(AlertStatus::Failed),
+            "refused" => Some(AlertStatus::Refused),
+            _ => None,
+        }
+    }
+}
+
+/// A stored budget alert and its delivery state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetAlert {
+    pub id: BudgetAlertId,
+    pub workspace_id: Uuid,
+    pub payload: String,
+    pub claimed_at: DateTime<Utc>,
+    pub status: AlertStatus,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// The outcome of one delivery attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertAttempt {
+    pub at: DateTime<Utc>,
+    /// `Pending` to try again at `next_attempt_at`; anything else is final.
+    pub status: AlertStatus,
+    pub error: Option<String>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Short name for logs and metrics: `postgres` or `sqlite`.
@@ -542,13 +619,35 @@ pub trait Store: Send + Sync + 'static {
         expires_at: DateTime<Utc>,
     ) -> StoreResult<bool>;
     /// Claims the right to send one budget alert (key, period start, threshold in basis
-    /// points). `false` if it was claimed before.
-    async fn claim_budget_alert(
+    /// points) and, when it is the first claim, stores it as a pending delivery whose
+    /// first attempt belongs to the caller until `alert.next_attempt_at`. `false` if it
+    /// was claimed before (by any instance, at any time): the caller sends nothing.
+    async fn claim_budget_alert(&self, alert: &NewBudgetAlert) -> StoreResult<bool>;
+    /// Pending alerts whose `next_attempt_at` has come (oldest first, at most `limit`).
+    async fn due_budget_alerts(
         &self,
-        key_id: Uuid,
-        period_start: DateTime<Utc>,
-        threshold_bp: i64,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<BudgetAlert>>;
+    /// Takes the next attempt of a pending alert that is due at `now`, by moving its
+    /// `next_attempt_at` to `until` (the lease). `false` if it is not pending or not due
+    /// (another instance took it): the caller must not send it.
+    async fn lease_budget_alert(
+        &self,
+        id: &BudgetAlertId,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
     ) -> StoreResult<bool>;
+    /// Records one delivery attempt (`attempts + 1`, its error, the next attempt's time or
+    /// the final status) with the audit event of a final outcome, in one transaction.
+    async fn record_budget_alert_attempt(
+        &self,
+        id: &BudgetAlertId,
+        attempt: &AlertAttempt,
+        audit: Option<&AuditEvent>,
+    ) -> StoreResult<()>;
+    /// Every alert of a key, oldest claim first (the operator's view of deliveries).
+    async fn list_budget_alerts(&self, key_id: Uuid) -> StoreResult<Vec<BudgetAlert>>;
 }
 
 pub type DynStore = Arc<dyn Store>;

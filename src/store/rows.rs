@@ -12,8 +12,8 @@ use sqlx::FromRow;
 
 use super::{
     codec::{corrupt, decode, opt_time, Columns},
-    AuditEvent, Member, RateLimitEvent, Role, SecretRecord, StoreError, StoreResult, UsageRow,
-    UsageTotals, WebhookSecret, Workspace,
+    AlertStatus, AuditEvent, BudgetAlert, BudgetAlertId, Member, RateLimitEvent, Role,
+    SecretRecord, StoreError, StoreResult, UsageRow, UsageTotals, WebhookSecret, Workspace,
 };
 use crate::domain::{ApiKey, KeyKind};
 
@@ -281,6 +281,53 @@ impl<C: Columns> TryFrom<RateLimitRow<C>> for RateLimitEvent {
             limit: row.limit_kind,
             limit_value: row.limit_value,
             at: C::time("rate_limit_event", row.at)?,
+        })
+    }
+}
+
+/// A `budget_alert` row. `workspace_id` and `payload` are null only in rows written before
+/// migration 0004 (none were: nothing claimed alerts then); reads skip such rows.
+#[derive(FromRow)]
+pub(super) struct BudgetAlertRow<C: Columns> {
+    key_id: C::Id,
+    period_start: C::Time,
+    threshold_bp: i64,
+    claimed_at: C::Time,
+    workspace_id: Option<C::Id>,
+    payload: Option<String>,
+    status: String,
+    attempts: i64,
+    last_error: Option<String>,
+    next_attempt_at: Option<C::Time>,
+    finished_at: Option<C::Time>,
+}
+
+impl<C: Columns> TryFrom<BudgetAlertRow<C>> for BudgetAlert {
+    type Error = StoreError;
+
+    fn try_from(row: BudgetAlertRow<C>) -> StoreResult<Self> {
+        const TABLE: &str = "budget_alert";
+        let status = AlertStatus::parse(&row.status)
+            .ok_or_else(|| corrupt(TABLE, format!("status `{}`", row.status)))?;
+        Ok(BudgetAlert {
+            id: BudgetAlertId {
+                key_id: row.key_id.into(),
+                period_start: C::time(TABLE, row.period_start)?,
+                threshold_bp: row.threshold_bp,
+            },
+            workspace_id: row
+                .workspace_id
+                .ok_or_else(|| corrupt(TABLE, "no workspace_id".into()))?
+                .into(),
+            payload: row
+                .payload
+                .ok_or_else(|| corrupt(TABLE, "no payload".into()))?,
+            claimed_at: C::time(TABLE, row.claimed_at)?,
+            status,
+            attempts: row.attempts,
+            last_error: row.last_error,
+            next_attempt_at: opt_time::<C>(TABLE, row.next_attempt_at)?,
+            finished_at: opt_time::<C>(TABLE, row.finished_at)?,
         })
     }
 }

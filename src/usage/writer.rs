@@ -4,6 +4,9 @@
 //! every `flush_every` (≤ 1 s, DESIGN §7) and once more when told to stop (STYLE rule 15).
 //! The batch aggregates per key·model·minute as events arrive.
 //!
+//! After each flush it tells an optional [`FlushHook`] which keys it wrote usage for (the
+//! budget-alert checker, `src/alerts`), so alerts cost nothing per request.
+//!
 //! Why no channel: a message per request woke the writer task once per request, which
 //! cost more on the proxy's hot path than the aggregation itself.
 //!
@@ -61,6 +64,10 @@ const EARLY_FLUSH: usize = 10_000;
 const WARN_EVERY: Duration = Duration::from_secs(10);
 /// Attempts of the final flush on shutdown before the batch is given up (and logged).
 const FINAL_ATTEMPTS: u32 = 3;
+
+/// Told, after a flush, which keys it wrote usage for (deduplicated). Called on the writer
+/// task, so it must only hand the ids over (the budget-alert checker, `alerts::KeysToCheck`).
+pub type FlushHook = Arc<dyn Fn(Vec<Uuid>) + Send + Sync>;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FlushError {
@@ -214,7 +221,17 @@ pub fn spawn_writer(
     flush_every: Duration,
     stop: watch::Receiver<bool>,
 ) -> (Recorder, JoinHandle<()>) {
-    spawn_writer_with(store, flush_every, stop, Caps::default())
+    spawn_writer_with(store, flush_every, stop, Caps::default(), None)
+}
+
+/// [`spawn_writer`], calling `on_flushed` after every flush that wrote usage.
+pub fn spawn_writer_notifying(
+    store: DynStore,
+    flush_every: Duration,
+    stop: watch::Receiver<bool>,
+    on_flushed: FlushHook,
+) -> (Recorder, JoinHandle<()>) {
+    spawn_writer_with(store, flush_every, stop, Caps::default(), Some(on_flushed))
 }
 
 /// Size limits of the retained batch (smaller in tests).
@@ -240,6 +257,7 @@ pub(crate) fn spawn_writer_with(
     flush_every: Duration,
     stop: watch::Receiver<bool>,
     caps: Caps,
+    on_flushed: Option<FlushHook>,
 ) -> (Recorder, JoinHandle<()>) {
     let (flushes, flush_requests) = mpsc::channel(64);
     let shared = Arc::new(Shared {
@@ -258,6 +276,8 @@ pub(crate) fn spawn_writer_with(
         retry_not_before: None,
         last_failure_logged: None,
         unsettled: None,
+        on_flushed,
+        written: Vec::new(),
     };
     let flush_every = writer.flush_every;
     let handle = tokio::spawn(run(writer, flush_requests, stop, flush_every));
@@ -353,6 +373,15 @@ struct Writer {
     /// The usage chunk whose store call failed: the store may have committed it anyway.
     /// Retried as it is, under its id, before any newer usage.
     unsettled: Option<Chunk>,
+    on_flushed: Option<FlushHook>,
+    /// Keys whose usage this flush wrote, for `on_flushed`.
+    written: Vec<Uuid>,
+}
+
+fn note_written(hook: &Option<FlushHook>, written: &mut Vec<Uuid>, deltas: &[UsageDelta]) {
+    if hook.is_some() {
+        written.extend(deltas.iter().map(|d| d.key_id));
+    }
 }
 
 /// Usage buckets written in one store call under one batch id.
@@ -368,7 +397,10 @@ impl Writer {
         let mut first_error = None;
         if let Some(chunk) = &self.unsettled {
             match self.store.add_usage_batch(chunk.id, &chunk.deltas).await {
-                Ok(_) => self.set_unsettled(None),
+                Ok(_) => {
+                    note_written(&self.on_flushed, &mut self.written, &chunk.deltas);
+                    self.set_unsettled(None);
+                }
                 Err(e) => {
                     first_error = Some(e);
                 }
@@ -386,6 +418,7 @@ impl Writer {
         if let Err(e) = self.flush_touches(&mut batch).await {
             first_error.get_or_insert(e);
         }
+        self.tell_flushed();
         let Some(error) = first_error else {
             self.retry_not_before = None;
             return Ok(());
@@ -426,8 +459,24 @@ impl Writer {
                 self.set_unsettled(Some(Chunk { id, deltas }));
                 return Err(e);
             }
+            self.note_written(&deltas);
         }
         Ok(())
+    }
+
+    fn note_written(&mut self, deltas: &[UsageDelta]) {
+        note_written(&self.on_flushed, &mut self.written, deltas);
+    }
+
+    fn tell_flushed(&mut self) {
+        if let Some(hook) = &self.on_flushed {
+            if !self.written.is_empty() {
+                let mut keys = std::mem::take(&mut self.written);
+                keys.sort_unstable();
+                keys.dedup();
+                hook(keys);
+            }
+        }
     }
 
     /// Sets the unsettled chunk and tells the batch how many buckets it holds (they count

@@ -301,7 +301,8 @@ async fn the_retained_batch_is_capped_and_what_it_drops_is_counted() {
         refusals: 1,
         touches: 1,
     };
-    let (recorder, _writer) = spawn_writer_with(store.clone(), Duration::from_secs(1), stop, caps);
+    let (recorder, _writer) =
+        spawn_writer_with(store.clone(), Duration::from_secs(1), stop, caps, None);
     let now = at(2026, 3, 10, 12, 0, 0);
 
     break_usage_table(&dir, true).await;

@@ -35,13 +35,7 @@ async fn spawn(setup: Setup) -> (TestApp, SlowUpstream, TestKey) {
     let slow = SlowUpstream::start().await;
     let base_url = slow.base_url.clone();
     let app = spawn_proxy_with(setup, |config| {
-        config.upstreams = vec![UpstreamConfig {
-            name: "slow".into(),
-            base_url,
-            api_key_env: None,
-            models: vec!["*".into()],
-            passthrough: Vec::new(),
-        }];
+        config.upstreams = vec![UpstreamConfig::new("slow", &base_url, &["*"])];
         config.proxy.first_byte_timeout_secs = FIRST_BYTE.as_secs_f64();
         config.proxy.idle_timeout_secs = IDLE.as_secs_f64();
         config.proxy.timeout_secs = TOTAL.as_secs_f64();

@@ -1,9 +1,12 @@
 //! Audit events, rate-limit events, one-time tokens and budget alerts.
 
-use chrono::{TimeDelta, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use keygate::{
     keys::model::ApiKey,
-    store::{DynStore, EventFilter, LastAdmin, RateLimitEvent},
+    store::{
+        AlertAttempt, AlertStatus, AuditFilter, BudgetAlertId, DynStore, EventFilter, LastAdmin,
+        NewBudgetAlert, RateLimitEvent,
+    },
 };
 use uuid::Uuid;
 
@@ -222,6 +225,25 @@ pub async fn once_tokens_are_single_use(store: DynStore) {
     assert!(store.consume_once_token("nonce-2", expires).await.unwrap());
 }
 
+fn new_alert(
+    key: &ApiKey,
+    period_start: DateTime<Utc>,
+    threshold_bp: i64,
+    claimed_at: DateTime<Utc>,
+) -> NewBudgetAlert {
+    NewBudgetAlert {
+        id: BudgetAlertId {
+            key_id: key.id,
+            period_start,
+            threshold_bp,
+        },
+        workspace_id: key.workspace_id,
+        payload: format!(r#"{{"threshold":{}}}"#, threshold_bp as f64 / 10_000.0),
+        claimed_at,
+        next_attempt_at: claimed_at + TimeDelta::seconds(40),
+    }
+}
+
 pub async fn budget_alerts_are_claimed_once(store: DynStore) {
     let ws = default_ws(&store).await;
     let key = new_key(ws, "budgeted", t(0));
@@ -230,16 +252,131 @@ pub async fn budget_alerts_are_claimed_once(store: DynStore) {
     insert(&store, &other_key).await;
     let march = at(2025, 3, 1, 0, 0);
     let april = at(2025, 4, 1, 0, 0);
-    assert!(store.claim_budget_alert(key.id, march, 8000).await.unwrap());
-    assert!(!store.claim_budget_alert(key.id, march, 8000).await.unwrap());
+    let claim = |key: &ApiKey, period, bp| new_alert(key, period, bp, t(0));
     assert!(store
-        .claim_budget_alert(key.id, march, 10000)
+        .claim_budget_alert(&claim(&key, march, 8000))
         .await
         .unwrap());
-    assert!(store.claim_budget_alert(key.id, april, 8000).await.unwrap());
-    assert!(store
-        .claim_budget_alert(other_key.id, march, 8000)
+    assert!(!store
+        .claim_budget_alert(&claim(&key, march, 8000))
         .await
         .unwrap());
-    assert!(!store.claim_budget_alert(key.id, april, 8000).await.unwrap());
+    assert!(store
+        .claim_budget_alert(&claim(&key, march, 10000))
+        .await
+        .unwrap());
+    assert!(store
+        .claim_budget_alert(&claim(&key, april, 8000))
+        .await
+        .unwrap());
+    assert!(store
+        .claim_budget_alert(&claim(&other_key, march, 8000))
+        .await
+        .unwrap());
+    assert!(!store
+        .claim_budget_alert(&claim(&key, april, 8000))
+        .await
+        .unwrap());
+
+    // The first claim's row, as stored: pending, no attempt yet, leased to the claimer.
+    let stored = store.list_budget_alerts(key.id).await.unwrap();
+    assert_eq!(stored.len(), 3);
+    let first = &stored[0];
+    assert_eq!(first.id, claim(&key, march, 8000).id);
+    assert_eq!(first.workspace_id, ws);
+    assert_eq!(first.payload, r#"{"threshold":0.8}"#);
+    assert_eq!(first.claimed_at, t(0));
+    assert_eq!(first.status, AlertStatus::Pending);
+    assert_eq!(first.attempts, 0);
+    assert_eq!(first.last_error, None);
+    assert_eq!(first.next_attempt_at, Some(t(40)));
+    assert_eq!(first.finished_at, None);
+}
+
+pub async fn budget_alert_leases_and_attempts(store: DynStore) {
+    let ws = default_ws(&store).await;
+    let key = new_key(ws, "alerting", t(0));
+    insert(&store, &key).await;
+    let march = at(2025, 3, 1, 0, 0);
+    let alert = new_alert(&key, march, 5000, t(0));
+    assert!(store.claim_budget_alert(&alert).await.unwrap());
+
+    // Not due while the claimer's lease runs; due after it, and then leased only once.
+    assert!(store.due_budget_alerts(t(39), 10).await.unwrap().is_empty());
+    assert!(!store
+        .lease_budget_alert(&alert.id, t(39), t(100))
+        .await
+        .unwrap());
+    let due = store.due_budget_alerts(t(40), 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].id, alert.id);
+    assert!(store
+        .lease_budget_alert(&alert.id, t(40), t(80))
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .lease_budget_alert(&alert.id, t(41), t(81))
+            .await
+            .unwrap(),
+        "taken"
+    );
+    assert!(store.due_budget_alerts(t(79), 10).await.unwrap().is_empty());
+
+    // A failed attempt: counted, its error kept, due again at the retry time.
+    let failed = AlertAttempt {
+        at: t(50),
+        status: AlertStatus::Pending,
+        error: Some("the webhook answered 500".into()),
+        next_attempt_at: Some(t(60)),
+    };
+    store
+        .record_budget_alert_attempt(&alert.id, &failed, None)
+        .await
+        .unwrap();
+    let due = store.due_budget_alerts(t(60), 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].attempts, 1);
+    assert_eq!(
+        due[0].last_error.as_deref(),
+        Some("the webhook answered 500")
+    );
+
+    // Delivered, with its audit event in the same call: final, never due again.
+    assert!(store
+        .lease_budget_alert(&alert.id, t(60), t(100))
+        .await
+        .unwrap());
+    let delivered = AlertAttempt {
+        at: t(61),
+        status: AlertStatus::Delivered,
+        error: None,
+        next_attempt_at: None,
+    };
+    let event = audit(ws, "budget_alert.sent", &format!("key:{}", key.id), t(61));
+    store
+        .record_budget_alert_attempt(&alert.id, &delivered, Some(&event))
+        .await
+        .unwrap();
+    let stored = store.list_budget_alerts(key.id).await.unwrap();
+    assert_eq!(stored[0].status, AlertStatus::Delivered);
+    assert_eq!(stored[0].attempts, 2);
+    assert_eq!(stored[0].last_error, None);
+    assert_eq!(stored[0].finished_at, Some(t(61)));
+    assert!(store
+        .due_budget_alerts(t(10_000), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(!store
+        .lease_budget_alert(&alert.id, t(10_000), t(10_040))
+        .await
+        .unwrap());
+    let filter = AuditFilter {
+        action: Some("budget_alert.sent".into()),
+        ..AuditFilter::default()
+    };
+    let events = store.find_audit_events(&filter, page(1, 10)).await.unwrap();
+    assert_eq!(events.total, 1);
+    assert_eq!(events.items[0].target, format!("key:{}", key.id));
 }

@@ -31,6 +31,8 @@
 //!   service, the run judged after a draining shutdown ([`pytest`] runs the child).
 //! - **Upstreams** — [`upstream::MockUpstream`] (an OpenAI-compatible mock with behaviour
 //!   switches) and [`slow_upstream::SlowUpstream`] (one that hangs or drips).
+//! - **Webhooks** — [`webhook::WebhookReceiver`] (records budget-alert POSTs, can fail the
+//!   first ones) and [`webhook::verify`] (the signature check as docs/webhooks.md states it).
 
 // Fixtures are plain functions (not `#[test]`s), which `allow-unwrap-in-tests` does not cover;
 // and each binary uses only some of them.
@@ -53,3 +55,4 @@ pub mod serve;
 pub mod slow_upstream;
 pub mod sse;
 pub mod upstream;
+pub mod webhook;

@@ -40,8 +40,9 @@ pub fn proxy_toml(mock: &MockUpstream) -> String {
     )
 }
 
-/// `keygate` with a clean environment: no inherited `DATABASE_URL`, `REDIS_URL` or
-/// `KEYGATE_*`, no colours, working directory `cwd`.
+/// `keygate` with a clean environment: no inherited `DATABASE_URL`, `REDIS_URL`,
+/// `KEYGATE_*` or provider key (`OPENAI_API_KEY`, `OPENAI_BASE_URL`), no colours, working
+/// directory `cwd`.
 pub fn keygate(cwd: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_keygate"));
     command
@@ -49,6 +50,10 @@ pub fn keygate(cwd: &Path) -> Command {
         .env_remove("DATABASE_URL")
         .env_remove("REDIS_URL")
         .env_remove("RUST_LOG")
+        // A developer's own provider key must not make the binary serve that provider in
+        // tests that configure no upstream (the first run, src/config.rs `PROVIDERS`).
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("OPENAI_BASE_URL")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .kill_on_drop(true);

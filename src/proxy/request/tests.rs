@@ -314,4 +314,39 @@ proptest! {
         options["include_usage"] = json!(true);
         prop_assert_eq!(serde_json::from_slice::<Value>(&out).ok(), Some(Value::Object(expected)));
     }
+
+    /// With `model_mapping` too: the same JSON with the upstream's model name as well, in
+    /// one rewrite, whichever of the two members comes first.
+    #[test]
+    fn the_model_is_renamed_with_usage_requested(body in body()) {
+        let bytes = Bytes::from(body);
+        let Ok(read) = RequestFields::parse(&bytes) else { return Ok(()) };
+        let Some(model) = read.model else { return Ok(()) };
+        if read.check_types().is_err() {
+            return Ok(());
+        }
+        let mapped = "eu/\"gpt\"\u{e9}";
+        let out = rewrite(&bytes, Some(read.stream_options), Some((model, mapped))).expect("rewritten");
+        let Value::Object(mut expected) = serde_json::from_slice::<Value>(&bytes).expect("valid") else {
+            unreachable!("read as an object")
+        };
+        expected.insert("model".into(), json!(mapped));
+        let options = expected.entry("stream_options").or_insert(json!({}));
+        if options.is_null() {
+            *options = json!({});
+        }
+        options["include_usage"] = json!(true);
+        prop_assert_eq!(serde_json::from_slice::<Value>(&out).ok(), Some(Value::Object(expected)));
+    }
+}
+
+#[test]
+fn only_the_model_is_renamed_when_usage_is_not_asked() {
+    let body = Bytes::from_static(br#"{"stream":false, "model" : "gpt-4o","n":1}"#);
+    let read = RequestFields::parse(&body).expect("an object");
+    let out = rewrite(&body, None, read.model.map(|m| (m, "azure-gpt4o-eu"))).expect("rewritten");
+    assert_eq!(
+        &out[..],
+        br#"{"stream":false, "model" : "azure-gpt4o-eu","n":1}"#
+    );
 }

@@ -1,4 +1,4 @@
-//! Audit and rate-limit events, one-time tokens and budget alerts (PostgreSQL).
+//! Audit and rate-limit events and one-time tokens (PostgreSQL).
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -137,24 +137,5 @@ pub(super) async fn consume_once_token(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(done.rows_affected() == 1)
-}
-
-pub(super) async fn claim_budget_alert(
-    pool: &PgPool,
-    key_id: Uuid,
-    period_start: DateTime<Utc>,
-    threshold_bp: i64,
-) -> StoreResult<bool> {
-    let done = sqlx::query(
-        "insert into budget_alert (key_id, period_start, threshold_bp, sent_at) values ($1, $2, $3, $4)
-         on conflict (key_id, period_start, threshold_bp) do nothing",
-    )
-    .bind(key_id)
-    .bind(period_start)
-    .bind(threshold_bp)
-    .bind(Utc::now())
-    .execute(pool)
-    .await?;
     Ok(done.rows_affected() == 1)
 }

@@ -1,4 +1,4 @@
-//! Audit and rate-limit events, one-time tokens and budget alerts (SQLite).
+//! Audit and rate-limit events and one-time tokens (SQLite).
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -133,27 +133,6 @@ pub(super) async fn consume_once_token(
     .bind(token_id)
     .bind(micros(expires_at))
     .bind(micros(now))
-    .execute(w.conn())
-    .await?;
-    w.commit().await?;
-    Ok(done.rows_affected() == 1)
-}
-
-pub(super) async fn claim_budget_alert(
-    store: &SqliteStore,
-    key_id: Uuid,
-    period_start: DateTime<Utc>,
-    threshold_bp: i64,
-) -> StoreResult<bool> {
-    let mut w = store.begin_write().await?;
-    let done = sqlx::query(
-        "insert into budget_alert (key_id, period_start, threshold_bp, sent_at) values (?, ?, ?, ?)
-         on conflict (key_id, period_start, threshold_bp) do nothing",
-    )
-    .bind(id(key_id))
-    .bind(micros(period_start))
-    .bind(threshold_bp)
-    .bind(micros(Utc::now()))
     .execute(w.conn())
     .await?;
     w.commit().await?;

@@ -19,6 +19,7 @@
 //! each method to the module of its area; the SQL lives there. Row structs and conversions
 //! are shared with the Postgres backend (`store/rows.rs`, `store/codec.rs`).
 
+mod alerts;
 mod events;
 mod keys;
 mod usage;
@@ -42,9 +43,9 @@ use uuid::{fmt::Hyphenated, Uuid};
 
 use super::{
     codec::{self, corrupt, Columns},
-    AuditEvent, AuditFilter, EventFilter, LastAdmin, Member, Page, Paged, RateLimitEvent,
-    SecretRecord, Store, StoreError, StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals,
-    Workspace, DEFAULT_WORKSPACE_ID,
+    AlertAttempt, AuditEvent, AuditFilter, BudgetAlert, BudgetAlertId, EventFilter, LastAdmin,
+    Member, NewBudgetAlert, Page, Paged, RateLimitEvent, SecretRecord, Store, StoreError,
+    StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals, Workspace, DEFAULT_WORKSPACE_ID,
 };
 use crate::domain::ApiKey;
 
@@ -464,12 +465,37 @@ impl Store for SqliteStore {
         events::consume_once_token(self, token_id, expires_at).await
     }
 
-    async fn claim_budget_alert(
+    async fn claim_budget_alert(&self, alert: &NewBudgetAlert) -> StoreResult<bool> {
+        alerts::claim_budget_alert(self, alert).await
+    }
+
+    async fn due_budget_alerts(
         &self,
-        key_id: Uuid,
-        period_start: DateTime<Utc>,
-        threshold_bp: i64,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<BudgetAlert>> {
+        alerts::due_budget_alerts(self, now, limit).await
+    }
+
+    async fn lease_budget_alert(
+        &self,
+        id: &BudgetAlertId,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        events::claim_budget_alert(self, key_id, period_start, threshold_bp).await
+        alerts::lease_budget_alert(self, id, now, until).await
+    }
+
+    async fn record_budget_alert_attempt(
+        &self,
+        id: &BudgetAlertId,
+        attempt: &AlertAttempt,
+        audit: Option<&AuditEvent>,
+    ) -> StoreResult<()> {
+        alerts::record_budget_alert_attempt(self, id, attempt, audit).await
+    }
+
+    async fn list_budget_alerts(&self, key_id: Uuid) -> StoreResult<Vec<BudgetAlert>> {
+        alerts::list_budget_alerts(self, key_id).await
     }
 }

@@ -91,13 +91,7 @@ pub fn proxy_config(db: &TestDb, mock: &MockUpstream) -> Config {
 
 /// The mock as an upstream serving every model.
 pub fn mock_upstream(mock: &MockUpstream) -> UpstreamConfig {
-    UpstreamConfig {
-        name: "mock".into(),
-        base_url: mock.base_url.clone(),
-        api_key_env: None,
-        models: vec!["*".into()],
-        passthrough: Vec::new(),
-    }
+    UpstreamConfig::new("mock", &mock.base_url, &["*"])
 }
 
 pub fn price(name: &str, input_usd_per_mtok: &str, output_usd_per_mtok: &str) -> ModelPrice {

@@ -51,6 +51,9 @@
 //! | `mock-giant-event`       | stream: role chunk, `"Hello"`, then one event of [`EVENT_BYTES_HEADER`] bytes (default 2 MiB), finish, `[DONE]`; never usage |
 //! | `mock-rich-deltas`       | reasoning, tool-call arguments and a refusal besides content ([`RICH_TEXTS`]); never usage |
 //!
+//! [`MockUpstream::fail_with`] makes every POST fail at once, whatever its model (an
+//! upstream that is down, for the routing tests), until it is cleared.
+//!
 //! Errors are sent as JSON even when `stream: true` was asked (as OpenAI does). The three
 //! stream-only switches answer a non-stream request normally.
 //!
@@ -280,6 +283,9 @@ impl RecordedRequest {
 
 struct Shared {
     requests: Mutex<Vec<RecordedRequest>>,
+    /// Set by [`MockUpstream::fail_with`]: every POST answered with this status (and this
+    /// `retry-after`, if any).
+    failing: Mutex<Option<(u16, Option<u64>)>>,
     expected_authorization: Mutex<Option<String>>,
     active: AtomicUsize,
     cancelled: AtomicUsize,
@@ -326,6 +332,7 @@ impl MockUpstream {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             requests: Mutex::new(Vec::new()),
+            failing: Mutex::new(None),
             expected_authorization: Mutex::new(expected_authorization),
             active: AtomicUsize::new(0),
             cancelled: AtomicUsize::new(0),
@@ -356,6 +363,13 @@ impl MockUpstream {
     /// Sets (or clears) the expected API key for subsequent requests.
     pub fn expect_api_key(&self, api_key: Option<&str>) {
         *lock(&self.shared.expected_authorization) = api_key.map(|k| format!("Bearer {k}"));
+    }
+
+    /// From now on every POST is answered `status` (the body of `mock-error-<status>`;
+    /// `retry_after` seconds in `retry-after`, else none), whatever its model; `None`
+    /// answers normally again. Requests are still recorded.
+    pub fn fail_with(&self, failure: Option<(u16, Option<u64>)>) {
+        *lock(&self.shared.failing) = failure;
     }
 
     /// Every request received so far, in arrival order.

@@ -168,6 +168,16 @@ pub(super) async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> R
         _ => {}
     }
 
+    if let Some((status, retry_after)) = *lock(&shared.failing) {
+        let mut resp = mock_error(status);
+        resp.headers_mut().remove(RETRY_AFTER);
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        return resp;
+    }
+
     // POST endpoints with a JSON body.
     let Some(body) = json.filter(Value::is_object) else {
         return error_response(

@@ -1,13 +1,26 @@
-//! The upstream table from config: which upstream serves a model or a pass-through path,
-//! with what credential, and where it is (with its own pool of connections), plus the
-//! one HTTP client that sends to all of them.
+//! The upstream table from config: which upstreams serve a model (`select`: in tiers by
+//! priority, spread by weight) or a pass-through path, with what credential, model names
+//! and health (`health`: a breaker each), and where each is (with its own pool of
+//! connections), plus the one HTTP client that sends to all of them.
 
+mod health;
 mod path;
+mod select;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    time::{Duration, Instant},
+};
 
 use http::{HeaderValue, Uri};
 use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
 
-use self::path::PathRefusal;
+pub use self::{
+    health::{Breaker, BreakerState, FailureCause, Pass, MAX_RETRY_AFTER},
+    select::Candidates,
+};
+use self::{path::PathRefusal, select::Route};
 use super::{
     client::{ClientBuildError, TargetError, UpstreamClient, UpstreamTarget},
     InferenceError,
@@ -25,20 +38,37 @@ pub struct Upstream {
     /// Extra paths (after `/v1`) this upstream declares for pass-through, e.g.
     /// `/moderations`, normalised (`path::normalize`).
     pub passthrough: Vec<String>,
+    /// The client's model name → this upstream's.
+    model_mapping: BTreeMap<String, String>,
+    /// Passive health: whether requests are sent here now.
+    pub breaker: Breaker,
 }
 
 impl Upstream {
     pub fn serves(&self, model: &str) -> bool {
-        self.models.iter().any(|m| m == "*" || m == model)
+        self.models.iter().any(|m| m == "*" || m == model) || self.model_mapping.contains_key(model)
+    }
+
+    /// This upstream's name for the client's `model`, when its `model_mapping` renames it.
+    pub fn mapped_model(&self, model: &str) -> Option<&str> {
+        self.model_mapping.get(model).map(String::as_str)
     }
 
     pub fn serves_any(&self) -> bool {
         self.models.iter().any(|m| m == "*")
     }
 
-    /// Models named exactly in the config (not `*`).
+    /// Models named exactly in the config (not `*`), the mapped ones included.
     pub fn named_models(&self) -> impl Iterator<Item = &str> {
-        self.models.iter().map(String::as_str).filter(|m| *m != "*")
+        let mapped = self
+            .model_mapping
+            .keys()
+            .filter(|m| !self.models.contains(m));
+        self.models
+            .iter()
+            .filter(|m| *m != "*")
+            .chain(mapped)
+            .map(String::as_str)
     }
 
     /// Whether the normalised `path` is a declared path or below one.
@@ -74,7 +104,29 @@ pub enum UpstreamConfigError {
 
 pub struct Upstreams {
     list: Vec<Upstream>,
+    /// The candidates of every model some upstream names exactly (the `*` upstreams
+    /// included, in their tier).
+    named: HashMap<String, Route>,
+    /// The candidates of any other model: the `*` upstreams.
+    wildcard: Option<Route>,
+    /// One route per upstream, for pass-through paths (no fallback: see
+    /// docs/decisions.md).
+    alone: Vec<Route>,
     pub client: UpstreamClient,
+}
+
+/// One upstream's health, as `/readyz` shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct UpstreamHealth {
+    pub name: String,
+    /// `closed` (in use), `open` (skipped while cooling down) or `half_open` (the next
+    /// request is a probe).
+    pub state: &'static str,
+    /// Failures in a row since its last success.
+    pub consecutive_failures: u32,
+    /// Seconds of cool-down left, when open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cooldown_remaining_secs: Option<f64>,
 }
 
 impl Upstreams {
@@ -134,26 +186,100 @@ impl Upstreams {
                 authorization,
                 models: upstream.models.clone(),
                 passthrough,
+                model_mapping: upstream.model_mapping.clone(),
+                breaker: Breaker::new(
+                    &upstream.name,
+                    config.proxy.breaker_failures,
+                    Duration::from_secs_f64(config.proxy.breaker_cooldown_secs),
+                ),
             });
         }
+        // A candidate's tier: its priority, then named before `*` (select.rs).
+        let upstreams = &config.upstreams;
+        let candidate = |index: usize, by_name: bool| {
+            let upstream = &upstreams[index];
+            (index, (upstream.priority, !by_name), upstream.weight)
+        };
+        let by_name = |index: usize, model: &str| {
+            let upstream = &upstreams[index];
+            upstream.models.iter().any(|m| m == model) || upstream.model_mapping.contains_key(model)
+        };
+        let wildcards: Vec<usize> = (0..upstreams.len())
+            .filter(|&index| upstreams[index].models.iter().any(|m| m == "*"))
+            .collect();
+        let names: BTreeSet<&String> = upstreams
+            .iter()
+            .flat_map(|u| u.models.iter().chain(u.model_mapping.keys()))
+            .filter(|m| *m != "*")
+            .collect();
+        let named = names
+            .into_iter()
+            .map(|model| {
+                let candidates = (0..upstreams.len())
+                    .filter_map(|index| {
+                        if by_name(index, model) {
+                            Some(candidate(index, true))
+                        } else {
+                            wildcards.contains(&index).then(|| candidate(index, false))
+                        }
+                    })
+                    .collect();
+                (model.clone(), Route::new(candidates))
+            })
+            .collect();
+        let wildcard = (!wildcards.is_empty())
+            .then(|| Route::new(wildcards.iter().map(|&i| candidate(i, false)).collect()));
+        let alone = (0..list.len())
+            .map(|i| Route::new(vec![(i, (0, false), 1)]))
+            .collect();
         Ok(Upstreams {
             list,
+            named,
+            wildcard,
+            alone,
             client: UpstreamClient::new(&config.proxy)?,
         })
     }
 
-    /// The first upstream listing `model` exactly, else the first with `*`.
-    pub fn for_model(&self, model: &str) -> Option<&Upstream> {
+    /// The candidates for `model`, best first (`select`); `None`: no upstream serves it.
+    pub fn for_model(&self, model: &str) -> Option<Candidates<'_>> {
+        self.named
+            .get(model)
+            .or(self.wildcard.as_ref())
+            .map(|route| Candidates::new(&self.list, route))
+    }
+
+    /// The upstream a model's first request would go to when all are healthy (the model
+    /// list names it as the model's owner).
+    pub fn first_for_model(&self, model: &str) -> Option<&Upstream> {
+        self.named
+            .get(model)
+            .or(self.wildcard.as_ref())
+            .and_then(|route| route.members().next())
+            .map(|index| &self.list[index])
+    }
+
+    /// Every upstream's breaker state, in configuration order.
+    pub fn health(&self) -> Vec<UpstreamHealth> {
+        let now = Instant::now();
         self.list
             .iter()
-            .find(|u| u.models.iter().any(|m| m == model))
-            .or_else(|| self.list.iter().find(|u| u.serves_any()))
+            .map(|upstream| {
+                let (state, failures, left) = upstream.breaker.state(now);
+                UpstreamHealth {
+                    name: upstream.name.clone(),
+                    state: state.as_str(),
+                    consecutive_failures: failures,
+                    cooldown_remaining_secs: left.map(|left| left.as_secs_f64()),
+                }
+            })
+            .collect()
     }
 
     /// The first upstream declaring `path` (after `/v1`, as received) for pass-through,
     /// and the path to forward to it: `path` normalised, so that no upstream can resolve
     /// it to somewhere outside what it declared.
-    pub fn for_path(&self, path: &str) -> Result<(&Upstream, String), InferenceError> {
+    pub fn for_path(&self, path: &str) -> Result<(Candidates<'_>, String), InferenceError> {
         let normal = path::normalize(path).map_err(|refusal| match refusal {
             PathRefusal::EncodedSeparator => InferenceError::InvalidRequest {
                 message: "the path may not contain `\\` or an encoded `/` or `\\` (%2F, %5C)"
@@ -166,8 +292,8 @@ impl Upstreams {
             },
             PathRefusal::AboveRoot => InferenceError::PathNotFound(format!("/v1{path}")),
         })?;
-        match self.list.iter().find(|u| u.declares(&normal)) {
-            Some(upstream) => Ok((upstream, normal)),
+        match self.list.iter().position(|u| u.declares(&normal)) {
+            Some(index) => Ok((Candidates::new(&self.list, &self.alone[index]), normal)),
             None => Err(InferenceError::PathNotFound(format!("/v1{normal}"))),
         }
     }
@@ -185,11 +311,8 @@ mod tests {
     fn with_passthrough(passthrough: &[&str]) -> Config {
         Config {
             upstreams: vec![UpstreamConfig {
-                name: "u".into(),
-                base_url: "http://127.0.0.1:9/v1".into(),
-                api_key_env: None,
-                models: vec!["*".into()],
                 passthrough: passthrough.iter().map(|p| p.to_string()).collect(),
+                ..UpstreamConfig::new("u", "http://127.0.0.1:9/v1", &["*"])
             }],
             ..Config::default()
         }
