@@ -10,6 +10,7 @@ use crate::{
     alerts,
     config::Config,
     http,
+    key_changes::{self, Caches},
     keys::{
         bootstrap::{self, Bootstrap},
         cache::KeyCache,
@@ -18,7 +19,7 @@ use crate::{
     limits::MemoryLimiter,
     proxy::{upstreams::Upstreams, Gateway, Shared},
     state::AppState,
-    store::{self, DynStore},
+    store::{self, DynStore, KeyChanges},
     telemetry::metrics::Metrics,
     usage::{self, budget::BudgetLedger, pricing::Pricing},
     workspaces::{MembersService, WorkspacesService},
@@ -42,6 +43,8 @@ pub enum StartError {
     Bootstrap(#[from] bootstrap::BootstrapError),
     #[error(transparent)]
     Upstreams(#[from] crate::proxy::upstreams::UpstreamConfigError),
+    #[error("cannot listen for key changes in the store: {0}")]
+    KeyChanges(store::StoreError),
     #[error("cannot start the budget-alert webhooks: {0}")]
     Webhooks(#[from] reqwest::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -59,6 +62,8 @@ pub struct App {
     state: AppState,
     limiter: MemoryLimiter,
     usage_writer: JoinHandle<()>,
+    /// Changes other instances make, heard from the end of `build` on (PostgreSQL).
+    key_changes: Option<KeyChanges>,
     /// The budget-alert checker (ends after the usage writer) and delivery task.
     alerts: Vec<JoinHandle<()>>,
     stop_tx: watch::Sender<bool>,
@@ -152,6 +157,13 @@ impl App {
             &config.proxy,
             Duration::from_millis(config.keys.cache_ttl_ms),
         );
+        // Listening starts before the first request is served, so no change made after
+        // `build` returns goes unheard.
+        let key_changes = if config.keys.listen_for_changes {
+            store.key_changes().await.map_err(StartError::KeyChanges)?
+        } else {
+            None
+        };
         let (workspaces, members) = workspace_services(&config, &keys);
         let state = AppState {
             workspaces,
@@ -172,6 +184,7 @@ impl App {
             state,
             limiter,
             usage_writer,
+            key_changes,
             alerts,
             stop_tx,
             bootstrap,
@@ -199,6 +212,14 @@ impl App {
     ) -> std::io::Result<()> {
         let stop_tx = self.stop_tx;
         let mut tasks = spawn_background(&self.state, stop_tx.subscribe());
+        if let Some(changes) = self.key_changes {
+            let caches = Caches {
+                keys: self.state.keys.cache().clone(),
+                budgets: self.state.gateway.shared().budgets.clone(),
+                gateway: self.state.gateway.clone(),
+            };
+            tasks.push(key_changes::spawn(changes, caches, stop_tx.subscribe()));
+        }
         let mut stop = stop_tx.subscribe();
         tasks.push(
             self.limiter

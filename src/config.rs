@@ -133,9 +133,14 @@ impl Default for Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KeysConfig {
-    /// How long a verified key is trusted before its row is read again (revocation made on
-    /// another instance takes effect within this time).
+    /// How long a verified key is trusted before its row is read again: on PostgreSQL the
+    /// safety net behind the change notices (`listen_for_changes`), on SQLite the only
+    /// re-read.
     pub cache_ttl_ms: u64,
+    /// PostgreSQL: listen for the key and workspace changes every instance announces and
+    /// drop what this instance cached about them at once (DESIGN §7). Off, a change made on
+    /// another instance takes effect here within `cache_ttl_ms`. Ignored on SQLite.
+    pub listen_for_changes: bool,
     /// Live-key cap given to workspaces created after the first start.
     pub default_workspace_key_cap: Option<i64>,
     /// Failed authentications allowed per source address per minute.
@@ -146,6 +151,7 @@ impl Default for KeysConfig {
     fn default() -> Self {
         KeysConfig {
             cache_ttl_ms: 1000,
+            listen_for_changes: true,
             default_workspace_key_cap: Some(10),
             failed_auth_per_minute: 30,
         }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod key_changes;
 pub mod keys;
 pub mod limits;
 pub mod money;

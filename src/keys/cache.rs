@@ -1,8 +1,15 @@
 //! Verified keys, indexed by the SHA-256 digest of the presented secret and held in memory
 //! only (DESIGN §8). argon2 runs once per key per instance; after `ttl` an entry is
-//! re-read from the store by lookup id (one indexed read, no argon2) so that a revocation
-//! or change made on another instance takes effect within `ttl`. Changes made on this
-//! instance mark the key's entries stale at once.
+//! re-read from the store by lookup id (one indexed read, no argon2). Changes made on this
+//! instance mark the key's entries stale at once; on PostgreSQL, changes made on any
+//! instance do too, as soon as its notice arrives (`crate::key_changes`), and `ttl` is the
+//! safety net for a notice that never came.
+//!
+//! A changed key is marked stale rather than removed: its next use re-reads the row, which
+//! refuses a revoked key, applies new limits and refuses a rotated-away secret (its row is
+//! gone or past its grace period) just as a removal would, without a new argon2 run for a
+//! key whose secret did not change. That matters most for [`KeyCache::mark_all_stale`]
+//! after a lost notice: removing 10 000 keys would cost 10 000 argon2 runs.
 //!
 //! The index is the digest of the whole secret, never the lookup id alone: a hit must
 //! prove possession of the secret, or anyone knowing a public lookup id would get in.
@@ -142,12 +149,37 @@ impl KeyCache {
             .entries
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let long_ago = Instant::now()
-            .checked_sub(self.ttl)
-            .unwrap_or_else(Instant::now);
-        for entry in entries.values_mut().filter(|e| e.key.id == key_id) {
-            entry.refreshed_at = long_ago;
+        match self.long_ago() {
+            Some(long_ago) => {
+                for entry in entries.values_mut().filter(|e| e.key.id == key_id) {
+                    entry.refreshed_at = long_ago;
+                }
+            }
+            None => entries.retain(|_, e| e.key.id != key_id),
         }
+    }
+
+    /// Makes every entry re-read the store on its next use (changes may have been missed).
+    pub fn mark_all_stale(&self) {
+        let mut entries = self
+            .entries
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match self.long_ago() {
+            Some(long_ago) => {
+                for entry in entries.values_mut() {
+                    entry.refreshed_at = long_ago;
+                }
+            }
+            None => entries.clear(),
+        }
+    }
+
+    /// A refresh time that reads as stale: one TTL ago. `None` when the monotonic clock
+    /// does not reach that far back (a TTL longer than the uptime); the caller removes the
+    /// entries instead, so they are never trusted unread.
+    fn long_ago(&self) -> Option<Instant> {
+        Instant::now().checked_sub(self.ttl)
     }
 
     pub fn len(&self) -> usize {

@@ -336,8 +336,9 @@ impl KeysService {
         Ok(key)
     }
 
-    /// Revokes the key: it stops working at once on this instance, and within the cache
-    /// TTL on others. The row stays for usage history; reads answer 404 from now on.
+    /// Revokes the key: it stops working at once on this instance, and on others as soon
+    /// as they hear the store's change notice (PostgreSQL; `crate::key_changes`), within
+    /// the cache TTL at the latest. The row stays for usage history; reads answer 404 from now on.
     /// `LastAdminKey` for the `default` workspace's last active admin key.
     pub async fn revoke(&self, caller: &Caller, id: Uuid) -> Result<ApiKey, KeyError> {
         let key = self.get(caller, id).await?;

@@ -204,6 +204,18 @@ impl Gateway {
         &self.upstreams
     }
 
+    /// Drops the workspace's cached credits (`None`: every workspace's), so the next
+    /// request reads them from the store: some instance changed them.
+    pub fn forget_credits(&self, workspace_id: Option<Uuid>) {
+        let mut credits = self.credits.lock().unwrap_or_else(|p| p.into_inner());
+        match workspace_id {
+            Some(id) => {
+                credits.remove(&id);
+            }
+            None => credits.clear(),
+        }
+    }
+
     /// Admits, forwards and meters one request: parse → admit → forward → meter.
     pub async fn handle(&self, request: InferenceRequest) -> Handled {
         let mut model = None;

@@ -26,8 +26,8 @@ use uuid::Uuid;
 
 use super::{
     AlertAttempt, AuditEvent, AuditFilter, BudgetAlert, BudgetAlertId, DynStore, EventFilter,
-    LastAdmin, Member, NewBudgetAlert, Page, Paged, RateLimitEvent, SecretRecord, Store,
-    StoreError, StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals, Workspace,
+    KeyChanges, LastAdmin, Member, NewBudgetAlert, Page, Paged, RateLimitEvent, SecretRecord,
+    Store, StoreError, StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals, Workspace,
 };
 use crate::domain::ApiKey;
 
@@ -121,6 +121,10 @@ impl Store for GuardedStore {
 
     fn pool_stats(&self) -> super::PoolStats {
         self.inner.pool_stats()
+    }
+
+    async fn key_changes(&self) -> StoreResult<Option<KeyChanges>> {
+        self.inner.key_changes().await
     }
 
     async fn migrate(&self) -> StoreResult<()> {

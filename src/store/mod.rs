@@ -17,7 +17,11 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use self::{breaker::GuardedStore, postgres::PgStore, sqlite::SqliteStore};
+pub use self::{
+    breaker::GuardedStore,
+    postgres::{KeyChanges, PgStore},
+    sqlite::SqliteStore,
+};
 use crate::domain::ApiKey;
 
 /// How long [`Store::add_usage_batch`] remembers a batch id. A writer retries a batch until
@@ -332,6 +336,23 @@ pub struct EventFilter {
     pub to: Option<DateTime<Utc>>,
 }
 
+/// A change some instance (this one included) made that cached state must follow, as
+/// [`KeyChanges::next`] hears it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyChange {
+    /// The key was updated, revoked or rotated. `workspace_id` is `None` in notices from
+    /// instances older than the JSON payload.
+    Key {
+        key_id: Uuid,
+        workspace_id: Option<Uuid>,
+    },
+    /// The workspace's credits changed, or it was deleted.
+    Workspace { workspace_id: Uuid },
+    /// Changes may have gone unheard (the listening connection was lost): anything cached
+    /// may be out of date.
+    Missed,
+}
+
 /// Identifies one budget alert: at most one per key, budget period and threshold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BudgetAlertId {
@@ -440,6 +461,12 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> StoreResult<()>;
     /// Every embedded migration has been applied successfully.
     async fn migrations_applied(&self) -> StoreResult<bool>;
+    /// Starts hearing the changes every instance on this store makes to keys and
+    /// workspaces (PostgreSQL: `LISTEN`). `None` for a store only one instance uses
+    /// (SQLite), where the instance's own changes are the only ones.
+    async fn key_changes(&self) -> StoreResult<Option<KeyChanges>> {
+        Ok(None)
+    }
 
     // --- workspaces and members ---
     // A deleted workspace is invisible to every read here (`NotFound`), as are its members.

@@ -5,7 +5,7 @@ use sqlx::{PgConnection, PgPool};
 use tracing::instrument;
 use uuid::Uuid;
 
-use super::{insert_audit, map_unique, KeyJson, Pg, PgStore};
+use super::{insert_audit, map_unique, notify_key_change, KeyJson, Pg};
 use crate::{
     domain::ApiKey,
     store::{
@@ -29,15 +29,6 @@ async fn insert_secret(conn: &mut PgConnection, secret: &SecretRecord) -> StoreR
     .execute(conn)
     .await
     .map_err(map_unique)?;
-    Ok(())
-}
-
-async fn notify_key_change(conn: &mut PgConnection, key_id: Uuid) -> StoreResult<()> {
-    sqlx::query("select pg_notify($1, $2)")
-        .bind(PgStore::KEY_CHANGE_CHANNEL)
-        .bind(key_id.to_string())
-        .execute(conn)
-        .await?;
     Ok(())
 }
 
@@ -223,7 +214,7 @@ pub(super) async fn update_key(
     }
     check_admins_after(&mut tx, key.workspace_id, key.updated_at, before).await?;
     insert_audit(&mut tx, audit).await?;
-    notify_key_change(&mut tx, key.id).await?;
+    notify_key_change(&mut tx, Some(key.id), key.workspace_id).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -252,7 +243,7 @@ pub(super) async fn revoke_key(
     let key = ApiKey::try_from(row)?;
     check_admins_after(&mut tx, workspace_id, at, before).await?;
     insert_audit(&mut tx, audit).await?;
-    notify_key_change(&mut tx, id).await?;
+    notify_key_change(&mut tx, Some(id), workspace_id).await?;
     tx.commit().await?;
     Ok(key)
 }
@@ -303,7 +294,7 @@ pub(super) async fn rotate_key(
     .await?;
     let key = ApiKey::try_from(row)?;
     insert_audit(&mut tx, audit).await?;
-    notify_key_change(&mut tx, id).await?;
+    notify_key_change(&mut tx, Some(id), workspace_id).await?;
     tx.commit().await?;
     Ok(key)
 }

@@ -3,8 +3,13 @@
 //! Runtime `sqlx::query`/`query_as` with `FromRow` row structs, because the `query!` macros
 //! check against a single database at build time (STYLE §1, "sqlx with two backends").
 //! Every trait method is one transaction. Timestamps are `timestamptz`, JSON is `jsonb`.
-//! Key changes (update, revoke, rotate) send a `NOTIFY` on [`PgStore::KEY_CHANGE_CHANNEL`]
-//! in the same transaction, so other instances can drop cached keys (DESIGN §7).
+//! Key changes (update, revoke, rotate) and workspace changes that admission reads (credits,
+//! deletion) send a `NOTIFY` on [`PgStore::KEY_CHANGE_CHANNEL`] in the same transaction, so
+//! every instance drops what it cached about them (DESIGN §7). The payload is JSON:
+//! `{"key_id": "<uuid>", "workspace_id": "<uuid>"}` for a key, `{"workspace_id": "<uuid>"}`
+//! for a workspace (`listen::Notice`); `listen.rs` hears them ([`KeyChanges`]). Key
+//! creation sends none (nothing can be cached about a key that did not exist), nor does
+//! `touch_keys` (`last_used_at` is not read on the hot path).
 //!
 //! This file holds the pool, migrations and the [`Store`] impl, which hands each method to
 //! the module of its area; the SQL lives there. Row structs and conversions are shared with
@@ -13,6 +18,7 @@
 mod alerts;
 mod events;
 mod keys;
+mod listen;
 mod usage;
 mod workspaces;
 
@@ -31,6 +37,7 @@ use sqlx::{
 use tracing::instrument;
 use uuid::Uuid;
 
+pub use self::listen::KeyChanges;
 use super::{
     codec::{self, Columns},
     AlertAttempt, AuditEvent, AuditFilter, BudgetAlert, BudgetAlertId, EventFilter, LastAdmin,
@@ -48,8 +55,9 @@ pub struct PgStore {
 }
 
 impl PgStore {
-    /// `NOTIFY` channel that carries the id of every key that was updated, revoked or
-    /// rotated. The payload is the key's uuid in hyphenated text.
+    /// `NOTIFY` channel that names every key that was updated, revoked or rotated, and
+    /// every workspace whose credits changed or that was deleted (payload: see the module
+    /// doc).
     pub const KEY_CHANGE_CHANNEL: &'static str = "keygate_key_change";
 
     /// Opens a pool (up to 16 connections). Does not migrate.
@@ -164,6 +172,22 @@ async fn insert_audit(conn: &mut PgConnection, event: &AuditEvent) -> StoreResul
     Ok(())
 }
 
+/// Announces, in the caller's transaction, that the key `key_id` of `workspace_id` changed
+/// (or, with no key, the workspace itself).
+#[instrument(skip_all)]
+async fn notify_key_change(
+    conn: &mut PgConnection,
+    key_id: Option<Uuid>,
+    workspace_id: Uuid,
+) -> StoreResult<()> {
+    sqlx::query("select pg_notify($1, $2)")
+        .bind(PgStore::KEY_CHANGE_CHANNEL)
+        .bind(listen::Notice::payload(key_id, workspace_id))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------
 
 #[async_trait]
@@ -184,6 +208,10 @@ impl Store for PgStore {
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("select 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    async fn key_changes(&self) -> StoreResult<Option<KeyChanges>> {
+        KeyChanges::start(self).await.map(Some)
     }
 
     async fn migrations_applied(&self) -> StoreResult<bool> {

@@ -9,7 +9,7 @@ use sqlx::{PgConnection, PgPool};
 use tracing::instrument;
 use uuid::Uuid;
 
-use super::{insert_audit, map_unique, Pg};
+use super::{insert_audit, map_unique, notify_key_change, Pg};
 use crate::store::{
     codec::{page_limit, paged},
     rows::{MemberRow, WorkspaceRow},
@@ -117,6 +117,8 @@ pub(super) async fn update_workspace(
         return Err(StoreError::NotFound);
     }
     insert_audit(&mut tx, audit).await?;
+    // Admission reads the workspace's credits (cached per instance).
+    notify_key_change(&mut tx, None, ws.id).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -148,6 +150,7 @@ pub(super) async fn delete_workspace(
     .execute(&mut *tx)
     .await?;
     insert_audit(&mut tx, audit).await?;
+    notify_key_change(&mut tx, None, id).await?;
     tx.commit().await?;
     Ok(())
 }

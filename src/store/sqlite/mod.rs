@@ -11,6 +11,10 @@
 //! busy timeout), and writers of this process queue on an async mutex first so they do not
 //! spin in SQLite's busy handler.
 //!
+//! No change notices: a SQLite file serves one instance, whose own key changes mark its
+//! cache at once (`KeysService`), so [`Store::key_changes`] keeps its default (`None`) and
+//! no listener runs.
+//!
 //! This file holds the pool, the write lock, migrations and the [`Store`] impl, which hands
 //! each method to the module of its area; the SQL lives there. Row structs and conversions
 //! are shared with the Postgres backend (`store/rows.rs`, `store/codec.rs`).
