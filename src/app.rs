@@ -14,8 +14,11 @@ use crate::{
         cache::KeyCache,
         FailedAuthGuard, KeysService,
     },
-    limits::MemoryLimiter,
-    proxy::{upstreams::Upstreams, Gateway, Shared},
+    limits::{
+        redis::{GateConfig, RedisGate, RedisLimiter, RedisLimiterWithFallback},
+        MemoryLimiter,
+    },
+    proxy::{upstreams::Upstreams, Gateway, Shared, SharedLimits},
     state::AppState,
     store::{self, DynStore},
     usage::{self, budget::BudgetLedger, pricing::Pricing},
@@ -38,6 +41,8 @@ pub enum StartError {
     Bootstrap(#[from] bootstrap::BootstrapError),
     #[error(transparent)]
     Upstreams(#[from] crate::proxy::upstreams::UpstreamConfigError),
+    #[error("invalid redis url: {0}")]
+    Redis(#[source] redis::RedisError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -107,20 +112,18 @@ impl App {
             addr: config.listen,
             source,
         })?;
-        if config.redis_url.is_some() {
-            // Say so loudly: an operator who sets redis_url expects limits shared across instances.
-            tracing::warn!("redis_url is set, but this version keeps rate-limit buckets per instance; limits are not yet shared across instances");
-        }
         let upstreams = Upstreams::from_config(&config)?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let (recorder, usage_writer) =
             usage::spawn_writer(store.clone(), USAGE_FLUSH_EVERY, stop_rx);
         let limiter = MemoryLimiter::new();
+        let redis = shared_limits(&config, &store, &limiter)?;
         let shared = Shared {
             limiter: Arc::new(limiter.clone()),
             budgets: BudgetLedger::new(store.clone()),
             recorder: recorder.clone(),
             pricing: Pricing::from_config(&config.models),
+            redis,
         };
         let gateway = Gateway::new(
             shared,
@@ -169,6 +172,9 @@ impl App {
         let stop_tx = self.stop_tx;
         let mut tasks = spawn_background(&self.state, stop_tx.subscribe());
         let mut stop = stop_tx.subscribe();
+        if let Some(redis) = &self.state.gateway.shared().redis {
+            tasks.extend(redis.gate.spawn_tasks(stop_tx.subscribe()));
+        }
         tasks.push(
             self.limiter
                 .spawn_evictor(Duration::from_secs(60), async move {
@@ -187,6 +193,37 @@ impl App {
         tracing::info!("keygate stopped");
         result
     }
+}
+
+/// The Redis gate when `redis.url` (or `redis_url`) is set; the gauges say which limiter
+/// is in force either way.
+fn shared_limits(
+    config: &Config,
+    store: &DynStore,
+    limiter: &MemoryLimiter,
+) -> Result<Option<SharedLimits>, StartError> {
+    let Some(url) = config.redis_url() else {
+        metrics::gauge!("keygate_limiter_backend", "backend" => "memory").set(1.0);
+        metrics::gauge!("keygate_limiter_backend", "backend" => "redis").set(0.0);
+        metrics::gauge!("keygate_limiter_fallback").set(0.0);
+        return Ok(None);
+    };
+    let gate_config = GateConfig {
+        url: url.to_string(),
+        prefix: config.redis.key_prefix.clone(),
+        slot_lease: Duration::from_secs(config.redis.slot_lease_secs),
+        timeout: Duration::from_millis(config.redis.timeout_ms),
+    };
+    let gate = RedisGate::new(&gate_config, store.clone()).map_err(StartError::Redis)?;
+    tracing::info!(redis = %store::redact_url(url), "limits, budgets and concurrency are shared through redis");
+    Ok(Some(SharedLimits {
+        view: RedisLimiterWithFallback {
+            redis: RedisLimiter::new(gate.clone()),
+            fallback: limiter.clone(),
+        },
+        gate,
+        fallback_replicas: config.redis.fallback_replicas,
+    }))
 }
 
 /// Owned, cancellable background work (STYLE §3 rule 15).

@@ -13,6 +13,19 @@ pub struct Health {
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// `/readyz`: which limiter decides now (`memory`, `redis`, or `fallback` while Redis
+    /// is unreachable). Not a reason to be unready: the fallback serves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limiter: Option<&'static str>,
+}
+
+/// Which limiter decides now, for `/readyz`.
+fn limiter_state(state: &AppState) -> &'static str {
+    match &state.gateway.shared().redis {
+        None => "memory",
+        Some(redis) if redis.gate.in_fallback() => "fallback",
+        Some(_) => "redis",
+    }
 }
 
 /// The process is up and serving HTTP.
@@ -21,6 +34,7 @@ pub async fn healthz() -> Json<Health> {
     Json(Health {
         status: "ok",
         reason: None,
+        limiter: None,
     })
 }
 
@@ -48,6 +62,7 @@ fn not_ready(reason: String) -> (StatusCode, Json<Health>) {
         Json(Health {
             status: "unavailable",
             reason: Some(reason),
+            limiter: None,
         }),
     )
 }
@@ -63,6 +78,7 @@ async fn ready(state: &AppState) -> (StatusCode, Json<Health>) {
             Json(Health {
                 status: "ready",
                 reason: None,
+                limiter: Some(limiter_state(state)),
             }),
         ),
         Ok(false) => not_ready("migrations not applied".into()),

@@ -17,7 +17,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::{saturating_i64, sse, tokens, tokens::BodyKind, Shared};
 use crate::{
     keys::ApiKey,
-    limits::{Limiter, Reservation, TokenUsage},
+    limits::{redis::Ticket, Limiter, Reservation, TokenUsage},
     usage::{budget::BudgetHold, UsageEvent},
 };
 
@@ -61,6 +61,8 @@ struct Pending {
     hold: Option<BudgetHold>,
     /// Released when the meter settles: the `max_parallel` slot can never leak.
     _slot: Option<OwnedSemaphorePermit>,
+    /// What Redis admitted (buckets, money and slot), settled through its queue.
+    ticket: Option<Ticket>,
     /// Text streamed so far, counted only if the stream ends without `usage`.
     produced: String,
     reported: Option<TokenUsage>,
@@ -74,6 +76,7 @@ pub(super) struct Admission {
     pub reservation: Reservation,
     pub hold: Option<BudgetHold>,
     pub slot: Option<OwnedSemaphorePermit>,
+    pub ticket: Option<Ticket>,
     /// When the budget admitted it: the period its usage is booked to.
     pub at: chrono::DateTime<chrono::Utc>,
 }
@@ -90,6 +93,7 @@ impl Meter {
             reservation,
             hold,
             slot,
+            ticket,
             at,
         } = admission;
         Meter {
@@ -101,6 +105,7 @@ impl Meter {
                 reservation,
                 hold,
                 _slot: slot,
+                ticket,
                 produced: String::new(),
                 reported: None,
                 admitted_at: at,
@@ -175,6 +180,7 @@ impl Meter {
             model,
             reservation,
             hold,
+            ticket,
             admitted_at,
             ..
         } = pending;
@@ -189,6 +195,9 @@ impl Meter {
         );
         if let Some(hold) = hold {
             shared.budgets.settle(hold, cost_pico);
+        }
+        if let Some(ticket) = ticket {
+            ticket.settle(usage, cost_pico);
         }
         if let Outcome::Charged(usage) = outcome {
             shared.recorder.record(UsageEvent {
@@ -210,6 +219,9 @@ impl Meter {
 /// must not wait for it. An in-process limiter settles at once (`settle_now`); otherwise
 /// poll once here and spawn a task only for a settle that is really still pending.
 fn settle_in_background(limiter: Arc<dyn Limiter>, reservation: Reservation, usage: TokenUsage) {
+    if reservation.charges().is_empty() {
+        return;
+    }
     let Err((reservation, usage)) = limiter.settle_now(reservation, usage) else {
         return;
     };
