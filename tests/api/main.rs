@@ -24,6 +24,7 @@ mod proxy_helpers;
 mod proxy_limits;
 mod proxy_routes;
 mod proxy_streaming;
+mod replicas_limits;
 mod roles;
 mod secrets;
 #[path = "../support/mod.rs"]
