@@ -114,13 +114,14 @@ impl App {
         })?;
         let upstreams = Upstreams::from_config(&config)?;
         let (stop_tx, stop_rx) = watch::channel(false);
+        let budgets = BudgetLedger::new(store.clone());
         let (recorder, usage_writer) =
-            usage::spawn_writer(store.clone(), USAGE_FLUSH_EVERY, stop_rx);
+            usage::spawn_writer_for(store.clone(), USAGE_FLUSH_EVERY, stop_rx, budgets.clone());
         let limiter = MemoryLimiter::new();
         let redis = shared_limits(&config, &store, &limiter)?;
         let shared = Shared {
             limiter: Arc::new(limiter.clone()),
-            budgets: BudgetLedger::new(store.clone()),
+            budgets,
             recorder: recorder.clone(),
             pricing: Pricing::from_config(&config.models),
             redis,

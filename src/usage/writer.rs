@@ -44,6 +44,7 @@ use super::{
     batch::{Batch, BucketKey},
     UsageEvent,
 };
+use super::budget::BudgetLedger;
 use crate::store::{DynStore, RateLimitEvent, UsageDelta};
 
 /// DESIGN §7: usage reaches the store at least every second.
@@ -217,6 +218,18 @@ pub fn spawn_writer(
     spawn_writer_with(store, flush_every, stop, Caps::default())
 }
 
+/// [`spawn_writer`] that also has `ledger` reload its budgets' stored spend after every
+/// flush ([`BudgetLedger::after_flush`]), so several instances on one database see each
+/// other's spend within a flush interval.
+pub fn spawn_writer_for(
+    store: DynStore,
+    flush_every: Duration,
+    stop: watch::Receiver<bool>,
+    ledger: BudgetLedger,
+) -> (Recorder, JoinHandle<()>) {
+    spawn_writer_inner(store, flush_every, stop, Caps::default(), Some(ledger))
+}
+
 /// Size limits of the retained batch (smaller in tests).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Caps {
@@ -241,6 +254,16 @@ pub(crate) fn spawn_writer_with(
     stop: watch::Receiver<bool>,
     caps: Caps,
 ) -> (Recorder, JoinHandle<()>) {
+    spawn_writer_inner(store, flush_every, stop, caps, None)
+}
+
+fn spawn_writer_inner(
+    store: DynStore,
+    flush_every: Duration,
+    stop: watch::Receiver<bool>,
+    caps: Caps,
+    ledger: Option<BudgetLedger>,
+) -> (Recorder, JoinHandle<()>) {
     let (flushes, flush_requests) = mpsc::channel(64);
     let shared = Arc::new(Shared {
         batch: Mutex::new(Batch::new(caps)),
@@ -258,6 +281,7 @@ pub(crate) fn spawn_writer_with(
         retry_not_before: None,
         last_failure_logged: None,
         unsettled: None,
+        ledger,
     };
     let flush_every = writer.flush_every;
     let handle = tokio::spawn(run(writer, flush_requests, stop, flush_every));
@@ -353,6 +377,8 @@ struct Writer {
     /// The usage chunk whose store call failed: the store may have committed it anyway.
     /// Retried as it is, under its id, before any newer usage.
     unsettled: Option<Chunk>,
+    /// Told after every flush, to reload the budgets' stored spend (issue 12 §1).
+    ledger: Option<BudgetLedger>,
 }
 
 /// Usage buckets written in one store call under one batch id.
@@ -365,10 +391,25 @@ impl Writer {
     /// Writes the unsettled chunk, then takes the batch and writes it. Parts the store
     /// accepted are done; the rest is kept (see the module docs) for the next attempt.
     async fn flush(&mut self) -> Result<(), FlushError> {
+        let mut flushed = Vec::new();
+        let result = self.flush_into(&mut flushed).await;
+        if let Some(ledger) = &self.ledger {
+            ledger.after_flush(&flushed).await;
+        }
+        result
+    }
+
+    /// [`Writer::flush`], adding the usage it wrote to `flushed`.
+    async fn flush_into(&mut self, flushed: &mut Vec<UsageDelta>) -> Result<(), FlushError> {
         let mut first_error = None;
         if let Some(chunk) = &self.unsettled {
             match self.store.add_usage_batch(chunk.id, &chunk.deltas).await {
-                Ok(_) => self.set_unsettled(None),
+                Ok(_) => {
+                    if let Some(chunk) = self.unsettled.take() {
+                        flushed.extend(chunk.deltas);
+                    }
+                    self.set_unsettled(None);
+                }
                 Err(e) => {
                     first_error = Some(e);
                 }
@@ -376,7 +417,7 @@ impl Writer {
         }
         let mut batch = self.shared.batch().take();
         if first_error.is_none() {
-            if let Err(e) = self.flush_usage(&mut batch).await {
+            if let Err(e) = self.flush_usage(&mut batch, flushed).await {
                 first_error.get_or_insert(e);
             }
         }
@@ -413,7 +454,11 @@ impl Writer {
 
     /// Writes the batch's usage chunk by chunk; the chunk that fails becomes the
     /// unsettled one, the chunks after it stay in `batch`.
-    async fn flush_usage(&mut self, batch: &mut Batch) -> Result<(), crate::store::StoreError> {
+    async fn flush_usage(
+        &mut self,
+        batch: &mut Batch,
+        flushed: &mut Vec<UsageDelta>,
+    ) -> Result<(), crate::store::StoreError> {
         // One order for every writer (key, model, minute), so that instances writing the
         // same buckets at once lock their rows in the same order and cannot deadlock.
         let mut keys: Vec<BucketKey> = batch.usage.keys().cloned().collect();
@@ -425,6 +470,9 @@ impl Writer {
             if let Err(e) = self.store.add_usage_batch(id, &deltas).await {
                 self.set_unsettled(Some(Chunk { id, deltas }));
                 return Err(e);
+            }
+            if self.ledger.is_some() {
+                flushed.extend(deltas);
             }
         }
         Ok(())
