@@ -400,7 +400,10 @@ impl Config {
                 "must start with sqlite:, postgres:// or postgresql://",
             ));
         }
-        for (field, url) in [("redis_url", &self.redis_url), ("redis.url", &self.redis.url)] {
+        for (field, url) in [
+            ("redis_url", &self.redis_url),
+            ("redis.url", &self.redis.url),
+        ] {
             if let Some(redis) = url {
                 if !(redis.starts_with("redis://") || redis.starts_with("rediss://")) {
                     return Err(invalid(field, "must start with redis:// or rediss://"));

@@ -225,7 +225,11 @@ async fn settling_above_the_estimate_goes_negative_and_later_requests_wait(subje
 }
 
 async fn settling_below_the_estimate_refunds_capacity(subject: Subject) {
-    let Subject { limiter, clock: _clock, .. } = subject;
+    let Subject {
+        limiter,
+        clock: _clock,
+        ..
+    } = subject;
     let limits = Limits {
         tpm: Some(1000),
         ..Limits::default()
@@ -243,7 +247,11 @@ async fn settling_below_the_estimate_refunds_capacity(subject: Subject) {
 }
 
 async fn model_limit_refuses_while_global_has_room_and_charges_nothing(subject: Subject) {
-    let Subject { limiter, clock: _clock, .. } = subject;
+    let Subject {
+        limiter,
+        clock: _clock,
+        ..
+    } = subject;
     let key = Uuid::new_v4();
     let global = Limits {
         rpm: Some(10),
@@ -293,7 +301,11 @@ async fn model_limit_refuses_while_global_has_room_and_charges_nothing(subject: 
 }
 
 async fn global_limit_refuses_while_model_has_room_and_charges_nothing(subject: Subject) {
-    let Subject { limiter, clock: _clock, .. } = subject;
+    let Subject {
+        limiter,
+        clock: _clock,
+        ..
+    } = subject;
     let key = Uuid::new_v4();
     let global = Limits {
         tpm: Some(100),
@@ -325,7 +337,11 @@ async fn global_limit_refuses_while_model_has_room_and_charges_nothing(subject: 
 }
 
 async fn the_refusal_names_the_limit_with_the_longest_wait(subject: Subject) {
-    let Subject { limiter, clock: _clock, .. } = subject;
+    let Subject {
+        limiter,
+        clock: _clock,
+        ..
+    } = subject;
     let key = Uuid::new_v4();
     let global = Limits {
         rpm: Some(1),
@@ -363,7 +379,11 @@ async fn the_refusal_names_the_limit_with_the_longest_wait(subject: Subject) {
 }
 
 async fn limit_zero_blocks_everything(subject: Subject) {
-    let Subject { limiter, clock: _clock, memory } = subject;
+    let Subject {
+        limiter,
+        clock: _clock,
+        memory,
+    } = subject;
     let limits = Limits {
         rpm: Some(0),
         tpm: Some(1000),
@@ -376,11 +396,18 @@ async fn limit_zero_blocks_everything(subject: Subject) {
         (LimitKind::Rpm, 0, None)
     );
     assert_eq!(refusal.states[1].remaining, 1000);
-    assert!(memory.as_ref().is_none_or(MemoryLimiter::is_empty), "a refusal stores nothing");
+    assert!(
+        memory.as_ref().is_none_or(MemoryLimiter::is_empty),
+        "a refusal stores nothing"
+    );
 }
 
 async fn an_estimate_above_the_limit_is_refused_without_retry_after(subject: Subject) {
-    let Subject { limiter, clock: _clock, .. } = subject;
+    let Subject {
+        limiter,
+        clock: _clock,
+        ..
+    } = subject;
     let limits = Limits {
         rpm: Some(10),
         tpm: Some(1000),
@@ -396,7 +423,11 @@ async fn an_estimate_above_the_limit_is_refused_without_retry_after(subject: Sub
 }
 
 async fn token_type_picks_what_a_token_bucket_counts(subject: Subject) {
-    let Subject { limiter, clock: _clock, .. } = subject;
+    let Subject {
+        limiter,
+        clock: _clock,
+        ..
+    } = subject;
     for (token_type, reserved, settled) in [
         (TokenType::Input, 990, 995),
         (TokenType::Output, 980, 950),
@@ -491,7 +522,11 @@ fn charges_for_builds_global_and_the_matching_model_only() {
 }
 
 async fn no_limits_admits_with_no_states(subject: Subject) {
-    let Subject { limiter, clock: _clock, memory } = subject;
+    let Subject {
+        limiter,
+        clock: _clock,
+        memory,
+    } = subject;
     let reservation = limiter.reserve(&[]).await.unwrap();
     assert!(reservation.states().is_empty());
     limiter.settle(reservation, usage(1, 1)).await;
@@ -499,7 +534,11 @@ async fn no_limits_admits_with_no_states(subject: Subject) {
 }
 
 async fn an_edited_limit_applies_at_the_next_request(subject: Subject) {
-    let Subject { limiter, clock: _clock, .. } = subject;
+    let Subject {
+        limiter,
+        clock: _clock,
+        ..
+    } = subject;
     let key = Uuid::new_v4();
     let two = charges_for(
         key,
@@ -533,7 +572,11 @@ async fn an_edited_limit_applies_at_the_next_request(subject: Subject) {
 }
 
 async fn a_bucket_named_twice_sees_both_charges(subject: Subject) {
-    let Subject { limiter, clock: _clock, .. } = subject;
+    let Subject {
+        limiter,
+        clock: _clock,
+        ..
+    } = subject;
     let limits = Limits {
         rpm: Some(2),
         ..Limits::default()
@@ -602,7 +645,11 @@ async fn the_evictor_task_runs_until_shutdown() {
 }
 
 async fn concurrent_reservations_never_overshoot(subject: Subject) {
-    let Subject { limiter, clock: _clock, .. } = subject;
+    let Subject {
+        limiter,
+        clock: _clock,
+        ..
+    } = subject;
     let limits = Limits {
         tpm: Some(1000),
         ..Limits::default()
@@ -669,7 +716,11 @@ fn tightest_minute_picks_the_least_remaining() {
 }
 
 async fn charges_of_several_keys_are_all_or_nothing(subject: Subject) {
-    let Subject { limiter, clock: _clock, memory } = subject;
+    let Subject {
+        limiter,
+        clock: _clock,
+        memory,
+    } = subject;
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
     let one = Limits {
         rpm: Some(1),

@@ -1,6 +1,9 @@
 //! Admission (DESIGN §5): whether a parsed request may go upstream now. In order: the
 //! key's concurrency slot, the workspace's credits and the key's budget (by the request's
-//! estimated cost), then its rate limits. Each refusal is logged as a rate-limit event and
+//! estimated cost), then its rate limits. With Redis all four are one call
+//! ([`RedisGate::admit`](crate::limits::redis::RedisGate::admit), refusals reported in the
+//! same order); while Redis is unavailable, or without it, they are decided in process,
+//! rate limits and the slot divided by `redis.fallback_replicas` in the first case. Each refusal is logged as a rate-limit event and
 //! gives back what earlier steps took (RAII), so nothing refused is counted. An admitted
 //! request comes out as a [`Meter`] holding all it took, which settles exactly once.
 
@@ -11,7 +14,7 @@ use rust_decimal::Decimal;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
-use chrono::DateTime;
+use chrono::{DateTime, Utc};
 
 use super::{
     meter::{Admission, Meter, PromptTokens},
@@ -78,14 +81,18 @@ impl Gateway {
                 .admit_shared(redis, request, credits, estimate, model.as_deref())
                 .await;
             match shared {
-                Some(Ok(ticket)) => {
-                    return Ok(self.admitted_shared(key, model, prompt_tokens, ticket));
+                Some(Ok((ticket, at))) => {
+                    return Ok(self.admitted_shared(key, model, prompt_tokens, ticket, at));
                 }
                 Some(Err(refused)) => return Err(refused),
                 None => {} // Redis unavailable: decide in process, limits divided.
             }
         }
-        let divisor = self.shared.redis.as_ref().map_or(1, |r| r.fallback_replicas);
+        let divisor = self
+            .shared
+            .redis
+            .as_ref()
+            .map_or(1, |r| r.fallback_replicas);
         let slot = self.take_slot(key, divisor).inspect_err(|_| {
             self.record_refusal(
                 key,
@@ -174,7 +181,7 @@ impl Gateway {
         credits: Option<Decimal>,
         estimate: TokenEstimate,
         model: Option<&str>,
-    ) -> Option<Result<Ticket, InferenceError>> {
+    ) -> Option<Result<(Ticket, DateTime<Utc>), InferenceError>> {
         let key = &request.key;
         let model_name = model.unwrap_or_default();
         let now = crate::clock::now();
@@ -206,7 +213,7 @@ impl Gateway {
             max_parallel: key.max_parallel,
         };
         let refused = match redis.gate.admit(admit).await {
-            Ok(ticket) => return Some(Ok(ticket)),
+            Ok(ticket) => return Some(Ok((ticket, now))),
             Err(AdmitError::Unavailable) => return None,
             Err(AdmitError::Store(err)) => {
                 tracing::error!(request_id = %request.request_id, key_id = %key.id, error = %err, "budget state unavailable; refusing (fail closed)");
@@ -253,6 +260,7 @@ impl Gateway {
         model: Option<String>,
         prompt_tokens: PromptTokens,
         mut ticket: Ticket,
+        at: DateTime<Utc>,
     ) -> Admitted {
         let limits = ticket.take_states();
         let meter = Meter::new(
@@ -265,7 +273,7 @@ impl Gateway {
                 hold: None,
                 slot: None,
                 ticket: Some(ticket),
-                at: crate::clock::now(),
+                at,
             },
         );
         Admitted { meter, limits }

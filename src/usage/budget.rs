@@ -32,12 +32,14 @@
 //! With estimates that bound the real cost (prompt tokens + `max_tokens`), the overshoot is
 //! below one request's estimate. Under-estimates (no `max_tokens`) add their difference.
 //!
-//! **Limits of exactness.** The baseline reads the store, so it misses usage not yet
-//! flushed by the usage writer (≤ one flush interval) when it is loaded: at the first
-//! request of a period, after [`BudgetLedger::forget`], or after a restart. Other instances'
-//! spend after the load is not seen at all: with several instances each enforces the budget
-//! against its own settlements plus the baseline it loaded (DESIGN §7 keeps rate limits
-//! exact through Redis; budgets across instances are only as fresh as the baseline).
+//! **Several instances** (without Redis, which keeps budgets exact across instances: see
+//! `limits::redis`). After every usage flush the writer calls
+//! [`BudgetLedger::after_flush`]: what this instance flushed moves from `settled` into the
+//! baseline, and every active account's baseline is re-read from the store, so other
+//! instances' spend counts as soon as they have flushed it. Overshoot bound with N
+//! instances: the single-instance bound above plus what the other instances spent on the
+//! account within about two seconds (their flush interval, then our reload). Accounts idle
+//! for a minute with nothing pending are dropped and loaded afresh on their next use.
 //!
 //! **Periods.** Day and month start at UTC calendar boundaries, lifetime at the epoch
 //! (PEERS §2 item 7). The first request after a boundary starts a new account with a fresh
@@ -465,19 +467,19 @@ impl Inner {
 
     /// The account's stored spend in its period.
     async fn load(&self, account: &Account) -> Result<i64, StoreError> {
-                let totals = match account.scope {
-                    Scope::Key(id) => {
-                        self.store
-                            .key_usage_totals(id, account.period_start, None)
-                            .await?
-                    }
-                    Scope::Workspace(id) => {
-                        self.store
-                            .workspace_usage_totals(id, account.period_start)
-                            .await?
-                    }
-                };
-                Ok(totals.cost_pico)
+        let totals = match account.scope {
+            Scope::Key(id) => {
+                self.store
+                    .key_usage_totals(id, account.period_start, None)
+                    .await?
+            }
+            Scope::Workspace(id) => {
+                self.store
+                    .workspace_usage_totals(id, account.period_start)
+                    .await?
+            }
+        };
+        Ok(totals.cost_pico)
     }
 }
 
@@ -704,12 +706,7 @@ impl Accounts {
                 let idle = c.last_used.is_none_or(|at| at.elapsed() > IDLE_ACCOUNT);
                 !(idle && c.reserved == 0 && c.settled == 0)
             });
-            out.extend(
-                shard
-                    .values()
-                    .filter(|a| a.baseline.initialized())
-                    .cloned(),
-            );
+            out.extend(shard.values().filter(|a| a.baseline.initialized()).cloned());
         }
         out
     }

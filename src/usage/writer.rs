@@ -40,11 +40,11 @@ use tokio::{
 };
 use uuid::Uuid;
 
+use super::budget::BudgetLedger;
 use super::{
     batch::{Batch, BucketKey},
     UsageEvent,
 };
-use super::budget::BudgetLedger;
 use crate::store::{DynStore, RateLimitEvent, UsageDelta};
 
 /// DESIGN §7: usage reaches the store at least every second.

@@ -111,7 +111,10 @@ async fn rpm_60_is_exact_across_three_replicas() {
             .unwrap();
         assert!((1..=60).contains(&retry_after), "{retry_after}");
     }
-    assert_eq!(replicas[0].mock.requests_to("/v1/chat/completions").len(), 60);
+    assert_eq!(
+        replicas[0].mock.requests_to("/v1/chat/completions").len(),
+        ok
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,9 +125,7 @@ async fn tpm_and_a_budget_hold_across_replicas_under_64_parallel_requests() {
     let prompt = keygate_prompt_tokens(BodyKind::Chat, &body);
     let estimate_tokens = prompt as u64 + 7;
     let tpm = estimate_tokens * 20;
-    let tokens_key = replicas[0]
-        .key_with(json!({"limits": {"tpm": tpm}}))
-        .await;
+    let tokens_key = replicas[0].key_with(json!({"limits": {"tpm": tpm}})).await;
     let limit = Decimal::from_str("0.0001").unwrap();
     let budget_key = replicas[0]
         .key_with(json!({"budget": {"limit_usd": 0.0001, "period": "day"}}))
@@ -137,16 +138,29 @@ async fn tpm_and_a_budget_hold_across_replicas_under_64_parallel_requests() {
 
     // Assert: within the single-instance bound, limit + one estimate.
     let (tokens_ok, refused) = statuses(&by_tokens);
-    assert!(refused.iter().all(|s| *s == StatusCode::TOO_MANY_REQUESTS), "{refused:?}");
-    let usage = replicas[1].settled_usage(&tokens_key.id, tokens_ok as i64).await;
+    assert!(
+        refused.iter().all(|s| *s == StatusCode::TOO_MANY_REQUESTS),
+        "{refused:?}"
+    );
+    let usage = replicas[1]
+        .settled_usage(&tokens_key.id, tokens_ok as i64)
+        .await;
     let used = (usage.input_tokens + usage.output_tokens) as u64;
     assert!(tokens_ok > 0 && tokens_ok < 64, "{tokens_ok}");
-    assert!(used <= tpm + estimate_tokens, "{used} tokens > {tpm} + {estimate_tokens}");
+    assert!(
+        used <= tpm + estimate_tokens,
+        "{used} tokens > {tpm} + {estimate_tokens}"
+    );
 
     let (budget_ok, refused) = statuses(&by_budget);
-    assert!(refused.iter().all(|s| *s == StatusCode::PAYMENT_REQUIRED), "{refused:?}");
+    assert!(
+        refused.iter().all(|s| *s == StatusCode::PAYMENT_REQUIRED),
+        "{refused:?}"
+    );
     assert!(budget_ok > 0 && budget_ok < 64, "{budget_ok}");
-    let usage = replicas[2].settled_usage(&budget_key.id, budget_ok as i64).await;
+    let usage = replicas[2]
+        .settled_usage(&budget_key.id, budget_ok as i64)
+        .await;
     assert!(
         usage.cost_usd <= limit + estimate_usd,
         "spent {} > limit {limit} + one estimate {estimate_usd}",
@@ -212,7 +226,12 @@ async fn a_killed_replica_releases_its_slot_within_the_lease() {
     let url = doomed.url("/v1/chat/completions");
     let secret = key.secret.clone();
     let in_flight = tokio::spawn(async move {
-        let _ = client.post(url).bearer_auth(secret).json(&hanging).send().await;
+        let _ = client
+            .post(url)
+            .bearer_auth(secret)
+            .json(&hanging)
+            .send()
+            .await;
     });
     // The doomed replica holds the only slot once the survivor refuses.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -221,7 +240,10 @@ async fn a_killed_replica_releases_its_slot_within_the_lease() {
         if status == StatusCode::TOO_MANY_REQUESTS {
             break;
         }
-        assert!(Instant::now() < deadline, "the slot was never taken: {status}");
+        assert!(
+            Instant::now() < deadline,
+            "the slot was never taken: {status}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -250,7 +272,14 @@ async fn a_killed_replica_releases_its_slot_within_the_lease() {
 /// A `redis-server` of the test's own on `port`, without persistence.
 fn start_redis(port: u16) -> Child {
     Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -260,8 +289,14 @@ fn start_redis(port: u16) -> Child {
 
 async fn wait_for_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(Instant::now() < deadline, "redis-server did not listen on {port}");
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server did not listen on {port}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -274,7 +309,10 @@ async fn wait_for_limiter(replicas: &[TestApp], expected: &str) {
             if state == expected {
                 break;
             }
-            assert!(Instant::now() < deadline, "readyz says {state:?}, not {expected:?}");
+            assert!(
+                Instant::now() < deadline,
+                "readyz says {state:?}, not {expected:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -319,7 +357,11 @@ async fn redis_stopped_falls_back_and_redis_back_is_exact_again() {
     for statuses in &per_replica {
         assert_eq!(
             statuses,
-            &[StatusCode::OK, StatusCode::OK, StatusCode::TOO_MANY_REQUESTS],
+            &[
+                StatusCode::OK,
+                StatusCode::OK,
+                StatusCode::TOO_MANY_REQUESTS
+            ],
             "{served:?}"
         );
     }

@@ -239,7 +239,9 @@ struct Settlement {
 
 impl Settlement {
     fn is_empty(&self) -> bool {
-        self.money.is_empty() && self.slot.is_none() && (self.actual.is_none() || self.charges.iter().all(|c| c.token_type.is_none()))
+        self.money.is_empty()
+            && self.slot.is_none()
+            && (self.actual.is_none() || self.charges.iter().all(|c| c.token_type.is_none()))
     }
 }
 
@@ -338,7 +340,11 @@ impl RedisGate {
     }
 
     /// Tests: the same gate reading `clock` instead of Redis' clock.
-    pub fn with_clock(config: &GateConfig, store: DynStore, clock: Arc<dyn Clock>) -> Result<Self, redis::RedisError> {
+    pub fn with_clock(
+        config: &GateConfig,
+        store: DynStore,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, redis::RedisError> {
         let mut gate = Self::new(config, store)?;
         if let Some(inner) = Arc::get_mut(&mut gate.inner) {
             inner.clock = Some(clock);
@@ -376,7 +382,11 @@ impl RedisGate {
             .take();
         let mut tasks = Vec::new();
         if let Some(queued) = queued {
-            tasks.push(tokio::spawn(drain(self.inner.clone(), queued, stop.clone())));
+            tasks.push(tokio::spawn(drain(
+                self.inner.clone(),
+                queued,
+                stop.clone(),
+            )));
         }
         tasks.push(tokio::spawn(probe(self.inner.clone(), stop)));
         tasks
@@ -406,9 +416,7 @@ fn from_limbs(text: &[u8]) -> i128 {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        let shifted = limb
-            .checked_mul(1i128 << (24 * i))
-            .unwrap_or(i128::MAX);
+        let shifted = limb.checked_mul(1i128 << (24 * i)).unwrap_or(i128::MAX);
         value = value.saturating_add(shifted);
     }
     value
@@ -453,7 +461,8 @@ impl Inner {
 
     async fn call(&self, invocation: redis::ScriptInvocation<'_>) -> Result<Value, AdmitError> {
         let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.timeout, invocation.invoke_async::<Value>(&mut conn)).await {
+        match tokio::time::timeout(self.timeout, invocation.invoke_async::<Value>(&mut conn)).await
+        {
             Ok(Ok(value)) => {
                 self.health.leave_fallback();
                 Ok(value)
@@ -470,7 +479,11 @@ impl Inner {
         }
     }
 
-    async fn admit(self: &Arc<Self>, request: &AdmitRequest, peek: bool) -> Result<Ticket, AdmitError> {
+    async fn admit(
+        self: &Arc<Self>,
+        request: &AdmitRequest,
+        peek: bool,
+    ) -> Result<Ticket, AdmitError> {
         for _ in 0..3 {
             let reply = self.run_admit(request, peek).await?;
             match reply {
@@ -521,10 +534,11 @@ impl Inner {
                 invocation.arg(0).arg(0).arg("").arg(0);
             }
         }
-        let asks: Vec<(&str, &MoneyAsk)> = [("budget", &request.budget), ("credits", &request.credits)]
-            .into_iter()
-            .filter_map(|(kind, ask)| Some((kind, ask.as_ref()?)))
-            .collect();
+        let asks: Vec<(&str, &MoneyAsk)> =
+            [("budget", &request.budget), ("credits", &request.credits)]
+                .into_iter()
+                .filter_map(|(kind, ask)| Some((kind, ask.as_ref()?)))
+                .collect();
         invocation.arg(asks.len());
         for (kind, ask) in &asks {
             let index = key(&mut invocation, self.money_key(ask));
@@ -573,15 +587,30 @@ impl Inner {
             };
             let Some(ask) = ask else { continue };
             let spent = match ask.account {
-                Account::Budget(key_id) => self.store.key_usage_totals(key_id, ask.period_start, None).await,
-                Account::Credits(ws) => self.store.workspace_usage_totals(ws, ask.period_start).await,
+                Account::Budget(key_id) => {
+                    self.store
+                        .key_usage_totals(key_id, ask.period_start, None)
+                        .await
+                }
+                Account::Credits(ws) => {
+                    self.store
+                        .workspace_usage_totals(ws, ask.period_start)
+                        .await
+                }
             }
             .map_err(AdmitError::Store)?
             .cost_pico;
             let key = self.money_key(ask);
-            pipe.cmd("HSETNX").arg(&key).arg("spent").arg(spent).ignore();
+            pipe.cmd("HSETNX")
+                .arg(&key)
+                .arg("spent")
+                .arg(spent)
+                .ignore();
             pipe.cmd("HSETNX").arg(&key).arg("reserved").arg(0).ignore();
-            pipe.cmd("PEXPIRE").arg(&key).arg(Self::money_ttl_ms(ask)).ignore();
+            pipe.cmd("PEXPIRE")
+                .arg(&key)
+                .arg(Self::money_ttl_ms(ask))
+                .ignore();
         }
         let mut conn = self.conn.clone();
         match tokio::time::timeout(self.timeout, pipe.query_async::<()>(&mut conn)).await {
@@ -612,7 +641,9 @@ impl Inner {
         });
         match reason.as_deref() {
             None => {
-                let states = buckets.map(|(charge, bucket)| state(charge, &bucket, now)).collect();
+                let states = buckets
+                    .map(|(charge, bucket)| state(charge, &bucket, now))
+                    .collect();
                 let slot = match (member, slot_key) {
                     (Some(member), Some(key)) => {
                         let lease_id = self.next_lease.fetch_add(1, Ordering::Relaxed);
@@ -671,7 +702,11 @@ impl Inner {
     }
 
     /// One settlement script call for `batch`, plus the lease extensions when due.
-    async fn settle_batch(&self, batch: &[Settlement], refresh: &[(String, String)]) -> Result<(), AdmitError> {
+    async fn settle_batch(
+        &self,
+        batch: &[Settlement],
+        refresh: &[(String, String)],
+    ) -> Result<(), AdmitError> {
         let (now_limbs, now_ms) = self.now_args();
         let mut invocation = self.settle.prepare_invoke();
         invocation.arg(&now_limbs).arg(&now_ms);
@@ -687,7 +722,9 @@ impl Inner {
         for settlement in batch {
             if let Some(actual) = settlement.actual {
                 for charge in &settlement.charges {
-                    let Some(token_type) = charge.token_type else { continue };
+                    let Some(token_type) = charge.token_type else {
+                        continue;
+                    };
                     let used = actual.count(token_type);
                     if used == charge.amount {
                         continue;
@@ -711,7 +748,11 @@ impl Inner {
             }
             for (name, estimate) in &settlement.money {
                 let index = key(&mut invocation, name.clone());
-                invocation.arg("m").arg(index).arg(*estimate).arg(settlement.actual_pico);
+                invocation
+                    .arg("m")
+                    .arg(index)
+                    .arg(*estimate)
+                    .arg(settlement.actual_pico);
             }
             if let Some(slot) = &settlement.slot {
                 let index = key(&mut invocation, slot.key.clone());
@@ -720,7 +761,11 @@ impl Inner {
         }
         for (name, member) in refresh {
             let index = key(&mut invocation, name.clone());
-            invocation.arg("r").arg(index).arg(member).arg(duration_ms(self.lease));
+            invocation
+                .arg("r")
+                .arg(index)
+                .arg(member)
+                .arg(duration_ms(self.lease));
         }
         self.call(invocation).await.map(|_| ())
     }
@@ -738,7 +783,9 @@ enum Reply {
 }
 
 fn parse_reply(value: Value, member: Option<String>, slot_key: Option<String>) -> Option<Reply> {
-    let Value::Array(items) = value else { return None };
+    let Value::Array(items) = value else {
+        return None;
+    };
     let mut items = items.into_iter();
     let status = match items.next()? {
         Value::Int(status) => status,
@@ -758,7 +805,9 @@ fn parse_reply(value: Value, member: Option<String>, slot_key: Option<String>) -
     }
     let now = u64::try_from(from_limbs(&text(items.next()?)?)).ok()?;
     let reason = text(items.next()?)?;
-    let tats = items.map(|v| text(v).map(|b| from_limbs(&b))).collect::<Option<Vec<_>>>()?;
+    let tats = items
+        .map(|v| text(v).map(|b| from_limbs(&b)))
+        .collect::<Option<Vec<_>>>()?;
     Some(Reply::Done {
         now,
         reason: (status == 0).then_some(reason),
@@ -772,7 +821,11 @@ fn parse_reply(value: Value, member: Option<String>, slot_key: Option<String>) -
 /// [`SETTLE_BATCH`] requests); the leases of running requests are extended every third of
 /// the lease. A batch that cannot be sent (Redis down) is dropped and counted: the
 /// estimates stay charged until the buckets refill, the slots until their lease ends.
-async fn drain(inner: Arc<Inner>, mut queue: mpsc::UnboundedReceiver<Settlement>, mut stop: watch::Receiver<bool>) {
+async fn drain(
+    inner: Arc<Inner>,
+    mut queue: mpsc::UnboundedReceiver<Settlement>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut refresh = tokio::time::interval((inner.lease / 3).max(Duration::from_millis(100)));
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(SETTLE_BATCH);
@@ -887,7 +940,11 @@ impl RedisLimiter {
             actual_pico: 0,
             slot: None,
         };
-        self.gate.inner.settle_batch(&[settlement], &[]).await.is_ok()
+        self.gate
+            .inner
+            .settle_batch(&[settlement], &[])
+            .await
+            .is_ok()
     }
 
     /// States without charging; `None` when Redis failed.
