@@ -13,7 +13,6 @@
 //! Requests are written from raw bytes (`RequestBuilder::header` takes `&str` and `&[u8]`)
 //! so a caller holding headers from its own parser needs no `http::HeaderMap`.
 
-mod batch;
 mod chunked;
 mod pool;
 mod response;
@@ -321,7 +320,7 @@ impl RequestBuilder<'_> {
         };
 
         let reused = match target.pool.check_out(Instant::now()) {
-            Some(mut conn) => match write_request(&mut conn.io, &mut head, body).await {
+            Some(mut conn) => match write_request(&mut conn.io, &head, body).await {
                 Ok(()) => Some(conn),
                 // Nothing reached the upstream: a new connection can carry the request.
                 Err(Unwritten::Nothing(_)) => None,
@@ -335,7 +334,7 @@ impl RequestBuilder<'_> {
                 // Boxed: the connect and TLS handshake state is large, and would otherwise
                 // be part of (and moved with) every request's future.
                 let mut conn = Box::pin(client.connect(target)).await?;
-                write_request(&mut conn.io, &mut head, body)
+                write_request(&mut conn.io, &head, body)
                     .await
                     .map_err(Unwritten::into_send_error)?;
                 conn
@@ -366,45 +365,14 @@ impl Unwritten {
     }
 }
 
-/// Writes the whole request, handling partial writes. A request whose body rides in
-/// `head` goes out in the scheduler pass's batch where it can (`batch`); `head` is the
-/// same when this returns.
-async fn write_request(
-    io: &mut Transport,
-    head: &mut Vec<u8>,
-    body: &[u8],
-) -> Result<(), Unwritten> {
+/// Writes the whole request, handling partial writes.
+async fn write_request(io: &mut Transport, head: &[u8], body: &[u8]) -> Result<(), Unwritten> {
     let (mut head_at, mut body_at) = (0, 0);
     let mut accepted = false;
     let fail = |accepted: bool, err: io::Error| match accepted {
         false => Unwritten::Nothing(err),
         true => Unwritten::Partly(err),
     };
-    if let (Transport::Plain(tcp), true) = (&*io, body.is_empty()) {
-        match batch::write(tcp, std::mem::take(head)).await {
-            Err(unwritten) => *head = unwritten,
-            Ok((sent, buf)) => {
-                *head = buf;
-                match sent {
-                    batch::Sent::Bytes(written) => {
-                        accepted = true;
-                        head_at = written.min(head.len());
-                    }
-                    // Nothing written (a full socket, or any failure): the ordinary write
-                    // below does it, waiting for room, or reports the socket's own error.
-                    batch::Sent::Nothing(err) => {
-                        tracing::trace!(error = %err, "the batched write sent nothing; writing it plainly");
-                    }
-                    batch::Sent::Unknown => {
-                        return Err(fail(
-                            true,
-                            io::Error::other("the batched write's outcome is unknown"),
-                        ))
-                    }
-                }
-            }
-        }
-    }
     while head_at < head.len() || body_at < body.len() {
         // One buffer (the usual case: small bodies ride behind the head) goes out with a
         // plain write, which costs the kernel less than a vectored one.
