@@ -16,8 +16,11 @@ use crate::{
         cache::KeyCache,
         FailedAuthGuard, KeysService,
     },
-    limits::MemoryLimiter,
-    proxy::{upstreams::Upstreams, Gateway, Shared},
+    limits::{
+        redis::{GateConfig, RedisGate, RedisLimiter, RedisLimiterWithFallback},
+        MemoryLimiter,
+    },
+    proxy::{upstreams::Upstreams, Gateway, Shared, SharedLimits},
     state::AppState,
     store::{self, DynStore, KeyChanges},
     telemetry::metrics::Metrics,
@@ -47,6 +50,8 @@ pub enum StartError {
     KeyChanges(store::StoreError),
     #[error("cannot start the budget-alert webhooks: {0}")]
     Webhooks(#[from] reqwest::Error),
+    #[error("invalid redis url: {0}")]
+    Redis(#[source] redis::RedisError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -126,29 +131,30 @@ impl App {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
-        if config.redis_url.is_some() {
-            // Say so loudly: an operator who sets redis_url expects limits shared across instances.
-            tracing::warn!("redis_url is set, but this version keeps rate-limit buckets per instance; limits are not yet shared across instances");
-        }
         let upstreams = Upstreams::from_config(&config)?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let (flushed_keys, alerts) =
             alerts::spawn(store.clone(), &config.webhooks, stop_rx.clone())?;
-        let (recorder, usage_writer) = usage::writer::spawn_writer_notifying(
+        let budgets = BudgetLedger::new(store.clone());
+        let (recorder, usage_writer) = usage::spawn_writer_after(
             store.clone(),
             USAGE_FLUSH_EVERY,
             stop_rx,
-            flushed_keys.hook(),
+            usage::AfterFlush {
+                ledger: Some(budgets.clone()),
+                alerts: Some(flushed_keys.hook()),
+            },
         );
         let limiter = MemoryLimiter::new();
         let metrics = Arc::new(Metrics::new(&config));
-        metrics.set_limiter_backend("memory");
+        let redis = shared_limits(&config, &store, &limiter)?;
         let shared = Shared {
             limiter: Arc::new(limiter.clone()),
-            budgets: BudgetLedger::new(store.clone()),
+            budgets,
             recorder: recorder.clone(),
             pricing: Pricing::from_config(&config.models),
             metrics: metrics.clone(),
+            redis,
         };
         let gateway = Gateway::new(
             shared,
@@ -221,6 +227,9 @@ impl App {
             tasks.push(key_changes::spawn(changes, caches, stop_tx.subscribe()));
         }
         let mut stop = stop_tx.subscribe();
+        if let Some(redis) = &self.state.gateway.shared().redis {
+            tasks.extend(redis.gate.spawn_tasks(stop_tx.subscribe()));
+        }
         tasks.push(
             self.limiter
                 .spawn_evictor(Duration::from_secs(60), async move {
@@ -276,6 +285,33 @@ fn serve_metrics(
             tracing::error!(error = %err, "the metrics listener failed");
         }
     })
+}
+
+/// The Redis gate when `redis.url` (or `redis_url`) is set.
+fn shared_limits(
+    config: &Config,
+    store: &DynStore,
+    limiter: &MemoryLimiter,
+) -> Result<Option<SharedLimits>, StartError> {
+    let Some(url) = config.redis_url() else {
+        return Ok(None);
+    };
+    let gate_config = GateConfig {
+        url: url.to_string(),
+        prefix: config.redis.key_prefix.clone(),
+        slot_lease: Duration::from_secs(config.redis.slot_lease_secs),
+        timeout: Duration::from_millis(config.redis.timeout_ms),
+    };
+    let gate = RedisGate::new(&gate_config, store.clone()).map_err(StartError::Redis)?;
+    tracing::info!(redis = %store::redact_url(url), "limits, budgets and concurrency are shared through redis");
+    Ok(Some(SharedLimits {
+        view: RedisLimiterWithFallback {
+            redis: RedisLimiter::new(gate.clone()),
+            fallback: limiter.clone(),
+        },
+        gate,
+        fallback_replicas: config.redis.fallback_replicas,
+    }))
 }
 
 /// Owned, cancellable background work (STYLE §3 rule 15).

@@ -61,8 +61,10 @@ const MAX_WORKER_THREADS: usize = 1024;
 pub struct Config {
     pub listen: SocketAddr,
     pub database_url: String,
-    /// Shared rate-limit state for several instances; `None` = in-process limiter.
+    /// Shared rate-limit state for several instances; `None` = in-process limiter. Same as
+    /// `redis.url` (kept for `REDIS_URL` / `KEYGATE_REDIS_URL`); `redis.url` wins.
     pub redis_url: Option<String>,
+    pub redis: RedisConfig,
     pub log_format: LogFormat,
     /// Request-serving threads; `None` = one per CPU this process may run on. With one,
     /// keygate runs tokio's single-threaded scheduler (see [`Config::worker_threads`]).
@@ -91,6 +93,7 @@ impl fmt::Debug for Config {
                 "redis_url",
                 &self.redis_url.as_deref().map(crate::store::redact_url),
             )
+            .field("redis", &self.redis)
             .field("log_format", &self.log_format)
             .field("worker_threads", &self.worker_threads)
             .field(
@@ -115,6 +118,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_url: DEFAULT_DATABASE_URL.to_string(),
             redis_url: None,
+            redis: RedisConfig::default(),
             log_format: LogFormat::Text,
             worker_threads: None,
             bootstrap_admin_key: None,
@@ -155,6 +159,55 @@ impl Default for KeysConfig {
             default_workspace_key_cap: Some(10),
             failed_auth_per_minute: 30,
         }
+    }
+}
+
+/// `[redis]`: limits, budgets and concurrency shared by every replica (DESIGN §7,
+/// `limits::redis`).
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://` or `rediss://`; unset (and no top-level `redis_url`): in-process limits.
+    pub url: Option<String>,
+    /// While Redis is unreachable each replica enforces every rate limit and
+    /// `max_parallel` divided by this (rounded up): the number of replicas sharing the load.
+    pub fallback_replicas: u32,
+    /// How long a concurrency slot outlives a replica that died mid-request.
+    pub slot_lease_secs: u64,
+    /// Prefix of every Redis key keygate writes.
+    pub key_prefix: String,
+    /// Deadline of every Redis call; past it the request is decided in process.
+    pub timeout_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: None,
+            fallback_replicas: 1,
+            slot_lease_secs: 30,
+            key_prefix: "keygate:".into(),
+            timeout_ms: 250,
+        }
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &self.url.as_deref().map(crate::store::redact_url))
+            .field("fallback_replicas", &self.fallback_replicas)
+            .field("slot_lease_secs", &self.slot_lease_secs)
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
+}
+
+impl Config {
+    /// The Redis URL in effect: `redis.url`, else the top-level `redis_url`.
+    pub fn redis_url(&self) -> Option<&str> {
+        self.redis.url.as_deref().or(self.redis_url.as_deref())
     }
 }
 
@@ -524,13 +577,30 @@ impl Config {
                 "must start with sqlite:, postgres:// or postgresql://",
             ));
         }
-        if let Some(redis) = &self.redis_url {
-            if !(redis.starts_with("redis://") || redis.starts_with("rediss://")) {
-                return Err(invalid(
-                    "redis_url",
-                    "must start with redis:// or rediss://",
-                ));
+        for (field, url) in [
+            ("redis_url", &self.redis_url),
+            ("redis.url", &self.redis.url),
+        ] {
+            if let Some(redis) = url {
+                if !(redis.starts_with("redis://") || redis.starts_with("rediss://")) {
+                    return Err(invalid(field, "must start with redis:// or rediss://"));
+                }
             }
+        }
+        if self.redis.fallback_replicas == 0 {
+            return Err(invalid("redis.fallback_replicas", "must be at least 1"));
+        }
+        if !(1..=3600).contains(&self.redis.slot_lease_secs) {
+            return Err(invalid(
+                "redis.slot_lease_secs",
+                "must be a number of seconds in [1, 3600]",
+            ));
+        }
+        if !(1..=10_000).contains(&self.redis.timeout_ms) {
+            return Err(invalid(
+                "redis.timeout_ms",
+                "must be a number of milliseconds in [1, 10000]",
+            ));
         }
         if self
             .keys

@@ -54,7 +54,7 @@ impl KeysToCheck {
         self.keys.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The hook for `usage::writer::spawn_writer_notifying`. When the writer drops it (its
+    /// The hook for `usage::writer::AfterFlush::alerts`. When the writer drops it (its
     /// task ended, after the final flush), the checker finishes what it holds and ends.
     pub fn hook(self: &Arc<Self>) -> FlushHook {
         let sender = Arc::new(HookSender(self.clone()));

@@ -73,7 +73,7 @@ pub async fn key_info(
 ) -> Result<Json<KeyInfo>, ApiError> {
     let now = Utc::now();
     let buckets = buckets_of(key.id, &key.limits, &key.model_limits);
-    let states = state.gateway.shared().limiter.snapshot(&buckets).await;
+    let states = state.gateway.shared().bucket_states(&buckets).await;
     let limits = states
         .iter()
         .map(|s| LimitView {

@@ -83,6 +83,7 @@ fn snapshot(state: &AppState) -> Snapshot {
         upstreams: (state.gateway.upstreams().health().into_iter())
             .map(|upstream| (upstream.name, upstream.state))
             .collect(),
+        limiter: state.gateway.limiter_state(),
     }
 }
 

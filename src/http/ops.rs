@@ -18,6 +18,10 @@ pub struct Health {
     /// and must stay in its load balancer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstreams: Option<Vec<UpstreamHealth>>,
+    /// `/readyz`: which limiter decides now (`memory`, `redis`, or `fallback` while Redis
+    /// is unreachable). Not a reason to be unready: the fallback serves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limiter: Option<&'static str>,
 }
 
 /// The process is up and serving HTTP.
@@ -27,6 +31,7 @@ pub async fn healthz() -> Json<Health> {
         status: "ok",
         reason: None,
         upstreams: None,
+        limiter: None,
     })
 }
 
@@ -50,6 +55,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>)
         }
     };
     health.upstreams = Some(state.gateway.upstreams().health());
+    health.limiter = Some(state.gateway.limiter_state());
     (status, Json(health))
 }
 
@@ -60,6 +66,7 @@ fn not_ready(reason: String) -> (StatusCode, Json<Health>) {
             status: "unavailable",
             reason: Some(reason),
             upstreams: None,
+            limiter: None,
         }),
     )
 }
@@ -76,6 +83,7 @@ async fn ready(state: &AppState) -> (StatusCode, Json<Health>) {
                 status: "ready",
                 reason: None,
                 upstreams: None,
+                limiter: None,
             }),
         ),
         Ok(false) => not_ready("migrations not applied".into()),

@@ -52,7 +52,7 @@ impl Rate {
     }
 
     /// Ticks that `n` units cost (`n · T`).
-    fn cost(self, n: u64) -> i128 {
+    pub(crate) fn cost(self, n: u64) -> i128 {
         i128::from(n).saturating_mul(i128::from(self.window_ns))
     }
 
@@ -100,6 +100,13 @@ impl Bucket {
 
     pub fn rate(&self) -> Rate {
         self.rate
+    }
+
+    /// A bucket whose TAT (in ticks, `ns · limit`) was kept elsewhere: the Redis limiter
+    /// runs [`Bucket::charge`]'s check in its script and rebuilds the bucket from the TAT
+    /// it returns, so states and waits come from this same code.
+    pub(crate) fn from_tat(rate: Rate, tat: i128) -> Self {
+        Self { rate, tat }
     }
 
     /// Ticks in use at `now`: 0 when full, above the capacity when in debt.

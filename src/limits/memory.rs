@@ -496,7 +496,7 @@ fn fresh(charge: &Charge) -> Bucket {
 }
 
 /// Whether wait `a` is longer than `b`; `None` (no wait helps) is the longest.
-fn longer(a: Option<Duration>, b: Option<Duration>) -> bool {
+pub(super) fn longer(a: Option<Duration>, b: Option<Duration>) -> bool {
     match (a, b) {
         (_, None) => false,
         (None, Some(_)) => true,
@@ -504,7 +504,7 @@ fn longer(a: Option<Duration>, b: Option<Duration>) -> bool {
     }
 }
 
-fn state(charge: &Charge, bucket: &Bucket, now: u64) -> BucketState {
+pub(super) fn state(charge: &Charge, bucket: &Bucket, now: u64) -> BucketState {
     BucketState {
         kind: charge.bucket.kind,
         scope: charge.bucket.scope,

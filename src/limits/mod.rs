@@ -9,6 +9,7 @@
 
 pub mod gcra;
 pub mod memory;
+pub mod redis;
 
 #[cfg(test)]
 mod tests;
@@ -146,15 +147,13 @@ pub struct BucketKey {
 }
 
 impl BucketKey {
-    /// `keygate:rl:{<key id>}:<kind>:global` or `…:<kind>:model:<model>`. The braces are a
-    /// Redis Cluster hash tag: all buckets of a key share a slot, so one script can touch
-    /// them all. The model comes last, so any characters in its name stay unambiguous.
-    pub fn redis_key(&self) -> String {
+    /// The bucket's field in its key's Redis hash (`<prefix>rl:{<key id>}`, see
+    /// `limits::redis`): `<kind>:global` or `<kind>:model:<model>`. The model comes last,
+    /// so any characters in its name stay unambiguous.
+    pub fn redis_field(&self) -> String {
         match &self.scope {
-            Scope::Global => format!("keygate:rl:{{{}}}:{}:global", self.key_id, self.kind),
-            Scope::Model(model) => {
-                format!("keygate:rl:{{{}}}:{}:model:{model}", self.key_id, self.kind)
-            }
+            Scope::Global => format!("{}:global", self.kind),
+            Scope::Model(model) => format!("{}:model:{model}", self.kind),
         }
     }
 }
@@ -306,6 +305,14 @@ pub struct Reservation {
 }
 
 impl Reservation {
+    /// A reservation of nothing (a request admitted elsewhere, e.g. in Redis).
+    pub fn empty() -> Self {
+        Reservation {
+            charges: Vec::new(),
+            states: Vec::new(),
+        }
+    }
+
     pub fn charges(&self) -> &[Charge] {
         &self.charges
     }

@@ -9,6 +9,90 @@ use crate::keys::model::{Limits, ModelLimits, TokenType};
 
 type TestLimiter = MemoryLimiter<Arc<ManualClock>>;
 
+/// A limiter under test: the in-process one, or the Redis one (with the in-process one
+/// only as its fallback, never used while Redis answers), both on a manual clock.
+struct Subject {
+    limiter: Arc<dyn Limiter>,
+    clock: Arc<ManualClock>,
+    /// The in-process limiter when it is the subject (for its own bookkeeping checks).
+    memory: Option<TestLimiter>,
+}
+
+fn memory_subject() -> Subject {
+    let (limiter, clock) = setup();
+    Subject {
+        limiter: Arc::new(limiter.clone()),
+        clock,
+        memory: Some(limiter),
+    }
+}
+
+/// The Redis limiter at `KEYGATE_TEST_REDIS_URL` (default 127.0.0.1:6379), under a
+/// prefix of its own; the script reads the manual clock instead of Redis' `TIME`.
+async fn redis_subject() -> Subject {
+    let clock = Arc::new(ManualClock::new());
+    clock.advance(Duration::from_secs(1_000_000));
+    let config = redis::GateConfig {
+        url: std::env::var("KEYGATE_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        prefix: format!("keygate-test:{}:", Uuid::new_v4().simple()),
+        slot_lease: Duration::from_secs(30),
+        timeout: Duration::from_secs(5),
+    };
+    let store = crate::store::connect("sqlite::memory:").await.unwrap();
+    let gate = redis::RedisGate::with_clock(&config, store, clock.clone()).unwrap();
+    let limiter = redis::RedisLimiterWithFallback {
+        redis: redis::RedisLimiter::new(gate),
+        fallback: MemoryLimiter::new(),
+    };
+    Subject {
+        limiter: Arc::new(limiter),
+        clock,
+        memory: None,
+    }
+}
+
+/// Each behaviour below, against both limiters: the Redis script must give the in-process
+/// limiter's answers.
+macro_rules! both_limiters {
+    ($($name:ident),* $(,)?) => {
+        mod memory_limiter {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(super::memory_subject()).await;
+                }
+            )*
+        }
+        mod redis_limiter {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(super::redis_subject().await).await;
+                }
+            )*
+        }
+    };
+}
+
+both_limiters!(
+    rpm_3_admits_three_then_waits_twenty_seconds,
+    buckets_refill_continuously,
+    settling_above_the_estimate_goes_negative_and_later_requests_wait,
+    settling_below_the_estimate_refunds_capacity,
+    model_limit_refuses_while_global_has_room_and_charges_nothing,
+    global_limit_refuses_while_model_has_room_and_charges_nothing,
+    the_refusal_names_the_limit_with_the_longest_wait,
+    limit_zero_blocks_everything,
+    an_estimate_above_the_limit_is_refused_without_retry_after,
+    token_type_picks_what_a_token_bucket_counts,
+    no_limits_admits_with_no_states,
+    an_edited_limit_applies_at_the_next_request,
+    a_bucket_named_twice_sees_both_charges,
+    concurrent_reservations_never_overshoot,
+    charges_of_several_keys_are_all_or_nothing,
+);
+
 fn setup() -> (TestLimiter, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new());
     // Start away from zero so nothing depends on the origin.
@@ -49,9 +133,8 @@ fn secs(s: f64) -> Duration {
     Duration::from_nanos((s * 1e9).round() as u64)
 }
 
-#[tokio::test]
-async fn rpm_3_admits_three_then_waits_twenty_seconds() {
-    let (limiter, clock) = setup();
+async fn rpm_3_admits_three_then_waits_twenty_seconds(subject: Subject) {
+    let Subject { limiter, clock, .. } = subject;
     let limits = Limits {
         rpm: Some(3),
         ..Limits::default()
@@ -83,9 +166,8 @@ async fn rpm_3_admits_three_then_waits_twenty_seconds() {
     assert_eq!(refusal.retry_after, Some(secs(20.0)));
 }
 
-#[tokio::test]
-async fn buckets_refill_continuously() {
-    let (limiter, clock) = setup();
+async fn buckets_refill_continuously(subject: Subject) {
+    let Subject { limiter, clock, .. } = subject;
     let limits = Limits {
         tpm: Some(60),
         ..Limits::default()
@@ -95,15 +177,14 @@ async fn buckets_refill_continuously() {
     let reservation = limiter.reserve(&all).await.unwrap();
     limiter.settle(reservation, usage(60, 0)).await;
 
-    let left = || limiter.states(&all)[0].remaining;
-    assert_eq!(left(), 0);
+    assert_eq!(limiter.snapshot(&all).await[0].remaining, 0);
     clock.advance(secs(0.5));
-    assert_eq!(left(), 0);
+    assert_eq!(limiter.snapshot(&all).await[0].remaining, 0);
     clock.advance(secs(0.5));
-    assert_eq!(left(), 1);
+    assert_eq!(limiter.snapshot(&all).await[0].remaining, 1);
     clock.advance(secs(29.0));
-    assert_eq!(left(), 30);
-    assert_eq!(limiter.states(&all)[0].reset_after, secs(30.0));
+    assert_eq!(limiter.snapshot(&all).await[0].remaining, 30);
+    assert_eq!(limiter.snapshot(&all).await[0].reset_after, secs(30.0));
 
     let too_many = charges_for(key, &limits, &[], "m", est(31, 0));
     let refusal = limiter.reserve(&too_many).await.unwrap_err();
@@ -112,9 +193,8 @@ async fn buckets_refill_continuously() {
     assert!(limiter.reserve(&fits).await.is_ok());
 }
 
-#[tokio::test]
-async fn settling_above_the_estimate_goes_negative_and_later_requests_wait() {
-    let (limiter, clock) = setup();
+async fn settling_above_the_estimate_goes_negative_and_later_requests_wait(subject: Subject) {
+    let Subject { limiter, clock, .. } = subject;
     let limits = Limits {
         tpm: Some(1000),
         ..Limits::default()
@@ -128,7 +208,7 @@ async fn settling_above_the_estimate_goes_negative_and_later_requests_wait() {
     limiter.settle(reservation, usage(600, 1000)).await;
 
     let small = charges_for(key, &limits, &[], "m", est(1, 0));
-    assert_eq!(limiter.states(&small)[0].remaining, -600);
+    assert_eq!(limiter.snapshot(&small).await[0].remaining, -600);
     // 601 tokens must refill before one is free again, at 60 ms each.
     let refusal = limiter.reserve(&small).await.unwrap_err();
     assert_eq!(refusal.retry_after, Some(secs(36.06)));
@@ -144,9 +224,12 @@ async fn settling_above_the_estimate_goes_negative_and_later_requests_wait() {
     assert_eq!(reservation.states()[0].remaining, 0);
 }
 
-#[tokio::test]
-async fn settling_below_the_estimate_refunds_capacity() {
-    let (limiter, _clock) = setup();
+async fn settling_below_the_estimate_refunds_capacity(subject: Subject) {
+    let Subject {
+        limiter,
+        clock: _clock,
+        ..
+    } = subject;
     let limits = Limits {
         tpm: Some(1000),
         ..Limits::default()
@@ -158,14 +241,17 @@ async fn settling_below_the_estimate_refunds_capacity() {
     assert!(limiter.reserve(&big).await.is_err());
 
     limiter.settle(reservation, usage(100, 0)).await;
-    assert_eq!(limiter.states(&big)[0].remaining, 900);
+    assert_eq!(limiter.snapshot(&big).await[0].remaining, 900);
     let again = limiter.reserve(&big).await.unwrap();
     assert_eq!(again.states()[0].remaining, 100);
 }
 
-#[tokio::test]
-async fn model_limit_refuses_while_global_has_room_and_charges_nothing() {
-    let (limiter, _clock) = setup();
+async fn model_limit_refuses_while_global_has_room_and_charges_nothing(subject: Subject) {
+    let Subject {
+        limiter,
+        clock: _clock,
+        ..
+    } = subject;
     let key = Uuid::new_v4();
     let global = Limits {
         rpm: Some(10),
@@ -214,9 +300,12 @@ async fn model_limit_refuses_while_global_has_room_and_charges_nothing() {
     assert!(limiter.reserve(&other).await.is_ok());
 }
 
-#[tokio::test]
-async fn global_limit_refuses_while_model_has_room_and_charges_nothing() {
-    let (limiter, _clock) = setup();
+async fn global_limit_refuses_while_model_has_room_and_charges_nothing(subject: Subject) {
+    let Subject {
+        limiter,
+        clock: _clock,
+        ..
+    } = subject;
     let key = Uuid::new_v4();
     let global = Limits {
         tpm: Some(100),
@@ -247,9 +336,12 @@ async fn global_limit_refuses_while_model_has_room_and_charges_nothing() {
     assert_eq!(remaining(&states, &model, LimitKind::Tpm), 940);
 }
 
-#[tokio::test]
-async fn the_refusal_names_the_limit_with_the_longest_wait() {
-    let (limiter, _clock) = setup();
+async fn the_refusal_names_the_limit_with_the_longest_wait(subject: Subject) {
+    let Subject {
+        limiter,
+        clock: _clock,
+        ..
+    } = subject;
     let key = Uuid::new_v4();
     let global = Limits {
         rpm: Some(1),
@@ -286,9 +378,12 @@ async fn the_refusal_names_the_limit_with_the_longest_wait() {
     assert_eq!((refusal.kind, refusal.retry_after), (LimitKind::Tpm, None));
 }
 
-#[tokio::test]
-async fn limit_zero_blocks_everything() {
-    let (limiter, _clock) = setup();
+async fn limit_zero_blocks_everything(subject: Subject) {
+    let Subject {
+        limiter,
+        clock: _clock,
+        memory,
+    } = subject;
     let limits = Limits {
         rpm: Some(0),
         tpm: Some(1000),
@@ -301,12 +396,18 @@ async fn limit_zero_blocks_everything() {
         (LimitKind::Rpm, 0, None)
     );
     assert_eq!(refusal.states[1].remaining, 1000);
-    assert!(limiter.is_empty(), "a refusal stores nothing");
+    assert!(
+        memory.as_ref().is_none_or(MemoryLimiter::is_empty),
+        "a refusal stores nothing"
+    );
 }
 
-#[tokio::test]
-async fn an_estimate_above_the_limit_is_refused_without_retry_after() {
-    let (limiter, _clock) = setup();
+async fn an_estimate_above_the_limit_is_refused_without_retry_after(subject: Subject) {
+    let Subject {
+        limiter,
+        clock: _clock,
+        ..
+    } = subject;
     let limits = Limits {
         rpm: Some(10),
         tpm: Some(1000),
@@ -321,9 +422,12 @@ async fn an_estimate_above_the_limit_is_refused_without_retry_after() {
     );
 }
 
-#[tokio::test]
-async fn token_type_picks_what_a_token_bucket_counts() {
-    let (limiter, _clock) = setup();
+async fn token_type_picks_what_a_token_bucket_counts(subject: Subject) {
+    let Subject {
+        limiter,
+        clock: _clock,
+        ..
+    } = subject;
     for (token_type, reserved, settled) in [
         (TokenType::Input, 990, 995),
         (TokenType::Output, 980, 950),
@@ -417,18 +521,24 @@ fn charges_for_builds_global_and_the_matching_model_only() {
     assert!(all.iter().all(|c| c.amount == 0));
 }
 
-#[tokio::test]
-async fn no_limits_admits_with_no_states() {
-    let (limiter, _clock) = setup();
+async fn no_limits_admits_with_no_states(subject: Subject) {
+    let Subject {
+        limiter,
+        clock: _clock,
+        memory,
+    } = subject;
     let reservation = limiter.reserve(&[]).await.unwrap();
     assert!(reservation.states().is_empty());
     limiter.settle(reservation, usage(1, 1)).await;
-    assert!(limiter.is_empty());
+    assert!(memory.as_ref().is_none_or(MemoryLimiter::is_empty));
 }
 
-#[tokio::test]
-async fn an_edited_limit_applies_at_the_next_request() {
-    let (limiter, _clock) = setup();
+async fn an_edited_limit_applies_at_the_next_request(subject: Subject) {
+    let Subject {
+        limiter,
+        clock: _clock,
+        ..
+    } = subject;
     let key = Uuid::new_v4();
     let two = charges_for(
         key,
@@ -461,9 +571,12 @@ async fn an_edited_limit_applies_at_the_next_request() {
     assert!(limiter.reserve(&five).await.is_err());
 }
 
-#[tokio::test]
-async fn a_bucket_named_twice_sees_both_charges() {
-    let (limiter, _clock) = setup();
+async fn a_bucket_named_twice_sees_both_charges(subject: Subject) {
+    let Subject {
+        limiter,
+        clock: _clock,
+        ..
+    } = subject;
     let limits = Limits {
         rpm: Some(2),
         ..Limits::default()
@@ -531,9 +644,12 @@ async fn the_evictor_task_runs_until_shutdown() {
         .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_reservations_never_overshoot() {
-    let (limiter, _clock) = setup();
+async fn concurrent_reservations_never_overshoot(subject: Subject) {
+    let Subject {
+        limiter,
+        clock: _clock,
+        ..
+    } = subject;
     let limits = Limits {
         tpm: Some(1000),
         ..Limits::default()
@@ -559,7 +675,7 @@ async fn concurrent_reservations_never_overshoot() {
 }
 
 #[test]
-fn redis_keys_share_a_hash_tag_per_key() {
+fn redis_fields_name_kind_then_scope() {
     let key_id = Uuid::nil();
     let global = BucketKey {
         key_id,
@@ -571,12 +687,8 @@ fn redis_keys_share_a_hash_tag_per_key() {
         scope: Scope::Model("org/m:1"),
         kind: LimitKind::Tpd,
     };
-    let tag = "{00000000-0000-0000-0000-000000000000}";
-    assert_eq!(global.redis_key(), format!("keygate:rl:{tag}:rpm:global"));
-    assert_eq!(
-        model.redis_key(),
-        format!("keygate:rl:{tag}:tpd:model:org/m:1")
-    );
+    assert_eq!(global.redis_field(), "rpm:global");
+    assert_eq!(model.redis_field(), "tpd:model:org/m:1");
 }
 
 #[test]
@@ -603,9 +715,12 @@ fn tightest_minute_picks_the_least_remaining() {
     assert_eq!(BucketState::tightest_minute(&[], true), None);
 }
 
-#[tokio::test]
-async fn charges_of_several_keys_are_all_or_nothing() {
-    let (limiter, _clock) = setup();
+async fn charges_of_several_keys_are_all_or_nothing(subject: Subject) {
+    let Subject {
+        limiter,
+        clock: _clock,
+        memory,
+    } = subject;
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
     let one = Limits {
         rpm: Some(1),
@@ -624,7 +739,9 @@ async fn charges_of_several_keys_are_all_or_nothing() {
 
     let refusal = limiter.reserve(&charges).await.unwrap_err();
     assert_eq!((refusal.limit, refusal.retry_after), (1, Some(secs(60.0))));
-    assert_eq!(limiter.len(), 2);
+    if let Some(memory) = &memory {
+        assert_eq!(memory.len(), 2);
+    }
 }
 
 #[test]

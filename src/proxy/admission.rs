@@ -1,6 +1,9 @@
 //! Admission (DESIGN §5): whether a parsed request may go upstream now. In order: the
 //! key's concurrency slot, the workspace's credits and the key's budget (by the request's
-//! estimated cost), then its rate limits. Each refusal is logged as a rate-limit event and
+//! estimated cost), then its rate limits. With Redis all four are one call
+//! ([`RedisGate::admit`](crate::limits::redis::RedisGate::admit), refusals reported in the
+//! same order); while Redis is unavailable, or without it, they are decided in process,
+//! rate limits and the slot divided by `redis.fallback_replicas` in the first case. Each refusal is logged as a rate-limit event and
 //! gives back what earlier steps took (RAII), so nothing refused is counted. An admitted
 //! request comes out as a [`Meter`] holding all it took, which settles exactly once.
 
@@ -11,16 +14,23 @@ use rust_decimal::Decimal;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
+use chrono::{DateTime, Utc};
+
 use super::{
     meter::{Admission, Meter, PromptTokens},
     request::RequestFields,
-    saturating_i64, tokens, Gateway, InferenceError, InferenceRequest,
+    saturating_i64, tokens, Gateway, InferenceError, InferenceRequest, SharedLimits,
 };
 use crate::{
     keys::ApiKey,
-    limits::{charges_for, BucketState, TokenEstimate},
+    limits::{
+        charges_for,
+        redis::{Account, AdmitError, AdmitRequest, MoneyAsk, Refused, Ticket},
+        BucketState, Reservation, TokenEstimate,
+    },
+    money::usd_to_pico,
     store::{RateLimitEvent, StoreError},
-    usage::budget::BudgetRefusal,
+    usage::budget::{period_bounds, BudgetRefusal},
 };
 
 /// An admitted request: its meter, and the rate-limit buckets' states for the answer's
@@ -66,7 +76,24 @@ impl Gateway {
             ),
         };
 
-        let slot = self.take_slot(key).inspect_err(|_| {
+        if let Some(redis) = &self.shared.redis {
+            let shared = self
+                .admit_shared(redis, request, credits, estimate, model.as_deref())
+                .await;
+            match shared {
+                Some(Ok((ticket, at))) => {
+                    return Ok(self.admitted_shared(key, model, prompt_tokens, ticket, at));
+                }
+                Some(Err(refused)) => return Err(refused),
+                None => {} // Redis unavailable: decide in process, limits divided.
+            }
+        }
+        let divisor = self
+            .shared
+            .redis
+            .as_ref()
+            .map_or(1, |r| r.fallback_replicas);
+        let slot = self.take_slot(key, divisor).inspect_err(|_| {
             self.record_refusal(
                 key,
                 model.as_deref(),
@@ -106,7 +133,12 @@ impl Gateway {
                 return Err(InferenceError::Budget(refusal));
             }
         };
-        let charges = charges_for(key.id, &key.limits, &key.model_limits, model_name, estimate);
+        let mut charges = charges_for(key.id, &key.limits, &key.model_limits, model_name, estimate);
+        if divisor > 1 {
+            for charge in &mut charges {
+                charge.limit = charge.limit.div_ceil(u64::from(divisor));
+            }
+        }
         let reserved = match self.shared.limiter.reserve_now(&charges) {
             Some(reserved) => reserved,
             None => self.shared.limiter.reserve(&charges).await,
@@ -133,17 +165,130 @@ impl Gateway {
                 reservation,
                 hold: Some(hold),
                 slot,
+                ticket: None,
                 at: admitted_at,
             },
         );
         Ok(Admitted { meter, limits })
     }
 
-    /// The key's `max_parallel` slot, if it has a cap.
-    fn take_slot(&self, key: &ApiKey) -> Result<Option<OwnedSemaphorePermit>, InferenceError> {
+    /// Admission in Redis: every bucket, the budget, the credits and the slot in one
+    /// script call. `None` when Redis is unavailable (the caller decides in process).
+    async fn admit_shared(
+        &self,
+        redis: &SharedLimits,
+        request: &InferenceRequest,
+        credits: Option<Decimal>,
+        estimate: TokenEstimate,
+        model: Option<&str>,
+    ) -> Option<Result<(Ticket, DateTime<Utc>), InferenceError>> {
+        let key = &request.key;
+        let model_name = model.unwrap_or_default();
+        let now = crate::clock::now();
+        let budget = key.budget.as_ref().map(|budget| {
+            let (start, end) = period_bounds(budget.period, now);
+            MoneyAsk {
+                account: Account::Budget(key.id),
+                limit_pico: usd_to_pico(budget.limit_usd),
+                period_start: start,
+                period_end: end,
+            }
+        });
+        let credits_ask = credits.map(|credits| MoneyAsk {
+            account: Account::Credits(key.workspace_id),
+            limit_pico: usd_to_pico(credits),
+            period_start: DateTime::UNIX_EPOCH,
+            period_end: None,
+        });
+        let admit = AdmitRequest {
+            key_id: key.id,
+            charges: charges_for(key.id, &key.limits, &key.model_limits, model_name, estimate),
+            budget,
+            credits: credits_ask,
+            estimate_pico: self.shared.pricing.cost_pico(
+                model_name,
+                saturating_i64(estimate.input),
+                saturating_i64(estimate.output),
+            ),
+            max_parallel: key.max_parallel,
+        };
+        let refused = match redis.gate.admit(admit).await {
+            Ok(ticket) => return Some(Ok((ticket, now))),
+            Err(AdmitError::Unavailable) => return None,
+            Err(AdmitError::Store(err)) => {
+                tracing::error!(request_id = %request.request_id, key_id = %key.id, error = %err, "budget state unavailable; refusing (fail closed)");
+                return Some(Err(InferenceError::BudgetUnavailable));
+            }
+            Err(AdmitError::Refused(refused)) => refused,
+        };
+        let limit = key.max_parallel.unwrap_or(0);
+        let error = match refused {
+            Refused::Slot => {
+                self.record_refusal(key, model, "concurrency", limit.to_string());
+                InferenceError::Concurrency { limit }
+            }
+            Refused::Budget => {
+                let budget = key.budget.as_ref()?;
+                self.record_refusal(key, model, "budget", budget.limit_usd.to_string());
+                InferenceError::Budget(BudgetRefusal::Budget {
+                    limit_usd: budget.limit_usd,
+                    period: budget.period,
+                    resets_at: period_bounds(budget.period, now).1,
+                })
+            }
+            Refused::Credits => {
+                let credits_usd = credits?;
+                self.record_refusal(key, model, "credits", credits_usd.to_string());
+                InferenceError::Budget(BudgetRefusal::Credits { credits_usd })
+            }
+            Refused::Rate(refusal) => {
+                self.record_refusal(
+                    key,
+                    refusal.scope.model().or(model),
+                    refusal.kind.as_str(),
+                    refusal.limit.to_string(),
+                );
+                InferenceError::RateLimited(refusal)
+            }
+        };
+        Some(Err(error))
+    }
+
+    fn admitted_shared(
+        &self,
+        key: &Arc<ApiKey>,
+        model: Option<String>,
+        prompt_tokens: PromptTokens,
+        mut ticket: Ticket,
+        at: DateTime<Utc>,
+    ) -> Admitted {
+        let limits = ticket.take_states();
+        let meter = Meter::new(
+            self.shared.clone(),
+            key.clone(),
+            model.unwrap_or_default(),
+            prompt_tokens,
+            Admission {
+                reservation: Reservation::empty(),
+                hold: None,
+                slot: None,
+                ticket: Some(ticket),
+                at,
+            },
+        );
+        Admitted { meter, limits }
+    }
+
+    /// The key's `max_parallel` slot, if it has a cap (divided by `divisor` in fallback).
+    fn take_slot(
+        &self,
+        key: &ApiKey,
+        divisor: u32,
+    ) -> Result<Option<OwnedSemaphorePermit>, InferenceError> {
         let Some(limit) = key.max_parallel else {
             return Ok(None);
         };
+        let limit = limit.div_ceil(divisor);
         let semaphore = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             let entry = slots

@@ -18,7 +18,7 @@ use tokio::{sync::OwnedSemaphorePermit, time::Instant};
 use super::{saturating_i64, sse, tokens, tokens::BodyKind, Shared};
 use crate::{
     keys::ApiKey,
-    limits::{Limiter, Reservation, TokenUsage},
+    limits::{redis::Ticket, Limiter, Reservation, TokenUsage},
     telemetry::metrics::ModelId,
     usage::{budget::BudgetHold, UsageEvent},
 };
@@ -63,6 +63,8 @@ struct Pending {
     hold: Option<BudgetHold>,
     /// Released when the meter settles: the `max_parallel` slot can never leak.
     _slot: Option<OwnedSemaphorePermit>,
+    /// What Redis admitted (buckets, money and slot), settled through its queue.
+    ticket: Option<Ticket>,
     /// Text streamed so far, counted only if the stream ends without `usage`.
     produced: String,
     reported: Option<TokenUsage>,
@@ -80,6 +82,7 @@ pub(super) struct Admission {
     pub reservation: Reservation,
     pub hold: Option<BudgetHold>,
     pub slot: Option<OwnedSemaphorePermit>,
+    pub ticket: Option<Ticket>,
     /// When the budget admitted it: the period its usage is booked to.
     pub at: chrono::DateTime<chrono::Utc>,
 }
@@ -96,6 +99,7 @@ impl Meter {
             reservation,
             hold,
             slot,
+            ticket,
             at,
         } = admission;
         shared.metrics.in_flight().increment(1.0);
@@ -109,6 +113,7 @@ impl Meter {
                 reservation,
                 hold,
                 _slot: slot,
+                ticket,
                 produced: String::new(),
                 reported: None,
                 admitted_at: at,
@@ -192,6 +197,7 @@ impl Meter {
             model,
             reservation,
             hold,
+            ticket,
             admitted_at,
             model_id,
             upstream_timing,
@@ -214,6 +220,9 @@ impl Meter {
         if let Some(hold) = hold {
             shared.budgets.settle(hold, cost_pico);
         }
+        if let Some(ticket) = ticket {
+            ticket.settle(usage, cost_pico);
+        }
         if let Outcome::Charged(usage) = outcome {
             metrics.used(model_id, usage.input, usage.output, cost_pico);
             shared.recorder.record(UsageEvent {
@@ -235,6 +244,9 @@ impl Meter {
 /// must not wait for it. An in-process limiter settles at once (`settle_now`); otherwise
 /// poll once here and spawn a task only for a settle that is really still pending.
 fn settle_in_background(limiter: Arc<dyn Limiter>, reservation: Reservation, usage: TokenUsage) {
+    if reservation.charges().is_empty() {
+        return;
+    }
     let Err((reservation, usage)) = limiter.settle_now(reservation, usage) else {
         return;
     };

@@ -46,7 +46,10 @@ use self::{
 use crate::{
     config::ProxyConfig,
     keys::ApiKey,
-    limits::{BucketState, Limiter, Refusal},
+    limits::{
+        redis::{RedisGate, RedisLimiterWithFallback},
+        BucketState, Charge, Limiter, Refusal,
+    },
     store::DynStore,
     telemetry::metrics::{Metrics, ModelId},
     usage::{
@@ -58,11 +61,32 @@ use crate::{
 
 /// What the gateway shares with every in-flight request.
 pub struct Shared {
+    /// The in-process limiter: the only one without Redis, the fallback with it.
     pub limiter: Arc<dyn Limiter>,
+    /// The in-process budget ledger (likewise).
     pub budgets: BudgetLedger,
     pub recorder: Recorder,
     pub pricing: Pricing,
     pub metrics: Arc<Metrics>,
+    /// Limits, budgets and slots shared by all replicas (`redis.url` set).
+    pub redis: Option<SharedLimits>,
+}
+
+/// The Redis gate and what the in-process fallback divides every limit by.
+pub struct SharedLimits {
+    pub gate: RedisGate,
+    pub view: RedisLimiterWithFallback,
+    pub fallback_replicas: u32,
+}
+
+impl Shared {
+    /// The buckets' states for `/v1/key`: from Redis when it is the limiter in force.
+    pub async fn bucket_states(&self, buckets: &[Charge]) -> Vec<BucketState> {
+        match &self.redis {
+            Some(redis) if !redis.gate.in_fallback() => redis.view.snapshot(buckets).await,
+            _ => self.limiter.snapshot(buckets).await,
+        }
+    }
 }
 
 pub struct Gateway {
@@ -202,6 +226,16 @@ impl Gateway {
 
     pub fn upstreams(&self) -> &Upstreams {
         &self.upstreams
+    }
+
+    /// Which limiter decides now: `memory`, `redis`, or `fallback` while Redis is
+    /// unreachable and this instance limits on its own.
+    pub fn limiter_state(&self) -> &'static str {
+        match &self.shared.redis {
+            None => "memory",
+            Some(redis) if redis.gate.in_fallback() => "fallback",
+            Some(_) => "redis",
+        }
     }
 
     /// Drops the workspace's cached credits (`None`: every workspace's), so the next

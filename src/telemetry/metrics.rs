@@ -108,6 +108,9 @@ pub struct Snapshot {
     pub usage: UsageStats,
     /// Each upstream's breaker: its name and `closed`, `half_open` or `open`.
     pub upstreams: Vec<(String, &'static str)>,
+    /// The limiter deciding now: `memory`, `redis`, or `fallback` (Redis configured and
+    /// unreachable).
+    pub limiter: &'static str,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -364,22 +367,6 @@ impl Metrics {
         &self.in_flight
     }
 
-    /// `keygate_limiter_backend{backend}` = 1 for the limiter admission uses (`memory`, or
-    /// `redis`), and 0 for the other one.
-    pub fn set_limiter_backend(&self, backend: &'static str) {
-        for known in ["memory", "redis"] {
-            let value = if known == backend { 1.0 } else { 0.0 };
-            self.gauge(LIMITER_BACKEND, vec![Label::new("backend", known)])
-                .set(value);
-        }
-    }
-
-    /// `keygate_limiter_fallback`: 1 while a shared limiter (Redis) cannot be reached and
-    /// each instance limits on its own, else 0.
-    pub fn limiter_fallback(&self) -> Gauge {
-        self.gauge(LIMITER_FALLBACK, Vec::new())
-    }
-
     fn gauge(&self, name: &'static str, labels: Vec<Label>) -> Gauge {
         self.recorder
             .register_gauge(&Key::from_parts(name, labels), &METADATA)
@@ -426,6 +413,20 @@ impl Metrics {
         counter(recorder, FLUSH_FAILURES, Vec::new()).absolute(usage.flush_failures);
         counter(recorder, USAGE_DROPPED, Vec::new()).absolute(usage.dropped);
         counter(recorder, USAGE_DISCARDED, Vec::new()).absolute(usage.discarded);
+        for backend in ["memory", "redis"] {
+            let in_force = match snapshot.limiter {
+                "memory" => backend == "memory",
+                _ => backend == "redis",
+            };
+            self.gauge(LIMITER_BACKEND, vec![Label::new("backend", backend)])
+                .set(if in_force { 1.0 } else { 0.0 });
+        }
+        self.gauge(LIMITER_FALLBACK, Vec::new())
+            .set(if snapshot.limiter == "fallback" {
+                1.0
+            } else {
+                0.0
+            });
         for (upstream, state) in &snapshot.upstreams {
             let value = match *state {
                 "closed" => 0.0,

@@ -32,12 +32,14 @@
 //! With estimates that bound the real cost (prompt tokens + `max_tokens`), the overshoot is
 //! below one request's estimate. Under-estimates (no `max_tokens`) add their difference.
 //!
-//! **Limits of exactness.** The baseline reads the store, so it misses usage not yet
-//! flushed by the usage writer (≤ one flush interval) when it is loaded: at the first
-//! request of a period, after [`BudgetLedger::forget`], or after a restart. Other instances'
-//! spend after the load is not seen at all: with several instances each enforces the budget
-//! against its own settlements plus the baseline it loaded (DESIGN §7 keeps rate limits
-//! exact through Redis; budgets across instances are only as fresh as the baseline).
+//! **Several instances** (without Redis, which keeps budgets exact across instances: see
+//! `limits::redis`). After every usage flush the writer calls
+//! [`BudgetLedger::after_flush`]: what this instance flushed moves from `settled` into the
+//! baseline, and every active account's baseline is re-read from the store, so other
+//! instances' spend counts as soon as they have flushed it. Overshoot bound with N
+//! instances: the single-instance bound above plus what the other instances spent on the
+//! account within about two seconds (their flush interval, then our reload). Accounts idle
+//! for a minute with nothing pending are dropped and loaded afresh on their next use.
 //!
 //! **Periods.** Day and month start at UTC calendar boundaries, lifetime at the epoch
 //! (PEERS §2 item 7). The first request after a boundary starts a new account with a fresh
@@ -60,11 +62,13 @@ use uuid::Uuid;
 use crate::{
     keys::model::{ApiKey, BudgetPeriod},
     money::{pico_to_usd, usd_to_pico},
-    store::{DynStore, RateLimitEvent, StoreError},
+    store::{DynStore, RateLimitEvent, StoreError, UsageDelta},
 };
 
 /// Shards of the account maps, so unrelated keys rarely share a lock.
 const SHARDS: usize = 16;
+/// An account unused this long, with nothing pending, is dropped at the next flush.
+const IDLE_ACCOUNT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Why a request was refused with 402 (or, for `Unavailable`, could not be checked).
 #[derive(Debug, thiserror::Error)]
@@ -403,6 +407,38 @@ impl BudgetLedger {
         self.inner.workspaces.remove(workspace_id);
     }
 
+    /// After a usage flush of this instance (`flushed` is what it wrote): the flushed costs
+    /// move from the accounts' own settlements into their baselines, and every account's
+    /// baseline is read again from the store, so what other instances flushed counts too.
+    /// With N instances on one database a budget is overshot by at most what the others
+    /// spent within one flush interval (docs/decisions.md). Accounts idle for a minute with
+    /// nothing pending are dropped instead (the next request loads them afresh).
+    pub async fn after_flush(&self, flushed: &[UsageDelta]) {
+        for delta in flushed.iter().filter(|d| d.cost_pico > 0) {
+            for (accounts, id) in [
+                (&self.inner.keys, delta.key_id),
+                (&self.inner.workspaces, delta.workspace_id),
+            ] {
+                if let Some(account) = accounts.current(id) {
+                    if account.covers(delta.minute) {
+                        let mut c = account.counters();
+                        c.settled = c.settled.saturating_sub(delta.cost_pico).max(0);
+                    }
+                }
+            }
+        }
+        for accounts in [&self.inner.keys, &self.inner.workspaces] {
+            for account in accounts.reload_candidates() {
+                match self.inner.load(&account).await {
+                    Ok(spent) => account.counters().reloaded = Some(spent),
+                    Err(err) => {
+                        tracing::debug!(error = %err, "budget baseline not reloaded; keeping the last one");
+                    }
+                }
+            }
+        }
+    }
+
     /// Baseline loads so far (tests check that concurrent first requests load once).
     #[cfg(test)]
     pub(crate) fn baseline_loads(&self) -> u64 {
@@ -423,22 +459,27 @@ impl Inner {
                 #[cfg(test)]
                 self.loads
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let totals = match account.scope {
-                    Scope::Key(id) => {
-                        self.store
-                            .key_usage_totals(id, account.period_start, None)
-                            .await?
-                    }
-                    Scope::Workspace(id) => {
-                        self.store
-                            .workspace_usage_totals(id, account.period_start)
-                            .await?
-                    }
-                };
-                Ok(totals.cost_pico)
+                self.load(account).await
             })
             .await
             .copied()
+    }
+
+    /// The account's stored spend in its period.
+    async fn load(&self, account: &Account) -> Result<i64, StoreError> {
+        let totals = match account.scope {
+            Scope::Key(id) => {
+                self.store
+                    .key_usage_totals(id, account.period_start, None)
+                    .await?
+            }
+            Scope::Workspace(id) => {
+                self.store
+                    .workspace_usage_totals(id, account.period_start)
+                    .await?
+            }
+        };
+        Ok(totals.cost_pico)
     }
 }
 
@@ -512,11 +553,23 @@ struct Account {
 
 #[derive(Default)]
 struct Counters {
+    /// Real costs settled here and not yet in `baseline` (not yet flushed to the store when
+    /// the baseline was last read).
     settled: i64,
     reserved: i64,
+    /// The stored spend as last reloaded after a usage flush; `None` until the first
+    /// reload (the first load in `baseline` stands until then).
+    reloaded: Option<i64>,
+    /// When a request last reserved on the account (idle accounts are dropped).
+    last_used: Option<std::time::Instant>,
 }
 
 impl Account {
+    /// Whether usage booked at `at` belongs to this account's period.
+    fn covers(&self, at: DateTime<Utc>) -> bool {
+        self.period_start <= at && self.period_end.is_none_or(|end| at < end)
+    }
+
     fn counters(&self) -> MutexGuard<'_, Counters> {
         // Nothing below can panic while the lock is held; recover the data regardless.
         self.counters.lock().unwrap_or_else(PoisonError::into_inner)
@@ -525,11 +578,13 @@ impl Account {
     /// The admission rule, checked and applied under one lock.
     fn try_reserve(&self, baseline: i64, limit: i64, estimate: i64) -> bool {
         let mut c = self.counters();
+        let baseline = c.reloaded.unwrap_or(baseline);
         let left = remaining(limit, baseline.saturating_add(c.settled), c.reserved);
         if estimate > 0 && left <= 0 {
             return false;
         }
         c.reserved = c.reserved.saturating_add(estimate);
+        c.last_used = Some(std::time::Instant::now());
         true
     }
 
@@ -546,6 +601,7 @@ impl Account {
     /// (spent, reserved) in pico-USD.
     fn totals(&self, baseline: i64) -> (i64, i64) {
         let c = self.counters();
+        let baseline = c.reloaded.unwrap_or(baseline);
         (baseline.saturating_add(c.settled), c.reserved)
     }
 }
@@ -633,6 +689,26 @@ impl Accounts {
 
     fn remove(&self, id: Uuid) {
         self.shard(id).remove(&id);
+    }
+
+    fn current(&self, id: Uuid) -> Option<Arc<Account>> {
+        self.shard(id).get(&id).cloned()
+    }
+
+    /// Accounts whose baseline was loaded, to reload; drops the idle ones (a minute
+    /// without requests, nothing reserved or unflushed).
+    fn reload_candidates(&self) -> Vec<Arc<Account>> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            shard.retain(|_, account| {
+                let c = account.counters();
+                let idle = c.last_used.is_none_or(|at| at.elapsed() > IDLE_ACCOUNT);
+                !(idle && c.reserved == 0 && c.settled == 0)
+            });
+            out.extend(shard.values().filter(|a| a.baseline.initialized()).cloned());
+        }
+        out
     }
 
     #[cfg(test)]

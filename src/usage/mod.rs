@@ -27,7 +27,9 @@ pub use self::{
     budget::{BudgetHold, BudgetLedger, BudgetRefusal, BudgetState, CreditsState},
     pricing::Pricing,
     reader::{KeySpend, RangeRequest, ReadError, UsageReader},
-    writer::{spawn_writer, FlushError, Recorder, DEFAULT_FLUSH_EVERY},
+    writer::{
+        spawn_writer, spawn_writer_after, AfterFlush, FlushError, Recorder, DEFAULT_FLUSH_EVERY,
+    },
 };
 
 /// What one finished (or cancelled) request used. `at` picks the usage minute; use the

@@ -4,8 +4,10 @@
 //! every `flush_every` (≤ 1 s, DESIGN §7) and once more when told to stop (STYLE rule 15).
 //! The batch aggregates per key·model·minute as events arrive.
 //!
-//! After each flush it tells an optional [`FlushHook`] which keys it wrote usage for (the
-//! budget-alert checker, `src/alerts`), so alerts cost nothing per request.
+//! After each flush it tells what it wrote to whoever asked ([`AfterFlush`]): the budget
+//! ledger reloads the stored spend (so replicas on one database see each other's spend
+//! within a flush interval, issue 12 §1), and the budget-alert checker (`src/alerts`) learns
+//! which keys it wrote usage for, so alerts cost nothing per request.
 //!
 //! Why no channel: a message per request woke the writer task once per request, which
 //! cost more on the proxy's hot path than the aggregation itself.
@@ -45,6 +47,7 @@ use uuid::Uuid;
 
 use super::{
     batch::{Batch, BucketKey},
+    budget::BudgetLedger,
     UsageEvent,
 };
 use crate::store::{DynStore, RateLimitEvent, UsageDelta};
@@ -68,6 +71,21 @@ const FINAL_ATTEMPTS: u32 = 3;
 /// Told, after a flush, which keys it wrote usage for (deduplicated). Called on the writer
 /// task, so it must only hand the ids over (the budget-alert checker, `alerts::KeysToCheck`).
 pub type FlushHook = Arc<dyn Fn(Vec<Uuid>) + Send + Sync>;
+
+/// Who is told after each flush.
+#[derive(Default)]
+pub struct AfterFlush {
+    /// Reloads its budgets' stored spend ([`BudgetLedger::after_flush`]).
+    pub ledger: Option<BudgetLedger>,
+    /// Learns which keys the flush wrote usage for.
+    pub alerts: Option<FlushHook>,
+}
+
+impl AfterFlush {
+    fn wants_deltas(&self) -> bool {
+        self.ledger.is_some() || self.alerts.is_some()
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FlushError {
@@ -240,17 +258,23 @@ pub fn spawn_writer(
     flush_every: Duration,
     stop: watch::Receiver<bool>,
 ) -> (Recorder, JoinHandle<()>) {
-    spawn_writer_with(store, flush_every, stop, Caps::default(), None)
+    spawn_writer_with(
+        store,
+        flush_every,
+        stop,
+        Caps::default(),
+        AfterFlush::default(),
+    )
 }
 
-/// [`spawn_writer`], calling `on_flushed` after every flush that wrote usage.
-pub fn spawn_writer_notifying(
+/// [`spawn_writer`], telling `after` what each flush wrote.
+pub fn spawn_writer_after(
     store: DynStore,
     flush_every: Duration,
     stop: watch::Receiver<bool>,
-    on_flushed: FlushHook,
+    after: AfterFlush,
 ) -> (Recorder, JoinHandle<()>) {
-    spawn_writer_with(store, flush_every, stop, Caps::default(), Some(on_flushed))
+    spawn_writer_with(store, flush_every, stop, Caps::default(), after)
 }
 
 /// Size limits of the retained batch (smaller in tests).
@@ -276,7 +300,7 @@ pub(crate) fn spawn_writer_with(
     flush_every: Duration,
     stop: watch::Receiver<bool>,
     caps: Caps,
-    on_flushed: Option<FlushHook>,
+    after: AfterFlush,
 ) -> (Recorder, JoinHandle<()>) {
     let (flushes, flush_requests) = mpsc::channel(64);
     let shared = Arc::new(Shared {
@@ -296,8 +320,8 @@ pub(crate) fn spawn_writer_with(
         retry_not_before: None,
         last_failure_logged: None,
         unsettled: None,
-        on_flushed,
-        written: Vec::new(),
+        after,
+        flushed: Vec::new(),
     };
     let flush_every = writer.flush_every;
     let handle = tokio::spawn(run(writer, flush_requests, stop, flush_every));
@@ -393,15 +417,9 @@ struct Writer {
     /// The usage chunk whose store call failed: the store may have committed it anyway.
     /// Retried as it is, under its id, before any newer usage.
     unsettled: Option<Chunk>,
-    on_flushed: Option<FlushHook>,
-    /// Keys whose usage this flush wrote, for `on_flushed`.
-    written: Vec<Uuid>,
-}
-
-fn note_written(hook: &Option<FlushHook>, written: &mut Vec<Uuid>, deltas: &[UsageDelta]) {
-    if hook.is_some() {
-        written.extend(deltas.iter().map(|d| d.key_id));
-    }
+    after: AfterFlush,
+    /// The usage this flush wrote, for `after` (kept only when it wants it).
+    flushed: Vec<UsageDelta>,
 }
 
 /// Usage buckets written in one store call under one batch id.
@@ -418,7 +436,11 @@ impl Writer {
         if let Some(chunk) = &self.unsettled {
             match self.store.add_usage_batch(chunk.id, &chunk.deltas).await {
                 Ok(_) => {
-                    note_written(&self.on_flushed, &mut self.written, &chunk.deltas);
+                    if let Some(chunk) = self.unsettled.take() {
+                        if self.after.wants_deltas() {
+                            self.flushed.extend(chunk.deltas);
+                        }
+                    }
                     self.set_unsettled(None);
                 }
                 Err(e) => {
@@ -438,7 +460,7 @@ impl Writer {
         if let Err(e) = self.flush_touches(&mut batch).await {
             first_error.get_or_insert(e);
         }
-        self.tell_flushed();
+        self.tell_after().await;
         let Some(error) = first_error else {
             self.retry_not_before = None;
             return Ok(());
@@ -480,23 +502,25 @@ impl Writer {
                 self.set_unsettled(Some(Chunk { id, deltas }));
                 return Err(e);
             }
-            self.note_written(&deltas);
+            if self.after.wants_deltas() {
+                self.flushed.extend(deltas);
+            }
         }
         Ok(())
     }
 
-    fn note_written(&mut self, deltas: &[UsageDelta]) {
-        note_written(&self.on_flushed, &mut self.written, deltas);
-    }
-
-    fn tell_flushed(&mut self) {
-        if let Some(hook) = &self.on_flushed {
-            if !self.written.is_empty() {
-                let mut keys = std::mem::take(&mut self.written);
-                keys.sort_unstable();
-                keys.dedup();
-                hook(keys);
-            }
+    /// Tells `after` what this flush wrote: the ledger after every flush (it also re-reads
+    /// the spend other instances wrote), the alert checker when usage was written.
+    async fn tell_after(&mut self) {
+        let flushed = std::mem::take(&mut self.flushed);
+        if let Some(ledger) = &self.after.ledger {
+            ledger.after_flush(&flushed).await;
+        }
+        if let (Some(hook), false) = (&self.after.alerts, flushed.is_empty()) {
+            let mut keys: Vec<Uuid> = flushed.iter().map(|d| d.key_id).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            hook(keys);
         }
     }
 

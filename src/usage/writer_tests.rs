@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::{
     batch::minute_of,
     test_support::*,
-    writer::{spawn_writer, spawn_writer_with, Caps, FlushError},
+    writer::{spawn_writer, spawn_writer_with, AfterFlush, Caps, FlushError},
     UsageEvent,
 };
 use crate::{
@@ -301,8 +301,13 @@ async fn the_retained_batch_is_capped_and_what_it_drops_is_counted() {
         refusals: 1,
         touches: 1,
     };
-    let (recorder, _writer) =
-        spawn_writer_with(store.clone(), Duration::from_secs(1), stop, caps, None);
+    let (recorder, _writer) = spawn_writer_with(
+        store.clone(),
+        Duration::from_secs(1),
+        stop,
+        caps,
+        AfterFlush::default(),
+    );
     let now = at(2026, 3, 10, 12, 0, 0);
 
     break_usage_table(&dir, true).await;

@@ -27,6 +27,7 @@ mod proxy_limits;
 mod proxy_routes;
 mod proxy_routing;
 mod proxy_streaming;
+mod replicas_limits;
 mod roles;
 mod secrets;
 #[path = "../support/mod.rs"]

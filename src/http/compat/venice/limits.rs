@@ -98,7 +98,7 @@ pub async fn rate_limits(
     let now = Utc::now();
     let shared = state.gateway.shared();
     let buckets = buckets_of(key.id, &key.limits, &key.model_limits);
-    let states = shared.limiter.snapshot(&buckets).await;
+    let states = shared.bucket_states(&buckets).await;
     // Global limits first, then each model's, in name order.
     let mut scopes: BTreeMap<Option<String>, Vec<RateLimit>> = BTreeMap::new();
     for s in &states {
