@@ -145,33 +145,28 @@ impl KeyCache {
 
     /// Makes every entry of `key_id` re-read the store on its next use.
     pub fn mark_stale(&self, key_id: Uuid) {
-        let mut entries = self
-            .entries
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        match self.long_ago() {
-            Some(long_ago) => {
-                for entry in entries.values_mut().filter(|e| e.key.id == key_id) {
-                    entry.refreshed_at = long_ago;
-                }
-            }
-            None => entries.retain(|_, e| e.key.id != key_id),
-        }
+        self.mark_stale_where(|cached| cached.key.id == key_id);
     }
 
     /// Makes every entry re-read the store on its next use (changes may have been missed).
     pub fn mark_all_stale(&self) {
+        self.mark_stale_where(|_| true);
+    }
+
+    /// Backdates the entries `matches` picks so their next use re-reads the store (without
+    /// a new argon2 run); drops them where [`KeyCache::long_ago`] cannot backdate.
+    fn mark_stale_where(&self, matches: impl Fn(&CachedKey) -> bool) {
         let mut entries = self
             .entries
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         match self.long_ago() {
             Some(long_ago) => {
-                for entry in entries.values_mut() {
+                for entry in entries.values_mut().filter(|e| matches(e)) {
                     entry.refreshed_at = long_ago;
                 }
             }
-            None => entries.clear(),
+            None => entries.retain(|_, e| !matches(e)),
         }
     }
 

@@ -156,20 +156,14 @@ impl Gateway {
             }
         };
         let limits = reservation.take_states();
-        let meter = Meter::new(
-            self.shared.clone(),
-            key.clone(),
-            model.unwrap_or_default(),
-            prompt_tokens,
-            Admission {
-                reservation,
-                hold: Some(hold),
-                slot,
-                ticket: None,
-                at: admitted_at,
-            },
-        );
-        Ok(Admitted { meter, limits })
+        let admission = Admission {
+            reservation,
+            hold: Some(hold),
+            slot,
+            ticket: None,
+            at: admitted_at,
+        };
+        Ok(self.admitted(key, model, prompt_tokens, admission, limits))
     }
 
     /// Admission in Redis: every bucket, the budget, the credits and the slot in one
@@ -263,18 +257,32 @@ impl Gateway {
         at: DateTime<Utc>,
     ) -> Admitted {
         let limits = ticket.take_states();
+        let admission = Admission {
+            reservation: Reservation::empty(),
+            hold: None,
+            slot: None,
+            ticket: Some(ticket),
+            at,
+        };
+        self.admitted(key, model, prompt_tokens, admission, limits)
+    }
+
+    /// The meter of an admitted request, holding what `admission` took, and the buckets'
+    /// states for the answer's headers.
+    fn admitted(
+        &self,
+        key: &Arc<ApiKey>,
+        model: Option<String>,
+        prompt_tokens: PromptTokens,
+        admission: Admission,
+        limits: Vec<BucketState>,
+    ) -> Admitted {
         let meter = Meter::new(
             self.shared.clone(),
             key.clone(),
             model.unwrap_or_default(),
             prompt_tokens,
-            Admission {
-                reservation: Reservation::empty(),
-                hold: None,
-                slot: None,
-                ticket: Some(ticket),
-                at,
-            },
+            admission,
         );
         Admitted { meter, limits }
     }
