@@ -197,17 +197,22 @@ async fn max_parallel_4_holds_across_replicas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_replica_releases_its_slot_within_the_lease() {
-    // Arrange: a 2 s lease; the replica that will die is the real binary (SIGKILL).
+    // Arrange: a 2 s lease; the replica that will die is the real binary (SIGKILL). Redis
+    // calls get 2 s instead of 250 ms: on a loaded CI machine a slow first connect would
+    // otherwise put a replica on its local fallback, where the slot is not shared.
     const LEASE: Duration = Duration::from_secs(2);
+    const REDIS_TIMEOUT_MS: u64 = 2000;
     let prefix = unique_prefix();
     let replicas = spawn_replicas(1, postgres(), |_, config| {
         use_redis(config, SHARED_REDIS, &prefix);
         config.redis.slot_lease_secs = LEASE.as_secs();
+        config.redis.timeout_ms = REDIS_TIMEOUT_MS;
     })
     .await;
     let survivor = &replicas[0];
     let admin_key = Token::generate().expose().to_string();
     let lease = LEASE.as_secs().to_string();
+    let redis_timeout = REDIS_TIMEOUT_MS.to_string();
     let mut doomed = spawn_serve_with(
         &survivor.db,
         &proxy_toml(&survivor.mock),
@@ -216,6 +221,7 @@ async fn a_killed_replica_releases_its_slot_within_the_lease() {
             ("KEYGATE_REDIS__URL", SHARED_REDIS),
             ("KEYGATE_REDIS__KEY_PREFIX", prefix.as_str()),
             ("KEYGATE_REDIS__SLOT_LEASE_SECS", lease.as_str()),
+            ("KEYGATE_REDIS__TIMEOUT_MS", redis_timeout.as_str()),
         ],
     )
     .await;
