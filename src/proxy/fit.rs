@@ -175,7 +175,7 @@ mod tests {
         let total = bucket(LimitKind::Tpm, Some(TokenType::Total), 50);
         let output = bucket(LimitKind::Tpd, Some(TokenType::Output), 30);
         let rpm = bucket(LimitKind::Rpm, None, 3);
-        assert_eq!(room(&[total.clone()], 10), Some(40));
+        assert_eq!(room(std::slice::from_ref(&total), 10), Some(40));
         assert_eq!(room(&[total.clone(), output.clone(), rpm], 10), Some(30));
         assert_eq!(room(&[total], 60), None, "the prompt alone does not fit");
         assert_eq!(
@@ -193,7 +193,7 @@ mod tests {
             None
         );
         let input = bucket(LimitKind::Tpm, Some(TokenType::Input), 5);
-        assert_eq!(room(&[input.clone()], 10), None);
+        assert_eq!(room(std::slice::from_ref(&input), 10), None);
         assert_eq!(room(&[input, tpm], 5), Some(45));
         let in_debt = bucket(LimitKind::Tpm, Some(TokenType::Output), -20);
         assert_eq!(room(&[in_debt], 0), Some(0));
