@@ -228,7 +228,44 @@ async fn a_killed_replica_releases_its_slot_within_the_lease() {
     let key = survivor.key_with(json!({"max_parallel": 1})).await;
     let fast = chat_body(PRICED_MODEL, "hi", None);
     let hanging = chat_body(&format!("{MODEL_SLOW_FIRST_BYTE}:60000"), "hi", None);
+    // Both replicas answer once through Redis first: a cold replica's first call (connect,
+    // script load) is the slowest, and one that timed out would put that replica on its
+    // unshared fallback, where this test would measure nothing.
     let client = survivor.client.clone();
+    let doomed_readyz = doomed.url("/readyz");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let through_doomed = client
+            .post(doomed.url("/v1/chat/completions"))
+            .bearer_auth(&key.secret)
+            .json(&fast)
+            .send()
+            .await
+            .map(|r| r.status());
+        let through_survivor = survivor.chat(&key.secret, &fast).await.status();
+        let doomed_limiter = match client.get(&doomed_readyz).send().await {
+            Ok(response) => json_body(response).await.1["limiter"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            Err(err) => err.to_string(),
+        };
+        let survivor_limiter = readyz_limiter(survivor).await;
+        if matches!(through_doomed, Ok(StatusCode::OK))
+            && through_survivor == StatusCode::OK
+            && doomed_limiter == "redis"
+            && survivor_limiter == "redis"
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas not on Redis: doomed {through_doomed:?} ({doomed_limiter}), survivor \
+             {through_survivor} ({survivor_limiter}); doomed's log:\n{}",
+            doomed.stderr_so_far()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let url = doomed.url("/v1/chat/completions");
     let secret = key.secret.clone();
     let in_flight = tokio::spawn(async move {
@@ -239,19 +276,29 @@ async fn a_killed_replica_releases_its_slot_within_the_lease() {
             .send()
             .await;
     });
-    // The doomed replica holds the only slot once the survivor refuses.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let status = survivor.chat(&key.secret, &fast).await.status();
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the slot was never taken: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The doomed replica holds the only slot once its request reached the upstream
+    // (admission comes before forwarding).
+    let reached = survivor
+        .mock
+        .wait_until(Duration::from_secs(30), |mock| {
+            mock.requests().iter().any(|r| {
+                r.model()
+                    .is_some_and(|m| m.starts_with(MODEL_SLOW_FIRST_BYTE))
+            })
+        })
+        .await;
+    assert!(
+        reached,
+        "the hanging request never reached the upstream; doomed's log:\n{}",
+        doomed.stderr_so_far()
+    );
+    let status = survivor.chat(&key.secret, &fast).await.status();
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the survivor did not see the doomed replica's slot; doomed's log:\n{}",
+        doomed.stderr_so_far()
+    );
 
     // Act: kill it mid-request.
     doomed.signal("KILL");
