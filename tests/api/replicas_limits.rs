@@ -45,11 +45,17 @@ fn unique_prefix() -> String {
     format!("keygate-test:{}:", Uuid::new_v4().simple())
 }
 
+/// Redis calls get this long in tests that need every request decided by Redis (the
+/// default is 250 ms): on a loaded CI machine one slow call would put a replica on its
+/// unshared local fallback, which is right in production and not what these tests measure.
+const PATIENT_REDIS_MS: u64 = 2000;
+
 /// Three replicas sharing the shared Redis under one fresh prefix.
 async fn three_replicas(configure: impl Fn(&mut Config)) -> Vec<TestApp> {
     let prefix = unique_prefix();
     spawn_replicas(3, postgres(), |_, config| {
         use_redis(config, SHARED_REDIS, &prefix);
+        config.redis.timeout_ms = PATIENT_REDIS_MS;
         configure(config);
     })
     .await
@@ -197,11 +203,9 @@ async fn max_parallel_4_holds_across_replicas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_replica_releases_its_slot_within_the_lease() {
-    // Arrange: a 2 s lease; the replica that will die is the real binary (SIGKILL). Redis
-    // calls get 2 s instead of 250 ms: on a loaded CI machine a slow first connect would
-    // otherwise put a replica on its local fallback, where the slot is not shared.
+    // Arrange: a 2 s lease; the replica that will die is the real binary (SIGKILL).
     const LEASE: Duration = Duration::from_secs(2);
-    const REDIS_TIMEOUT_MS: u64 = 2000;
+    const REDIS_TIMEOUT_MS: u64 = PATIENT_REDIS_MS;
     let prefix = unique_prefix();
     let replicas = spawn_replicas(1, postgres(), |_, config| {
         use_redis(config, SHARED_REDIS, &prefix);
