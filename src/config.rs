@@ -923,6 +923,7 @@ fast_path = \"yes\"
             Some("azure-gpt4o-eu")
         );
         assert_eq!(config.proxy.max_attempts, 3);
+        assert_eq!(config.proxy.min_fitted_tokens, 16);
         let err = load_from(
             "[[upstreams]]\nname = \"a\"\nbase_url = \"http://a/v1\"\nmodels = [\"*\"]\nweight = 0\n",
         )
@@ -934,6 +935,7 @@ fast_path = \"yes\"
             "max_attempts = 0",
             "breaker_failures = 0",
             "breaker_cooldown_secs = 0",
+            "min_fitted_tokens = 0",
         ] {
             let err = load_from(&format!("[proxy]\n{bad}\n"))
                 .unwrap_err()
