@@ -273,6 +273,10 @@ pub struct ProxyConfig {
     /// How long an upstream whose breaker opened is skipped before one probe request is
     /// let through.
     pub breaker_cooldown_secs: f64,
+    /// On a key with `fit_max_tokens`: the smallest completion cap keygate lowers a
+    /// request to; when less than this is left, the request is refused as it would be
+    /// without fitting.
+    pub min_fitted_tokens: u64,
 }
 
 impl Default for ProxyConfig {
@@ -286,6 +290,7 @@ impl Default for ProxyConfig {
             max_attempts: 3,
             breaker_failures: 5,
             breaker_cooldown_secs: 30.0,
+            min_fitted_tokens: 16,
         }
     }
 }
@@ -666,6 +671,9 @@ impl Config {
                 format!("must be a whole number in [1, {MAX_ATTEMPTS}]"),
             ));
         }
+        if self.proxy.min_fitted_tokens == 0 {
+            return Err(invalid("proxy.min_fitted_tokens", "must be at least 1"));
+        }
         if self.proxy.breaker_failures == 0 {
             return Err(invalid("proxy.breaker_failures", "must be at least 1"));
         }
@@ -915,6 +923,7 @@ fast_path = \"yes\"
             Some("azure-gpt4o-eu")
         );
         assert_eq!(config.proxy.max_attempts, 3);
+        assert_eq!(config.proxy.min_fitted_tokens, 16);
         let err = load_from(
             "[[upstreams]]\nname = \"a\"\nbase_url = \"http://a/v1\"\nmodels = [\"*\"]\nweight = 0\n",
         )
@@ -926,6 +935,7 @@ fast_path = \"yes\"
             "max_attempts = 0",
             "breaker_failures = 0",
             "breaker_cooldown_secs = 0",
+            "min_fitted_tokens = 0",
         ] {
             let err = load_from(&format!("[proxy]\n{bad}\n"))
                 .unwrap_err()

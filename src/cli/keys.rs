@@ -159,6 +159,10 @@ pub struct CreateArgs {
     /// Expiry, RFC 3339 (e.g. 2027-01-01T00:00:00Z).
     #[arg(long, value_name = "RFC3339")]
     pub expires_at: Option<DateTime<Utc>>,
+    /// Lower a request's max_tokens to what the limits or budget have left instead of
+    /// refusing it.
+    #[arg(long)]
+    pub fit_max_tokens: bool,
 }
 
 #[derive(Debug, Args)]
@@ -182,6 +186,13 @@ pub struct UpdateArgs {
     /// Remove the budget.
     #[arg(long, conflicts_with = "budget_usd")]
     pub no_budget: bool,
+    /// Lower a request's max_tokens to what the limits or budget have left instead of
+    /// refusing it.
+    #[arg(long, conflicts_with = "no_fit_max_tokens")]
+    pub fit_max_tokens: bool,
+    /// Refuse such requests again (the default).
+    #[arg(long)]
+    pub no_fit_max_tokens: bool,
 }
 
 fn kind_name(kind: KindArg) -> &'static str {
@@ -272,6 +283,9 @@ async fn create(admin: &Admin, args: CreateArgs, json: bool) -> anyhow::Result<(
     }
     if let Some(at) = args.expires_at {
         body["expires_at"] = json!(at);
+    }
+    if args.fit_max_tokens {
+        body["fit_max_tokens"] = json!(true);
     }
     let created = match admin {
         Admin::Local(local) => {
@@ -389,6 +403,9 @@ async fn update(admin: &Admin, args: UpdateArgs) -> anyhow::Result<Value> {
         body["budget"] = budget;
     } else if args.no_budget {
         body["budget"] = Value::Null;
+    }
+    if args.fit_max_tokens || args.no_fit_max_tokens {
+        body["fit_max_tokens"] = json!(args.fit_max_tokens);
     }
     match admin {
         Admin::Local(local) => {

@@ -160,6 +160,9 @@ pub struct ApiKey {
     pub alert_thresholds: Option<Vec<f64>>,
     pub compat: CompatFields,
     pub wallet_address: Option<String>,
+    /// Lower a completion's cap to what the token limits or budget have left instead of
+    /// refusing the request (docs/decisions.md, "max_tokens fitted to what is left").
+    pub fit_max_tokens: bool,
 }
 
 impl ApiKey {

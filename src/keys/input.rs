@@ -103,6 +103,10 @@ pub struct NewKey {
     /// Set by the Web3 flow only.
     #[serde(default, skip)]
     pub wallet_address: Option<String>,
+    /// Lower `max_tokens` to what the token limits or budget have left instead of
+    /// refusing (the answer says so in `x-keygate-max-tokens-fitted`). Default false.
+    #[serde(default)]
+    pub fit_max_tokens: Option<bool>,
 }
 
 /// Body of a key update: an absent field stays as it is, `null` clears it.
@@ -142,6 +146,9 @@ pub struct KeyPatch {
     pub alert_thresholds: Option<Option<Vec<f64>>>,
     #[serde(default, skip)]
     pub compat: Option<CompatFields>,
+    /// `false` turns fitting off again.
+    #[serde(default, deserialize_with = "not_null")]
+    pub fit_max_tokens: Option<bool>,
 }
 
 /// `Some(None)` for an explicit `null`, `None` when the field is absent (with `#[serde(default)]`).

@@ -155,6 +155,7 @@ impl KeysService {
             alert_thresholds,
             compat: new.compat,
             wallet_address: new.wallet_address,
+            fit_max_tokens: new.fit_max_tokens.unwrap_or(false),
         };
         let secret = SecretRecord {
             lookup_id: token.lookup_id().to_string(),
@@ -317,6 +318,10 @@ impl KeysService {
                 .map(input::validate_alert_thresholds)
                 .transpose()?;
             changed.push("alert_thresholds");
+        }
+        if let Some(fit) = patch.fit_max_tokens {
+            key.fit_max_tokens = fit;
+            changed.push("fit_max_tokens");
         }
         if let Some(compat) = patch.compat {
             key.compat = compat;

@@ -17,32 +17,71 @@ use uuid::Uuid;
 use chrono::{DateTime, Utc};
 
 use super::{
+    fit,
     meter::{Admission, Meter, PromptTokens},
     request::RequestFields,
-    saturating_i64, tokens, Gateway, InferenceError, InferenceRequest, SharedLimits,
+    saturating_i64,
+    tokens::{self, BodyKind},
+    Gateway, InferenceError, InferenceRequest, SharedLimits,
 };
 use crate::{
     keys::ApiKey,
     limits::{
         charges_for,
-        redis::{Account, AdmitError, AdmitRequest, MoneyAsk, Refused, Ticket},
-        BucketState, Reservation, TokenEstimate,
+        redis::{Account, AdmitError, AdmitRequest, MoneyAsk, Refused as RedisRefused, Ticket},
+        BucketState, Charge, Refusal, Reservation, TokenEstimate,
     },
     money::usd_to_pico,
     store::{RateLimitEvent, StoreError},
     usage::budget::{period_bounds, BudgetRefusal},
 };
 
-/// An admitted request: its meter, and the rate-limit buckets' states for the answer's
-/// headers.
+/// An admitted request: its meter, the rate-limit buckets' states for the answer's
+/// headers, and the completion cap it was fitted to (`fit.rs`), if it was.
 pub(super) struct Admitted {
     pub meter: Meter,
     pub limits: Vec<BucketState>,
+    pub fitted: Option<u64>,
+}
+
+/// One admission attempt's refusal: the error, the rate-limit event to record if the
+/// refusal stands, and, when fitting was asked for, the largest completion the refusing
+/// limit has room for (`None`: no completion helps).
+struct Refused {
+    error: InferenceError,
+    event: Option<(&'static str, Option<String>, String)>,
+    room: Option<u64>,
+}
+
+impl Refused {
+    fn new(error: InferenceError) -> Self {
+        Refused {
+            error,
+            event: None,
+            room: None,
+        }
+    }
+
+    fn event(mut self, limit: &'static str, model: Option<&str>, value: String) -> Self {
+        self.event = Some((limit, model.map(str::to_owned), value));
+        self
+    }
+}
+
+/// What one attempt admits with: the estimate, and whether money must fit it whole.
+#[derive(Clone, Copy)]
+struct Ask {
+    estimate: TokenEstimate,
+    /// Set for keys that fit `max_tokens`: fitting is only worth it if the budget then
+    /// holds the fitted estimate exactly (`BudgetLedger::admit_exact`).
+    fit: bool,
 }
 
 impl Gateway {
     /// Admits `request` (whose `body` was read into `fields`) for `model`, or says which
-    /// limit refused it.
+    /// limit refused it. On a key with `fit_max_tokens`, a refusal by a token bucket or by
+    /// money is followed by attempts with the completion cap lowered to the refusing
+    /// limit's room (`fit.rs`), each lower than the last, at most one per kind of limit.
     pub(super) async fn admit(
         &self,
         request: &InferenceRequest,
@@ -75,31 +114,91 @@ impl Gateway {
                 PromptTokens::Deferred(kind, body.clone()),
             ),
         };
+        // Only a completion's cap can be fitted: chat and legacy completions.
+        let fit = key.fit_max_tokens
+            && estimated
+            && fields.is_some()
+            && matches!(kind, BodyKind::Chat | BodyKind::Completion);
+        // The cap asked for; none is as many as the model gives.
+        let mut cap = fields
+            .and_then(RequestFields::max_output_tokens)
+            .unwrap_or(u64::MAX);
+        let mut ask = Ask { estimate, fit };
+        let mut fitted = None;
+        // At most one fit per kind of limit (token buckets, money): three attempts.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let refused = match self
+                .admit_once(request, credits, ask, model.as_deref())
+                .await
+            {
+                Ok((admission, limits)) => {
+                    let meter = self.meter(key, model, prompt_tokens, admission);
+                    return Ok(Admitted {
+                        meter,
+                        limits,
+                        fitted,
+                    });
+                }
+                Err(refused) => refused,
+            };
+            match refused
+                .room
+                .filter(|room| fit && *room < cap && attempts < 3)
+            {
+                Some(room) if room >= self.min_fitted_tokens => {
+                    cap = room;
+                    ask.estimate.output = room;
+                    fitted = Some(room);
+                }
+                _ => {
+                    if let Some((limit, model, value)) = refused.event {
+                        self.record_refusal(key, model.as_deref(), limit, value);
+                    }
+                    return Err(refused.error);
+                }
+            }
+        }
+    }
 
+    /// One admission attempt for `ask`: in Redis when it is the limiter in force, else in
+    /// process (limits divided while Redis is unavailable).
+    async fn admit_once(
+        &self,
+        request: &InferenceRequest,
+        credits: Option<Decimal>,
+        ask: Ask,
+        model: Option<&str>,
+    ) -> Result<(Admission, Vec<BucketState>), Refused> {
+        let key = &request.key;
         if let Some(redis) = &self.shared.redis {
-            let shared = self
-                .admit_shared(redis, request, credits, estimate, model.as_deref())
-                .await;
-            match shared {
-                Some(Ok((ticket, at))) => {
-                    return Ok(self.admitted_shared(key, model, prompt_tokens, ticket, at));
+            match self.admit_shared(redis, request, credits, ask, model).await {
+                Some(Ok((mut ticket, at))) => {
+                    let limits = ticket.take_states();
+                    let admission = Admission {
+                        reservation: Reservation::empty(),
+                        hold: None,
+                        slot: None,
+                        ticket: Some(ticket),
+                        at,
+                    };
+                    return Ok((admission, limits));
                 }
                 Some(Err(refused)) => return Err(refused),
                 None => {} // Redis unavailable: decide in process, limits divided.
             }
         }
+        let model_name = model.unwrap_or_default();
+        let estimate = ask.estimate;
         let divisor = self
             .shared
             .redis
             .as_ref()
             .map_or(1, |r| r.fallback_replicas);
-        let slot = self.take_slot(key, divisor).inspect_err(|_| {
-            self.record_refusal(
-                key,
-                model.as_deref(),
-                "concurrency",
-                key.max_parallel.unwrap_or(0).to_string(),
-            );
+        let slot = self.take_slot(key, divisor).map_err(|error| {
+            let limit = key.max_parallel.unwrap_or(0).to_string();
+            Refused::new(error).event("concurrency", model, limit)
         })?;
         let estimate_cost = self.shared.pricing.cost_pico(
             model_name,
@@ -107,30 +206,34 @@ impl Gateway {
             saturating_i64(estimate.output),
         );
         let admitted_at = crate::clock::now();
-        let hold = match self
-            .shared
-            .budgets
-            .admit(
-                key,
-                credits.map(|c| (key.workspace_id, c)),
-                estimate_cost,
-                admitted_at,
-            )
-            .await
-        {
+        let credits = credits.map(|c| (key.workspace_id, c));
+        let budgets = &self.shared.budgets;
+        let held = if ask.fit {
+            budgets
+                .admit_exact(key, credits, estimate_cost, admitted_at)
+                .await
+        } else {
+            budgets
+                .admit(key, credits, estimate_cost, admitted_at)
+                .await
+                .map_err(|refusal| (refusal, 0))
+        };
+        let hold = match held {
             Ok(hold) => hold,
-            Err(BudgetRefusal::Unavailable(err)) => {
+            Err((BudgetRefusal::Unavailable(err), _)) => {
                 tracing::error!(request_id = %request.request_id, key_id = %key.id, error = %err, "budget state unavailable; refusing (fail closed)");
-                return Err(InferenceError::BudgetUnavailable);
+                return Err(Refused::new(InferenceError::BudgetUnavailable));
             }
-            Err(refusal) => {
+            Err((refusal, left_pico)) => {
                 let (limit, value) = match &refusal {
                     BudgetRefusal::Credits { credits_usd } => ("credits", credits_usd.to_string()),
                     BudgetRefusal::Budget { limit_usd, .. } => ("budget", limit_usd.to_string()),
                     BudgetRefusal::Unavailable(_) => ("budget", String::new()),
                 };
-                self.record_refusal(key, model.as_deref(), limit, value);
-                return Err(InferenceError::Budget(refusal));
+                let room = self.money_room(ask, model_name, left_pico);
+                let refused =
+                    Refused::new(InferenceError::Budget(refusal)).event(limit, model, value);
+                return Err(Refused { room, ..refused });
             }
         };
         let mut charges = charges_for(key.id, &key.limits, &key.model_limits, model_name, estimate);
@@ -145,15 +248,7 @@ impl Gateway {
         };
         let mut reservation = match reserved {
             Ok(reservation) => reservation,
-            Err(refusal) => {
-                self.record_refusal(
-                    key,
-                    refusal.scope.model().or(model.as_deref()),
-                    refusal.kind.as_str(),
-                    refusal.limit.to_string(),
-                );
-                return Err(InferenceError::RateLimited(refusal));
-            }
+            Err(refusal) => return Err(Self::rate_refused(ask, &charges, refusal, model)),
         };
         let limits = reservation.take_states();
         let admission = Admission {
@@ -163,7 +258,43 @@ impl Gateway {
             ticket: None,
             at: admitted_at,
         };
-        Ok(self.admitted(key, model, prompt_tokens, admission, limits))
+        Ok((admission, limits))
+    }
+
+    /// A rate-limit refusal, with the room its token buckets leave when fitting.
+    fn rate_refused(
+        ask: Ask,
+        charges: &[Charge],
+        refusal: Refusal,
+        model: Option<&str>,
+    ) -> Refused {
+        let room = ask
+            .fit
+            .then(|| fit::room_in_buckets(charges, &refusal.states, ask.estimate.input))
+            .flatten();
+        let (limit, value) = (refusal.kind.as_str(), refusal.limit.to_string());
+        let scope_model = refusal.scope.model().or(model).map(str::to_owned);
+        Refused {
+            error: InferenceError::RateLimited(refusal),
+            event: Some((limit, scope_model, value)),
+            room,
+        }
+    }
+
+    /// The completion `left_pico` pays for beside the prompt, when fitting.
+    fn money_room(&self, ask: Ask, model: &str, left_pico: i64) -> Option<u64> {
+        let cap = ask.estimate.output;
+        ask.fit
+            .then(|| {
+                fit::room_in_money(
+                    &self.shared.pricing,
+                    model,
+                    ask.estimate.input,
+                    cap,
+                    left_pico,
+                )
+            })
+            .flatten()
     }
 
     /// Admission in Redis: every bucket, the budget, the credits and the slot in one
@@ -173,11 +304,12 @@ impl Gateway {
         redis: &SharedLimits,
         request: &InferenceRequest,
         credits: Option<Decimal>,
-        estimate: TokenEstimate,
+        ask: Ask,
         model: Option<&str>,
-    ) -> Option<Result<(Ticket, DateTime<Utc>), InferenceError>> {
+    ) -> Option<Result<(Ticket, DateTime<Utc>), Refused>> {
         let key = &request.key;
         let model_name = model.unwrap_or_default();
+        let estimate = ask.estimate;
         let now = crate::clock::now();
         let budget = key.budget.as_ref().map(|budget| {
             let (start, end) = period_bounds(budget.period, now);
@@ -205,86 +337,68 @@ impl Gateway {
                 saturating_i64(estimate.output),
             ),
             max_parallel: key.max_parallel,
+            exact_money: ask.fit,
         };
         let refused = match redis.gate.admit(admit).await {
             Ok(ticket) => return Some(Ok((ticket, now))),
             Err(AdmitError::Unavailable) => return None,
             Err(AdmitError::Store(err)) => {
                 tracing::error!(request_id = %request.request_id, key_id = %key.id, error = %err, "budget state unavailable; refusing (fail closed)");
-                return Some(Err(InferenceError::BudgetUnavailable));
+                return Some(Err(Refused::new(InferenceError::BudgetUnavailable)));
             }
             Err(AdmitError::Refused(refused)) => refused,
         };
         let limit = key.max_parallel.unwrap_or(0);
-        let error = match refused {
-            Refused::Slot => {
-                self.record_refusal(key, model, "concurrency", limit.to_string());
-                InferenceError::Concurrency { limit }
-            }
-            Refused::Budget => {
+        let refused = match refused {
+            RedisRefused::Slot => Refused::new(InferenceError::Concurrency { limit }).event(
+                "concurrency",
+                model,
+                limit.to_string(),
+            ),
+            RedisRefused::Budget { left_pico } => {
                 let budget = key.budget.as_ref()?;
-                self.record_refusal(key, model, "budget", budget.limit_usd.to_string());
-                InferenceError::Budget(BudgetRefusal::Budget {
+                let error = InferenceError::Budget(BudgetRefusal::Budget {
                     limit_usd: budget.limit_usd,
                     period: budget.period,
                     resets_at: period_bounds(budget.period, now).1,
-                })
+                });
+                let refused =
+                    Refused::new(error).event("budget", model, budget.limit_usd.to_string());
+                let room = self.money_room(ask, model_name, left_pico);
+                Refused { room, ..refused }
             }
-            Refused::Credits => {
+            RedisRefused::Credits { left_pico } => {
                 let credits_usd = credits?;
-                self.record_refusal(key, model, "credits", credits_usd.to_string());
-                InferenceError::Budget(BudgetRefusal::Credits { credits_usd })
+                let error = InferenceError::Budget(BudgetRefusal::Credits { credits_usd });
+                let refused = Refused::new(error).event("credits", model, credits_usd.to_string());
+                let room = self.money_room(ask, model_name, left_pico);
+                Refused { room, ..refused }
             }
-            Refused::Rate(refusal) => {
-                self.record_refusal(
-                    key,
-                    refusal.scope.model().or(model),
-                    refusal.kind.as_str(),
-                    refusal.limit.to_string(),
-                );
-                InferenceError::RateLimited(refusal)
+            RedisRefused::Rate(refusal) => {
+                // The charges as the script saw them (the same function, the same input).
+                let charges =
+                    charges_for(key.id, &key.limits, &key.model_limits, model_name, estimate);
+                Self::rate_refused(ask, &charges, refusal, model)
             }
         };
-        Some(Err(error))
+        Some(Err(refused))
     }
 
-    fn admitted_shared(
-        &self,
-        key: &Arc<ApiKey>,
-        model: Option<String>,
-        prompt_tokens: PromptTokens,
-        mut ticket: Ticket,
-        at: DateTime<Utc>,
-    ) -> Admitted {
-        let limits = ticket.take_states();
-        let admission = Admission {
-            reservation: Reservation::empty(),
-            hold: None,
-            slot: None,
-            ticket: Some(ticket),
-            at,
-        };
-        self.admitted(key, model, prompt_tokens, admission, limits)
-    }
-
-    /// The meter of an admitted request, holding what `admission` took, and the buckets'
-    /// states for the answer's headers.
-    fn admitted(
+    /// The meter of an admitted request, holding what `admission` took.
+    fn meter(
         &self,
         key: &Arc<ApiKey>,
         model: Option<String>,
         prompt_tokens: PromptTokens,
         admission: Admission,
-        limits: Vec<BucketState>,
-    ) -> Admitted {
-        let meter = Meter::new(
+    ) -> Meter {
+        Meter::new(
             self.shared.clone(),
             key.clone(),
             model.unwrap_or_default(),
             prompt_tokens,
             admission,
-        );
-        Admitted { meter, limits }
+        )
     }
 
     /// The key's `max_parallel` slot, if it has a cap (divided by `divisor` in fallback).

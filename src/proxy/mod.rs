@@ -12,6 +12,7 @@
 mod admission;
 pub mod bpe;
 pub mod client;
+pub mod fit;
 mod forward;
 pub mod headers;
 pub mod meter;
@@ -98,6 +99,8 @@ pub struct Gateway {
     max_event_bytes: usize,
     /// `proxy.max_attempts`: upstreams one request may be sent to, the first included.
     max_attempts: u32,
+    /// `proxy.min_fitted_tokens`: the smallest cap a request is fitted to (`fit`).
+    min_fitted_tokens: u64,
     slots: Mutex<HashMap<Uuid, (u32, Arc<Semaphore>)>>,
     credits: Mutex<HashMap<Uuid, (Option<Decimal>, std::time::Instant)>>,
     credits_ttl: Duration,
@@ -213,6 +216,7 @@ impl Gateway {
             },
             max_event_bytes: config.max_event_bytes,
             max_attempts: config.max_attempts,
+            min_fitted_tokens: config.min_fitted_tokens,
             slots: Mutex::default(),
             credits: Mutex::default(),
             credits_ttl,
@@ -278,14 +282,32 @@ impl Gateway {
 
         // Admit (admission.rs): the concurrency slot, credits and budget, rate limits.
         // Once, whatever the number of upstreams tried below.
-        let Admitted { mut meter, limits } =
-            self.admit(&request, &body, fields.as_ref(), model).await?;
+        let Admitted {
+            mut meter,
+            limits,
+            fitted,
+        } = self.admit(&request, &body, fields.as_ref(), model).await?;
+        // A request fitted to what its key has left goes on with the lower cap (fit.rs).
+        let fitted_body;
+        let (body, fields) = match (fitted, fields) {
+            (Some(cap), Some(fields)) => {
+                fitted_body = fit::with_cap(&body, &fields, cap).ok_or_else(|| {
+                    InferenceError::InvalidRequest {
+                        message: "cannot set `max_tokens` in this body".into(),
+                        param: Some("max_tokens".into()),
+                    }
+                })?;
+                let fields = request::read_fields(request.endpoint, &fitted_body)?;
+                (&fitted_body, fields)
+            }
+            (_, fields) => (&body, fields),
+        };
 
         // Forward (forward.rs): to the candidates in turn until one answers (fallback on
         // a connect error, a timeout before the first byte, a 429 or a 5xx); the body asks
         // for usage on a stream and carries each upstream's own model name.
         let sent = self
-            .send(&mut candidates, &request, &body, fields.as_ref(), *named)
+            .send(&mut candidates, &request, body, fields.as_ref(), *named)
             .await;
         let sent = match sent {
             Ok(sent) => sent,
@@ -300,9 +322,12 @@ impl Gateway {
         }
 
         // Meter: a stream settles as it ends (stream.rs), a whole answer once it is read.
-        let (status, headers, body) = self
+        let (status, mut headers, body) = self
             .answer(sent, meter, request.request_id, client_wants_usage)
             .await?;
+        if let Some(cap) = fitted {
+            headers.insert(fit::FITTED_HEADER, http::HeaderValue::from(cap));
+        }
         Ok(ProxyAnswer {
             status,
             headers,

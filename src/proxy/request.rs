@@ -286,7 +286,7 @@ fn apply(body: &[u8], edits: &mut [Edit<'_>]) -> Option<Bytes> {
 }
 
 /// Where `raw` (a slice of `body`) lies in it.
-fn slice_range(body: &[u8], raw: &RawValue) -> Option<std::ops::Range<usize>> {
+pub(super) fn slice_range(body: &[u8], raw: &RawValue) -> Option<std::ops::Range<usize>> {
     let raw = raw.get().as_bytes();
     let start = (raw.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
     let end = start + raw.len();

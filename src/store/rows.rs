@@ -106,6 +106,7 @@ pub(super) struct KeyRow<C: Columns> {
     alert_thresholds: Option<C::Json>,
     compat: C::Json,
     wallet_address: Option<String>,
+    fit_max_tokens: bool,
 }
 
 impl<C: Columns> TryFrom<KeyRow<C>> for ApiKey {
@@ -154,6 +155,7 @@ impl<C: Columns> TryFrom<KeyRow<C>> for ApiKey {
                 .transpose()?,
             compat: decode::<C, _>(T, "compat", row.compat)?,
             wallet_address: row.wallet_address,
+            fit_max_tokens: row.fit_max_tokens,
         })
     }
 }

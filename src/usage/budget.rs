@@ -276,7 +276,37 @@ impl BudgetLedger {
         estimate_pico: i64,
         now: DateTime<Utc>,
     ) -> Result<BudgetHold, BudgetRefusal> {
+        self.admit_with(key, workspace_credits, estimate_pico, now, false)
+            .await
+            .map_err(|(refusal, _)| refusal)
+    }
+
+    /// [`admit`](Self::admit) for a key that fits its requests to what is left
+    /// (`fit_max_tokens`): the whole estimate must fit what each account has left, not
+    /// merely something be left, so an admitted estimate never overshoots. A refusal
+    /// comes with what the refusing account had left (pico-USD, at least 0), the room a
+    /// smaller request may be fitted to.
+    pub async fn admit_exact(
+        &self,
+        key: &ApiKey,
+        workspace_credits: Option<(Uuid, Decimal)>,
+        estimate_pico: i64,
+        now: DateTime<Utc>,
+    ) -> Result<BudgetHold, (BudgetRefusal, i64)> {
+        self.admit_with(key, workspace_credits, estimate_pico, now, true)
+            .await
+    }
+
+    async fn admit_with(
+        &self,
+        key: &ApiKey,
+        workspace_credits: Option<(Uuid, Decimal)>,
+        estimate_pico: i64,
+        now: DateTime<Utc>,
+        exact: bool,
+    ) -> Result<BudgetHold, (BudgetRefusal, i64)> {
         let estimate = estimate_pico.max(0);
+        let unavailable = |err| (BudgetRefusal::Unavailable(err), 0);
         // Reservations live in the hold from the moment they are made, so a refusal below
         // or a cancelled future releases them through `Drop`.
         let mut hold = BudgetHold {
@@ -286,17 +316,15 @@ impl BudgetLedger {
         match &key.budget {
             Some(budget) => {
                 let account = self.inner.keys.get_or_start(key.id, budget.period, now);
-                let baseline = self
-                    .inner
-                    .baseline(&account)
-                    .await
-                    .map_err(BudgetRefusal::Unavailable)?;
-                if !account.try_reserve(baseline, usd_to_pico(budget.limit_usd), estimate) {
-                    return Err(BudgetRefusal::Budget {
+                let baseline = self.inner.baseline(&account).await.map_err(unavailable)?;
+                let limit = usd_to_pico(budget.limit_usd);
+                if let Err(left) = account.try_reserve(baseline, limit, estimate, exact) {
+                    let refusal = BudgetRefusal::Budget {
                         limit_usd: budget.limit_usd,
                         period: budget.period,
                         resets_at: next_boundary(account.period, account.period_start),
-                    });
+                    };
+                    return Err((refusal, left));
                 }
                 hold.key = Some(Reservation { account, estimate });
             }
@@ -308,13 +336,10 @@ impl BudgetLedger {
                     self.inner
                         .workspaces
                         .get_or_start(workspace_id, BudgetPeriod::Lifetime, now);
-                let baseline = self
-                    .inner
-                    .baseline(&account)
-                    .await
-                    .map_err(BudgetRefusal::Unavailable)?;
-                if !account.try_reserve(baseline, usd_to_pico(credits_usd), estimate) {
-                    return Err(BudgetRefusal::Credits { credits_usd });
+                let baseline = self.inner.baseline(&account).await.map_err(unavailable)?;
+                let limit = usd_to_pico(credits_usd);
+                if let Err(left) = account.try_reserve(baseline, limit, estimate, exact) {
+                    return Err((BudgetRefusal::Credits { credits_usd }, left));
                 }
                 hold.workspace = Some(Reservation { account, estimate });
             }
@@ -575,17 +600,24 @@ impl Account {
         self.counters.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The admission rule, checked and applied under one lock.
-    fn try_reserve(&self, baseline: i64, limit: i64, estimate: i64) -> bool {
+    /// The admission rule, checked and applied under one lock: something must be left,
+    /// and with `exact` the whole estimate must fit. `Err` says what was left (at least 0).
+    fn try_reserve(
+        &self,
+        baseline: i64,
+        limit: i64,
+        estimate: i64,
+        exact: bool,
+    ) -> Result<(), i64> {
         let mut c = self.counters();
         let baseline = c.reloaded.unwrap_or(baseline);
         let left = remaining(limit, baseline.saturating_add(c.settled), c.reserved);
-        if estimate > 0 && left <= 0 {
-            return false;
+        if estimate > 0 && (left <= 0 || (exact && i128::from(estimate) > left)) {
+            return Err(i64::try_from(left.max(0)).unwrap_or(i64::MAX));
         }
         c.reserved = c.reserved.saturating_add(estimate);
         c.last_used = Some(std::time::Instant::now());
-        true
+        Ok(())
     }
 
     fn release(&self, estimate: i64) {

@@ -62,6 +62,7 @@ pub(crate) async fn insert_key(store: &DynStore, budget: Option<Budget>) -> ApiK
         alert_thresholds: None,
         compat: CompatFields::default(),
         wallet_address: None,
+        fit_max_tokens: false,
     };
     let secret = SecretRecord {
         lookup_id: id.simple().to_string(),

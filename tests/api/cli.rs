@@ -21,6 +21,7 @@ backend_tests! {
         keys_create_json_prints_one_object_with_id_and_secret,
         keys_create_without_json_prints_only_the_secret,
         keys_list_show_and_revoke,
+        keys_create_and_update_set_and_clear_fit_max_tokens,
         cli_keys_work_against_a_running_server,
         cli_refuses_bad_input_with_a_message,
     ],
@@ -331,6 +332,51 @@ async fn keys_list_show_and_revoke(backend: Backend) {
     let revoked = parse_json(&run_cli(&db, &["keys", "revoke", &second_id, "--json"]).await);
     assert_eq!(revoked["status"], "revoked");
     assert!(revoked.get("secret").is_none());
+}
+
+async fn keys_create_and_update_set_and_clear_fit_max_tokens(backend: Backend) {
+    // Arrange
+    let db = TestDb::new(backend).await;
+    let plain = create_json(&db, &["--name", "plain"]).await;
+    let fitting = create_json(&db, &["--name", "fitting", "--fit-max-tokens"]).await;
+    let id = fitting["id"].as_str().unwrap().to_string();
+    let show = |id: String| {
+        let db = &db;
+        async move { parse_json(&run_cli(db, &["keys", "show", &id, "--json"]).await) }
+    };
+
+    // Act + Assert
+    assert_eq!(plain["fit_max_tokens"], false);
+    assert_eq!(fitting["fit_max_tokens"], true);
+    assert_eq!(show(id.clone()).await["fit_max_tokens"], true);
+    let off = run_cli(
+        &db,
+        &["keys", "update", &id, "--no-fit-max-tokens", "--json"],
+    )
+    .await;
+    assert_eq!(parse_json(&off)["fit_max_tokens"], false);
+    assert_eq!(show(id.clone()).await["fit_max_tokens"], false);
+    let on = run_cli(&db, &["keys", "update", &id, "--fit-max-tokens", "--json"]).await;
+    assert_eq!(parse_json(&on)["fit_max_tokens"], true);
+    let text = run_cli(&db, &["keys", "show", &id]).await;
+    assert!(text.stdout.contains("fit_max_tokens"), "{}", text.stdout);
+    let both = run_cli(
+        &db,
+        &[
+            "keys",
+            "update",
+            &id,
+            "--fit-max-tokens",
+            "--no-fit-max-tokens",
+        ],
+    )
+    .await;
+    assert!(!both.success, "contradictory flags were accepted");
+    assert!(
+        both.stderr.contains("--no-fit-max-tokens"),
+        "{}",
+        both.stderr
+    );
 }
 
 async fn cli_keys_work_against_a_running_server(backend: Backend) {

@@ -21,6 +21,7 @@ mod ops;
 mod proxy_accounting;
 mod proxy_auth;
 mod proxy_budgets;
+mod proxy_fit_max_tokens;
 mod proxy_hardening;
 mod proxy_helpers;
 mod proxy_limits;

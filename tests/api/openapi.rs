@@ -244,6 +244,15 @@ async fn the_document_states_what_the_server_enforces() {
     let patch = &schema(&doc, "KeyPatch")["properties"];
     assert_eq!(patch["name"]["type"], "string");
     assert!(patch["kind"]["oneOf"].is_null(), "{}", patch["kind"]);
+    assert_eq!(patch["fit_max_tokens"]["type"], "boolean");
+    assert_eq!(
+        schema(&doc, "NewKey")["properties"]["fit_max_tokens"]["type"],
+        json!(["boolean", "null"])
+    );
+    assert_eq!(
+        schema(&doc, "KeyView")["properties"]["fit_max_tokens"]["type"],
+        "boolean"
+    );
     for (name, field) in [
         ("NewKey", "name"),
         ("KeyPatch", "name"),

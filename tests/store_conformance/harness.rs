@@ -119,6 +119,7 @@ pub fn new_key(workspace_id: Uuid, name: &str, created_at: DateTime<Utc>) -> Api
         alert_thresholds: None,
         compat: CompatFields::default(),
         wallet_address: None,
+        fit_max_tokens: false,
     }
 }
 

@@ -42,6 +42,9 @@ pub struct KeyView {
     pub alert_thresholds: Option<Vec<f64>>,
     /// The wallet that made this key through the Web3 flow (EIP-55); `null` otherwise.
     pub wallet_address: Option<String>,
+    /// Whether a completion's cap is lowered to what the limits or budget have left
+    /// instead of the request being refused.
+    pub fit_max_tokens: bool,
 }
 
 impl From<&ApiKey> for KeyView {
@@ -71,6 +74,7 @@ impl From<&ApiKey> for KeyView {
                 .map(|nets| nets.iter().map(ToString::to_string).collect()),
             alert_thresholds: key.alert_thresholds.clone(),
             wallet_address: key.wallet_address.clone(),
+            fit_max_tokens: key.fit_max_tokens,
         }
     }
 }

@@ -108,9 +108,10 @@ pub fn add_constraints(document: &mut Value) {
             &json!({ "exclusiveMinimum": 0, "maximum": 10 }),
         );
     }
-    // `name` and `kind` cannot be cleared: `null` is refused, not ignored.
+    // `name`, `kind` and `fit_max_tokens` cannot be cleared: `null` is refused, not ignored.
     not_null(schemas, "KeyPatch", "name");
     not_null(schemas, "KeyPatch", "kind");
+    not_null(schemas, "KeyPatch", "fit_max_tokens");
 
     for schema in [
         "CreateApiKeyRequest",

@@ -1,19 +1,24 @@
 
 -- Admission: every GCRA bucket of the request, the key's budget, the workspace's credits
 -- and the key's max_parallel slot, checked together and taken all or nothing.
--- ARGV: now_limbs, now_ms, mode ('admit' | 'peek'), charge count, bucket ttl ms,
+-- ARGV: now_limbs, now_ms, mode ('admit' | 'exact' | 'peek'), charge count, bucket ttl ms,
 --   slot: key index (0 = none), max, member, lease ms,
 --   money count, then per account: kind, key index, limit limbs, estimate, ttl ms,
 --   then per charge: key index, field, limit limbs, cost(max(n,1)) limbs, cost(n) limbs,
 --   capacity limbs (costs in ticks of 1/limit ns, computed by the caller).
 -- Returns {1, now, '', tat...} admitted (or peeked), {0, now, reason, tat...} refused
--- (states before the charge), {2, kind...} when an account's counter must be seeded first.
+-- (states before the charge; a budget or credits refusal adds what that account had left),
+-- {2, kind...} when an account's counter must be seeded first. 'exact' admits money only
+-- when the whole estimate fits what is left (keys that fit max_tokens), 'admit' while
+-- anything is left.
 local now, now_ms = clock(ARGV[1], ARGV[2])
 local peek = ARGV[3] == 'peek'
+local exact = ARGV[3] == 'exact'
 local count = tonumber(ARGV[4])
 local bucket_ttl = ARGV[5]
 local slot_key = tonumber(ARGV[6])
 local reason = nil
+local left = nil
 
 -- The concurrency slot: leases past their expiry are gone first.
 if not peek and slot_key > 0 then
@@ -33,8 +38,12 @@ for m = 1, money do
     local v = redis.call('HMGET', key, 'spent', 'reserved')
     if not v[1] then
       seeds[#seeds + 1] = kind
-    elseif reason == nil and estimate ~= '0' and cmp(parse(limit), add(from_dec(v[1]), from_dec(v[2]))) <= 0 then
-      reason = kind
+    elseif reason == nil and estimate ~= '0' then
+      local lim, used = parse(limit), add(from_dec(v[1]), from_dec(v[2]))
+      if cmp(lim, used) <= 0 or (exact and cmp(lim, add(used, from_dec(estimate))) < 0) then
+        reason = kind
+        left = sub0(lim, used)
+      end
     end
     accounts[#accounts + 1] = {key, estimate, ttl}
   end
@@ -104,6 +113,7 @@ local result = {1, fmt(now), ''}
 if peek or reason ~= nil then
   if reason ~= nil then result = {0, fmt(now), reason} end
   for c = 1, count do result[c + 3] = fmt(out[c][1]) end
+  if left then result[count + 4] = fmt(left) end
   return result
 end
 

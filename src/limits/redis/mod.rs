@@ -140,14 +140,22 @@ pub struct AdmitRequest {
     pub credits: Option<MoneyAsk>,
     pub estimate_pico: i64,
     pub max_parallel: Option<u32>,
+    /// Money is admitted only when the whole estimate fits what is left (a key that fits
+    /// `max_tokens`), not merely while something is left.
+    pub exact_money: bool,
 }
 
 /// Which limit refused, checked in the in-process order.
 #[derive(Debug)]
 pub enum Refused {
     Slot,
-    Budget,
-    Credits,
+    /// With what the account had left, in pico-USD (at least 0).
+    Budget {
+        left_pico: i64,
+    },
+    Credits {
+        left_pico: i64,
+    },
     Rate(Refusal),
 }
 
@@ -507,7 +515,11 @@ impl Inner {
         invocation
             .arg(&now_limbs)
             .arg(&now_ms)
-            .arg(if peek { "peek" } else { "admit" })
+            .arg(match (peek, request.exact_money) {
+                (true, _) => "peek",
+                (false, true) => "exact",
+                (false, false) => "admit",
+            })
             .arg(request.charges.len())
             .arg(bucket_ttl_ms(&request.charges));
         let mut member = None;
@@ -668,8 +680,16 @@ impl Inner {
                 })
             }
             Some(b"slot") => Err(AdmitError::Refused(Refused::Slot)),
-            Some(b"budget") => Err(AdmitError::Refused(Refused::Budget)),
-            Some(b"credits") => Err(AdmitError::Refused(Refused::Credits)),
+            Some(reason @ (b"budget" | b"credits")) => {
+                // The script adds what the account had left after the buckets' TATs.
+                let left = tats.get(request.charges.len()).copied().unwrap_or(0);
+                let left_pico = i64::try_from(left).unwrap_or(i64::MAX);
+                Err(AdmitError::Refused(if reason == b"budget" {
+                    Refused::Budget { left_pico }
+                } else {
+                    Refused::Credits { left_pico }
+                }))
+            }
             Some(_) => {
                 // The same choice as the in-process limiter: the refusing bucket with the
                 // longest wait, found by charging the states the script saw.
@@ -910,6 +930,7 @@ impl RedisLimiter {
             credits: None,
             estimate_pico: 0,
             max_parallel: None,
+            exact_money: false,
         }
     }
 

@@ -59,8 +59,9 @@ pub(super) async fn insert_key(
         "insert into api_key (
              id, workspace_id, name, kind, partial_key, last6, created_by, created_at, updated_at,
              expires_at, last_used_at, revoked_at, metadata, allowed_models, budget, limits,
-             model_limits, max_parallel, ip_allowlist, alert_thresholds, compat, wallet_address)
-         values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             model_limits, max_parallel, ip_allowlist, alert_thresholds, compat, wallet_address,
+             fit_max_tokens)
+         values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(id(key.id))
     .bind(id(key.workspace_id))
@@ -76,6 +77,7 @@ pub(super) async fn insert_key(
     .bind(opt_micros(key.revoked_at))
     .bind_key_json(json)
     .bind(&key.wallet_address)
+    .bind(key.fit_max_tokens)
     .execute(w.conn())
     .await
     .map_err(map_unique)?;
@@ -192,7 +194,8 @@ pub(super) async fn update_key(
         "update api_key
          set name = ?3, kind = ?4, expires_at = ?5, metadata = ?6, allowed_models = ?7, budget = ?8,
              limits = ?9, model_limits = ?10, max_parallel = ?11, ip_allowlist = ?12,
-             alert_thresholds = ?13, compat = ?14, wallet_address = ?15, updated_at = ?16
+             alert_thresholds = ?13, compat = ?14, wallet_address = ?15, updated_at = ?16,
+             fit_max_tokens = ?17
          where workspace_id = ?1 and id = ?2 and revoked_at is null",
     )
     .bind(id(key.workspace_id))
@@ -203,6 +206,7 @@ pub(super) async fn update_key(
     .bind_key_json(json)
     .bind(&key.wallet_address)
     .bind(micros(key.updated_at))
+    .bind(key.fit_max_tokens)
     .execute(w.conn())
     .await?;
     if done.rows_affected() == 0 {
