@@ -422,6 +422,40 @@ pub struct UpstreamConfig {
     /// the client's. A mapped name is served by this upstream even if `models` omits it.
     #[serde(default)]
     pub model_mapping: BTreeMap<String, String>,
+    /// The API the upstream speaks: `openai` (chat, completions, embeddings; `Bearer`
+    /// credential) or `anthropic` (`/v1/messages`; `x-api-key` credential). A request
+    /// goes only to upstreams of its route's kind.
+    #[serde(default)]
+    pub kind: UpstreamKind,
+    /// `anthropic-version` sent to an `anthropic` upstream (replacing the client's).
+    #[serde(default = "default_anthropic_version")]
+    pub anthropic_version: String,
+}
+
+/// The wire API an upstream speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamKind {
+    #[default]
+    #[serde(rename = "openai")]
+    OpenAi,
+    Anthropic,
+}
+
+impl UpstreamKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamKind::OpenAi => "openai",
+            UpstreamKind::Anthropic => "anthropic",
+        }
+    }
+}
+
+/// The Messages API version keygate speaks to Anthropic unless configured otherwise.
+pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
+
+fn default_anthropic_version() -> String {
+    DEFAULT_ANTHROPIC_VERSION.to_owned()
 }
 
 fn default_weight() -> u32 {
@@ -440,6 +474,8 @@ impl UpstreamConfig {
             priority: 0,
             weight: default_weight(),
             model_mapping: BTreeMap::new(),
+            kind: UpstreamKind::OpenAi,
+            anthropic_version: default_anthropic_version(),
         }
     }
 }
@@ -455,14 +491,30 @@ pub struct Provider {
     /// A variable that, when set, replaces `base_url` (the provider's SDKs read it too).
     pub base_url_env: &'static str,
     pub base_url: &'static str,
+    /// Appended to `base_url_env`'s value: Anthropic's SDK reads its base URL without
+    /// the `/v1` that keygate's `base_url` ends with.
+    pub base_url_env_suffix: &'static str,
+    pub kind: UpstreamKind,
 }
 
-pub const PROVIDERS: &[Provider] = &[Provider {
-    name: "openai",
-    key_env: "OPENAI_API_KEY",
-    base_url_env: "OPENAI_BASE_URL",
-    base_url: "https://api.openai.com/v1",
-}];
+pub const PROVIDERS: &[Provider] = &[
+    Provider {
+        name: "openai",
+        key_env: "OPENAI_API_KEY",
+        base_url_env: "OPENAI_BASE_URL",
+        base_url: "https://api.openai.com/v1",
+        base_url_env_suffix: "",
+        kind: UpstreamKind::OpenAi,
+    },
+    Provider {
+        name: "anthropic",
+        key_env: "ANTHROPIC_API_KEY",
+        base_url_env: "ANTHROPIC_BASE_URL",
+        base_url: "https://api.anthropic.com/v1",
+        base_url_env_suffix: "/v1",
+        kind: UpstreamKind::Anthropic,
+    },
+];
 
 /// Where the upstreams came from, for the start-up log.
 #[derive(Debug)]
@@ -483,6 +535,14 @@ pub struct ModelPrice {
     pub input_usd_per_mtok: Decimal,
     #[serde(with = "crate::money::usd")]
     pub output_usd_per_mtok: Decimal,
+    /// Anthropic's `cache_creation_input_tokens` (prompt caching writes); the input
+    /// price when absent.
+    #[serde(default, with = "crate::money::usd::option")]
+    pub cache_creation_input_usd_per_mtok: Option<Decimal>,
+    /// Anthropic's `cache_read_input_tokens` (prompt cache hits); the input price when
+    /// absent.
+    #[serde(default, with = "crate::money::usd::option")]
+    pub cache_read_input_usd_per_mtok: Option<Decimal>,
 }
 
 impl Config {
@@ -536,10 +596,18 @@ impl Config {
             .filter(|provider| present(provider.key_env).is_some())
             .collect();
         for provider in &found {
-            let base_url =
-                present(provider.base_url_env).unwrap_or_else(|| provider.base_url.to_owned());
+            let base_url = present(provider.base_url_env)
+                .map(|url| {
+                    let url = url.trim().trim_end_matches('/');
+                    match url.ends_with(provider.base_url_env_suffix) {
+                        true => url.to_owned(),
+                        false => format!("{url}{}", provider.base_url_env_suffix),
+                    }
+                })
+                .unwrap_or_else(|| provider.base_url.to_owned());
             let mut upstream = UpstreamConfig::new(provider.name, &base_url, &["*"]);
             upstream.api_key_env = Some(provider.key_env.to_owned());
+            upstream.kind = provider.kind;
             self.upstreams.push(upstream);
         }
         if found.is_empty() {
