@@ -105,7 +105,10 @@ async fn anthropic_error(response: Response, status: StatusCode) -> (String, Str
     let (got, body) = json_body(response).await;
     assert_eq!(got, status, "{body}");
     assert_eq!(body["type"], "error", "{body}");
-    let kind = body["error"]["type"].as_str().expect("error.type").to_owned();
+    let kind = body["error"]["type"]
+        .as_str()
+        .expect("error.type")
+        .to_owned();
     let message = body["error"]["message"]
         .as_str()
         .expect("error.message")
@@ -117,7 +120,10 @@ async fn anthropic_error(response: Response, status: StatusCode) -> (String, Str
 /// The exact cost of Anthropic usage at the test's prices.
 fn claude_cost(input: i64, output: i64, cache_write: i64, cache_read: i64) -> Decimal {
     let at = |tokens: i64, price: &str| Decimal::from(tokens) * Decimal::from_str(price).unwrap();
-    (at(input, INPUT) + at(output, OUTPUT) + at(cache_write, CACHE_WRITE) + at(cache_read, CACHE_READ))
+    (at(input, INPUT)
+        + at(output, OUTPUT)
+        + at(cache_write, CACHE_WRITE)
+        + at(cache_read, CACHE_READ))
         / Decimal::from(1_000_000)
 }
 
@@ -191,8 +197,7 @@ async fn a_stream_passes_every_event_unchanged_and_is_charged_once(setup: Setup)
     // Act
     let response = post_messages(&app, &key.secret, "/v1/messages", &body).await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert!(header(&response, "content-type")
-        .is_some_and(|t| t.starts_with("text/event-stream")));
+    assert!(header(&response, "content-type").is_some_and(|t| t.starts_with("text/event-stream")));
     let text = response.text().await.unwrap();
 
     // Assert: every event as Anthropic sends it, in order, nothing added or hidden.
@@ -320,7 +325,10 @@ async fn refusals_are_in_anthropics_shape_with_the_rate_limit_headers(setup: Set
         .parse()
         .unwrap();
     assert!((1..=60).contains(&retry_after), "{retry_after}");
-    assert_eq!(header(&refused, "x-ratelimit-remaining-requests"), Some("0"));
+    assert_eq!(
+        header(&refused, "x-ratelimit-remaining-requests"),
+        Some("0")
+    );
     // … and the errors in Anthropic's shape.
     let (kind, message) = anthropic_error(refused, StatusCode::TOO_MANY_REQUESTS).await;
     assert_eq!(kind, "rate_limit_error");
@@ -611,7 +619,10 @@ async fn with_only_anthropic_api_key_set_keygate_serves_anthropic_and_says_so() 
         "{line}"
     );
     assert!(line.contains(&format!("{sdk_base_url}/v1")), "{line}");
-    assert!(!stderr.contains("sk-ant-first-run"), "the credential was logged");
+    assert!(
+        !stderr.contains("sk-ant-first-run"),
+        "the credential was logged"
+    );
 }
 
 #[tokio::test]
@@ -634,5 +645,8 @@ async fn the_first_run_uses_anthropics_public_base_url() {
         .find(|l| l.contains("no [[upstreams]] configured"))
         .unwrap_or_else(|| panic!("no start-up line:\n{stderr}"));
     assert!(line.contains("https://api.anthropic.com/v1"), "{line}");
-    assert_eq!(readiness["upstreams"][0]["name"], "anthropic", "{readiness}");
+    assert_eq!(
+        readiness["upstreams"][0]["name"], "anthropic",
+        "{readiness}"
+    );
 }

@@ -73,7 +73,11 @@ pub(super) fn anthropic_error(status: StatusCode, kind: &str, message: &str) -> 
 /// The `mock-error-<code>` answers (and [`MockUpstream::fail_with`]'s) on these routes.
 pub(super) fn anthropic_mock_error(code: u16) -> Response {
     match code {
-        400 => anthropic_error(StatusCode::BAD_REQUEST, "invalid_request_error", "bad thing"),
+        400 => anthropic_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "bad thing",
+        ),
         429 => {
             let mut resp = anthropic_error(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -100,10 +104,7 @@ pub(super) fn anthropic_mock_error(code: u16) -> Response {
 /// The checks Anthropic makes before anything else: the key (when the mock expects one)
 /// and the `anthropic-version` header.
 pub(super) fn anthropic_refusal(parts: &Parts, expected: Option<&str>) -> Option<Response> {
-    let key = parts
-        .headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok());
+    let key = parts.headers.get("x-api-key").and_then(|v| v.to_str().ok());
     if let Some(expected) = expected {
         if key != Some(expected) {
             return Some(anthropic_error(
@@ -199,7 +200,10 @@ pub(super) fn anthropic_stream_events(model: &str, body: &Value) -> StreamEvents
             "delta": {"stop_reason": stop_reason(body), "stop_sequence": null},
             "usage": {"output_tokens": output}}),
     ));
-    events.push(named_event("message_stop", &json!({"type": "message_stop"})));
+    events.push(named_event(
+        "message_stop",
+        &json!({"type": "message_stop"}),
+    ));
     StreamEvents { events, cut }
 }
 

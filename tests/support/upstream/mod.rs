@@ -130,13 +130,13 @@ mod stream;
 mod switches;
 mod tokens;
 
+use answers::*;
+pub use answers::{base64_encode, embedding_for};
+use anthropic::*;
 pub use anthropic::{
     anthropic_input_tokens, anthropic_output_tokens, anthropic_usage, CACHE_CREATION_TOKENS,
     CACHE_READ_TOKENS, MODEL_CACHED, START_OUTPUT_TOKENS,
 };
-use anthropic::*;
-use answers::*;
-pub use answers::{base64_encode, embedding_for};
 use stream::*;
 use switches::*;
 pub use tokens::*;

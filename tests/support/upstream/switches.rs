@@ -102,9 +102,9 @@ pub(super) async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> R
         .map(|e| e.strip_prefix("Bearer ").unwrap_or(e).to_owned());
     let auth_ok = match anthropic_route {
         false => expected.map(|e| authorization.as_deref() == Some(e.as_str())),
-        true => expected_key.as_deref().map(|key| {
-            parts.headers.get("x-api-key").and_then(|v| v.to_str().ok()) == Some(key)
-        }),
+        true => expected_key
+            .as_deref()
+            .map(|key| parts.headers.get("x-api-key").and_then(|v| v.to_str().ok()) == Some(key)),
     };
     lock(&shared.requests).push(RecordedRequest {
         method: parts.method.to_string(),
