@@ -110,8 +110,9 @@ def test_a_refused_request_is_a_rate_limit_error(make_client):
     assert error.status_code == 429
     assert int(error.response.headers["retry-after"]) >= 1
     assert error.response.headers["x-ratelimit-remaining-requests"] == "0"
-    assert error.body["type"] == "rate_limit_error"
-    assert "rpm" in error.body["message"]
+    assert error.body["type"] == "error"
+    assert error.body["error"]["type"] == "rate_limit_error"
+    assert "rpm" in error.body["error"]["message"]
 
 
 def test_a_bad_key_is_an_authentication_error(make_client):
@@ -119,7 +120,7 @@ def test_a_bad_key_is_an_authentication_error(make_client):
     with pytest.raises(anthropic.AuthenticationError) as refused:
         client.messages.create(model="mock-model", max_tokens=5, messages=messages())
     assert refused.value.status_code == 401
-    assert refused.value.body["type"] == "authentication_error"
+    assert refused.value.body["error"]["type"] == "authentication_error"
 
 
 def test_an_unknown_model_is_not_found(client):
