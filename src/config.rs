@@ -7,7 +7,7 @@ use std::{
     collections::{BTreeMap, HashSet},
     fmt,
     net::SocketAddr,
-    path::Path,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -430,6 +430,10 @@ pub struct UpstreamConfig {
     /// `anthropic-version` sent to an `anthropic` upstream (replacing the client's).
     #[serde(default = "default_anthropic_version")]
     pub anthropic_version: String,
+    /// A PEM file of CA certificates trusted for this upstream only, besides the public
+    /// web roots (an upstream behind a private CA). There is no way to skip verification.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The wire API an upstream speaks.
@@ -476,6 +480,7 @@ impl UpstreamConfig {
             model_mapping: BTreeMap::new(),
             kind: UpstreamKind::OpenAi,
             anthropic_version: default_anthropic_version(),
+            ca_file: None,
         }
     }
 }
