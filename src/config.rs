@@ -1043,6 +1043,56 @@ fast_path = \"yes\"
     }
 
     #[test]
+    fn the_first_run_serves_anthropic_with_both_keys_each_on_its_kind() {
+        let vars = [
+            ("OPENAI_API_KEY", "sk-x"),
+            ("ANTHROPIC_API_KEY", "sk-ant-x"),
+            ("ANTHROPIC_BASE_URL", "http://127.0.0.1:9/"),
+        ];
+        let env = |name: &str| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| (*v).to_owned())
+        };
+        let mut config = Config::default();
+        let source = config.upstreams_from_environment(env);
+        assert!(matches!(source, UpstreamSource::Environment(ref p) if p.len() == 2));
+        let anthropic = &config.upstreams[1];
+        assert_eq!(anthropic.kind, UpstreamKind::Anthropic);
+        // As Anthropic's SDK takes it, without `/v1`: keygate's base URLs end with it.
+        assert_eq!(anthropic.base_url, "http://127.0.0.1:9/v1");
+        assert_eq!(anthropic.api_key_env.as_deref(), Some("ANTHROPIC_API_KEY"));
+        assert_eq!(anthropic.anthropic_version, DEFAULT_ANTHROPIC_VERSION);
+        assert_eq!(config.upstreams[0].kind, UpstreamKind::OpenAi);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn an_upstream_kind_and_cache_prices_are_read_from_the_file() {
+        let config = load_from(
+            "[[upstreams]]\nname = \"a\"\nbase_url = \"http://a/v1\"\nmodels = [\"*\"]\nkind = \"anthropic\"\n\
+             [[models]]\nname = \"c\"\ninput_usd_per_mtok = 3\noutput_usd_per_mtok = 15\n\
+             cache_read_input_usd_per_mtok = 0.3\n",
+        )
+        .unwrap();
+        assert_eq!(config.upstreams[0].kind, UpstreamKind::Anthropic);
+        assert_eq!(config.upstreams[0].anthropic_version, "2023-06-01");
+        let price = &config.models[0];
+        assert_eq!(
+            price.cache_read_input_usd_per_mtok.map(|p| p.to_string()),
+            Some("0.3".into())
+        );
+        assert_eq!(price.cache_creation_input_usd_per_mtok, None);
+        let err = load_from(
+            "[[upstreams]]\nname = \"a\"\nbase_url = \"http://a/v1\"\nmodels = [\"*\"]\nkind = \"gemini\"\n",
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("kind") && err.contains("anthropic"), "{err}");
+    }
+
+    #[test]
     fn prices_are_exact_decimals() {
         let config = load_from(
             "[[models]]\nname = \"m\"\ninput_usd_per_mtok = 0.15\noutput_usd_per_mtok = 0.6\n",
