@@ -427,10 +427,44 @@ pub struct UpstreamConfig {
     /// the client's. A mapped name is served by this upstream even if `models` omits it.
     #[serde(default)]
     pub model_mapping: BTreeMap<String, String>,
+    /// The API the upstream speaks: `openai` (chat, completions, embeddings; `Bearer`
+    /// credential) or `anthropic` (`/v1/messages`; `x-api-key` credential). A request
+    /// goes only to upstreams of its route's kind.
+    #[serde(default)]
+    pub kind: UpstreamKind,
+    /// `anthropic-version` sent to an `anthropic` upstream (replacing the client's).
+    #[serde(default = "default_anthropic_version")]
+    pub anthropic_version: String,
     /// A PEM file of CA certificates trusted for this upstream only, besides the public
     /// web roots (an upstream behind a private CA). There is no way to skip verification.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+}
+
+/// The wire API an upstream speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamKind {
+    #[default]
+    #[serde(rename = "openai")]
+    OpenAi,
+    Anthropic,
+}
+
+impl UpstreamKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamKind::OpenAi => "openai",
+            UpstreamKind::Anthropic => "anthropic",
+        }
+    }
+}
+
+/// The Messages API version keygate speaks to Anthropic unless configured otherwise.
+pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
+
+fn default_anthropic_version() -> String {
+    DEFAULT_ANTHROPIC_VERSION.to_owned()
 }
 
 fn default_weight() -> u32 {
@@ -449,6 +483,8 @@ impl UpstreamConfig {
             priority: 0,
             weight: default_weight(),
             model_mapping: BTreeMap::new(),
+            kind: UpstreamKind::OpenAi,
+            anthropic_version: default_anthropic_version(),
             ca_file: None,
         }
     }
@@ -465,14 +501,30 @@ pub struct Provider {
     /// A variable that, when set, replaces `base_url` (the provider's SDKs read it too).
     pub base_url_env: &'static str,
     pub base_url: &'static str,
+    /// Appended to `base_url_env`'s value: Anthropic's SDK reads its base URL without
+    /// the `/v1` that keygate's `base_url` ends with.
+    pub base_url_env_suffix: &'static str,
+    pub kind: UpstreamKind,
 }
 
-pub const PROVIDERS: &[Provider] = &[Provider {
-    name: "openai",
-    key_env: "OPENAI_API_KEY",
-    base_url_env: "OPENAI_BASE_URL",
-    base_url: "https://api.openai.com/v1",
-}];
+pub const PROVIDERS: &[Provider] = &[
+    Provider {
+        name: "openai",
+        key_env: "OPENAI_API_KEY",
+        base_url_env: "OPENAI_BASE_URL",
+        base_url: "https://api.openai.com/v1",
+        base_url_env_suffix: "",
+        kind: UpstreamKind::OpenAi,
+    },
+    Provider {
+        name: "anthropic",
+        key_env: "ANTHROPIC_API_KEY",
+        base_url_env: "ANTHROPIC_BASE_URL",
+        base_url: "https://api.anthropic.com/v1",
+        base_url_env_suffix: "/v1",
+        kind: UpstreamKind::Anthropic,
+    },
+];
 
 /// Where the upstreams came from, for the start-up log.
 #[derive(Debug)]
@@ -493,6 +545,14 @@ pub struct ModelPrice {
     pub input_usd_per_mtok: Decimal,
     #[serde(with = "crate::money::usd")]
     pub output_usd_per_mtok: Decimal,
+    /// Anthropic's `cache_creation_input_tokens` (prompt caching writes); the input
+    /// price when absent.
+    #[serde(default, with = "crate::money::usd::option")]
+    pub cache_creation_input_usd_per_mtok: Option<Decimal>,
+    /// Anthropic's `cache_read_input_tokens` (prompt cache hits); the input price when
+    /// absent.
+    #[serde(default, with = "crate::money::usd::option")]
+    pub cache_read_input_usd_per_mtok: Option<Decimal>,
 }
 
 impl Config {
@@ -546,10 +606,18 @@ impl Config {
             .filter(|provider| present(provider.key_env).is_some())
             .collect();
         for provider in &found {
-            let base_url =
-                present(provider.base_url_env).unwrap_or_else(|| provider.base_url.to_owned());
+            let base_url = present(provider.base_url_env)
+                .map(|url| {
+                    let url = url.trim().trim_end_matches('/');
+                    match url.ends_with(provider.base_url_env_suffix) {
+                        true => url.to_owned(),
+                        false => format!("{url}{}", provider.base_url_env_suffix),
+                    }
+                })
+                .unwrap_or_else(|| provider.base_url.to_owned());
             let mut upstream = UpstreamConfig::new(provider.name, &base_url, &["*"]);
             upstream.api_key_env = Some(provider.key_env.to_owned());
+            upstream.kind = provider.kind;
             self.upstreams.push(upstream);
         }
         if found.is_empty() {
@@ -982,6 +1050,56 @@ fast_path = \"yes\"
         let source = config.upstreams_from_environment(env(&[("OPENAI_API_KEY", "sk-x")]));
         assert!(matches!(source, UpstreamSource::Configured));
         assert_eq!(config.upstreams.len(), 1);
+    }
+
+    #[test]
+    fn the_first_run_serves_anthropic_with_both_keys_each_on_its_kind() {
+        let vars = [
+            ("OPENAI_API_KEY", "sk-x"),
+            ("ANTHROPIC_API_KEY", "sk-ant-x"),
+            ("ANTHROPIC_BASE_URL", "http://127.0.0.1:9/"),
+        ];
+        let env = |name: &str| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| (*v).to_owned())
+        };
+        let mut config = Config::default();
+        let source = config.upstreams_from_environment(env);
+        assert!(matches!(source, UpstreamSource::Environment(ref p) if p.len() == 2));
+        let anthropic = &config.upstreams[1];
+        assert_eq!(anthropic.kind, UpstreamKind::Anthropic);
+        // As Anthropic's SDK takes it, without `/v1`: keygate's base URLs end with it.
+        assert_eq!(anthropic.base_url, "http://127.0.0.1:9/v1");
+        assert_eq!(anthropic.api_key_env.as_deref(), Some("ANTHROPIC_API_KEY"));
+        assert_eq!(anthropic.anthropic_version, DEFAULT_ANTHROPIC_VERSION);
+        assert_eq!(config.upstreams[0].kind, UpstreamKind::OpenAi);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn an_upstream_kind_and_cache_prices_are_read_from_the_file() {
+        let config = load_from(
+            "[[upstreams]]\nname = \"a\"\nbase_url = \"http://a/v1\"\nmodels = [\"*\"]\nkind = \"anthropic\"\n\
+             [[models]]\nname = \"c\"\ninput_usd_per_mtok = 3\noutput_usd_per_mtok = 15\n\
+             cache_read_input_usd_per_mtok = 0.3\n",
+        )
+        .unwrap();
+        assert_eq!(config.upstreams[0].kind, UpstreamKind::Anthropic);
+        assert_eq!(config.upstreams[0].anthropic_version, "2023-06-01");
+        let price = &config.models[0];
+        assert_eq!(
+            price.cache_read_input_usd_per_mtok.map(|p| p.to_string()),
+            Some("0.3".into())
+        );
+        assert_eq!(price.cache_creation_input_usd_per_mtok, None);
+        let err = load_from(
+            "[[upstreams]]\nname = \"a\"\nbase_url = \"http://a/v1\"\nmodels = [\"*\"]\nkind = \"gemini\"\n",
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("kind") && err.contains("anthropic"), "{err}");
     }
 
     #[test]

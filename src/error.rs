@@ -28,11 +28,16 @@ pub enum Surface {
     Venice,
     /// `{"statusCode", "message", "error"}` (aiXplain-compatible `/sdk`, `/v2`).
     Aixplain,
+    /// `{"type": "error", "error": {"type", "message"}}` (Anthropic's Messages API,
+    /// `/v1/messages`; its SDK maps statuses to exception classes).
+    Anthropic,
 }
 
 impl Surface {
     pub fn for_path(path: &str) -> Surface {
-        if path.starts_with("/v1/") || path == "/v1" {
+        if path == "/v1/messages" || path.starts_with("/v1/messages/") {
+            Surface::Anthropic
+        } else if path.starts_with("/v1/") || path == "/v1" {
             Surface::OpenAi
         } else if path.starts_with("/api/v1/") || path == "/api/v1" {
             Surface::Venice
@@ -134,6 +139,21 @@ impl ApiError {
             _ => "invalid_request_error",
         }
     }
+
+    /// Anthropic's error types, by status as its API uses them.
+    fn anthropic_type(&self) -> &'static str {
+        match self.status.as_u16() {
+            401 => "authentication_error",
+            402 => "billing_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 | 529 => "overloaded_error",
+            500..=599 => "api_error",
+            _ => "invalid_request_error",
+        }
+    }
 }
 
 /// An [`ApiError`] as it goes over the wire: status, headers and body bytes. The router
@@ -175,6 +195,10 @@ impl ApiError {
             Surface::Venice => json!({
                 "error": self.message,
                 "code": self.code.to_ascii_uppercase(),
+            }),
+            Surface::Anthropic => json!({
+                "type": "error",
+                "error": { "type": self.anthropic_type(), "message": self.message },
             }),
             Surface::Aixplain => json!({
                 "statusCode": self.status.as_u16(),

@@ -58,6 +58,23 @@ pub mod usd {
         }
         Ok(amount)
     }
+
+    /// An optional USD amount (absent: `None`; `#[serde(default)]` goes with it).
+    pub mod option {
+        use rust_decimal::Decimal;
+        use serde::{Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(value: &Option<Decimal>, s: S) -> Result<S::Ok, S::Error> {
+            match value {
+                Some(value) => super::serialize(value, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
+            super::deserialize(d).map(Some)
+        }
+    }
 }
 
 /// Like `usd`, for amounts that may be negative (what remains of an overspent budget).

@@ -6,16 +6,20 @@
 //! creates the keys the Python tests need through the keys service, then runs
 //! `pytest tests/python/test_openai_client.py` with the base URL and the keys in its
 //! environment, and requires it to pass: once through each front door
-//! (`http.fast_path` on and off).
+//! (`http.fast_path` on and off). The same for the official `anthropic` SDK against
+//! `/v1/messages` (`tests/python/test_anthropic_sdk.py`), the mock as an Anthropic upstream.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
-use keygate::keys::{
-    input::NewKey,
-    model::{Budget, BudgetPeriod, Limits},
-    KeyKind,
+use keygate::{
+    config::{UpstreamConfig, UpstreamKind},
+    keys::{
+        input::NewKey,
+        model::{Budget, BudgetPeriod, Limits},
+        KeyKind,
+    },
 };
 use rust_decimal::Decimal;
 use support::{
@@ -134,6 +138,63 @@ async fn openai_python_sdk_against_keygate(door: FrontDoor) {
         file: "tests/python/test_openai_client.py",
         what: "the openai SDK tests",
         steers_sdk: |upper| upper.starts_with("OPENAI_") || upper.starts_with("AZURE_OPENAI"),
+    }
+    .run(app, &env)
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_python_sdk_against_keygate_on_the_fast_path() {
+    anthropic_python_sdk_against_keygate(FrontDoor::Fast).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_python_sdk_against_keygate_through_the_router() {
+    anthropic_python_sdk_against_keygate(FrontDoor::Router).await
+}
+
+/// `tests/python/test_anthropic_sdk.py`: the official `anthropic` SDK against
+/// `/v1/messages`, the mock as an Anthropic upstream of two models.
+async fn anthropic_python_sdk_against_keygate(door: FrontDoor) {
+    let python = pytest::ensure_venv().await;
+    let setup = Setup {
+        backend: Backend::Sqlite,
+        door,
+    };
+    let app = spawn_proxy_with(setup, |config| {
+        let url = config.upstreams[0].base_url.clone();
+        config.upstreams = vec![UpstreamConfig {
+            kind: UpstreamKind::Anthropic,
+            ..UpstreamConfig::new("claude", &url, &["mock-model", "mock-cached"])
+        }];
+        config.models = vec![price("mock-model", "3", "15")];
+    })
+    .await;
+    let admin = admin_caller(app.workspace_id, "test:python_clients");
+    let plain = app.create_key_as(&admin, named("anthropic plain")).await;
+    let rpm_refused = app
+        .create_key_as(
+            &admin,
+            NewKey {
+                limits: rpm(1),
+                ..named("anthropic rpm=1 (429)")
+            },
+        )
+        .await;
+    let env = [
+        // As `ANTHROPIC_BASE_URL` is given: the SDK adds `/v1/messages`.
+        ("KEYGATE_ANTHROPIC_BASE_URL", app.address.clone()),
+        ("KEYGATE_KEY", plain.secret.expose().to_string()),
+        (
+            "KEYGATE_RPM1_REFUSED_KEY",
+            rpm_refused.secret.expose().to_string(),
+        ),
+    ];
+    Suite {
+        python: &python,
+        file: "tests/python/test_anthropic_sdk.py",
+        what: "the anthropic SDK tests",
+        steers_sdk: |upper| upper.starts_with("ANTHROPIC_"),
     }
     .run(app, &env)
     .await;

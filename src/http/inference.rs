@@ -82,7 +82,7 @@ impl From<InferenceError> for ApiError {
                 ApiError::new(StatusCode::FORBIDDEN, "model_not_allowed", message)
                     .with_field("model")
             }
-            InferenceError::ModelNotFound(_) => {
+            InferenceError::ModelNotFound(_) | InferenceError::ModelOnOtherApi { .. } => {
                 ApiError::new(StatusCode::NOT_FOUND, "model_not_found", message).with_field("model")
             }
             InferenceError::PathNotFound(_) => {
@@ -195,6 +195,8 @@ pub(super) async fn answer(
     state: &AppState,
     request: InferenceRequest,
 ) -> (Answer, Option<ModelId>) {
+    // Refusals in the shape of the route's API (Anthropic's on `/v1/messages`).
+    let surface = Surface::for_path(request.endpoint.route());
     let Handled { model, result } = state.gateway.handle(request).await;
     let answer = match result {
         Ok(answer) => Answer::Proxied(answer),
@@ -203,7 +205,7 @@ pub(super) async fn answer(
                 InferenceError::RateLimited(refusal) => refusal.states.clone(),
                 _ => Vec::new(),
             };
-            Answer::Refused(ApiError::from(err), states)
+            Answer::Refused(ApiError::from(err).on(surface), states)
         }
     };
     (answer, model)
@@ -297,6 +299,49 @@ endpoint_handler!(
     "/v1/embeddings",
     "Embeddings"
 );
+/// Anthropic's Messages API: the same walk, Anthropic's wire format and error shape.
+macro_rules! anthropic_handler {
+    ($name:ident, $endpoint:expr, $path:literal, $summary:literal) => {
+        #[utoipa::path(post, path = $path, tag = "inference", summary = $summary,
+            request_body(content = Object, description = "Anthropic Messages request body"),
+            responses(
+                (status = 200, description = "The upstream's answer (JSON, or SSE when `stream` is true)"),
+                (status = 400, description = "invalid_request_error: the body is not a JSON object, or a field (`max_tokens`) is invalid", body = AnthropicErrorBody),
+                (status = 401, description = "authentication_error", body = AnthropicErrorBody),
+                (status = 402, description = "billing_error: budget exceeded or credits exhausted", body = AnthropicErrorBody),
+                (status = 403, description = "permission_error: model not allowed, or an admin key", body = AnthropicErrorBody),
+                (status = 404, description = "not_found_error: no anthropic upstream serves the model", body = AnthropicErrorBody),
+                (status = 429, description = "rate_limit_error; see Retry-After", body = AnthropicErrorBody),
+                (status = 502, description = "api_error: the upstream failed", body = AnthropicErrorBody),
+                (status = 503, description = "overloaded_error: budget or store unavailable; retry", body = AnthropicErrorBody),
+                (status = 504, description = "api_error: the upstream timed out", body = AnthropicErrorBody),
+            ),
+            security(("bearer" = [])))]
+        pub async fn $name(
+            State(state): State<AppState>,
+            InferenceKey(key): InferenceKey,
+            method: Method,
+            OriginalUri(uri): OriginalUri,
+            headers: HeaderMap,
+            body: Bytes,
+        ) -> Response {
+            proxy(state, key, $endpoint, method, &uri, headers, body).await
+        }
+    };
+}
+
+anthropic_handler!(
+    messages,
+    Endpoint::Messages,
+    "/v1/messages",
+    "Anthropic Messages (streaming or not), to `kind = \"anthropic\"` upstreams"
+);
+anthropic_handler!(
+    count_tokens,
+    Endpoint::CountTokens,
+    "/v1/messages/count_tokens",
+    "Anthropic token count, to `kind = \"anthropic\"` upstreams (charged no tokens)"
+);
 endpoint_handler!(
     passthrough,
     Endpoint::Other,
@@ -327,6 +372,25 @@ pub struct OpenAiError {
     pub code: String,
     /// The request field at fault, when one is.
     pub param: Option<String>,
+}
+
+/// Anthropic's error body, which every `/v1/messages` refusal uses.
+#[derive(Debug, ToSchema)]
+pub struct AnthropicErrorBody {
+    /// Always `error`.
+    #[schema(rename = "type")]
+    pub kind: String,
+    pub error: AnthropicError,
+}
+
+#[derive(Debug, ToSchema)]
+pub struct AnthropicError {
+    /// `invalid_request_error`, `authentication_error`, `billing_error`,
+    /// `permission_error`, `not_found_error`, `rate_limit_error`, `api_error` or
+    /// `overloaded_error`.
+    #[schema(rename = "type")]
+    pub kind: String,
+    pub message: String,
 }
 
 /// `GET /v1/models`: `{"object": "list", "data": [...]}`, as OpenAI lists models.

@@ -62,6 +62,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(inference::chat_completions))
         .route("/v1/completions", post(inference::completions))
         .route("/v1/embeddings", post(inference::embeddings))
+        .route("/v1/messages", post(inference::messages))
+        .route("/v1/messages/count_tokens", post(inference::count_tokens))
         .route("/v1/models", get(inference::list_models))
         .route("/v1/key", get(me::key_info))
         .route("/v1/{*path}", any(inference::passthrough))

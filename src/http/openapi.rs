@@ -41,6 +41,8 @@ mod layers;
         inference::chat_completions,
         inference::completions,
         inference::embeddings,
+        inference::messages,
+        inference::count_tokens,
         inference::list_models,
         inference::passthrough,
         me::key_info,
@@ -50,7 +52,7 @@ mod layers;
         (name = "keys", description = "Create, list, change, rotate and revoke API keys (admin keys only)"),
         (name = "usage", description = "Usage per key and model, and the log of refused requests"),
         (name = "workspaces", description = "Workspaces, their members and the audit log. An admin key of the `default` workspace (the operator) manages every workspace; any other admin key acts as an admin of its own workspace and gets 404 outside it"),
-        (name = "inference", description = "OpenAI-compatible inference, the model list and key self-service"),
+        (name = "inference", description = "OpenAI-compatible inference, Anthropic's Messages API, the model list and key self-service"),
         (name = "ops", description = "Health, readiness and Prometheus metrics"),
     )
 )]

@@ -205,6 +205,8 @@ mod tests {
             name: "m".into(),
             input_usd_per_mtok: "1".parse().unwrap_or_default(),
             output_usd_per_mtok: "2".parse().unwrap_or_default(),
+            cache_creation_input_usd_per_mtok: None,
+            cache_read_input_usd_per_mtok: None,
         }]);
         // 1 µUSD per input token, 2 per output token; 10 input tokens cost 10 µUSD.
         let micro = 1_000_000;

@@ -218,16 +218,23 @@ impl Gateway {
             .request(&upstream.target, method, &path_and_query)
             .map_err(|err| format!("cannot forward this path upstream: {err}"))?;
         let forwarding = headers::Forwarding::of(headers.lines());
+        let credential = upstream.credential();
+        // The upstream's own headers replace the client's (its `anthropic-version` too).
+        let own = |name: &[u8]| {
+            credential
+                .iter()
+                .any(|(own, _)| own.as_bytes().eq_ignore_ascii_case(name))
+        };
         for (name, value) in headers.lines() {
-            if forwarding.forwards(name) {
+            if forwarding.forwards(name) && !own(name) {
                 request = request.header(name, value);
             }
         }
         if !request_id.is_empty() && headers.get("x-request-id").is_none() {
             request = request.header("x-request-id", request_id.as_bytes());
         }
-        if let Some(authorization) = upstream.authorization() {
-            request = request.header("authorization", authorization.as_bytes());
+        for (name, value) in credential {
+            request = request.header(name, value.as_bytes());
         }
         Ok(request)
     }
@@ -246,7 +253,12 @@ pub(super) fn upstream_body(
     let Some(fields) = fields else {
         return Ok(None);
     };
-    let usage = (fields.stream() && endpoint != Endpoint::Embeddings && !fields.wants_usage())
+    // Anthropic's streams always carry their usage (`message_start`, `message_delta`).
+    let openai_stream = matches!(
+        endpoint,
+        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Other
+    );
+    let usage = (fields.stream() && openai_stream && !fields.wants_usage())
         .then_some(fields.stream_options);
     let model = mapped.zip(fields.model).map(|(name, raw)| (raw, name));
     if usage.is_none() && model.is_none() {

@@ -15,12 +15,13 @@ use http::StatusCode;
 use metrics::Histogram;
 use tokio::{sync::OwnedSemaphorePermit, time::Instant};
 
-use super::{saturating_i64, sse, tokens, tokens::BodyKind, Shared};
+use super::{anthropic, saturating_i64, sse, tokens, tokens::BodyKind, Shared};
 use crate::{
+    config::UpstreamKind,
     keys::ApiKey,
     limits::{redis::Ticket, Limiter, Reservation, TokenUsage},
     telemetry::metrics::ModelId,
-    usage::{budget::BudgetHold, UsageEvent},
+    usage::{budget::BudgetHold, pricing::PricedTokens, UsageEvent},
 };
 
 /// How a request ended, for accounting.
@@ -67,7 +68,9 @@ struct Pending {
     ticket: Option<Ticket>,
     /// Text streamed so far, counted only if the stream ends without `usage`.
     produced: String,
-    reported: Option<TokenUsage>,
+    reported: Reported,
+    /// The API the answer speaks: where its usage is read from.
+    api: UpstreamKind,
     /// Usage is booked at admission time, the same period the budget charged it to, so a
     /// stream crossing midnight is stored under the day it started.
     admitted_at: chrono::DateTime<chrono::Utc>,
@@ -75,6 +78,53 @@ struct Pending {
     model_id: ModelId,
     /// The upstream's duration histogram and when the request was sent, once it was.
     upstream_timing: Option<(Histogram, Instant)>,
+}
+
+/// The usage the upstream reported so far. OpenAI reports it whole, once; Anthropic the
+/// prompt's at the stream's start and the output's at its end, so a stream that breaks
+/// in between is charged the prompt as reported and the output as counted.
+#[derive(Debug, Clone, Copy, Default)]
+struct Reported {
+    /// The prompt less the cache tokens (Anthropic's `input_tokens`).
+    input: Option<u64>,
+    output: Option<u64>,
+    cache_creation: u64,
+    cache_read: u64,
+}
+
+impl Reported {
+    fn merge(&mut self, usage: anthropic::Usage) {
+        if let Some(input) = usage.input_tokens {
+            self.input = Some(input);
+        }
+        if let Some(tokens) = usage.cache_creation_input_tokens {
+            self.cache_creation = tokens;
+        }
+        if let Some(tokens) = usage.cache_read_input_tokens {
+            self.cache_read = tokens;
+        }
+    }
+}
+
+/// What a request is charged: tokens for the limits (the prompt with its cache tokens)
+/// and by price for the cost.
+#[derive(Debug, Clone, Copy)]
+struct Billed {
+    tokens: TokenUsage,
+    priced: PricedTokens,
+}
+
+impl From<TokenUsage> for Billed {
+    fn from(tokens: TokenUsage) -> Self {
+        Billed {
+            tokens,
+            priced: PricedTokens {
+                input: saturating_i64(tokens.input),
+                output: saturating_i64(tokens.output),
+                ..PricedTokens::default()
+            },
+        }
+    }
 }
 
 /// What admission took for a request, for the meter to give back or settle.
@@ -115,7 +165,8 @@ impl Meter {
                 _slot: slot,
                 ticket,
                 produced: String::new(),
-                reported: None,
+                reported: Reported::default(),
+                api: UpstreamKind::OpenAi,
                 admitted_at: at,
                 model_id,
                 upstream_timing: None,
@@ -137,19 +188,75 @@ impl Meter {
         }
     }
 
-    /// Remembers the upstream's reported usage (the stream may still go on).
-    pub fn reported(&mut self, usage: TokenUsage) {
+    /// The answer speaks `api`'s wire format (OpenAI's until told).
+    pub fn speaks(&mut self, api: UpstreamKind) {
         if let Some(pending) = &mut self.pending {
-            pending.reported = Some(usage);
+            pending.api = api;
         }
     }
 
-    /// The usage to charge when no more is coming: reported, else counted.
-    fn fallback(pending: &Pending) -> TokenUsage {
-        pending.reported.unwrap_or_else(|| TokenUsage {
-            input: pending.prompt_tokens.count(),
-            output: tokens::count(&pending.produced),
-        })
+    /// The API whose usage fields this meter reads.
+    pub fn api(&self) -> UpstreamKind {
+        self.pending
+            .as_ref()
+            .map_or(UpstreamKind::OpenAi, |pending| pending.api)
+    }
+
+    /// Remembers the upstream's reported usage (the stream may still go on).
+    pub fn reported(&mut self, usage: TokenUsage) {
+        if let Some(pending) = &mut self.pending {
+            pending.reported = Reported {
+                input: Some(usage.input),
+                output: Some(usage.output),
+                ..Reported::default()
+            };
+        }
+    }
+
+    /// Remembers an Anthropic stream's usage: `message_start`'s prompt (its
+    /// `output_tokens` is a placeholder) and each `message_delta`'s running output.
+    pub fn reported_anthropic(&mut self, event: anthropic::EventUsage) {
+        let Some(pending) = &mut self.pending else {
+            return;
+        };
+        if let Some(start) = event.start {
+            pending.reported.merge(start);
+        }
+        if let Some(delta) = event.delta {
+            pending.reported.merge(delta);
+            if let Some(output) = delta.output_tokens {
+                pending.reported.output = Some(output);
+            }
+        }
+    }
+
+    /// The usage to charge when no more is coming: as reported, the rest counted.
+    fn fallback(pending: &Pending) -> Billed {
+        let reported = pending.reported;
+        let output = reported
+            .output
+            .unwrap_or_else(|| tokens::count(&pending.produced));
+        let Some(input) = reported.input else {
+            return TokenUsage {
+                input: pending.prompt_tokens.count(),
+                output,
+            }
+            .into();
+        };
+        Billed {
+            tokens: TokenUsage {
+                input: input
+                    .saturating_add(reported.cache_creation)
+                    .saturating_add(reported.cache_read),
+                output,
+            },
+            priced: PricedTokens {
+                input: saturating_i64(input),
+                output: saturating_i64(output),
+                cache_creation: saturating_i64(reported.cache_creation),
+                cache_read: saturating_i64(reported.cache_read),
+            },
+        }
     }
 
     /// The prompt's tokens by keygate's count (0 once settled).
@@ -162,8 +269,8 @@ impl Meter {
     /// Settles with the reported usage, or the fallback count if none was reported.
     pub fn finish_streamed(&mut self) {
         if let Some(pending) = &self.pending {
-            let usage = Self::fallback(pending);
-            self.finish(Outcome::Charged(usage));
+            let billed = Self::fallback(pending);
+            self.settle(Some(billed));
         }
     }
 
@@ -172,6 +279,20 @@ impl Meter {
     pub fn finish_whole(&mut self, status: StatusCode, answer: &[u8]) {
         if !status.is_success() {
             self.finish(Outcome::NotCharged);
+            return;
+        }
+        if self.api() == UpstreamKind::Anthropic {
+            let (usage, generated) = anthropic::answer_usage(answer);
+            if let Some(pending) = &mut self.pending {
+                match usage {
+                    Some(usage) => {
+                        pending.reported.merge(usage);
+                        pending.reported.output = Some(usage.output_tokens.unwrap_or(0));
+                    }
+                    None => pending.reported.output = Some(generated),
+                }
+            }
+            self.finish_streamed();
             return;
         }
         let usage = match sse::answer_usage(answer) {
@@ -188,6 +309,14 @@ impl Meter {
 
     /// Settles now. Later calls (and the drop) do nothing.
     pub fn finish(&mut self, outcome: Outcome) {
+        self.settle(match outcome {
+            Outcome::Charged(usage) => Some(usage.into()),
+            Outcome::NotCharged => None,
+        });
+    }
+
+    /// Settles now with `billed` (`None`: not charged). Later calls do nothing.
+    fn settle(&mut self, billed: Option<Billed>) {
         let Some(pending) = self.pending.take() else {
             return;
         };
@@ -208,22 +337,17 @@ impl Meter {
         if let Some((duration, sent)) = upstream_timing {
             duration.record(sent.elapsed());
         }
-        let usage = match outcome {
-            Outcome::Charged(usage) => usage,
-            Outcome::NotCharged => TokenUsage::default(),
-        };
-        let cost_pico = shared.pricing.cost_pico(
-            &model,
-            saturating_i64(usage.input),
-            saturating_i64(usage.output),
-        );
+        let usage = billed.map_or_else(TokenUsage::default, |billed| billed.tokens);
+        let cost_pico = billed.map_or(0, |billed| {
+            shared.pricing.cost_pico_tokens(&model, billed.priced)
+        });
         if let Some(hold) = hold {
             shared.budgets.settle(hold, cost_pico);
         }
         if let Some(ticket) = ticket {
             ticket.settle(usage, cost_pico);
         }
-        if let Outcome::Charged(usage) = outcome {
+        if billed.is_some() {
             metrics.used(model_id, usage.input, usage.output, cost_pico);
             shared.recorder.record(UsageEvent {
                 key_id: key.id,

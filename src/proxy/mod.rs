@@ -10,6 +10,7 @@
 //! `models` lists the models a key may use.
 
 mod admission;
+pub mod anthropic;
 pub mod bpe;
 pub mod client;
 pub mod fit;
@@ -45,7 +46,7 @@ use self::{
     upstreams::{Candidates, Upstreams},
 };
 use crate::{
-    config::ProxyConfig,
+    config::{ProxyConfig, UpstreamKind},
     keys::ApiKey,
     limits::{
         redis::{RedisGate, RedisLimiterWithFallback},
@@ -120,6 +121,10 @@ pub enum Endpoint {
     ChatCompletions,
     Completions,
     Embeddings,
+    /// Anthropic's `/v1/messages`.
+    Messages,
+    /// Anthropic's `/v1/messages/count_tokens`: forwarded, charged no tokens.
+    CountTokens,
     /// A path an upstream declares for pass-through.
     Other,
 }
@@ -130,7 +135,28 @@ impl Endpoint {
             Endpoint::ChatCompletions => BodyKind::Chat,
             Endpoint::Completions => BodyKind::Completion,
             Endpoint::Embeddings => BodyKind::Embedding,
-            Endpoint::Other => BodyKind::Other,
+            Endpoint::Messages => BodyKind::Messages,
+            Endpoint::CountTokens | Endpoint::Other => BodyKind::Other,
+        }
+    }
+
+    /// The API whose upstreams serve this route.
+    pub fn api(self) -> UpstreamKind {
+        match self {
+            Endpoint::Messages | Endpoint::CountTokens => UpstreamKind::Anthropic,
+            _ => UpstreamKind::OpenAi,
+        }
+    }
+
+    /// The route as clients call it, for messages.
+    pub fn route(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "/v1/chat/completions",
+            Endpoint::Completions => "/v1/completions",
+            Endpoint::Embeddings => "/v1/embeddings",
+            Endpoint::Messages => "/v1/messages",
+            Endpoint::CountTokens => "/v1/messages/count_tokens",
+            Endpoint::Other => "/v1/{path}",
         }
     }
 }
@@ -181,6 +207,13 @@ pub enum InferenceError {
     ModelNotAllowed(String),
     #[error("the model `{0}` does not exist or no upstream serves it")]
     ModelNotFound(String),
+    #[error("the model `{model}` is served only by {api} upstreams, which {route} does not reach; call {served_by} instead")]
+    ModelOnOtherApi {
+        model: String,
+        api: &'static str,
+        route: &'static str,
+        served_by: &'static str,
+    },
     #[error("no upstream serves {0}")]
     PathNotFound(String),
     #[error(transparent)]
@@ -302,6 +335,7 @@ impl Gateway {
             }
             (_, fields) => (&body, fields),
         };
+        meter.speaks(request.endpoint.api());
 
         // Forward (forward.rs): to the candidates in turn until one answers (fallback on
         // a connect error, a timeout before the first byte, a 429 or a 5xx); the body asks
@@ -354,10 +388,28 @@ impl Gateway {
                 message: "you must provide a `model`".into(),
                 param: Some("model".into()),
             }),
-            (_, Some(model)) => self
-                .upstreams
-                .for_model(model)
-                .ok_or_else(|| InferenceError::ModelNotFound(model.to_owned())),
+            (endpoint, Some(model)) => {
+                let api = endpoint.api();
+                if let Some(candidates) = self.upstreams.for_model(api, model) {
+                    return Ok(candidates);
+                }
+                let other = match api {
+                    UpstreamKind::OpenAi => UpstreamKind::Anthropic,
+                    UpstreamKind::Anthropic => UpstreamKind::OpenAi,
+                };
+                match self.upstreams.for_model(other, model) {
+                    Some(_) => Err(InferenceError::ModelOnOtherApi {
+                        model: model.to_owned(),
+                        api: other.as_str(),
+                        route: endpoint.route(),
+                        served_by: match other {
+                            UpstreamKind::Anthropic => "POST /v1/messages",
+                            UpstreamKind::OpenAi => "the OpenAI routes (/v1/chat/completions, …)",
+                        },
+                    }),
+                    None => Err(InferenceError::ModelNotFound(model.to_owned())),
+                }
+            }
         }
     }
 }

@@ -36,6 +36,9 @@ pub struct RequestFields<'a> {
     pub max_tokens: Option<&'a RawValue>,
     pub max_completion_tokens: Option<&'a RawValue>,
     pub messages: Option<&'a RawValue>,
+    /// Anthropic's `system` prompt and `tools` (counted in a Messages estimate).
+    pub system: Option<&'a RawValue>,
+    pub tools: Option<&'a RawValue>,
     pub prompt: Option<&'a RawValue>,
     pub input: Option<&'a RawValue>,
 }
@@ -131,6 +134,38 @@ impl<'a> RequestFields<'a> {
         }
         Ok(())
     }
+
+    /// Anthropic requires `max_tokens` on `/v1/messages`: refused here, before admission,
+    /// as Anthropic refuses it (the estimate needs it too).
+    fn check_messages(&self) -> Result<(), InferenceError> {
+        let valid = self
+            .max_tokens
+            .and_then(|raw| serde_json::from_str::<u64>(raw.get()).ok())
+            .is_some_and(|n| n >= 1);
+        if valid {
+            return Ok(());
+        }
+        let message = match self.max_tokens {
+            None => "`max_tokens` is required: the most tokens to generate (a whole number >= 1)"
+                .to_owned(),
+            Some(raw) => format!(
+                "`max_tokens` must be a whole number >= 1, not {}",
+                truncated(raw.get())
+            ),
+        };
+        Err(InferenceError::InvalidRequest {
+            message,
+            param: Some("max_tokens".into()),
+        })
+    }
+}
+
+/// At most 40 characters of `text`, for a message.
+fn truncated(text: &str) -> String {
+    match text.char_indices().nth(40) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
 }
 
 fn wrong_type(param: &str, expected: &str, raw: &RawValue) -> InferenceError {
@@ -164,6 +199,9 @@ pub fn read_fields(
     match RequestFields::parse(body) {
         Ok(fields) => {
             fields.check_types()?;
+            if endpoint == Endpoint::Messages {
+                fields.check_messages()?;
+            }
             Ok(Some(fields))
         }
         Err(BodyError::NotAnObject) if passthrough => Ok(None),
@@ -373,6 +411,8 @@ impl<'de> Deserialize<'de> for RequestFields<'de> {
                         Some("max_tokens") => &mut fields.max_tokens,
                         Some("max_completion_tokens") => &mut fields.max_completion_tokens,
                         Some("messages") => &mut fields.messages,
+                        Some("system") => &mut fields.system,
+                        Some("tools") => &mut fields.tools,
                         Some("prompt") => &mut fields.prompt,
                         Some("input") => &mut fields.input,
                         _ => {

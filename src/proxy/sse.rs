@@ -293,7 +293,7 @@ pub fn inspect(event: &[u8]) -> EventInfo {
 
 /// The event's `data` field: its `data:` lines joined by newlines (borrowed when there is
 /// one line, as in every OpenAI chunk).
-fn event_data(event: &[u8]) -> Cow<'_, [u8]> {
+pub(super) fn event_data(event: &[u8]) -> Cow<'_, [u8]> {
     let mut data: Cow<'_, [u8]> = Cow::Borrowed(&[]);
     let mut lines = 0;
     for line in event.split(|&b| b == b'\n') {

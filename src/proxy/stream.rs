@@ -18,10 +18,12 @@ use serde_json::json;
 use tokio::time::{Instant, Sleep};
 
 use super::{
+    anthropic,
     client::{ResponseBody, UpstreamResponse},
     meter::Meter,
     sse::{inspect_into, EventSplitter},
 };
+use crate::config::UpstreamKind;
 
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, io::Error>> + Send>>;
 
@@ -31,6 +33,8 @@ pub struct MeteredStream {
     ready: VecDeque<Bytes>,
     scratch: Vec<Bytes>,
     meter: Meter,
+    /// The wire format of the events (read from the meter once).
+    api: UpstreamKind,
     /// For log events: the request holds no span (see `InferenceRequest::request_id`).
     request_id: String,
     client_wants_usage: bool,
@@ -51,6 +55,7 @@ impl MeteredStream {
         max_event_bytes: usize,
     ) -> Self {
         MeteredStream {
+            api: meter.api(),
             upstream: response.body,
             splitter: EventSplitter::new(max_event_bytes),
             ready: VecDeque::new(),
@@ -66,6 +71,16 @@ impl MeteredStream {
     }
 
     fn take_events(&mut self) {
+        if self.api == UpstreamKind::Anthropic {
+            // Every event passes unchanged: Anthropic's usage is part of the stream.
+            for event in self.scratch.drain(..) {
+                let meter = &mut self.meter;
+                let usage = anthropic::inspect_event(&event, |piece| meter.produced(piece));
+                self.meter.reported_anthropic(usage);
+                self.ready.push_back(event);
+            }
+            return;
+        }
         for event in self.scratch.drain(..) {
             let meter = &mut self.meter;
             let info = inspect_into(&event, |piece| meter.produced(piece));
@@ -79,16 +94,25 @@ impl MeteredStream {
         }
     }
 
-    /// Ends the stream early with an OpenAI-style error event, so SDKs raise a clear
-    /// error instead of seeing a silently truncated answer.
+    /// Ends the stream early with an error event in the API's shape (OpenAI's, or
+    /// Anthropic's `event: error`), so SDKs raise a clear error instead of seeing a
+    /// silently truncated answer.
     fn fail(&mut self, code: &str, message: &str) {
         self.meter.finish_streamed();
         self.ended = true;
         // Dropping the upstream response closes its connection: the upstream call is cancelled.
         self.upstream = ResponseBody::default();
-        let event = json!({ "error": { "message": message, "type": "api_error", "code": code, "param": null } });
-        self.ready
-            .push_back(Bytes::from(format!("data: {event}\n\n")));
+        let event = match self.api {
+            UpstreamKind::OpenAi => {
+                let event = json!({ "error": { "message": message, "type": "api_error", "code": code, "param": null } });
+                format!("data: {event}\n\n")
+            }
+            UpstreamKind::Anthropic => {
+                let event = json!({ "type": "error", "error": { "type": "api_error", "message": message } });
+                format!("event: error\ndata: {event}\n\n")
+            }
+        };
+        self.ready.push_back(Bytes::from(event));
     }
 }
 

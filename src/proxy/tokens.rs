@@ -88,6 +88,8 @@ pub enum BodyKind {
     Chat,
     Completion,
     Embedding,
+    /// Anthropic's Messages API.
+    Messages,
     Other,
 }
 
@@ -106,6 +108,7 @@ pub fn estimate_fields(kind: BodyKind, body: &RequestFields<'_>) -> TokenEstimat
         BodyKind::Chat => chat_prompt_tokens(body.messages),
         BodyKind::Completion => text_or_list_tokens(body.prompt),
         BodyKind::Embedding => text_or_list_tokens(body.input),
+        BodyKind::Messages => super::anthropic::prompt_tokens(body),
         BodyKind::Other => 0,
     };
     let output = body.max_output_tokens().unwrap_or(0);
@@ -338,7 +341,8 @@ mod tests {
             },
             BodyKind::Completion => list(body.get("prompt")),
             BodyKind::Embedding => list(body.get("input")),
-            BodyKind::Other => 0,
+            // The Messages estimate has its own tests (anthropic.rs).
+            BodyKind::Messages | BodyKind::Other => 0,
         };
         let output = ["max_completion_tokens", "max_tokens"]
             .iter()

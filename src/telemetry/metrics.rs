@@ -142,7 +142,7 @@ pub struct Metrics {
     refusals: [Counter; LIMIT_KINDS.len()],
     in_flight: Gauge,
     routes: RwLock<HashMap<Box<str>, Arc<RouteSeries>>>,
-    fast_routes: [Arc<RouteSeries>; 3],
+    fast_routes: [Arc<RouteSeries>; 5],
 }
 
 /// The recorder ignores metadata; one static value serves every registration.
@@ -207,8 +207,14 @@ impl Metrics {
             true => recorder.register_gauge(&Key::from_static_name(IN_FLIGHT), &METADATA),
             false => Gauge::noop(),
         };
-        let fast_routes =
-            ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"].map(RouteSeries::new);
+        let fast_routes = [
+            "/v1/chat/completions",
+            "/v1/completions",
+            "/v1/embeddings",
+            "/v1/messages",
+            "/v1/messages/count_tokens",
+        ]
+        .map(RouteSeries::new);
         let routes = fast_routes
             .iter()
             .map(|series| (Box::from(&*series.route), series.clone()))
@@ -606,6 +612,8 @@ mod tests {
                 name: "gpt-4o-mini".into(),
                 input_usd_per_mtok: "0.15".parse().unwrap_or_default(),
                 output_usd_per_mtok: "0.60".parse().unwrap_or_default(),
+                cache_creation_input_usd_per_mtok: None,
+                cache_read_input_usd_per_mtok: None,
             }],
             ..Config::default()
         }

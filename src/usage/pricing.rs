@@ -20,9 +20,33 @@ pub struct Pricing {
 #[derive(Debug, Clone)]
 struct Priced {
     price: ModelPrice,
-    /// (input, output) in whole pico-USD per token, when both prices are whole in pico
-    /// (at most 6 decimals per million tokens): the cost is then exact integer arithmetic.
-    pico_per_token: Option<(i64, i64)>,
+    /// USD per million tokens of each kind: input, output, cache writes, cache reads
+    /// (the cache prices default to the input price).
+    rates: [Decimal; 4],
+    /// The same in whole pico-USD per token, when every price is whole in pico (at most 6
+    /// decimals per million tokens): the cost is then exact integer arithmetic.
+    pico_per_token: Option<[i64; 4]>,
+}
+
+/// A request's tokens by price: `input` is the uncached prompt only (Anthropic's
+/// `input_tokens`); cache writes and reads are priced apart.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PricedTokens {
+    pub input: i64,
+    pub output: i64,
+    pub cache_creation: i64,
+    pub cache_read: i64,
+}
+
+impl PricedTokens {
+    fn counts(self) -> [i64; 4] {
+        [
+            self.input,
+            self.output,
+            self.cache_creation,
+            self.cache_read,
+        ]
+    }
 }
 
 /// `usd_per_mtok` in pico-USD per token, if that is a whole number that fits.
@@ -37,10 +61,23 @@ impl Pricing {
     pub fn from_config(models: &[ModelPrice]) -> Self {
         let mut table = HashMap::with_capacity(models.len());
         for price in models {
-            table.entry(price.name.clone()).or_insert_with(|| Priced {
-                price: price.clone(),
-                pico_per_token: whole_pico_per_token(price.input_usd_per_mtok)
-                    .zip(whole_pico_per_token(price.output_usd_per_mtok)),
+            table.entry(price.name.clone()).or_insert_with(|| {
+                let input = price.input_usd_per_mtok;
+                let rates = [
+                    input,
+                    price.output_usd_per_mtok,
+                    price.cache_creation_input_usd_per_mtok.unwrap_or(input),
+                    price.cache_read_input_usd_per_mtok.unwrap_or(input),
+                ];
+                let whole = rates.map(whole_pico_per_token);
+                Priced {
+                    price: price.clone(),
+                    rates,
+                    pico_per_token: whole
+                        .iter()
+                        .all(Option::is_some)
+                        .then(|| whole.map(Option::unwrap_or_default)),
+                }
             });
         }
         Pricing { models: table }
@@ -51,10 +88,11 @@ impl Pricing {
     }
 
     /// True when requests to `model` cannot cost anything: it has no configured price, or
-    /// both its prices are zero.
+    /// all its prices are zero.
     pub fn is_free(&self, model: &str) -> bool {
-        self.price(model)
-            .is_none_or(|p| p.input_usd_per_mtok.is_zero() && p.output_usd_per_mtok.is_zero())
+        self.models
+            .get(model)
+            .is_none_or(|p| p.rates.iter().all(Decimal::is_zero))
     }
 
     /// Exact cost in pico-USD: `(input × input_price + output × output_price) / 1e6` USD,
@@ -64,27 +102,45 @@ impl Pricing {
     /// or unpriced models must never be blocked by a budget, and a budget gate fed a 0
     /// estimate admits (see `usage::budget`). A result beyond `i64` saturates at `i64::MAX`.
     pub fn cost_pico(&self, model: &str, input_tokens: i64, output_tokens: i64) -> i64 {
+        self.cost_pico_tokens(
+            model,
+            PricedTokens {
+                input: input_tokens,
+                output: output_tokens,
+                ..PricedTokens::default()
+            },
+        )
+    }
+
+    /// [`Pricing::cost_pico`] with prompt-cache tokens priced at their own rates.
+    pub fn cost_pico_tokens(&self, model: &str, tokens: PricedTokens) -> i64 {
         let Some(Priced {
-            price,
+            rates,
             pico_per_token,
+            ..
         }) = self.models.get(model)
         else {
             return 0;
         };
-        if let Some((input_pico, output_pico)) = pico_per_token {
-            // Whole numbers: nothing to round, and i128 cannot overflow on i64 × i64 + i64 × i64.
-            let pico = i128::from(input_tokens.max(0)) * i128::from(*input_pico)
-                + i128::from(output_tokens.max(0)) * i128::from(*output_pico);
+        let counts = tokens.counts();
+        if let Some(pico_per_token) = pico_per_token {
+            // Whole numbers: nothing to round, and i128 cannot overflow on four i64 × i64.
+            let pico: i128 = counts
+                .iter()
+                .zip(pico_per_token)
+                .map(|(count, pico)| i128::from((*count).max(0)) * i128::from(*pico))
+                .sum();
             return i64::try_from(pico).unwrap_or(i64::MAX);
         }
-        let input = Decimal::from(input_tokens.max(0));
-        let output = Decimal::from(output_tokens.max(0));
-        let usd_per_mtok_times_tokens = input
-            .checked_mul(price.input_usd_per_mtok)
-            .zip(output.checked_mul(price.output_usd_per_mtok))
-            .and_then(|(a, b)| a.checked_add(b));
-        usd_per_mtok_times_tokens
-            .and_then(|sum| sum.checked_mul(Decimal::from(PICO_PER_USD_PER_TOKEN_PER_MTOK)))
+        let mut sum = Some(Decimal::ZERO);
+        for (count, rate) in counts.iter().zip(rates) {
+            sum = sum.and_then(|sum| {
+                Decimal::from((*count).max(0))
+                    .checked_mul(*rate)
+                    .and_then(|cost| sum.checked_add(cost))
+            });
+        }
+        sum.and_then(|sum| sum.checked_mul(Decimal::from(PICO_PER_USD_PER_TOKEN_PER_MTOK)))
             .map(|pico| pico.round_dp_with_strategy(0, RoundingStrategy::MidpointAwayFromZero))
             .and_then(|pico| pico.to_i64())
             .unwrap_or(i64::MAX)
@@ -102,6 +158,8 @@ mod tests {
             name: name.to_string(),
             input_usd_per_mtok: Decimal::from_str(input).unwrap(),
             output_usd_per_mtok: Decimal::from_str(output).unwrap(),
+            cache_creation_input_usd_per_mtok: None,
+            cache_read_input_usd_per_mtok: None,
         }
     }
 
@@ -193,5 +251,24 @@ mod tests {
         let p = pricing();
         assert_eq!(p.cost_pico("gpt-4o-mini", -5, -5), 0);
         assert_eq!(p.cost_pico("gpt-4o", i64::MAX, i64::MAX), i64::MAX);
+    }
+
+    #[test]
+    fn cache_tokens_have_their_own_prices_or_the_input_price() {
+        let mut claude = price("claude", "3", "15");
+        claude.cache_creation_input_usd_per_mtok = Some(Decimal::from_str("3.75").unwrap());
+        claude.cache_read_input_usd_per_mtok = Some(Decimal::from_str("0.3").unwrap());
+        let p = Pricing::from_config(&[claude, price("plain", "3", "15")]);
+        let tokens = PricedTokens {
+            input: 100,
+            output: 10,
+            cache_creation: 1000,
+            cache_read: 2000,
+        };
+        // 100 × 3 + 10 × 15 + 1000 × 3.75 + 2000 × 0.3 = 4800 µUSD
+        assert_eq!(p.cost_pico_tokens("claude", tokens), 4_800_000_000);
+        // Unset cache prices are the input price: 3100 × 3 + 10 × 15 = 9450 µUSD
+        assert_eq!(p.cost_pico_tokens("plain", tokens), 9_450_000_000);
+        assert_eq!(p.cost_pico("claude", 100, 10), 450_000_000);
     }
 }

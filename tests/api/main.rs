@@ -19,6 +19,7 @@ mod metrics;
 mod openapi;
 mod ops;
 mod proxy_accounting;
+mod proxy_anthropic;
 mod proxy_auth;
 mod proxy_budgets;
 mod proxy_fit_max_tokens;

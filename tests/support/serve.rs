@@ -41,7 +41,7 @@ pub fn proxy_toml(mock: &MockUpstream) -> String {
 }
 
 /// `keygate` with a clean environment: no inherited `DATABASE_URL`, `REDIS_URL`,
-/// `KEYGATE_*` or provider key (`OPENAI_API_KEY`, `OPENAI_BASE_URL`), no colours, working
+/// `KEYGATE_*` or provider key (`OPENAI_API_KEY`, `ANTHROPIC_API_KEY` and their base URLs), no colours, working
 /// directory `cwd`.
 pub fn keygate(cwd: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_keygate"));
@@ -54,6 +54,8 @@ pub fn keygate(cwd: &Path) -> Command {
         // tests that configure no upstream (the first run, src/config.rs `PROVIDERS`).
         .env_remove("OPENAI_API_KEY")
         .env_remove("OPENAI_BASE_URL")
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("ANTHROPIC_BASE_URL")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .kill_on_drop(true);

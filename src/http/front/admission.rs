@@ -125,7 +125,7 @@ pub async fn admit<H: HeaderText>(
     let key = auth::verify_presented(state, presented, ip, surface).await?;
     let key = match Needs::of(arrival.path) {
         Needs::AnyKey => key,
-        Needs::InferenceKey => inference_key(state, key)?,
+        Needs::InferenceKey => inference_key(state, key).map_err(|err| err.on(surface))?,
     };
     Ok(Admitted { ip, key: Some(key) })
 }

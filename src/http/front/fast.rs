@@ -1,5 +1,6 @@
-//! The inference fast path: HTTP/1.1 `POST /v1/chat/completions`, `/v1/completions` and
-//! `/v1/embeddings` with a `Content-Length` body, read and answered on the connection's
+//! The inference fast path: HTTP/1.1 `POST /v1/chat/completions`, `/v1/completions`,
+//! `/v1/embeddings` and Anthropic's `/v1/messages` (and its `count_tokens`) with a
+//! `Content-Length` body, read and answered on the connection's
 //! own task without hyper or the router stack. Everything else (other routes and methods,
 //! chunked or `Expect` bodies, HTTP/1.0, upgrades, malformed requests) is handed to hyper
 //! and the axum router, with the bytes already read, for the rest of the connection
@@ -242,11 +243,9 @@ impl<'a> Connection<'a> {
             peer: Some(self.peer),
             content_length: Some(content_length as u64),
         };
-        let admitted = admission::guarded(
-            Surface::OpenAi,
-            in_span(admission::admit(state, arrival), &span),
-        )
-        .await;
+        let surface = Surface::for_path(endpoint_route(endpoint));
+        let admitted =
+            admission::guarded(surface, in_span(admission::admit(state, arrival), &span)).await;
         let metrics = &state.metrics;
         let route = endpoint_index(endpoint);
         let key = match admitted {
@@ -256,7 +255,7 @@ impl<'a> Connection<'a> {
             }
             // The inference routes are not public: an admitted request has a key.
             Ok(Ok(Admitted { key: None, .. })) => {
-                let refusal = ApiError::from(AuthError::Missing).on(Surface::OpenAi);
+                let refusal = ApiError::from(AuthError::Missing).on(surface);
                 metrics.count_fast_request(route, refusal.status.as_u16(), None);
                 return self
                     .refuse(&refusal, content_length, &request_id, close)
@@ -300,7 +299,7 @@ impl<'a> Connection<'a> {
         // Boxed once here: the gateway's future is a few KB, and each wrapper below (and
         // the `select!`) would otherwise move it.
         let answer = Box::pin(inference::answer(state, request));
-        let answer = admission::guarded(Surface::OpenAi, in_span(answer, &span));
+        let answer = admission::guarded(surface, in_span(answer, &span));
         let answer = tokio::select! {
             answer = answer => answer,
             () = client_gone(&self.stream, &mut self.buffer) => return false,
@@ -508,6 +507,8 @@ fn hot_endpoint(path: &str) -> Option<(Endpoint, &'static str)> {
         "/v1/chat/completions" => Some((Endpoint::ChatCompletions, "/chat/completions")),
         "/v1/completions" => Some((Endpoint::Completions, "/completions")),
         "/v1/embeddings" => Some((Endpoint::Embeddings, "/embeddings")),
+        "/v1/messages" => Some((Endpoint::Messages, "/messages")),
+        "/v1/messages/count_tokens" => Some((Endpoint::CountTokens, "/messages/count_tokens")),
         _ => None,
     }
 }
@@ -518,6 +519,8 @@ fn endpoint_index(endpoint: Endpoint) -> usize {
         Endpoint::ChatCompletions => 0,
         Endpoint::Completions => 1,
         Endpoint::Embeddings => 2,
+        Endpoint::Messages => 3,
+        Endpoint::CountTokens => 4,
         // Never served here (`hot_endpoint`); out of range, so not counted twice.
         Endpoint::Other => usize::MAX,
     }
@@ -525,10 +528,8 @@ fn endpoint_index(endpoint: Endpoint) -> usize {
 
 fn endpoint_route(endpoint: Endpoint) -> &'static str {
     match endpoint {
-        Endpoint::ChatCompletions => "/v1/chat/completions",
-        Endpoint::Completions => "/v1/completions",
-        Endpoint::Embeddings => "/v1/embeddings",
         Endpoint::Other => "/v1/{*path}",
+        served => served.route(),
     }
 }
 

@@ -22,6 +22,7 @@ fn error_schema(surface: Surface) -> &'static str {
         Surface::OpenAi => "OpenAiErrorBody",
         Surface::Venice => "VeniceErrorBody",
         Surface::Aixplain => "AixplainError",
+        Surface::Anthropic => "AnthropicErrorBody",
     }
 }
 
@@ -47,7 +48,7 @@ fn takes_body(operation: &Operation, _surface: Surface) -> bool {
 /// Bodies read by the JSON extractors (`http::extract`), which check `Content-Type`; the
 /// inference routes pass the body on as the client sent it.
 fn takes_json_body(operation: &Operation, surface: Surface) -> bool {
-    takes_body(operation, surface) && surface != Surface::OpenAi
+    takes_body(operation, surface) && !matches!(surface, Surface::OpenAi | Surface::Anthropic)
 }
 
 const LAYER_ANSWERS: &[LayerAnswer] = &[

@@ -26,15 +26,19 @@ use super::{
     client::{ClientBuildError, TargetError, UpstreamClient, UpstreamTarget},
     InferenceError,
 };
-use crate::config::Config;
+use crate::config::{Config, UpstreamKind};
 
 pub struct Upstream {
     pub name: String,
+    /// The API it speaks: only requests of that API's routes come here.
+    pub kind: UpstreamKind,
     /// From the configured `base_url` (e.g. `https://api.openai.com/v1`): where to connect,
     /// the path prefix a request's path is appended to, and the idle connections.
     pub target: UpstreamTarget,
-    /// `Bearer <credential>`, built once and marked sensitive (never logged).
-    authorization: Option<HeaderValue>,
+    /// Its own credential and API headers, built once, the credential marked sensitive
+    /// (never logged): `authorization: Bearer …` for OpenAI, `x-api-key` and
+    /// `anthropic-version` for Anthropic.
+    credential: Vec<(&'static str, HeaderValue)>,
     models: Vec<String>,
     /// Extra paths (after `/v1`) this upstream declares for pass-through, e.g.
     /// `/moderations`, normalised (`path::normalize`).
@@ -79,9 +83,9 @@ impl Upstream {
             .any(|declared| path::is_within(path, declared))
     }
 
-    /// `Bearer <credential>` for the upstream, if it has one.
-    pub fn authorization(&self) -> Option<&HeaderValue> {
-        self.authorization.as_ref()
+    /// The headers that carry the upstream's own credential (and API version).
+    pub fn credential(&self) -> &[(&'static str, HeaderValue)] {
+        &self.credential
     }
 }
 
@@ -97,6 +101,8 @@ pub enum UpstreamConfigError {
         "upstreams[{index}].api_key_env: the credential in `{var}` is not a valid header value"
     )]
     BadCredential { index: usize, var: String },
+    #[error("upstreams[{index}].anthropic_version: not a valid header value")]
+    AnthropicVersion { index: usize },
     #[error("upstreams[{index}].passthrough: `{path}` is not a usable path")]
     Passthrough { index: usize, path: String },
     #[error("upstreams[{index}].ca_file: {reason}")]
@@ -107,15 +113,36 @@ pub enum UpstreamConfigError {
 
 pub struct Upstreams {
     list: Vec<Upstream>,
+    /// The model routes of the upstreams of each kind (`UpstreamKind::index`): a request
+    /// only ever goes to upstreams speaking its route's API.
+    by_kind: [ModelRoutes; 2],
+    /// One route per upstream, for pass-through paths (no fallback: see
+    /// docs/decisions.md).
+    alone: Vec<Route>,
+    pub client: UpstreamClient,
+}
+
+/// Which upstreams of one kind serve a model.
+#[derive(Default)]
+struct ModelRoutes {
     /// The candidates of every model some upstream names exactly (the `*` upstreams
     /// included, in their tier).
     named: HashMap<String, Route>,
     /// The candidates of any other model: the `*` upstreams.
     wildcard: Option<Route>,
-    /// One route per upstream, for pass-through paths (no fallback: see
-    /// docs/decisions.md).
-    alone: Vec<Route>,
-    pub client: UpstreamClient,
+}
+
+impl ModelRoutes {
+    fn get(&self, model: &str) -> Option<&Route> {
+        self.named.get(model).or(self.wildcard.as_ref())
+    }
+}
+
+fn kind_index(kind: UpstreamKind) -> usize {
+    match kind {
+        UpstreamKind::OpenAi => 0,
+        UpstreamKind::Anthropic => 1,
+    }
 }
 
 /// One upstream's health, as `/readyz` shows it.
@@ -148,20 +175,28 @@ impl Upstreams {
                 },
                 None => None,
             };
-            let authorization = match credential {
-                Some(secret) => {
-                    let bearer = format!("Bearer {}", secret.expose_secret());
-                    let mut value = HeaderValue::from_str(&bearer).map_err(|_| {
-                        UpstreamConfigError::BadCredential {
-                            index,
-                            var: upstream.api_key_env.clone().unwrap_or_default(),
-                        }
-                    })?;
-                    value.set_sensitive(true);
-                    Some(value)
-                }
-                None => None,
+            let bad_credential = || UpstreamConfigError::BadCredential {
+                index,
+                var: upstream.api_key_env.clone().unwrap_or_default(),
             };
+            let mut headers = Vec::with_capacity(2);
+            if let Some(secret) = credential {
+                let (name, value) = match upstream.kind {
+                    UpstreamKind::OpenAi => (
+                        "authorization",
+                        format!("Bearer {}", secret.expose_secret()),
+                    ),
+                    UpstreamKind::Anthropic => ("x-api-key", secret.expose_secret().to_owned()),
+                };
+                let mut value = HeaderValue::from_str(&value).map_err(|_| bad_credential())?;
+                value.set_sensitive(true);
+                headers.push((name, value));
+            }
+            if upstream.kind == UpstreamKind::Anthropic {
+                let version = HeaderValue::from_str(upstream.anthropic_version.trim())
+                    .map_err(|_| UpstreamConfigError::AnthropicVersion { index })?;
+                headers.push(("anthropic-version", version));
+            }
             // `url` normalises what it accepts (IDNA hosts, percent-encoding, default
             // ports), so its serialisation is always a valid `http::Uri`. A trailing slash
             // is dropped when a request's path is appended (`UpstreamClient::request`).
@@ -195,8 +230,9 @@ impl Upstreams {
                 .collect::<Result<_, _>>()?;
             list.push(Upstream {
                 name: upstream.name.clone(),
+                kind: upstream.kind,
                 target,
-                authorization,
+                credential: headers,
                 models: upstream.models.clone(),
                 passthrough,
                 model_mapping: upstream.model_mapping.clone(),
@@ -207,67 +243,33 @@ impl Upstreams {
                 ),
             });
         }
-        // A candidate's tier: its priority, then named before `*` (select.rs).
-        let upstreams = &config.upstreams;
-        let candidate = |index: usize, by_name: bool| {
-            let upstream = &upstreams[index];
-            (index, (upstream.priority, !by_name), upstream.weight)
-        };
-        let by_name = |index: usize, model: &str| {
-            let upstream = &upstreams[index];
-            upstream.models.iter().any(|m| m == model) || upstream.model_mapping.contains_key(model)
-        };
-        let wildcards: Vec<usize> = (0..upstreams.len())
-            .filter(|&index| upstreams[index].models.iter().any(|m| m == "*"))
-            .collect();
-        let names: BTreeSet<&String> = upstreams
-            .iter()
-            .flat_map(|u| u.models.iter().chain(u.model_mapping.keys()))
-            .filter(|m| *m != "*")
-            .collect();
-        let named = names
-            .into_iter()
-            .map(|model| {
-                let candidates = (0..upstreams.len())
-                    .filter_map(|index| {
-                        if by_name(index, model) {
-                            Some(candidate(index, true))
-                        } else {
-                            wildcards.contains(&index).then(|| candidate(index, false))
-                        }
-                    })
-                    .collect();
-                (model.clone(), Route::new(candidates))
-            })
-            .collect();
-        let wildcard = (!wildcards.is_empty())
-            .then(|| Route::new(wildcards.iter().map(|&i| candidate(i, false)).collect()));
+        let by_kind = [UpstreamKind::OpenAi, UpstreamKind::Anthropic]
+            .map(|kind| model_routes(config, |index| config.upstreams[index].kind == kind));
         let alone = (0..list.len())
             .map(|i| Route::new(vec![(i, (0, false), 1)]))
             .collect();
         Ok(Upstreams {
             list,
-            named,
-            wildcard,
+            by_kind,
             alone,
             client: UpstreamClient::new(&config.proxy)?,
         })
     }
 
-    /// The candidates for `model`, best first (`select`); `None`: no upstream serves it.
-    pub fn for_model(&self, model: &str) -> Option<Candidates<'_>> {
-        self.named
+    /// The candidates of `kind` for `model`, best first (`select`); `None`: no upstream
+    /// of that kind serves it.
+    pub fn for_model(&self, kind: UpstreamKind, model: &str) -> Option<Candidates<'_>> {
+        self.by_kind[kind_index(kind)]
             .get(model)
-            .or(self.wildcard.as_ref())
             .map(|route| Candidates::new(&self.list, route))
     }
 
     /// The upstream a model's first request would go to when all are healthy (the model
-    /// list names it as the model's owner).
+    /// list names it as the model's owner): an OpenAI one, else an Anthropic one.
     pub fn first_for_model(&self, model: &str) -> Option<&Upstream> {
-        self.named
-            .get(model)
-            .or(self.wildcard.as_ref())
+        self.by_kind
+            .iter()
+            .find_map(|routes| routes.get(model))
             .and_then(|route| route.members().next())
             .map(|index| &self.list[index])
     }
@@ -314,6 +316,51 @@ impl Upstreams {
     pub fn all(&self) -> &[Upstream] {
         &self.list
     }
+}
+
+/// The model routes over the upstreams `member` picks (by index in the configuration).
+fn model_routes(config: &Config, member: impl Fn(usize) -> bool) -> ModelRoutes {
+    // A candidate's tier: its priority, then named before `*` (select.rs).
+    let upstreams = &config.upstreams;
+    let candidate = |index: usize, by_name: bool| {
+        let upstream = &upstreams[index];
+        (index, (upstream.priority, !by_name), upstream.weight)
+    };
+    let by_name = |index: usize, model: &str| {
+        let upstream = &upstreams[index];
+        upstream.models.iter().any(|m| m == model) || upstream.model_mapping.contains_key(model)
+    };
+    let members: Vec<usize> = (0..upstreams.len()).filter(|&i| member(i)).collect();
+    let wildcards: Vec<usize> = members
+        .iter()
+        .copied()
+        .filter(|&index| upstreams[index].models.iter().any(|m| m == "*"))
+        .collect();
+    let names: BTreeSet<&String> = members
+        .iter()
+        .map(|&index| &upstreams[index])
+        .flat_map(|u| u.models.iter().chain(u.model_mapping.keys()))
+        .filter(|m| *m != "*")
+        .collect();
+    let named = names
+        .into_iter()
+        .map(|model| {
+            let candidates = members
+                .iter()
+                .filter_map(|&index| {
+                    if by_name(index, model) {
+                        Some(candidate(index, true))
+                    } else {
+                        wildcards.contains(&index).then(|| candidate(index, false))
+                    }
+                })
+                .collect();
+            (model.clone(), Route::new(candidates))
+        })
+        .collect();
+    let wildcard = (!wildcards.is_empty())
+        .then(|| Route::new(wildcards.iter().map(|&i| candidate(i, false)).collect()));
+    ModelRoutes { named, wildcard }
 }
 
 /// The certificates of a PEM file, at least one.

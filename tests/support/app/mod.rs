@@ -101,6 +101,8 @@ pub fn price(name: &str, input_usd_per_mtok: &str, output_usd_per_mtok: &str) ->
         name: name.to_string(),
         input_usd_per_mtok: Decimal::from_str(input_usd_per_mtok).unwrap(),
         output_usd_per_mtok: Decimal::from_str(output_usd_per_mtok).unwrap(),
+        cache_creation_input_usd_per_mtok: None,
+        cache_read_input_usd_per_mtok: None,
     }
 }
 

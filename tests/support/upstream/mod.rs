@@ -20,6 +20,8 @@
 //! | GET    | `/v1/models/{id}`      | one `model` object (404 `model_not_found` if not listed)   |
 //! | POST   | `/v1/moderations`      | a `modr-…` result, never flagged (pass-through tests)      |
 //! | GET, HEAD | `/v1/files`         | exactly `{"object":"list","data":[]}` (pass-through tests) |
+//! | POST   | `/v1/messages`         | Anthropic `message` JSON, or its SSE events (`anthropic.rs`) |
+//! | POST   | `/v1/messages/count_tokens` | `{"input_tokens": N}` (`anthropic.rs`)                |
 //! | *      | anything else          | 404 with OpenAI's `Invalid URL (METHOD /path)` error body  |
 //!
 //! Every request is recorded (see [`RecordedRequest`]) before it is answered, including
@@ -123,12 +125,18 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 mod answers;
+mod anthropic;
 mod stream;
 mod switches;
 mod tokens;
 
 use answers::*;
 pub use answers::{base64_encode, embedding_for};
+use anthropic::*;
+pub use anthropic::{
+    anthropic_input_tokens, anthropic_output_tokens, anthropic_usage, CACHE_CREATION_TOKENS,
+    CACHE_READ_TOKENS, MODEL_CACHED, START_OUTPUT_TOKENS,
+};
 use stream::*;
 use switches::*;
 pub use tokens::*;

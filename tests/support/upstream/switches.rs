@@ -91,7 +91,21 @@ pub(super) async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> R
         .get(AUTHORIZATION)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let expected = lock(&shared.expected_authorization).clone();
-    let auth_ok = expected.map(|e| authorization.as_deref() == Some(e.as_str()));
+    // Anthropic's routes take the key in `x-api-key`.
+    let anthropic_route = parts.method == Method::POST
+        && matches!(
+            parts.uri.path(),
+            "/v1/messages" | "/v1/messages/count_tokens"
+        );
+    let expected_key = expected
+        .as_deref()
+        .map(|e| e.strip_prefix("Bearer ").unwrap_or(e).to_owned());
+    let auth_ok = match anthropic_route {
+        false => expected.map(|e| authorization.as_deref() == Some(e.as_str())),
+        true => expected_key
+            .as_deref()
+            .map(|key| parts.headers.get("x-api-key").and_then(|v| v.to_str().ok()) == Some(key)),
+    };
     lock(&shared.requests).push(RecordedRequest {
         method: parts.method.to_string(),
         path: parts.uri.path().to_string(),
@@ -112,6 +126,14 @@ pub(super) async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> R
         auth_ok,
         received_at: Instant::now(),
     });
+
+    if anthropic_route {
+        if let Some(refusal) = anthropic_refusal(&parts, expected_key.as_deref()) {
+            return refusal;
+        }
+        let count_tokens = parts.uri.path() == "/v1/messages/count_tokens";
+        return anthropic_answer(&shared, &parts, json, count_tokens).await;
+    }
 
     if auth_ok == Some(false) {
         let shown = authorization.unwrap_or_default();
