@@ -2,7 +2,8 @@
 # the benchmarks run and the key they send, so both measure the same work.
 
 # bench_config FILE WORKDIR PORT MOCK_PORT [EXTRA_TOML]: one upstream (the mock) serving
-# every model, `mock-model` priced, a fresh SQLite store in WORKDIR.
+# every model, `mock-model` priced, a fresh SQLite store in WORKDIR. UPSTREAM_URL (and
+# UPSTREAM_CA, a PEM file) point the upstream elsewhere, e.g. at the mock behind TLS.
 bench_config() {
   cat >"$1" <<TOML
 listen = "127.0.0.1:$3"
@@ -11,8 +12,9 @@ ${5:-}
 
 [[upstreams]]
 name = "mock"
-base_url = "http://127.0.0.1:$4/v1"
+base_url = "${UPSTREAM_URL:-http://127.0.0.1:$4/v1}"
 models = ["*"]
+${UPSTREAM_CA:+ca_file = \"$UPSTREAM_CA\"}
 
 [[models]]
 name = "mock-model"

@@ -58,20 +58,29 @@ key=$(bench_key "$port" "$admin")
 BENCH_KEY=$key taskset -c 1 wrk -t1 -c"$conns" -d2s -s "$shared_bench/post.lua" "http://127.0.0.1:$port" >/dev/null
 sleep 1
 redis-cli -p "$redis_port" info commandstats >"$work/before.txt"
+redis-cli -p "$redis_port" info cpu >>"$work/before.txt"
 out=$(BENCH_KEY=$key taskset -c 1 wrk -t1 -c"$conns" -d"${seconds}s" -s "$shared_bench/post.lua" "http://127.0.0.1:$port")
 sleep 1 # the last settlements
 redis-cli -p "$redis_port" info commandstats >"$work/after.txt"
+redis-cli -p "$redis_port" info cpu >>"$work/after.txt"
 requests=$(awk '/requests in/{print $1}' <<<"$out")
 python3 - "$work/before.txt" "$work/after.txt" "$requests" <<'PY'
 import re, sys
 def calls(path):
     out = {}
     for line in open(path):
-        m = re.match(r"cmdstat_(\w+):calls=(\d+)", line)
+        m = re.match(r"cmdstat_(\w+):calls=(\d+),usec=(\d+)", line)
         if m:
             out[m.group(1)] = int(m.group(2))
+            out["usec:" + m.group(1)] = int(m.group(3))
+        m = re.match(r"used_cpu_(sys|user):([0-9.]+)", line)
+        if m:
+            out["cpu"] = out.get("cpu", 0.0) + float(m.group(2))
     return out
 before, after, requests = calls(sys.argv[1]), calls(sys.argv[2]), int(sys.argv[3])
+usec = {k[5:]: after[k] - before.get(k, 0) for k in after if k.startswith("usec:")}
+cpu = after.pop("cpu", 0.0) - before.pop("cpu", 0.0)
+after = {k: v for k, v in after.items() if not k.startswith("usec:")}
 delta = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
 sent = sum(v for k, v in delta.items() if k in ("evalsha", "eval", "script", "ping", "hsetnx", "pexpire", "info"))
 print(f"requests: {requests}")
@@ -79,4 +88,10 @@ print("commands (calls during the run): " + ", ".join(f"{k} {v}" for k, v in sor
 client = delta.get("evalsha", 0) + delta.get("eval", 0)
 print(f"script calls sent by keygate per request: {client / requests:.3f}")
 print(f"all commands per request, those run inside the scripts included: {sum(delta.values()) / requests:.2f}")
+# Where Redis' time goes: the script calls' own time (what they run inside included), and
+# the server's whole CPU time (network I/O and parsing too), per request.
+for name in ("evalsha", "eval"):
+    if delta.get(name):
+        print(f"{name}: {usec[name] / delta[name]:.1f} us per call, {usec[name] / requests:.1f} us per request")
+print(f"redis-server CPU (user + sys): {cpu * 1e6 / requests:.1f} us per request ({cpu:.2f} s over the run)")
 PY

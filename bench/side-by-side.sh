@@ -15,6 +15,10 @@
 # Layout as in the shared harness: every server pinned to SERVER_CPU (0), wrk to LOAD_CPU (1).
 # MOCK_CPU=1 is the other layout: the upstream on the load generator's core, so the proxy
 # under test (keygate or nginx) has CPU 0 to itself, as with a remote provider.
+# UPSTREAM_TLS=1 puts the mock behind TLS (issue 14 §3): an nginx on the mock's core
+# terminates TLS 1.3 for it on TLS_PORT with a private CA made here; the nginx under test
+# proxies to it with `proxy_pass https://` (upstream keepalive, session reuse, the
+# certificate verified), keygate with `base_url = "https://localhost:…"` and `ca_file`.
 # Usage: bench/side-by-side.sh BIN [BIN...]
 #        ROUNDS=8 SECONDS_PER_RUN=4 CONNS=32 SCRIPT=post-stream.lua bench/side-by-side.sh A B
 #        RATE=14000 SECONDS_PER_RUN=6 bench/side-by-side.sh A
@@ -34,6 +38,8 @@ server_cpu=${SERVER_CPU:-0}
 load_cpu=${LOAD_CPU:-1}
 mock_cpu=${MOCK_CPU:-$server_cpu}
 mock_port=${MOCK_PORT:-28080}
+upstream_tls=${UPSTREAM_TLS:-}
+tls_port=${TLS_PORT:-28083}
 nginx_port=${NGINX_PORT:-28081}
 first_port=${BENCH_PORT:-28090}
 mock_bin=${MOCK_BIN:-/tmp/mock-upstream-target/release/mock-upstream}
@@ -43,7 +49,7 @@ work=${BENCH_DIR:-/tmp/keygate-side-by-side}
 [ $# -ge 1 ] || { echo "usage: $0 BIN [BIN...]" >&2; exit 2; }
 
 # shellcheck disable=SC2046 # one port per build
-require_free_ports "$mock_port" "$nginx_port" $(seq "$first_port" $((first_port + $# - 1)))
+require_free_ports "$mock_port" "$nginx_port" ${upstream_tls:+"$tls_port"} $(seq "$first_port" $((first_port + $# - 1)))
 ensure_mock "$mock_bin" "$shared_bench"
 rm -rf "$work" && mkdir -p "$work/nginx"
 groups=()
@@ -54,6 +60,30 @@ setsid taskset -c "$mock_cpu" env MOCK_ADDR="127.0.0.1:$mock_port" MOCK_THREADS=
 groups+=($!)
 sed -e "s#@WORKDIR@#$work/nginx#g" -e "s#@NGINX_PORT@#$nginx_port#g" -e "s#@MOCK_PORT@#$mock_port#g" \
   -e "s#@NGINX_WORKERS@#1#g" "$shared_bench/nginx.conf.tmpl" >"$work/nginx/nginx.conf"
+if [ -n "$upstream_tls" ]; then
+  tls=$work/tls
+  mkdir -p "$tls/nginx"
+  # A private CA and a certificate for localhost signed by it.
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=keygate-bench-ca -keyout "$tls/ca.key" -out "$tls/ca.pem" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
+    -keyout "$tls/server.key" -out "$tls/server.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost\nbasicConstraints=critical,CA:FALSE\n' >"$tls/ext.cnf"
+  openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial \
+    -days 2 -extfile "$tls/ext.cnf" -out "$tls/server.pem" 2>/dev/null
+  # The TLS front of the mock, on the mock's core.
+  sed -e "s#@WORKDIR@#$tls/nginx#g" -e "s#@NGINX_PORT@#$tls_port ssl#g" -e "s#@MOCK_PORT@#$mock_port#g" \
+    -e "s#@NGINX_WORKERS@#1#g" \
+    -e "s#^\( *\)listen \(.*\);#\1listen \2;\n\1ssl_certificate $tls/server.pem;\n\1ssl_certificate_key $tls/server.key;\n\1ssl_protocols TLSv1.3;\n\1ssl_session_cache shared:tls:10m;#" \
+    "$shared_bench/nginx.conf.tmpl" >"$tls/nginx/nginx.conf"
+  setsid taskset -c "$mock_cpu" nginx -p "$tls/nginx" -c "$tls/nginx/nginx.conf" >"$work/tls-nginx.log" 2>&1 &
+  groups+=($!)
+  # The nginx under test reaches the mock through it, as a client of a real provider does.
+  sed -i -e "s#server 127.0.0.1:$mock_port;#server 127.0.0.1:$tls_port;#" \
+    -e "s#proxy_pass http://mock;#proxy_pass https://mock; proxy_ssl_protocols TLSv1.3; proxy_ssl_session_reuse on; proxy_ssl_server_name on; proxy_ssl_name localhost; proxy_ssl_verify on; proxy_ssl_trusted_certificate $tls/ca.pem;#" \
+    "$work/nginx/nginx.conf"
+  export UPSTREAM_URL="https://localhost:$tls_port/v1" UPSTREAM_CA="$tls/ca.pem"
+fi
 setsid taskset -c "$server_cpu" nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" >"$work/nginx.log" 2>&1 &
 groups+=($!)
 

@@ -7,7 +7,7 @@ use std::{
     collections::{BTreeMap, HashSet},
     fmt,
     net::SocketAddr,
-    path::Path,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -448,6 +448,10 @@ pub struct UpstreamConfig {
     /// the client's. A mapped name is served by this upstream even if `models` omits it.
     #[serde(default)]
     pub model_mapping: BTreeMap<String, String>,
+    /// A PEM file of CA certificates trusted for this upstream only, besides the public
+    /// web roots (an upstream behind a private CA). There is no way to skip verification.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_weight() -> u32 {
@@ -466,6 +470,7 @@ impl UpstreamConfig {
             priority: 0,
             weight: default_weight(),
             model_mapping: BTreeMap::new(),
+            ca_file: None,
         }
     }
 }

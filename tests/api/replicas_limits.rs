@@ -45,11 +45,17 @@ fn unique_prefix() -> String {
     format!("keygate-test:{}:", Uuid::new_v4().simple())
 }
 
+/// Redis calls get this long in tests that need every request decided by Redis (the
+/// default is 250 ms): on a loaded CI machine one slow call would put a replica on its
+/// unshared local fallback, which is right in production and not what these tests measure.
+const PATIENT_REDIS_MS: u64 = 2000;
+
 /// Three replicas sharing the shared Redis under one fresh prefix.
 async fn three_replicas(configure: impl Fn(&mut Config)) -> Vec<TestApp> {
     let prefix = unique_prefix();
     spawn_replicas(3, postgres(), |_, config| {
         use_redis(config, SHARED_REDIS, &prefix);
+        config.redis.timeout_ms = PATIENT_REDIS_MS;
         configure(config);
     })
     .await
@@ -197,11 +203,9 @@ async fn max_parallel_4_holds_across_replicas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_replica_releases_its_slot_within_the_lease() {
-    // Arrange: a 2 s lease; the replica that will die is the real binary (SIGKILL). Redis
-    // calls get 2 s instead of 250 ms: on a loaded CI machine a slow first connect would
-    // otherwise put a replica on its local fallback, where the slot is not shared.
+    // Arrange: a 2 s lease; the replica that will die is the real binary (SIGKILL).
     const LEASE: Duration = Duration::from_secs(2);
-    const REDIS_TIMEOUT_MS: u64 = 2000;
+    const REDIS_TIMEOUT_MS: u64 = PATIENT_REDIS_MS;
     let prefix = unique_prefix();
     let replicas = spawn_replicas(1, postgres(), |_, config| {
         use_redis(config, SHARED_REDIS, &prefix);
@@ -228,7 +232,44 @@ async fn a_killed_replica_releases_its_slot_within_the_lease() {
     let key = survivor.key_with(json!({"max_parallel": 1})).await;
     let fast = chat_body(PRICED_MODEL, "hi", None);
     let hanging = chat_body(&format!("{MODEL_SLOW_FIRST_BYTE}:60000"), "hi", None);
+    // Both replicas answer once through Redis first: a cold replica's first call (connect,
+    // script load) is the slowest, and one that timed out would put that replica on its
+    // unshared fallback, where this test would measure nothing.
     let client = survivor.client.clone();
+    let doomed_readyz = doomed.url("/readyz");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let through_doomed = client
+            .post(doomed.url("/v1/chat/completions"))
+            .bearer_auth(&key.secret)
+            .json(&fast)
+            .send()
+            .await
+            .map(|r| r.status());
+        let through_survivor = survivor.chat(&key.secret, &fast).await.status();
+        let doomed_limiter = match client.get(&doomed_readyz).send().await {
+            Ok(response) => json_body(response).await.1["limiter"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            Err(err) => err.to_string(),
+        };
+        let survivor_limiter = readyz_limiter(survivor).await;
+        if matches!(through_doomed, Ok(StatusCode::OK))
+            && through_survivor == StatusCode::OK
+            && doomed_limiter == "redis"
+            && survivor_limiter == "redis"
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas not on Redis: doomed {through_doomed:?} ({doomed_limiter}), survivor \
+             {through_survivor} ({survivor_limiter}); doomed's log:\n{}",
+            doomed.stderr_so_far()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let url = doomed.url("/v1/chat/completions");
     let secret = key.secret.clone();
     let in_flight = tokio::spawn(async move {
@@ -239,19 +280,29 @@ async fn a_killed_replica_releases_its_slot_within_the_lease() {
             .send()
             .await;
     });
-    // The doomed replica holds the only slot once the survivor refuses.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let status = survivor.chat(&key.secret, &fast).await.status();
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the slot was never taken: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The doomed replica holds the only slot once its request reached the upstream
+    // (admission comes before forwarding).
+    let reached = survivor
+        .mock
+        .wait_until(Duration::from_secs(30), |mock| {
+            mock.requests().iter().any(|r| {
+                r.model()
+                    .is_some_and(|m| m.starts_with(MODEL_SLOW_FIRST_BYTE))
+            })
+        })
+        .await;
+    assert!(
+        reached,
+        "the hanging request never reached the upstream; doomed's log:\n{}",
+        doomed.stderr_so_far()
+    );
+    let status = survivor.chat(&key.secret, &fast).await.status();
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the survivor did not see the doomed replica's slot; doomed's log:\n{}",
+        doomed.stderr_so_far()
+    );
 
     // Act: kill it mid-request.
     doomed.signal("KILL");

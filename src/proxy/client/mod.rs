@@ -100,6 +100,9 @@ pub struct UpstreamTarget {
     /// The base URL's path without its trailing slash; every request path is appended.
     prefix: Box<str>,
     pool: Arc<Pool>,
+    /// This upstream's own TLS setup when it trusts a private CA (`ca_file`); otherwise
+    /// the client's. Its own, so a CA given for one upstream is trusted for no other.
+    tls: Option<TlsConnector>,
 }
 
 impl UpstreamTarget {
@@ -130,7 +133,15 @@ impl UpstreamTarget {
             server_name,
             prefix: base.path().trim_end_matches('/').into(),
             pool: Arc::default(),
+            tls: None,
         })
+    }
+
+    /// Trusts `roots` (DER certificates, e.g. a private CA) for this upstream only,
+    /// besides the public web roots.
+    pub fn trust(&mut self, roots: &[CertificateDer<'static>]) -> Result<(), rustls::Error> {
+        self.tls = Some(TlsConnector::from(tls::client_config(roots)?));
+        Ok(())
     }
 
     /// Connections kept idle for reuse right now.
@@ -222,7 +233,8 @@ impl UpstreamClient {
         let io = match &target.server_name {
             None => Transport::Plain(tcp),
             Some(name) => {
-                let tls = self.tls.connect(name.clone(), tcp).await.map_err(|err| {
+                let connector = target.tls.as_ref().unwrap_or(&self.tls);
+                let tls = connector.connect(name.clone(), tcp).await.map_err(|err| {
                     SendError::Failed(format!(
                         "TLS handshake with {}:{} failed: {err}",
                         target.host, target.port

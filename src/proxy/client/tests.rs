@@ -766,7 +766,10 @@ async fn the_pool_drops_expired_connections_and_keeps_at_most_max_idle() {
 }
 
 mod tls {
-    use rustls::{pki_types::PrivatePkcs8KeyDer, ServerConfig};
+    use rustls::{
+        pki_types::{CertificateDer, PrivatePkcs8KeyDer},
+        HandshakeKind, ServerConfig,
+    };
     use tokio_rustls::TlsAcceptor;
 
     use super::*;
@@ -778,8 +781,18 @@ mod tls {
         }
     }
 
-    #[tokio::test]
-    async fn https_upstreams_are_reached_over_tls_and_their_certificate_is_checked() {
+    /// A TLS server for `localhost` with a self-signed certificate, on a port of its own,
+    /// answering `hello` (and closing after each answer when `close_each`): its
+    /// certificate, its port, the connections it accepted and how many of their handshakes
+    /// resumed an earlier session.
+    async fn tls_server(
+        close_each: bool,
+    ) -> (
+        CertificateDer<'static>,
+        u16,
+        Arc<AtomicUsize>,
+        Arc<AtomicUsize>,
+    ) {
         let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
         let cert = certified.cert.der().clone();
         let key = PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
@@ -794,18 +807,73 @@ mod tls {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = accepted.clone();
+        let resumed = Arc::new(AtomicUsize::new(0));
+        let (accepted_count, resumed_count) = (accepted.clone(), resumed.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
+                accepted_count.fetch_add(1, Ordering::SeqCst);
                 let acceptor = acceptor.clone();
+                let resumed_count = resumed_count.clone();
                 tokio::spawn(async move {
-                    if let Ok(mut tls) = acceptor.accept(stream).await {
+                    let Ok(mut tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    if tls.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed) {
+                        resumed_count.fetch_add(1, Ordering::SeqCst);
+                    }
+                    if close_each {
+                        if read_request(&mut tls).await.is_some() {
+                            tls.write_all(CLOSE_HELLO).await.unwrap();
+                            let _ = tls.shutdown().await;
+                        }
+                    } else {
                         answer_twice(&mut tls).await;
                     }
                 });
             }
         });
+        (cert, port, accepted, resumed)
+    }
+
+    const CLOSE_HELLO: &[u8] =
+        b"HTTP/1.1 200 OK\r\nconnection: close\r\nContent-Length: 5\r\n\r\nhello";
+
+    #[tokio::test]
+    async fn a_new_connection_resumes_the_tls_session_and_a_private_ca_is_trusted_per_upstream() {
+        // Arrange: a server that closes after each answer, so each request needs a new
+        // connection; one target trusting its certificate, one not.
+        let (cert, port, accepted, resumed) = tls_server(true).await;
+        let mut trusting = target_at(&format!("https://localhost:{port}/v1"));
+        trusting.trust(&[cert]).unwrap();
+        let other = target_at(&format!("https://localhost:{port}/v1"));
+        let client = client();
+
+        // Act
+        let first = get(&client, &trusting).await.unwrap();
+        let second = get(&client, &trusting).await.unwrap();
+        let refused = get(&client, &other).await.err().unwrap();
+
+        // Assert: two connections, the second resumed (no full handshake); the CA given
+        // to one upstream is not trusted for another.
+        assert_eq!(
+            (first.as_slice(), second.as_slice()),
+            (&b"hello"[..], &b"hello"[..])
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        assert_eq!(
+            resumed.load(Ordering::SeqCst),
+            1,
+            "the second handshake resumed"
+        );
+        assert!(
+            matches!(&refused, SendError::Failed(m) if m.contains("TLS handshake")),
+            "{refused}"
+        );
+    }
+
+    #[tokio::test]
+    async fn https_upstreams_are_reached_over_tls_and_their_certificate_is_checked() {
+        let (cert, port, accepted, _) = tls_server(false).await;
         let target = target_at(&format!("https://localhost:{port}/v1"));
 
         let trusting = UpstreamClient::with_extra_roots(&ProxyConfig::default(), &[cert]).unwrap();

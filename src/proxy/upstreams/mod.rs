@@ -13,6 +13,7 @@ use std::{
 };
 
 use http::{HeaderValue, Uri};
+use rustls::pki_types::{pem::PemObject, CertificateDer};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
@@ -98,6 +99,8 @@ pub enum UpstreamConfigError {
     BadCredential { index: usize, var: String },
     #[error("upstreams[{index}].passthrough: `{path}` is not a usable path")]
     Passthrough { index: usize, path: String },
+    #[error("upstreams[{index}].ca_file: {reason}")]
+    CaFile { index: usize, reason: String },
     #[error(transparent)]
     Client(#[from] ClientBuildError),
 }
@@ -166,8 +169,18 @@ impl Upstreams {
                 .ok()
                 .and_then(|url| Uri::try_from(url.as_str()).ok())
                 .ok_or(UpstreamConfigError::BaseUrl { index })?;
-            let target = UpstreamTarget::new(&base_uri)
+            let mut target = UpstreamTarget::new(&base_uri)
                 .map_err(|source| UpstreamConfigError::Target { index, source })?;
+            if let Some(path) = &upstream.ca_file {
+                let roots = read_ca_file(path)
+                    .map_err(|reason| UpstreamConfigError::CaFile { index, reason })?;
+                target
+                    .trust(&roots)
+                    .map_err(|err| UpstreamConfigError::CaFile {
+                        index,
+                        reason: format!("`{}`: {err}", path.display()),
+                    })?;
+            }
             let passthrough = upstream
                 .passthrough
                 .iter()
@@ -303,6 +316,19 @@ impl Upstreams {
     }
 }
 
+/// The certificates of a PEM file, at least one.
+fn read_ca_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let shown = path.display();
+    let roots = CertificateDer::pem_file_iter(path)
+        .map_err(|err| format!("cannot read `{shown}`: {err}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| format!("`{shown}` is not a PEM certificate file: {err}"))?;
+    if roots.is_empty() {
+        return Err(format!("`{shown}` holds no PEM certificate"));
+    }
+    Ok(roots)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,5 +362,42 @@ mod tests {
             matches!(err, Some(UpstreamConfigError::Passthrough { index: 0, .. })),
             "{err:?}"
         );
+    }
+
+    fn with_ca_file(path: &std::path::Path) -> Config {
+        Config {
+            upstreams: vec![UpstreamConfig {
+                ca_file: Some(path.to_owned()),
+                ..UpstreamConfig::new("u", "https://localhost:9/v1", &["*"])
+            }],
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn a_ca_file_is_read_and_a_bad_one_is_a_config_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("ca.pem");
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(&good, certified.cert.pem()).unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let missing = dir.path().join("missing.pem");
+
+        assert!(Upstreams::from_config(&with_ca_file(&good)).is_ok());
+        for (path, says) in [
+            (&empty, "holds no PEM certificate"),
+            (&missing, "cannot read"),
+        ] {
+            let err = Upstreams::from_config(&with_ca_file(path))
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(err.starts_with("upstreams[0].ca_file: "), "{err}");
+            assert!(
+                err.contains(says) && err.contains(&*path.to_string_lossy()),
+                "{err}"
+            );
+        }
     }
 }
