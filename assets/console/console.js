@@ -73,8 +73,8 @@
             scales: { x: { time: true } },
             // One tick per day (or per week when they would crowd), figures readable
             // at any size (cents of a cent included).
-            axes: [{ incrs: [86400, 7 * 86400] }, { size: 60, values: function (u, vals) {
-              return vals.map(function (v) { return v === 0 ? "0" : Number(v.toPrecision(3)).toString(); });
+            axes: [{ incrs: [86400, 2 * 86400, 7 * 86400] }, { size: 72, values: function (u, vals) {
+              return vals.map(function (v) { return v === 0 ? "0" : Number(v.toPrecision(2)).toString(); });
             } }]
           }, [data.x].concat(data[metric[0]]), plot);
           charts.push({ chart: chart, container: container });

@@ -10,6 +10,7 @@ use axum::{
     Form, Json,
 };
 use chrono::{Duration, DurationRound, Utc};
+use rust_decimal::prelude::ToPrimitive;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -248,7 +249,7 @@ pub async fn usage_json(
         "models": models,
         "requests": series(&|r| r.requests as f64),
         "tokens": series(&|r| (r.input_tokens + r.output_tokens) as f64),
-        "cost_usd": series(&|r| pico_to_usd(r.cost_pico).to_string().parse().unwrap_or(0.0)),
+        "cost_usd": series(&|r| pico_to_usd(r.cost_pico).to_f64().unwrap_or(0.0)),
     })))
 }
 

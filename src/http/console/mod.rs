@@ -15,7 +15,7 @@ mod session;
 mod views;
 
 use axum::{
-    extract::{Request, State},
+    extract::Request,
     http::{header, HeaderValue, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Redirect, Response},
@@ -51,12 +51,12 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/console/members", get(views::members))
         .route("/console/audit", get(views::audit))
         .route("/console/assets/{file}", get(assets::serve))
-        .layer(middleware::from_fn_with_state(state, security_headers))
+        .layer(middleware::from_fn(security_headers))
 }
 
 /// CSP and friends on every console answer; pages are never cached (they show secrets
 /// once and per-session CSRF tokens), assets say otherwise themselves.
-async fn security_headers(State(_): State<AppState>, request: Request, next: Next) -> Response {
+async fn security_headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
     headers.insert(

@@ -164,7 +164,7 @@ pub fn keys(console: &Console, keys: &[ApiKey], total: u64, notice: KeysNotice) 
                         @for key in keys {
                             tr data-key-id=(key.id) {
                                 td { a href={ "/console/keys/" (key.id) } { (key.name) } @if key.kind == crate::keys::KeyKind::Admin { " " span.badge { "admin" } } }
-                                td { (key.created_by) }
+                                td.by { (key.created_by) }
                                 td { (when(key.created_at)) }
                                 td { @match key.expires_at { Some(at) => (when(at)), None => "never" } }
                                 td { (format!("{:?}", key.status_at(now)).to_lowercase()) }
@@ -330,7 +330,7 @@ pub fn audit(console: &Console, events: &[AuditEvent], total: u64) -> Html<Strin
                     tbody {
                         @for event in events {
                             tr {
-                                td { (when(event.at)) } td { (event.actor) } td { (event.action) }
+                                td { (when(event.at)) } td.by { (event.actor) } td { (event.action) }
                                 td { (event.target) } td { (event.source.as_deref().unwrap_or("")) }
                                 td { code { (event.details.to_string()) } }
                             }
