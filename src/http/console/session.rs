@@ -217,7 +217,16 @@ fn sign_in_form(
     status: StatusCode,
     error: Option<&str>,
 ) -> Response {
-    let token = random_token();
+    // Keep a token the browser already holds, so two open sign-in tabs do not void
+    // each other's forms.
+    let token = cookie(headers, SIGN_IN_COOKIE)
+        .filter(|t| {
+            t.len() == 43
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(random_token);
     let cookie = set_cookie(
         SIGN_IN_COOKIE,
         &token,
