@@ -14,7 +14,7 @@ use crate::{
     keys::{
         bootstrap::{self, Bootstrap},
         cache::KeyCache,
-        FailedAuthGuard, KeysService,
+        FailedAuthGuard, KeysService, SignInGuard,
     },
     limits::{
         redis::{GateConfig, RedisGate, RedisLimiter, RedisLimiterWithFallback},
@@ -175,6 +175,7 @@ impl App {
             workspaces,
             members,
             auth_attempts: Arc::new(FailedAuthGuard::new(config.keys.failed_auth_per_minute)),
+            sign_in_attempts: Arc::new(SignInGuard::new(config.keys.failed_auth_per_minute)),
             config: Arc::new(config),
             usage: crate::usage::UsageReader::new(store.clone(), recorder.clone()),
             store,
@@ -328,6 +329,7 @@ fn spawn_background(state: &AppState, mut stop: watch::Receiver<bool>) -> Vec<Jo
         }
     });
     let attempts = state.auth_attempts.clone();
+    let sign_ins = state.sign_in_attempts.clone();
     let gc = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
@@ -335,6 +337,7 @@ fn spawn_background(state: &AppState, mut stop: watch::Receiver<bool>) -> Vec<Jo
                 _ = tick.tick() => {
                     // governor's keyed store grows with every address it sees; drop the idle ones.
                     attempts.retain_recent();
+                    sign_ins.retain_recent();
                 }
                 _ = stop.changed() => break,
             }

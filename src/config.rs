@@ -79,6 +79,7 @@ pub struct Config {
     pub web3: Web3Config,
     pub webhooks: WebhooksConfig,
     pub metrics: MetricsConfig,
+    pub console: ConsoleConfig,
 }
 
 impl fmt::Debug for Config {
@@ -108,6 +109,7 @@ impl fmt::Debug for Config {
             .field("web3", &self.web3)
             .field("webhooks", &self.webhooks)
             .field("metrics", &self.metrics)
+            .field("console", &self.console)
             .finish()
     }
 }
@@ -130,6 +132,7 @@ impl Default for Config {
             web3: Web3Config::default(),
             webhooks: WebhooksConfig::default(),
             metrics: MetricsConfig::default(),
+            console: ConsoleConfig::default(),
         }
     }
 }
@@ -374,6 +377,29 @@ impl Default for WebhooksConfig {
             attempt_timeout_secs: 10.0,
             retry_for_secs: 3600.0,
             retry_initial_secs: 5.0,
+        }
+    }
+}
+
+/// The web console at `/console` (src/http/console, README "Console").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Serve `/console`. Off: every console path answers 404.
+    pub enabled: bool,
+    /// Mark the session cookie `Secure` even when the request did not arrive over TLS
+    /// (keygate behind a TLS-terminating proxy).
+    pub secure_cookies: bool,
+    /// A session unused this long is gone (default 12 hours).
+    pub session_idle_secs: u64,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            enabled: true,
+            secure_cookies: false,
+            session_idle_secs: 12 * 3600,
         }
     }
 }

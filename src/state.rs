@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::{
     config::Config,
-    keys::{FailedAuthGuard, KeysService},
+    keys::{FailedAuthGuard, KeysService, SignInGuard},
     proxy::Gateway,
     store::DynStore,
     telemetry::metrics::Metrics,
@@ -20,6 +20,8 @@ pub struct AppState {
     pub workspaces: WorkspacesService,
     pub members: MembersService,
     pub auth_attempts: Arc<FailedAuthGuard>,
+    /// Failed console sign-ins per address and per username.
+    pub sign_in_attempts: Arc<SignInGuard>,
     pub gateway: Arc<Gateway>,
     pub recorder: Recorder,
     /// Every read of usage, spend and refusals goes through it (it flushes `recorder` first).

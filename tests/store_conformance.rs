@@ -21,6 +21,8 @@ mod keys;
 mod last_admin;
 #[path = "store_conformance/retries.rs"]
 mod retries;
+#[path = "store_conformance/sessions.rs"]
+mod sessions;
 #[path = "store_conformance/usage.rs"]
 mod usage;
 #[path = "store_conformance/workspaces.rs"]
@@ -58,6 +60,7 @@ backend_tests! {
         last_admin::the_last_active_admin_key_is_kept,
         last_admin::racing_changes_of_the_last_two_admin_keys_leave_one,
         auth::rotate_limits_old_secrets_and_deletes_expired_ones,
+        sessions::console_sessions_live_while_used_and_end_when_idle_or_deleted,
         auth::rotate_with_no_grace_deletes_old_secrets,
         auth::find_secret_of_unknown_lookup_id_is_none,
         auth::count_live_admin_keys_across_workspaces,

@@ -37,8 +37,9 @@ const UNAUTHENTICATED: &[&str] = &[
     "/openapi.json",
     "/api/v1/api_keys/generate_web3_key",
 ];
-/// Path prefixes that need no key (the reference pages).
-const UNAUTHENTICATED_PREFIXES: &[&str] = &["/docs"];
+/// Path prefixes that need no key: the reference pages, and the console (it signs in with
+/// its own session cookie, `http::console::session`).
+const UNAUTHENTICATED_PREFIXES: &[&str] = &["/docs", "/console"];
 
 /// Whether `path` needs no key. Runs for every request (the fast path's too): no allocation.
 pub fn is_public(path: &str) -> bool {

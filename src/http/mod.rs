@@ -18,6 +18,7 @@
 pub mod admin;
 pub mod auth;
 pub mod compat;
+pub mod console;
 pub mod extract;
 pub mod front;
 pub mod inference;
@@ -59,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::scrape))
         .merge(admin::router())
         .merge(compat::router())
+        .merge(console::router(state.clone()))
         .route("/v1/chat/completions", post(inference::chat_completions))
         .route("/v1/completions", post(inference::completions))
         .route("/v1/embeddings", post(inference::embeddings))

@@ -9,9 +9,12 @@
 //! even if it has since been revoked) proves possession of a real secret. So one script
 //! with a revoked or mangled key cannot lock out everyone behind its address, and a busy
 //! client with a valid key never locks itself out.
+//!
+//! The console's sign-in uses the same guard twice: per address and per username.
 
 use std::{
     collections::HashMap,
+    hash::Hash,
     net::IpAddr,
     num::NonZeroU32,
     sync::Mutex,
@@ -20,12 +23,13 @@ use std::{
 
 use governor::{clock::DefaultClock, DefaultKeyedRateLimiter, Quota};
 
-pub struct FailedAuthGuard {
-    failures: DefaultKeyedRateLimiter<IpAddr>,
-    blocked_until: Mutex<HashMap<IpAddr, Instant>>,
+/// Failures counted per `K`: a client address by default.
+pub struct FailedAuthGuard<K: Hash + Eq + Clone = IpAddr> {
+    failures: DefaultKeyedRateLimiter<K>,
+    blocked_until: Mutex<HashMap<K, Instant>>,
 }
 
-impl FailedAuthGuard {
+impl<K: Hash + Eq + Clone> FailedAuthGuard<K> {
     pub fn new(per_minute: u32) -> Self {
         let per_minute = NonZeroU32::new(per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
         FailedAuthGuard {
@@ -35,7 +39,7 @@ impl FailedAuthGuard {
     }
 
     /// How long the address stays blocked, if it is.
-    pub fn blocked_for(&self, ip: IpAddr) -> Option<Duration> {
+    pub fn blocked_for(&self, ip: K) -> Option<Duration> {
         let blocked = self.blocked_until.lock().unwrap_or_else(|p| p.into_inner());
         if blocked.is_empty() {
             return None; // the usual case: no address is blocked, nothing to hash
@@ -47,7 +51,7 @@ impl FailedAuthGuard {
 
     /// Counts one failure; returns how long the address is now blocked if this failure was
     /// past its allowance.
-    pub fn record_failure(&self, ip: IpAddr) -> Option<Duration> {
+    pub fn record_failure(&self, ip: K) -> Option<Duration> {
         let not_until = self.failures.check_key(&ip).err()?;
         let wait = not_until
             .wait_time_from(governor::clock::Clock::now(&DefaultClock::default()))
@@ -65,6 +69,29 @@ impl FailedAuthGuard {
         let now = Instant::now();
         let mut blocked = self.blocked_until.lock().unwrap_or_else(|p| p.into_inner());
         blocked.retain(|_, until| *until > now);
+    }
+}
+
+/// Failed console sign-ins, counted per client address and per username (an attacker
+/// spreading guesses over many addresses still meets the username's allowance). Both use
+/// `keys.failed_auth_per_minute`.
+pub struct SignInGuard {
+    pub by_address: FailedAuthGuard<IpAddr>,
+    /// Keyed by `<workspace name>/<username>` as typed, lower-cased.
+    pub by_username: FailedAuthGuard<String>,
+}
+
+impl SignInGuard {
+    pub fn new(per_minute: u32) -> Self {
+        SignInGuard {
+            by_address: FailedAuthGuard::new(per_minute),
+            by_username: FailedAuthGuard::new(per_minute),
+        }
+    }
+
+    pub fn retain_recent(&self) {
+        self.by_address.retain_recent();
+        self.by_username.retain_recent();
     }
 }
 

@@ -18,7 +18,7 @@ pub use crate::domain::key as model;
 
 pub use self::{
     caller::{Caller, CallerRole, Reach},
-    guard::FailedAuthGuard,
+    guard::{FailedAuthGuard, SignInGuard},
     model::{ApiKey, KeyKind, KeyStatus},
     service::{KeyWithSecret, KeysService},
     token::{Token, TokenError},

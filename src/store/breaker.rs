@@ -25,9 +25,10 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
-    AlertAttempt, AuditEvent, AuditFilter, BudgetAlert, BudgetAlertId, DynStore, EventFilter,
-    KeyChanges, LastAdmin, Member, NewBudgetAlert, Page, Paged, RateLimitEvent, SecretRecord,
-    Store, StoreError, StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals, Workspace,
+    AlertAttempt, AuditEvent, AuditFilter, BudgetAlert, BudgetAlertId, ConsoleSession, DynStore,
+    EventFilter, KeyChanges, LastAdmin, Member, NewBudgetAlert, Page, Paged, RateLimitEvent,
+    SecretRecord, Store, StoreError, StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals,
+    Workspace,
 };
 use crate::domain::ApiKey;
 
@@ -384,6 +385,33 @@ impl Store for GuardedStore {
 
     async fn list_budget_alerts(&self, key_id: Uuid) -> StoreResult<Vec<BudgetAlert>> {
         self.guard(self.inner.list_budget_alerts(key_id)).await
+    }
+
+    async fn create_console_session(
+        &self,
+        session: &ConsoleSession,
+        audit: &AuditEvent,
+        idle_before: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        self.guard(
+            self.inner
+                .create_console_session(session, audit, idle_before),
+        )
+        .await
+    }
+
+    async fn use_console_session(
+        &self,
+        id: &str,
+        idle_before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<ConsoleSession> {
+        self.guard(self.inner.use_console_session(id, idle_before, now))
+            .await
+    }
+
+    async fn delete_console_session(&self, id: &str) -> StoreResult<()> {
+        self.guard(self.inner.delete_console_session(id)).await
     }
 }
 

@@ -406,6 +406,19 @@ impl AlertStatus {
     }
 }
 
+/// A signed-in console session (src/http/console). `id` is the SHA-256 (hex) of the
+/// cookie's random value; the cookie value itself is never stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsoleSession {
+    pub id: String,
+    pub workspace_id: Uuid,
+    /// `member:<username>` or `key:<uuid>`.
+    pub principal: String,
+    pub csrf_token: String,
+    pub created_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+}
+
 /// The connection pool's state, for `/metrics`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PoolStats {
@@ -670,6 +683,25 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
     /// Every alert of a key, oldest claim first (the operator's view of deliveries).
     async fn list_budget_alerts(&self, key_id: Uuid) -> StoreResult<Vec<BudgetAlert>>;
+
+    // --- console sessions ---
+    /// Stores a new session with its sign-in audit event, in one transaction, and drops
+    /// the sessions last seen before `idle_before` (they can never be used again).
+    async fn create_console_session(
+        &self,
+        session: &ConsoleSession,
+        audit: &AuditEvent,
+        idle_before: DateTime<Utc>,
+    ) -> StoreResult<()>;
+    /// The session with this id, if it was seen at or after `idle_before` (`NotFound`
+    /// otherwise); its `last_seen_at` becomes `now`.
+    async fn use_console_session(
+        &self,
+        id: &str,
+        idle_before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<ConsoleSession>;
+    async fn delete_console_session(&self, id: &str) -> StoreResult<()>;
 }
 
 pub type DynStore = Arc<dyn Store>;

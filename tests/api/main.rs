@@ -9,6 +9,7 @@ mod cli;
 mod cli_admin;
 mod compat_aixplain;
 mod compat_venice;
+mod console;
 mod early_refusals;
 mod front_door;
 mod harness;

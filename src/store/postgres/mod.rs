@@ -19,6 +19,7 @@ mod alerts;
 mod events;
 mod keys;
 mod listen;
+mod sessions;
 mod usage;
 mod workspaces;
 
@@ -40,9 +41,10 @@ use uuid::Uuid;
 pub use self::listen::KeyChanges;
 use super::{
     codec::{self, Columns},
-    AlertAttempt, AuditEvent, AuditFilter, BudgetAlert, BudgetAlertId, EventFilter, LastAdmin,
-    Member, NewBudgetAlert, Page, Paged, RateLimitEvent, SecretRecord, Store, StoreError,
-    StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals, Workspace, DEFAULT_WORKSPACE_ID,
+    AlertAttempt, AuditEvent, AuditFilter, BudgetAlert, BudgetAlertId, ConsoleSession, EventFilter,
+    LastAdmin, Member, NewBudgetAlert, Page, Paged, RateLimitEvent, SecretRecord, Store,
+    StoreError, StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals, Workspace,
+    DEFAULT_WORKSPACE_ID,
 };
 use crate::domain::ApiKey;
 
@@ -469,5 +471,27 @@ impl Store for PgStore {
 
     async fn list_budget_alerts(&self, key_id: Uuid) -> StoreResult<Vec<BudgetAlert>> {
         alerts::list_budget_alerts(&self.pool, key_id).await
+    }
+
+    async fn create_console_session(
+        &self,
+        session: &ConsoleSession,
+        audit: &AuditEvent,
+        idle_before: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        sessions::create(&self.pool, session, audit, idle_before).await
+    }
+
+    async fn use_console_session(
+        &self,
+        id: &str,
+        idle_before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<ConsoleSession> {
+        sessions::use_session(&self.pool, id, idle_before, now).await
+    }
+
+    async fn delete_console_session(&self, id: &str) -> StoreResult<()> {
+        sessions::delete(&self.pool, id).await
     }
 }

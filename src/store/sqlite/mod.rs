@@ -22,6 +22,7 @@
 mod alerts;
 mod events;
 mod keys;
+mod sessions;
 mod usage;
 mod workspaces;
 
@@ -43,9 +44,10 @@ use uuid::{fmt::Hyphenated, Uuid};
 
 use super::{
     codec::{self, corrupt, Columns},
-    AlertAttempt, AuditEvent, AuditFilter, BudgetAlert, BudgetAlertId, EventFilter, LastAdmin,
-    Member, NewBudgetAlert, Page, Paged, RateLimitEvent, SecretRecord, Store, StoreError,
-    StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals, Workspace, DEFAULT_WORKSPACE_ID,
+    AlertAttempt, AuditEvent, AuditFilter, BudgetAlert, BudgetAlertId, ConsoleSession, EventFilter,
+    LastAdmin, Member, NewBudgetAlert, Page, Paged, RateLimitEvent, SecretRecord, Store,
+    StoreError, StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals, Workspace,
+    DEFAULT_WORKSPACE_ID,
 };
 use crate::domain::ApiKey;
 
@@ -501,5 +503,27 @@ impl Store for SqliteStore {
 
     async fn list_budget_alerts(&self, key_id: Uuid) -> StoreResult<Vec<BudgetAlert>> {
         alerts::list_budget_alerts(self, key_id).await
+    }
+
+    async fn create_console_session(
+        &self,
+        session: &ConsoleSession,
+        audit: &AuditEvent,
+        idle_before: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        sessions::create(self, session, audit, idle_before).await
+    }
+
+    async fn use_console_session(
+        &self,
+        id: &str,
+        idle_before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<ConsoleSession> {
+        sessions::use_session(self, id, idle_before, now).await
+    }
+
+    async fn delete_console_session(&self, id: &str) -> StoreResult<()> {
+        sessions::delete(self, id).await
     }
 }
