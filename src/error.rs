@@ -299,7 +299,8 @@ impl From<AuthError> for ApiError {
             other => {
                 let message = match other {
                     AuthError::Missing => {
-                        "no API key: send `Authorization: Bearer kg_…`".to_string()
+                        "no API key: send `Authorization: Bearer kg_…` or `x-api-key: kg_…`"
+                            .to_string()
                     }
                     other => other.to_string(),
                 };

@@ -91,14 +91,14 @@ for c = 0, count - 1 do
   if old[1] ~= limit then
     local before = parse(old[1])
     local used = {0, 0, 0, 0, 0, 0}
-    if not is_zero(before) and not is_zero(lim) then used = sub0(tat, mul(now, before)) end
-    tat = add(mul(now, lim), used)
+    if not is_zero(before) and not is_zero(lim) then used = sub0(tat, ticks(now, old[1])) end
+    tat = add(ticks(now, limit), used)
   end
   local after = tat
   if not peek then
-    local ticks = mul(now, lim)
-    local base = max(tat, ticks)
-    if cmp(add(base, parse(ARGV[i + 3])), add(ticks, parse(ARGV[i + 5]))) > 0 then
+    local now_ticks = ticks(now, limit)
+    local base = max(tat, now_ticks)
+    if cmp(add(base, parse(ARGV[i + 3])), add(now_ticks, parse(ARGV[i + 5]))) > 0 then
       refused = true
     else
       after = add(base, parse(ARGV[i + 4]))

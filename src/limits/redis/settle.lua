@@ -48,11 +48,11 @@ while i <= #ARGV do
     if state or sign == '+' then
       local limit = state and state[1] or ARGV[i + 5]
       local tat = state and state[2] or {0, 0, 0, 0, 0, 0}
-      local ticks = mul(now, parse(limit))
+      local now_ticks = ticks(now, limit)
       if sign == '+' then
-        tat = add(max(tat, ticks), delta)
+        tat = add(max(tat, now_ticks), delta)
       else
-        tat = max(sub0(tat, delta), ticks)
+        tat = max(sub0(tat, delta), now_ticks)
       end
       hash[field] = {limit, tat}
       changed[key] = changed[key] or {}
