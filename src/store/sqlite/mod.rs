@@ -59,6 +59,10 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// Serialises this process's write transactions (see the module docs).
     write_lock: Mutex<()>,
+    /// Next to a database file: the file `migrate` locks, so that instances starting
+    /// together on one file migrate it one after the other (sqlx takes no lock on SQLite,
+    /// and two instances would both run the first migration). `None` in memory.
+    migrate_lock: Option<std::path::PathBuf>,
 }
 
 impl SqliteStore {
@@ -76,6 +80,11 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true)
             .synchronous(SqliteSynchronous::Normal);
+        let migrate_lock = (!memory).then(|| {
+            let mut name = options.get_filename().as_os_str().to_owned();
+            name.push(".migrate-lock");
+            std::path::PathBuf::from(name)
+        });
         let pool_options = if memory {
             // An in-memory database lives as long as its one connection: keep exactly one.
             SqlitePoolOptions::new()
@@ -93,6 +102,7 @@ impl SqliteStore {
         Ok(Self {
             pool,
             write_lock: Mutex::new(()),
+            migrate_lock,
         })
     }
 
@@ -102,6 +112,24 @@ impl SqliteStore {
         let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         Ok(WriteTx { tx, _guard: guard })
     }
+}
+
+/// `path` opened (created if missing) and locked exclusively, waiting for another
+/// process that holds it.
+async fn lock_file(path: std::path::PathBuf) -> StoreResult<std::fs::File> {
+    let locked = tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        file.lock()?;
+        Ok::<_, std::io::Error>(file)
+    })
+    .await
+    .map_err(|err| std::io::Error::other(err.to_string()))
+    .and_then(|result| result);
+    locked.map_err(|err| StoreError::from(sqlx::Error::Io(err)))
 }
 
 /// A write transaction and the lock it holds. Field order matters: the transaction is
@@ -237,6 +265,12 @@ impl Store for SqliteStore {
 
     async fn migrate(&self) -> StoreResult<()> {
         let _guard = self.write_lock.lock().await;
+        // Held (an exclusive `flock`) until the migrations are done; closing the file on
+        // drop releases it, also if this process dies.
+        let _file_lock = match &self.migrate_lock {
+            Some(path) => Some(lock_file(path.clone()).await?),
+            None => None,
+        };
         MIGRATOR.run(&self.pool).await?;
         Ok(())
     }
