@@ -123,13 +123,32 @@ async fn lock_file(path: std::path::PathBuf) -> StoreResult<std::fs::File> {
             .truncate(false)
             .write(true)
             .open(&path)?;
-        file.lock()?;
+        lock_exclusive(&file)?;
         Ok::<_, std::io::Error>(file)
     })
     .await
     .map_err(|err| std::io::Error::other(err.to_string()))
     .and_then(|result| result);
     locked.map_err(|err| StoreError::from(sqlx::Error::Io(err)))
+}
+
+/// `flock(LOCK_EX)`, waiting for the holder. By hand because `File::lock` is newer than the
+/// crate's MSRV (1.85); the kernel drops the lock when the file is closed.
+#[cfg(target_os = "linux")]
+fn lock_exclusive(file: &std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `flock` takes a file descriptor and a flag and touches no memory; the
+    // descriptor is `file`'s own and stays open for the call.
+    match unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// Elsewhere the lock is not taken: keygate runs on Linux (the image and the tests).
+#[cfg(not(target_os = "linux"))]
+fn lock_exclusive(_file: &std::fs::File) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// A write transaction and the lock it holds. Field order matters: the transaction is
