@@ -214,13 +214,7 @@ pub(super) async fn anthropic_answer(
     json: Option<Value>,
     count_tokens: bool,
 ) -> Response {
-    if let Some((status, retry_after)) = *lock(&shared.failing) {
-        let mut resp = anthropic_mock_error(status);
-        resp.headers_mut().remove(RETRY_AFTER);
-        if let Some(secs) = retry_after {
-            resp.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(secs));
-        }
+    if let Some(resp) = failing_answer(shared, anthropic_mock_error) {
         return resp;
     }
     let Some(body) = json.filter(Value::is_object) else {

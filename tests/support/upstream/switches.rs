@@ -190,13 +190,7 @@ pub(super) async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> R
         _ => {}
     }
 
-    if let Some((status, retry_after)) = *lock(&shared.failing) {
-        let mut resp = mock_error(status);
-        resp.headers_mut().remove(RETRY_AFTER);
-        if let Some(secs) = retry_after {
-            resp.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(secs));
-        }
+    if let Some(resp) = failing_answer(&shared, mock_error) {
         return resp;
     }
 
@@ -421,4 +415,17 @@ pub(super) fn drop_connection(parts: &Parts) -> Response {
     let _ = parts;
     // No socket handle: unwind (without the panic hook) so the connection task dies.
     std::panic::resume_unwind(Box::new("mock-drop-connection"))
+}
+
+/// What the `fail_with` switch asks for, when it is set: `error(status)` (in the route's
+/// own error shape), with the switch's `Retry-After` in place of the error's own.
+pub(super) fn failing_answer(shared: &Shared, error: fn(u16) -> Response) -> Option<Response> {
+    let (status, retry_after) = (*lock(&shared.failing))?;
+    let mut resp = error(status);
+    resp.headers_mut().remove(RETRY_AFTER);
+    if let Some(secs) = retry_after {
+        resp.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    Some(resp)
 }
