@@ -27,8 +27,8 @@ use uuid::Uuid;
 use super::{
     AlertAttempt, AuditEvent, AuditFilter, BudgetAlert, BudgetAlertId, ConsoleSession, DynStore,
     EventFilter, KeyChanges, LastAdmin, Member, NewBudgetAlert, Page, Paged, RateLimitEvent,
-    SecretRecord, Store, StoreError, StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals,
-    Workspace,
+    SecretRecord, SecretVersion, SpendScope, Store, StoreError, StoreResult, UsageDelta,
+    UsageQuery, UsageRow, UsageTotals, Workspace,
 };
 use crate::domain::ApiKey;
 
@@ -278,6 +278,10 @@ impl Store for GuardedStore {
         self.guard(self.inner.find_secret(lookup_id)).await
     }
 
+    async fn secret_versions(&self, lookup_ids: &[&str]) -> StoreResult<Vec<SecretVersion>> {
+        self.guard(self.inner.secret_versions(lookup_ids)).await
+    }
+
     async fn count_live_admin_keys(&self) -> StoreResult<u64> {
         self.guard(self.inner.count_live_admin_keys()).await
     }
@@ -323,6 +327,14 @@ impl Store for GuardedStore {
     ) -> StoreResult<UsageTotals> {
         self.guard(self.inner.workspace_usage_totals(workspace_id, since))
             .await
+    }
+
+    async fn spend_since(
+        &self,
+        scope: SpendScope,
+        accounts: &[(Uuid, DateTime<Utc>)],
+    ) -> StoreResult<Vec<i64>> {
+        self.guard(self.inner.spend_since(scope, accounts)).await
     }
 
     async fn add_rate_limit_events(&self, events: &[RateLimitEvent]) -> StoreResult<()> {

@@ -264,6 +264,25 @@ pub struct UsageDelta {
     pub cost_pico: i64,
 }
 
+/// A secret's hash and end of validity, and its key's last change: every change to a key
+/// that matters to authentication (update, revocation, rotation) moves `updated_at` or
+/// `revoked_at`, so a cached key whose four values match is what the store holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretVersion {
+    pub lookup_id: String,
+    pub hash: String,
+    pub valid_until: Option<DateTime<Utc>>,
+    pub key_updated_at: DateTime<Utc>,
+    pub key_revoked_at: Option<DateTime<Utc>>,
+}
+
+/// Whose spend [`Store::spend_since`] sums: keys' own, or every key of workspaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpendScope {
+    Key,
+    Workspace,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Granularity {
@@ -577,6 +596,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<ApiKey>;
     /// The secret with this lookup id and its key, revoked or not (the caller decides).
     async fn find_secret(&self, lookup_id: &str) -> StoreResult<Option<(SecretRecord, ApiKey)>>;
+    /// For each of `lookup_ids` that has a secret, what decides whether a cached copy of it
+    /// and its key is still current ([`SecretVersion`]); in no particular order. The key
+    /// cache asks it for every key in use, in one statement per pass (`crate::keys::cache`),
+    /// and reads whole rows only for what changed.
+    async fn secret_versions(&self, lookup_ids: &[&str]) -> StoreResult<Vec<SecretVersion>>;
     /// Number of live admin keys across all workspaces (bootstrap checks for zero).
     async fn count_live_admin_keys(&self) -> StoreResult<u64>;
     /// Raises `last_used_at` to the given times (never lowers it). Batched by the caller.
@@ -633,6 +657,15 @@ pub trait Store: Send + Sync + 'static {
         workspace_id: Uuid,
         since: DateTime<Utc>,
     ) -> StoreResult<UsageTotals>;
+    /// The cost in pico-USD spent by each of `accounts` since its own start (inclusive),
+    /// in their order: keys or workspaces, as `scope` says. The budget ledger re-reads every
+    /// active account after each usage flush, so a store answers many in one statement (a
+    /// statement per account was a round trip each: 10 000 keys in use, 10 000 a flush).
+    async fn spend_since(
+        &self,
+        scope: SpendScope,
+        accounts: &[(Uuid, DateTime<Utc>)],
+    ) -> StoreResult<Vec<i64>>;
 
     // --- rate-limit events ---
     /// Inserts the events; an event whose id is stored already is skipped, so a batch

@@ -13,7 +13,8 @@ use sqlx::FromRow;
 use super::{
     codec::{corrupt, decode, opt_time, Columns},
     AlertStatus, AuditEvent, BudgetAlert, BudgetAlertId, Member, RateLimitEvent, Role,
-    SecretRecord, StoreError, StoreResult, UsageRow, UsageTotals, WebhookSecret, Workspace,
+    SecretRecord, SecretVersion, StoreError, StoreResult, UsageRow, UsageTotals, WebhookSecret,
+    Workspace,
 };
 use crate::domain::{ApiKey, KeyKind};
 
@@ -183,6 +184,32 @@ impl<C: Columns> SecretKeyRow<C> {
             created_at: C::time(T, self.secret_created_at)?,
         };
         Ok((secret, ApiKey::try_from(self.key)?))
+    }
+}
+
+/// What decides whether a cached key is still what the store holds (`secret_versions`):
+/// `select s.lookup_id, s.hash, s.valid_until, k.updated_at, k.revoked_at`.
+#[derive(FromRow)]
+pub(super) struct SecretVersionRow<C: Columns> {
+    lookup_id: String,
+    hash: String,
+    valid_until: Option<C::Time>,
+    updated_at: C::Time,
+    revoked_at: Option<C::Time>,
+}
+
+impl<C: Columns> TryFrom<SecretVersionRow<C>> for SecretVersion {
+    type Error = StoreError;
+
+    fn try_from(row: SecretVersionRow<C>) -> StoreResult<Self> {
+        const T: &str = "api_key_secret";
+        Ok(SecretVersion {
+            lookup_id: row.lookup_id,
+            hash: row.hash,
+            valid_until: opt_time::<C>(T, row.valid_until)?,
+            key_updated_at: C::time("api_key", row.updated_at)?,
+            key_revoked_at: opt_time::<C>("api_key", row.revoked_at)?,
+        })
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use chrono::TimeDelta;
 use keygate::{
     keys::model::KeyKind,
-    store::{DynStore, LastAdmin, StoreError},
+    store::{DynStore, LastAdmin, SecretVersion, StoreError},
 };
 use uuid::Uuid;
 
@@ -236,4 +236,66 @@ pub async fn touch_keys_never_lowers_last_used_at(store: DynStore) {
     );
     // Touching does not count as an update.
     assert_eq!(store.get_key(ws, k1.id).await.unwrap().updated_at, t(0));
+}
+
+pub async fn secret_versions_answer_many_lookup_ids_at_once(store: DynStore) {
+    // Arrange: three keys, one revoked and one rotated (its old secret gone, its new one
+    // valid), and more lookup ids than one PostgreSQL statement takes (1 000), most of them
+    // unknown.
+    let ws = default_ws(&store).await;
+    let keys: Vec<_> = (0..3)
+        .map(|n| new_key(ws, &format!("k{n}"), t(n)))
+        .collect();
+    let mut secrets = Vec::new();
+    for key in &keys {
+        secrets.push(insert(&store, key).await);
+    }
+    let revoke = audit(ws, "key.revoke", "key", t(5));
+    store
+        .revoke_key(ws, keys[1].id, t(5), &revoke, LastAdmin::MayGo)
+        .await
+        .unwrap();
+    let rotated = secret_for(&keys[2], t(10));
+    let rotate = audit(ws, "key.rotate", "key", t(10));
+    store
+        .rotate_key(ws, keys[2].id, &rotated, "kg_b", "bbbbbb", t(10), &rotate)
+        .await
+        .unwrap();
+    let unknown: Vec<String> = (0..1_500).map(|_| lookup_id()).collect();
+    let mut asked: Vec<&str> = unknown.iter().map(String::as_str).collect();
+    asked.insert(700, &secrets[0].lookup_id);
+    asked.push(&secrets[1].lookup_id);
+    asked.push(&secrets[2].lookup_id);
+    asked.push(&rotated.lookup_id);
+
+    // Act
+    let mut found = store.secret_versions(&asked).await.unwrap();
+
+    // Assert: what find_secret answers for each, the unknown and the rotated-away left out.
+    found.sort_by(|a, b| a.lookup_id.cmp(&b.lookup_id));
+    let mut expected = Vec::new();
+    for lookup_id in [
+        &secrets[0].lookup_id,
+        &secrets[1].lookup_id,
+        &rotated.lookup_id,
+    ] {
+        let (secret, key) = store.find_secret(lookup_id).await.unwrap().unwrap();
+        expected.push(SecretVersion {
+            lookup_id: secret.lookup_id,
+            hash: secret.hash,
+            valid_until: secret.valid_until,
+            key_updated_at: key.updated_at,
+            key_revoked_at: key.revoked_at,
+        });
+    }
+    expected.sort_by(|a, b| a.lookup_id.cmp(&b.lookup_id));
+    assert_eq!(found, expected);
+    assert_eq!(
+        found
+            .iter()
+            .filter(|v| v.key_revoked_at == Some(t(5)))
+            .count(),
+        1
+    );
+    assert!(store.secret_versions(&[]).await.unwrap().is_empty());
 }

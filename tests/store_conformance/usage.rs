@@ -5,8 +5,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use keygate::{
     keys::model::ApiKey,
-    store::{DynStore, Granularity, UsageDelta, UsageQuery, UsageRow, UsageTotals},
+    store::{DynStore, Granularity, SpendScope, UsageDelta, UsageQuery, UsageRow, UsageTotals},
 };
+use uuid::Uuid;
 
 use crate::harness::{at, create_workspace, default_ws, insert, new_key, t};
 
@@ -307,4 +308,70 @@ pub async fn usage_totals_per_key_and_workspace(store: DynStore) {
             .unwrap(),
         UsageTotals::default()
     );
+}
+
+pub async fn spend_since_answers_many_accounts_in_order(store: DynStore) {
+    // Arrange: two keys in one workspace, one in another; usage before and after `since`.
+    let ws = default_ws(&store).await;
+    let other = create_workspace(&store, "other").await;
+    let k1 = new_key(ws, "one", t(0));
+    let k2 = new_key(ws, "two", t(0));
+    let foreign = new_key(other.id, "foreign", t(0));
+    for k in [&k1, &k2, &foreign] {
+        insert(&store, k).await;
+    }
+    store
+        .add_usage(&[
+            delta(&k1, "a", at(2025, 3, 9, 23, 59), 1),
+            delta(&k1, "a", at(2025, 3, 10, 0, 0), 2),
+            delta(&k1, "b", at(2025, 3, 10, 5, 0), 4),
+            delta(&k2, "a", at(2025, 3, 10, 6, 0), 8),
+            delta(&foreign, "a", at(2025, 3, 10, 6, 0), 16),
+        ])
+        .await
+        .unwrap();
+    let since = at(2025, 3, 10, 0, 0);
+    let cost = |n: i64| 1_000_000_007 * n;
+
+    // Act / Assert: one answer per account, in the order asked, each from its own start;
+    // an account without usage (or unknown) spent 0. More accounts than one PostgreSQL
+    // statement takes (1 000) come back whole.
+    let keys = [
+        (k2.id, since),
+        (k1.id, since),
+        (k1.id, at(2025, 3, 1, 0, 0)),
+        (foreign.id, at(2025, 3, 11, 0, 0)),
+        (Uuid::now_v7(), since),
+    ];
+    assert_eq!(
+        store.spend_since(SpendScope::Key, &keys).await.unwrap(),
+        vec![cost(8), cost(6), cost(7), 0, 0]
+    );
+    let workspaces = [(other.id, since), (ws, since), (ws, at(2025, 3, 1, 0, 0))];
+    assert_eq!(
+        store
+            .spend_since(SpendScope::Workspace, &workspaces)
+            .await
+            .unwrap(),
+        vec![cost(16), cost(14), cost(15)]
+    );
+    let many: Vec<_> = (0..2_500)
+        .map(|n| {
+            if n % 1_000 == 999 {
+                (k1.id, since)
+            } else {
+                (Uuid::now_v7(), since)
+            }
+        })
+        .collect();
+    let spent = store.spend_since(SpendScope::Key, &many).await.unwrap();
+    assert_eq!(spent.len(), 2_500);
+    assert_eq!(spent.iter().filter(|&&s| s == cost(6)).count(), 2);
+    assert_eq!(spent[999], cost(6));
+    assert_eq!(spent[1_999], cost(6));
+    assert!(store
+        .spend_since(SpendScope::Key, &[])
+        .await
+        .unwrap()
+        .is_empty());
 }

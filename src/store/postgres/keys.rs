@@ -10,8 +10,8 @@ use crate::{
     domain::ApiKey,
     store::{
         codec::{page_limit, paged, BindKeyJson},
-        rows::{KeyRow, SecretKeyRow},
-        AuditEvent, LastAdmin, Page, Paged, SecretRecord, StoreError, StoreResult,
+        rows::{KeyRow, SecretKeyRow, SecretVersionRow},
+        AuditEvent, LastAdmin, Page, Paged, SecretRecord, SecretVersion, StoreError, StoreResult,
     },
 };
 
@@ -318,6 +318,30 @@ pub(super) async fn find_secret(
     .await?
     .map(SecretKeyRow::into_pair)
     .transpose()
+}
+
+/// Lookup ids per statement of [`secret_versions`]: bounds one statement's parameters.
+const VERSIONS_CHUNK: usize = 1_000;
+
+pub(super) async fn secret_versions(
+    pool: &PgPool,
+    lookup_ids: &[&str],
+) -> StoreResult<Vec<SecretVersion>> {
+    let mut found = Vec::with_capacity(lookup_ids.len());
+    for chunk in lookup_ids.chunks(VERSIONS_CHUNK) {
+        let rows = sqlx::query_as::<_, SecretVersionRow<Pg>>(
+            "select s.lookup_id, s.hash, s.valid_until, k.updated_at, k.revoked_at
+             from api_key_secret s join api_key k on k.id = s.key_id
+             where s.lookup_id = any($1)",
+        )
+        .bind(chunk)
+        .fetch_all(pool)
+        .await?;
+        for row in rows {
+            found.push(SecretVersion::try_from(row)?);
+        }
+    }
+    Ok(found)
 }
 
 pub(super) async fn count_live_admin_keys(pool: &PgPool) -> StoreResult<u64> {

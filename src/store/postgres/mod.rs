@@ -42,9 +42,9 @@ pub use self::listen::KeyChanges;
 use super::{
     codec::{self, Columns},
     AlertAttempt, AuditEvent, AuditFilter, BudgetAlert, BudgetAlertId, ConsoleSession, EventFilter,
-    LastAdmin, Member, NewBudgetAlert, Page, Paged, RateLimitEvent, SecretRecord, Store,
-    StoreError, StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals, Workspace,
-    DEFAULT_WORKSPACE_ID,
+    LastAdmin, Member, NewBudgetAlert, Page, Paged, RateLimitEvent, SecretRecord, SecretVersion,
+    SpendScope, Store, StoreError, StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals,
+    Workspace, DEFAULT_WORKSPACE_ID,
 };
 use crate::domain::ApiKey;
 
@@ -365,6 +365,10 @@ impl Store for PgStore {
         keys::find_secret(&self.pool, lookup_id).await
     }
 
+    async fn secret_versions(&self, lookup_ids: &[&str]) -> StoreResult<Vec<SecretVersion>> {
+        keys::secret_versions(&self.pool, lookup_ids).await
+    }
+
     async fn count_live_admin_keys(&self) -> StoreResult<u64> {
         keys::count_live_admin_keys(&self.pool).await
     }
@@ -412,6 +416,14 @@ impl Store for PgStore {
         since: DateTime<Utc>,
     ) -> StoreResult<UsageTotals> {
         usage::workspace_usage_totals(&self.pool, workspace_id, since).await
+    }
+
+    async fn spend_since(
+        &self,
+        scope: SpendScope,
+        accounts: &[(Uuid, DateTime<Utc>)],
+    ) -> StoreResult<Vec<i64>> {
+        usage::spend_since(&self.pool, scope, accounts).await
     }
 
     // --- rate-limit events ---

@@ -10,8 +10,8 @@ use crate::{
     domain::ApiKey,
     store::{
         codec::{page_limit, paged, BindKeyJson},
-        rows::{KeyRow, SecretKeyRow},
-        AuditEvent, LastAdmin, Page, Paged, SecretRecord, StoreError, StoreResult,
+        rows::{KeyRow, SecretKeyRow, SecretVersionRow},
+        AuditEvent, LastAdmin, Page, Paged, SecretRecord, SecretVersion, StoreError, StoreResult,
     },
 };
 
@@ -316,6 +316,33 @@ pub(super) async fn find_secret(
     .await?
     .map(SecretKeyRow::into_pair)
     .transpose()
+}
+
+/// The versions of many secrets in one statement (the key cache's re-read ahead): the ids
+/// go in as one JSON array, which SQLite's `json_each` unpacks, so the statement has one
+/// parameter however many ids there are.
+pub(super) async fn secret_versions(
+    store: &SqliteStore,
+    lookup_ids: &[&str],
+) -> StoreResult<Vec<SecretVersion>> {
+    if lookup_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids = serde_json::to_string(lookup_ids).map_err(|e| StoreError::Corrupt {
+        table: "api_key_secret",
+        reason: e.to_string(),
+    })?;
+    sqlx::query_as::<_, SecretVersionRow<Lite>>(
+        "select s.lookup_id, s.hash, s.valid_until, k.updated_at, k.revoked_at
+         from api_key_secret s join api_key k on k.id = s.key_id
+         where s.lookup_id in (select value from json_each(?))",
+    )
+    .bind(ids)
+    .fetch_all(&store.pool)
+    .await?
+    .into_iter()
+    .map(SecretVersion::try_from)
+    .collect()
 }
 
 pub(super) async fn count_live_admin_keys(store: &SqliteStore) -> StoreResult<u64> {

@@ -45,9 +45,9 @@ use uuid::{fmt::Hyphenated, Uuid};
 use super::{
     codec::{self, corrupt, Columns},
     AlertAttempt, AuditEvent, AuditFilter, BudgetAlert, BudgetAlertId, ConsoleSession, EventFilter,
-    LastAdmin, Member, NewBudgetAlert, Page, Paged, RateLimitEvent, SecretRecord, Store,
-    StoreError, StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals, Workspace,
-    DEFAULT_WORKSPACE_ID,
+    LastAdmin, Member, NewBudgetAlert, Page, Paged, RateLimitEvent, SecretRecord, SecretVersion,
+    SpendScope, Store, StoreError, StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals,
+    Workspace, DEFAULT_WORKSPACE_ID,
 };
 use crate::domain::ApiKey;
 
@@ -450,6 +450,10 @@ impl Store for SqliteStore {
         keys::find_secret(self, lookup_id).await
     }
 
+    async fn secret_versions(&self, lookup_ids: &[&str]) -> StoreResult<Vec<SecretVersion>> {
+        keys::secret_versions(self, lookup_ids).await
+    }
+
     async fn count_live_admin_keys(&self) -> StoreResult<u64> {
         keys::count_live_admin_keys(self).await
     }
@@ -497,6 +501,24 @@ impl Store for SqliteStore {
         since: DateTime<Utc>,
     ) -> StoreResult<UsageTotals> {
         usage::workspace_usage_totals(self, workspace_id, since).await
+    }
+
+    async fn spend_since(
+        &self,
+        scope: SpendScope,
+        accounts: &[(Uuid, DateTime<Utc>)],
+    ) -> StoreResult<Vec<i64>> {
+        // One statement per account: SQLite is in process, so a statement is no round trip
+        // and the one-account queries are as cheap as a batched one would be.
+        let mut spent = Vec::with_capacity(accounts.len());
+        for &(id, since) in accounts {
+            let totals = match scope {
+                SpendScope::Key => usage::key_usage_totals(self, id, since, None).await?,
+                SpendScope::Workspace => usage::workspace_usage_totals(self, id, since).await?,
+            };
+            spent.push(totals.cost_pico);
+        }
+        Ok(spent)
     }
 
     // --- rate-limit events ---
