@@ -48,9 +48,10 @@ require_free_ports "$mock_port" $(seq "$first_port" $((first_port + 3)))
 ensure_mock "$mock_bin" "$shared_bench"
 bin=${BENCH_BIN:-"$repo/target/release/keygate"}
 [ -n "${BENCH_BIN:-}" ] || (cd "$repo" && cargo build --release --quiet --bin keygate)
-# The key generator runs once, so a debug build (argon2 is optimised in it too) will do.
-(cd "$repo" && cargo build --quiet --example bench_keys)
-gen="$repo/target/debug/examples/bench_keys"
+# The key generator runs once, so a debug build (argon2 is optimised in it too) will do;
+# BENCH_KEYS_GEN names one built already (e.g. beside a release BENCH_BIN).
+gen=${BENCH_KEYS_GEN:-"$repo/target/debug/examples/bench_keys"}
+[ -n "${BENCH_KEYS_GEN:-}" ] || (cd "$repo" && cargo build --quiet --example bench_keys)
 rm -rf "$work" && mkdir -p "$work"
 suffix=$(date +%s)
 db_one=kg_bench_one_$suffix

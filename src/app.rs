@@ -328,6 +328,7 @@ fn spawn_background(state: &AppState, mut stop: watch::Receiver<bool>) -> Vec<Jo
             }
         }
     });
+    let refresh = spawn_key_refresh(state.keys.clone(), stop.clone());
     let attempts = state.auth_attempts.clone();
     let sign_ins = state.sign_in_attempts.clone();
     let gc = tokio::spawn(async move {
@@ -343,7 +344,34 @@ fn spawn_background(state: &AppState, mut stop: watch::Receiver<bool>) -> Vec<Jo
             }
         }
     });
-    vec![gc, upkeep]
+    vec![gc, upkeep, refresh]
+}
+
+/// Re-reads the keys in use ahead of their expiry, in one store read each time
+/// (`KeysService::refresh_ahead`). A pass every quarter TTL re-reads what is half a TTL
+/// old, so an entry in use is renewed by three quarters of its TTL, a quarter of it to
+/// spare for a slow read. A failed pass is logged once per failure streak; the entries then
+/// expire and their next use reads the store as before.
+fn spawn_key_refresh(keys: KeysService, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    let every = (keys.cache().ttl() / 4).max(Duration::from_millis(10));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => match keys.refresh_ahead().await {
+                    Ok(_) => failing = false,
+                    Err(err) if !failing => {
+                        failing = true;
+                        tracing::warn!(error = %err, "keys in use not re-read ahead; they will be re-read on their next use");
+                    }
+                    Err(_) => {}
+                },
+                _ = stop.changed() => break,
+            }
+        }
+    })
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -13,6 +13,12 @@
 //!
 //! The index is the digest of the whole secret, never the lookup id alone: a hit must
 //! prove possession of the secret, or anyone knowing a public lookup id would get in.
+//!
+//! Keys in use (looked up within the last [`IN_USE_TTLS`] TTLs) are checked ahead of their
+//! expiry, all together in one store read of their versions ([`KeyCache::due_for_refresh`],
+//! `KeysService::refresh_ahead`), so their requests never wait on one: with a re-read on
+//! the request path, 10 000 keys in use and a TTL of a second cost 10 000 store reads a
+//! second, each taking the map's write lock (docs/performance.md, "100 000 keys").
 
 use std::{
     sync::{
@@ -40,13 +46,27 @@ pub struct CachedKey {
     pub refreshed_at: Instant,
 }
 
+/// A key looked up within this many TTLs is in use: it is checked ahead of its expiry.
+/// Four, so that a key used less often than once a TTL (10 000 keys shared by a few
+/// thousand requests a second, at a TTL of one second) stays fresh too, while one used
+/// once and not again is checked for only a few TTLs.
+pub const IN_USE_TTLS: u32 = 4;
+
+/// A cached key and when it was last looked up (milliseconds since the cache's epoch).
+struct Slot {
+    entry: CachedKey,
+    last_used_ms: AtomicU64,
+}
+
 /// Cache size bound: beyond it, the stalest entries are dropped (they re-verify on next use).
 const MAX_ENTRIES: usize = 100_000;
 
 #[derive(Clone)]
 pub struct KeyCache {
-    entries: Arc<RwLock<HashMap<[u8; 32], CachedKey>>>,
+    entries: Arc<RwLock<HashMap<[u8; 32], Slot>>>,
     ttl: Duration,
+    /// The origin of [`Slot::last_used_ms`].
+    epoch: Instant,
     counts: Arc<Counts>,
 }
 
@@ -84,8 +104,14 @@ impl KeyCache {
         KeyCache {
             entries: Arc::default(),
             ttl,
+            epoch: Instant::now(),
             counts: Arc::default(),
         }
+    }
+
+    /// How long a verified key is trusted before its row is read again.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
     }
 
     pub fn stats(&self) -> CacheStats {
@@ -101,13 +127,23 @@ impl KeyCache {
             .entries
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        match entries.get(digest) {
-            Some(entry) if entry.refreshed_at.elapsed() < self.ttl => Lookup::Fresh {
+        let Some(slot) = entries.get(digest) else {
+            return Lookup::Miss;
+        };
+        let now = Instant::now();
+        let now_ms = self.millis(now);
+        // Read before written: a key used many times a millisecond writes once.
+        if slot.last_used_ms.load(Ordering::Relaxed) != now_ms {
+            slot.last_used_ms.store(now_ms, Ordering::Relaxed);
+        }
+        let entry = &slot.entry;
+        if now.saturating_duration_since(entry.refreshed_at) < self.ttl {
+            Lookup::Fresh {
                 key: entry.key.clone(),
                 secret_valid_until: entry.secret_valid_until,
-            },
-            Some(entry) => Lookup::Stale(entry.clone()),
-            None => Lookup::Miss,
+            }
+        } else {
+            Lookup::Stale(entry.clone())
         }
     }
 
@@ -130,9 +166,67 @@ impl KeyCache {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if entries.len() >= MAX_ENTRIES {
             let ttl = self.ttl;
-            entries.retain(|_, e| e.refreshed_at.elapsed() < ttl);
+            entries.retain(|_, slot| slot.entry.refreshed_at.elapsed() < ttl);
         }
-        entries.insert(digest, entry);
+        let last_used_ms = AtomicU64::new(self.millis(Instant::now()));
+        entries.insert(
+            digest,
+            Slot {
+                entry,
+                last_used_ms,
+            },
+        );
+    }
+
+    fn millis(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The entries in use (looked up within the last [`IN_USE_TTLS`] TTLs) that are at
+    /// least half a TTL old: to be checked together before they expire. A key no longer in
+    /// use is left to expire, and its next use, if any, reads the store.
+    pub fn due_for_refresh(&self) -> Vec<([u8; 32], CachedKey)> {
+        let now = Instant::now();
+        let half_ttl = self.ttl / 2;
+        let in_use_ms = u64::try_from((self.ttl * IN_USE_TTLS).as_millis()).unwrap_or(u64::MAX);
+        let now_ms = self.millis(now);
+        let entries = self
+            .entries
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        entries
+            .iter()
+            .filter(|(_, slot)| {
+                now.saturating_duration_since(slot.entry.refreshed_at) >= half_ttl
+                    && now_ms.saturating_sub(slot.last_used_ms.load(Ordering::Relaxed)) <= in_use_ms
+            })
+            .map(|(digest, slot)| (*digest, slot.entry.clone()))
+            .collect()
+    }
+
+    /// Puts re-read entries in place of those [`KeyCache::due_for_refresh`] handed out
+    /// (`was`: the handed-out entry's `refreshed_at`), except where that entry changed in
+    /// between (marked stale by a change notice, re-read on a request's path, or removed):
+    /// the re-read may predate the change, and the newer word wins. Returns how many were
+    /// replaced.
+    pub fn replace_unchanged(&self, fresh: Vec<([u8; 32], Instant, CachedKey)>) -> usize {
+        let mut replaced = 0;
+        // A few hundred at a time, so that lookups wait on the write lock only briefly.
+        for chunk in fresh.chunks(256) {
+            let mut entries = self
+                .entries
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            for (digest, was, entry) in chunk {
+                if let Some(slot) = entries.get_mut(digest) {
+                    if slot.entry.refreshed_at == *was {
+                        slot.entry = entry.clone();
+                        replaced += 1;
+                    }
+                }
+            }
+        }
+        replaced
     }
 
     pub fn remove(&self, digest: &[u8; 32]) {
@@ -156,14 +250,15 @@ impl KeyCache {
     /// Backdates the entries `matches` picks so their next use re-reads the store (without
     /// a new argon2 run); drops them where [`KeyCache::long_ago`] cannot backdate.
     fn mark_stale_where(&self, matches: impl Fn(&CachedKey) -> bool) {
+        let matches = |slot: &Slot| matches(&slot.entry);
         let mut entries = self
             .entries
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         match self.long_ago() {
             Some(long_ago) => {
-                for entry in entries.values_mut().filter(|e| matches(e)) {
-                    entry.refreshed_at = long_ago;
+                for slot in entries.values_mut().filter(|slot| matches(slot)) {
+                    slot.entry.refreshed_at = long_ago;
                 }
             }
             None => entries.retain(|_, e| !matches(e)),
@@ -183,5 +278,148 @@ impl KeyCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::model::{CompatFields, KeyKind, Limits};
+
+    fn cached(name: &str, refreshed_at: Instant) -> CachedKey {
+        let now = Utc::now();
+        let key = ApiKey {
+            id: Uuid::now_v7(),
+            workspace_id: Uuid::now_v7(),
+            name: name.into(),
+            kind: KeyKind::Inference,
+            partial_key: "kg_test…abcd".into(),
+            last6: "abcdef".into(),
+            created_by: "test".into(),
+            created_at: now,
+            updated_at: now,
+            expires_at: None,
+            last_used_at: None,
+            revoked_at: None,
+            metadata: serde_json::Map::new(),
+            allowed_models: None,
+            budget: None,
+            limits: Limits::default(),
+            model_limits: Vec::new(),
+            max_parallel: None,
+            ip_allowlist: None,
+            alert_thresholds: None,
+            compat: CompatFields::default(),
+            wallet_address: None,
+            fit_max_tokens: false,
+        };
+        CachedKey {
+            key: Arc::new(key),
+            lookup_id: format!("lookup-{name}"),
+            hash: format!("hash-{name}"),
+            secret_valid_until: None,
+            refreshed_at,
+        }
+    }
+
+    fn renewed(entry: &CachedKey, name: &str) -> CachedKey {
+        let mut key = (*entry.key).clone();
+        key.name = name.into();
+        CachedKey {
+            key: Arc::new(key),
+            refreshed_at: Instant::now(),
+            ..entry.clone()
+        }
+    }
+
+    fn name_of(cache: &KeyCache, digest: &[u8; 32]) -> String {
+        match cache.get(digest) {
+            Lookup::Fresh { key, .. } => key.name.clone(),
+            Lookup::Stale(entry) => format!("stale {}", entry.key.name),
+            Lookup::Miss => "miss".into(),
+        }
+    }
+
+    #[test]
+    fn only_keys_in_use_and_half_a_ttl_old_are_due() {
+        // Arrange: a TTL of 10 s (in use: looked up within 40 s), on a cache 100 s old.
+        // "old" and "idle" were read 6 s ago, "young" just now; "idle" was last looked up
+        // 50 s ago.
+        let mut cache = KeyCache::new(Duration::from_secs(10));
+        cache.epoch = Instant::now() - Duration::from_secs(100);
+        let six_s_ago = Instant::now() - Duration::from_secs(6);
+        let (old, idle, young) = ([1; 32], [2; 32], [3; 32]);
+        cache.insert(old, cached("old", six_s_ago));
+        cache.insert(idle, cached("idle", six_s_ago));
+        cache.insert(young, cached("young", Instant::now()));
+        let fifty_s_ago = cache.millis(Instant::now()) - 50_000;
+        cache.entries.read().unwrap()[&idle]
+            .last_used_ms
+            .store(fifty_s_ago, Ordering::Relaxed);
+
+        // Act
+        let due = cache.due_for_refresh();
+
+        // Assert: only "old"; it stays due until it is renewed, and "idle" becomes due
+        // again once it is looked up.
+        let names = |due: Vec<([u8; 32], CachedKey)>| {
+            let mut names: Vec<_> = due.into_iter().map(|(_, e)| e.key.name.clone()).collect();
+            names.sort();
+            names
+        };
+        assert_eq!(names(due), ["old"]);
+        assert_eq!(names(cache.due_for_refresh()), ["old"]);
+        cache.lookup(&idle);
+        assert_eq!(names(cache.due_for_refresh()), ["idle", "old"]);
+    }
+
+    #[test]
+    fn a_re_read_never_overwrites_a_newer_change() {
+        // Arrange: two keys due for a re-read.
+        let cache = KeyCache::new(Duration::from_secs(10));
+        let six_s_ago = Instant::now() - Duration::from_secs(6);
+        let (kept, changed) = ([1; 32], [2; 32]);
+        cache.insert(kept, cached("kept", six_s_ago));
+        cache.insert(changed, cached("changed", six_s_ago));
+        let due = cache.due_for_refresh();
+        assert_eq!(due.len(), 2);
+
+        // Act: while the re-read is out, a change notice marks "changed" stale; then the
+        // re-read (which may predate the change) comes back for both.
+        let changed_id = due
+            .iter()
+            .find(|(d, _)| *d == changed)
+            .map(|(_, e)| e.key.id)
+            .unwrap();
+        cache.mark_stale(changed_id);
+        let fresh = due
+            .iter()
+            .map(|(digest, entry)| (*digest, entry.refreshed_at, renewed(entry, "re-read")))
+            .collect();
+        let replaced = cache.replace_unchanged(fresh);
+
+        // Assert: the untouched entry is renewed; the changed one stays stale, so its next
+        // use reads the store.
+        assert_eq!(replaced, 1);
+        assert_eq!(name_of(&cache, &kept), "re-read");
+        assert_eq!(name_of(&cache, &changed), "stale changed");
+    }
+
+    #[test]
+    fn a_re_read_of_a_removed_key_does_not_bring_it_back() {
+        let cache = KeyCache::new(Duration::from_secs(10));
+        let digest = [7; 32];
+        cache.insert(
+            digest,
+            cached("gone", Instant::now() - Duration::from_secs(6)),
+        );
+        let due = cache.due_for_refresh();
+        cache.remove(&digest);
+        let fresh = due
+            .iter()
+            .map(|(d, e)| (*d, e.refreshed_at, renewed(e, "back")))
+            .collect();
+        assert_eq!(cache.replace_unchanged(fresh), 0);
+        assert_eq!(name_of(&cache, &digest), "miss");
     }
 }

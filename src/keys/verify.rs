@@ -19,6 +19,7 @@ use super::{
     token::{self, Token},
     AuthError,
 };
+use crate::store::SecretVersion;
 
 /// One verification (or re-read) per presented secret at a time. Without it, a client
 /// opening 32 connections with a key this instance has not seen yet runs 32 argon2
@@ -190,6 +191,48 @@ impl KeysService {
                 Err(AuthError::Unknown)
             }
         }
+    }
+
+    /// Checks, in one store read, the cached keys in use that are at least half a TTL old
+    /// (see `super::cache`): those whose secret and key are unchanged in the store are
+    /// renewed for another TTL, so keys in steady use never wait on a store read on their
+    /// requests' path. A key that changed, or whose row is gone, is left to expire: its
+    /// next use goes the request path's way (re-read, refused, or verified again). Returns
+    /// how many entries were renewed.
+    pub async fn refresh_ahead(&self) -> Result<usize, crate::store::StoreError> {
+        let due = self.cache.due_for_refresh();
+        if due.is_empty() {
+            return Ok(0);
+        }
+        // Taken before the read: what it returns is at least this recent.
+        let read_at = Instant::now();
+        let lookup_ids: Vec<&str> = due.iter().map(|(_, e)| e.lookup_id.as_str()).collect();
+        let mut versions: HashMap<String, SecretVersion> = self
+            .store
+            .secret_versions(&lookup_ids)
+            .await?
+            .into_iter()
+            .map(|version| (version.lookup_id.clone(), version))
+            .collect();
+        let renewed = due
+            .into_iter()
+            .filter_map(|(digest, old)| {
+                let version = versions.remove(&old.lookup_id)?;
+                let unchanged = version.hash == old.hash
+                    && version.valid_until == old.secret_valid_until
+                    && version.key_updated_at == old.key.updated_at
+                    && version.key_revoked_at == old.key.revoked_at;
+                unchanged.then(|| {
+                    let was = old.refreshed_at;
+                    let entry = CachedKey {
+                        refreshed_at: read_at,
+                        ..old
+                    };
+                    (digest, was, entry)
+                })
+            })
+            .collect();
+        Ok(self.cache.replace_unchanged(renewed))
     }
 
     async fn verify(&self, token: &Token, digest: [u8; 32]) -> Result<CachedKey, AuthError> {

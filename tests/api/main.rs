@@ -14,6 +14,7 @@ mod early_refusals;
 mod front_door;
 mod harness;
 mod helpers;
+mod key_cache;
 mod last_admin_key;
 mod members;
 mod metrics;
