@@ -5,7 +5,7 @@
 # round (the ratios are taken within a round, seconds apart; see bench/side-by-side.sh).
 #
 # Targets, all running at once, each pinned to SERVER_CPU (wrk to LOAD_CPU; PostgreSQL is
-# the machine's shared server and not pinned):
+# the machine's shared server, pinned only with PG_CPU):
 #   0 sqlite      SQLite store, one key
 #   1 pg          PostgreSQL store (fresh database), one key
 #   2 pg-many     PostgreSQL (another fresh database) with 100 000 keys, 10 000 in use
@@ -35,6 +35,11 @@ total_keys=${KEYS:-100000}
 in_use=${IN_USE:-10000}
 server_cpu=${SERVER_CPU:-0}
 load_cpu=${LOAD_CPU:-1}
+# MOCK_CPU=1 PG_CPU=1: keygate alone on SERVER_CPU, the mock upstream and the machine's
+# PostgreSQL (every process of it, for the run; new backends inherit the postmaster's
+# CPUs) beside wrk on the other core, as a remote provider and database would be.
+mock_cpu=${MOCK_CPU:-$server_cpu}
+pg_cpu=${PG_CPU:-}
 # Ports apart from bench/side-by-side.sh's, so both can run on one machine (not at once).
 mock_port=${MOCK_PORT:-28280}
 first_port=${BENCH_PORT:-28290}
@@ -58,7 +63,9 @@ db_one=kg_bench_one_$suffix
 db_many=kg_bench_many_$suffix
 pg_url() { echo "${pg_admin%/*}/$1"; }
 groups=()
+pin_postgres() { for p in $(pgrep -x postgres); do taskset -p -c "$1" "$p" >/dev/null 2>&1 || true; done; }
 cleanup() {
+  [ -z "$pg_cpu" ] || pin_postgres "0-$(($(nproc) - 1))"
   for g in "${groups[@]}"; do kill -TERM -- -"$g" 2>/dev/null || true; done
   sleep 1
   for db in "$db_one" "$db_many"; do
@@ -68,7 +75,8 @@ cleanup() {
 trap cleanup EXIT
 psql -q "$pg_admin" -c "create database $db_one" -c "create database $db_many"
 
-setsid taskset -c "$server_cpu" env MOCK_ADDR="127.0.0.1:$mock_port" MOCK_THREADS=1 "$mock_bin" \
+[ -z "$pg_cpu" ] || pin_postgres "$pg_cpu"
+setsid taskset -c "$mock_cpu" env MOCK_ADDR="127.0.0.1:$mock_port" MOCK_THREADS=1 "$mock_bin" \
   >"$work/mock.log" 2>&1 &
 groups+=($!)
 
@@ -88,12 +96,19 @@ start() {
   echo "$1: port $port, pid ${pids[$i]}" >&2
 }
 rss_kib() { awk '/^VmRSS/{print $2}' "/proc/$1/status"; }
-# run TARGET SECONDS: wrk against TARGET with its key file; prints requests/s and non-2xx.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# run TARGET SECONDS: wrk against TARGET with its key file; prints requests/s, non-2xx, and
+# keygate's own CPU time per request in µs (user + system, from /proc: independent of
+# where PostgreSQL, the mock and wrk run).
 run() {
-  local out
+  local out t0 t1
+  t0=$(cpu_ticks "${pids[$1]}")
   out=$(BENCH_KEYS_FILE=${key_files[$1]} timeout $(($2 + 30)) taskset -c "$load_cpu" \
     wrk -t1 -c"$conns" -d"$2s" --timeout 10s -s "$here/keys.lua" "${urls[$1]}" 2>&1 || true)
-  printf '%s\t%s\n' "$(awk '/Requests\/sec/{print $2}' <<<"$out")" "$(awk '/Non-2xx/{print $NF}' <<<"$out")"
+  t1=$(cpu_ticks "${pids[$1]}")
+  awk -v rps="$(awk '/Requests\/sec/{print $2}' <<<"$out")" -v bad="$(awk '/Non-2xx/{print $NF}' <<<"$out")" \
+    -v ticks=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v secs="$2" \
+    'BEGIN { printf "%s\t%s\t%.1f\n", rps, bad, (rps > 0 ? ticks / hz * 1e6 / (rps * secs) : 0) }'
 }
 
 start sqlite "sqlite://$work/sqlite/keygate.db"
@@ -154,19 +169,27 @@ python3 - "$results" "$in_use" "${names[@]}" <<'PY'
 import statistics, sys
 path, in_use, names = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 runs = {}
+cpu = {}
 for line in open(path):
-    round_, target, rps, non2xx = (line.rstrip("\n").split("\t") + [""])[:4]
+    round_, target, rps, non2xx, us = (line.rstrip("\n").split("\t") + ["", ""])[:5]
     if non2xx.strip() not in ("", "0"):
         sys.exit(f"{names[int(target)]}: {non2xx} non-2xx answers in round {round_}")
     runs.setdefault(int(target), []).append(float(rps or 0))
+    cpu.setdefault(int(target), []).append(float(us or 0))
 for t in sorted(runs):
-    print(f"{names[t]}: median {statistics.median(runs[t]):.0f} rps (rounds: {', '.join(f'{r:.0f}' for r in runs[t])})")
+    print(f"{names[t]}: median {statistics.median(runs[t]):.0f} rps (rounds: {', '.join(f'{r:.0f}' for r in runs[t])}); "
+          f"keygate CPU {statistics.median(cpu[t]):.1f} µs per request (rounds: {', '.join(f'{c:.1f}' for c in cpu[t])})")
 def ratio(a, b, what):
     rs = [x / y for x, y in zip(runs[a], runs[b]) if y > 0]
     print(f"{what}: median ratio {statistics.median(rs):.3f} (rounds: {', '.join(f'{r:.2f}' for r in rs)})")
 ratio(1, 0, "PostgreSQL / SQLite, one key")
 ratio(2, 1, f"PostgreSQL {in_use} keys in use / one key (cache_ttl_ms 1000)")
 ratio(3, 1, f"PostgreSQL {in_use} keys in use / one key (cache_ttl_ms 60000)")
+def cpu_ratio(a, b, what):
+    rs = [x / y for x, y in zip(cpu[a], cpu[b]) if y > 0]
+    print(f"{what}: keygate CPU per request, median ratio {statistics.median(rs):.3f} (rounds: {', '.join(f'{r:.2f}' for r in rs)})")
+cpu_ratio(2, 1, f"PostgreSQL {in_use} keys in use / one key (cache_ttl_ms 1000)")
+cpu_ratio(3, 1, f"PostgreSQL {in_use} keys in use / one key (cache_ttl_ms 60000)")
 PY
 for t in 2 3; do
   awk -v n="${names[$t]}" -v b="${rss_before[$t]}" -v a="${rss_after[$t]}" -v k="$in_use" 'BEGIN{

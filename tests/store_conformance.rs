@@ -69,7 +69,7 @@ backend_tests! {
         usage::concurrent_usage_flushes_sum_exactly,
         usage::usage_aggregates_by_granularity_and_filters,
         usage::usage_totals_per_key_and_workspace,
-        usage::spend_since_answers_many_accounts_in_order,
+        usage::spend_in_answers_many_ranges_in_order,
         auth::secret_versions_answer_many_lookup_ids_at_once,
         events::audit_events_are_listed_newest_first,
         events::rate_limit_events_filter_and_page_newest_first,

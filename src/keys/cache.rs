@@ -34,6 +34,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::model::ApiKey;
+use crate::store::SecretVersion;
 
 #[derive(Debug, Clone)]
 pub struct CachedKey {
@@ -56,6 +57,26 @@ pub const IN_USE_TTLS: u32 = 4;
 struct Slot {
     entry: CachedKey,
     last_used_ms: AtomicU64,
+}
+
+/// An entry to check ahead of its expiry ([`KeyCache::due_for_refresh`]).
+#[derive(Debug, Clone)]
+pub struct Due {
+    pub digest: [u8; 32],
+    pub lookup_id: String,
+    /// The entry's refresh time when it was taken: a renewal applies only if it is unchanged.
+    pub refreshed_at: Instant,
+}
+
+impl CachedKey {
+    /// Whether `version` (the store's) says this entry is still what the store holds: same
+    /// secret hash and end of validity, and the key neither updated nor revoked since.
+    pub fn matches(&self, version: &SecretVersion) -> bool {
+        version.hash == self.hash
+            && version.valid_until == self.secret_valid_until
+            && version.key_updated_at == self.key.updated_at
+            && version.key_revoked_at == self.key.revoked_at
+    }
 }
 
 /// Cache size bound: beyond it, the stalest entries are dropped (they re-verify on next use).
@@ -185,7 +206,7 @@ impl KeyCache {
     /// The entries in use (looked up within the last [`IN_USE_TTLS`] TTLs) that are at
     /// least half a TTL old: to be checked together before they expire. A key no longer in
     /// use is left to expire, and its next use, if any, reads the store.
-    pub fn due_for_refresh(&self) -> Vec<([u8; 32], CachedKey)> {
+    pub fn due_for_refresh(&self) -> Vec<Due> {
         let now = Instant::now();
         let half_ttl = self.ttl / 2;
         let in_use_ms = u64::try_from((self.ttl * IN_USE_TTLS).as_millis()).unwrap_or(u64::MAX);
@@ -200,33 +221,46 @@ impl KeyCache {
                 now.saturating_duration_since(slot.entry.refreshed_at) >= half_ttl
                     && now_ms.saturating_sub(slot.last_used_ms.load(Ordering::Relaxed)) <= in_use_ms
             })
-            .map(|(digest, slot)| (*digest, slot.entry.clone()))
+            .map(|(digest, slot)| Due {
+                digest: *digest,
+                lookup_id: slot.entry.lookup_id.clone(),
+                refreshed_at: slot.entry.refreshed_at,
+            })
             .collect()
     }
 
-    /// Puts re-read entries in place of those [`KeyCache::due_for_refresh`] handed out
-    /// (`was`: the handed-out entry's `refreshed_at`), except where that entry changed in
-    /// between (marked stale by a change notice, re-read on a request's path, or removed):
-    /// the re-read may predate the change, and the newer word wins. Returns how many were
-    /// replaced.
-    pub fn replace_unchanged(&self, fresh: Vec<([u8; 32], Instant, CachedKey)>) -> usize {
-        let mut replaced = 0;
+    /// Renews for another TTL, from `read_at`, the entries of `due` that `versions` (the
+    /// store's word, read at `read_at` or later) shows unchanged, except where the entry
+    /// changed since `due` was taken (marked stale by a change notice, re-read on a
+    /// request's path, or removed): the read may predate that change, and the newer word
+    /// wins. Returns how many were renewed.
+    pub fn renew_unchanged(
+        &self,
+        due: &[Due],
+        versions: &HashMap<String, SecretVersion>,
+        read_at: Instant,
+    ) -> usize {
+        let mut renewed = 0;
         // A few hundred at a time, so that lookups wait on the write lock only briefly.
-        for chunk in fresh.chunks(256) {
+        for chunk in due.chunks(256) {
             let mut entries = self
                 .entries
                 .write()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            for (digest, was, entry) in chunk {
-                if let Some(slot) = entries.get_mut(digest) {
-                    if slot.entry.refreshed_at == *was {
-                        slot.entry = entry.clone();
-                        replaced += 1;
-                    }
+            for due in chunk {
+                let Some(slot) = entries.get_mut(&due.digest) else {
+                    continue;
+                };
+                let current = versions
+                    .get(&slot.entry.lookup_id)
+                    .is_some_and(|version| slot.entry.matches(version));
+                if slot.entry.refreshed_at == due.refreshed_at && current {
+                    slot.entry.refreshed_at = read_at;
+                    renewed += 1;
                 }
             }
         }
-        replaced
+        renewed
     }
 
     pub fn remove(&self, digest: &[u8; 32]) {
@@ -322,22 +356,34 @@ mod tests {
         }
     }
 
-    fn renewed(entry: &CachedKey, name: &str) -> CachedKey {
-        let mut key = (*entry.key).clone();
-        key.name = name.into();
-        CachedKey {
-            key: Arc::new(key),
-            refreshed_at: Instant::now(),
-            ..entry.clone()
-        }
+    /// The store's word on `entry`, with `change` applied.
+    fn version_of(entry: &CachedKey, change: impl FnOnce(&mut SecretVersion)) -> SecretVersion {
+        let mut version = SecretVersion {
+            lookup_id: entry.lookup_id.clone(),
+            hash: entry.hash.clone(),
+            valid_until: entry.secret_valid_until,
+            key_updated_at: entry.key.updated_at,
+            key_revoked_at: entry.key.revoked_at,
+        };
+        change(&mut version);
+        version
     }
 
-    fn name_of(cache: &KeyCache, digest: &[u8; 32]) -> String {
-        match cache.get(digest) {
-            Lookup::Fresh { key, .. } => key.name.clone(),
-            Lookup::Stale(entry) => format!("stale {}", entry.key.name),
-            Lookup::Miss => "miss".into(),
-        }
+    fn age_of(cache: &KeyCache, digest: &[u8; 32]) -> Option<Duration> {
+        let entries = cache.entries.read().unwrap();
+        entries
+            .get(digest)
+            .map(|slot| slot.entry.refreshed_at.elapsed())
+    }
+
+    fn names(cache: &KeyCache, due: &[Due]) -> Vec<String> {
+        let entries = cache.entries.read().unwrap();
+        let mut names: Vec<_> = due
+            .iter()
+            .map(|d| entries[&d.digest].entry.key.name.clone())
+            .collect();
+        names.sort();
+        names
     }
 
     #[test]
@@ -362,64 +408,80 @@ mod tests {
 
         // Assert: only "old"; it stays due until it is renewed, and "idle" becomes due
         // again once it is looked up.
-        let names = |due: Vec<([u8; 32], CachedKey)>| {
-            let mut names: Vec<_> = due.into_iter().map(|(_, e)| e.key.name.clone()).collect();
-            names.sort();
-            names
-        };
-        assert_eq!(names(due), ["old"]);
-        assert_eq!(names(cache.due_for_refresh()), ["old"]);
+        assert_eq!(names(&cache, &due), ["old"]);
+        assert_eq!(names(&cache, &cache.due_for_refresh()), ["old"]);
         cache.lookup(&idle);
-        assert_eq!(names(cache.due_for_refresh()), ["idle", "old"]);
+        assert_eq!(names(&cache, &cache.due_for_refresh()), ["idle", "old"]);
     }
 
     #[test]
-    fn a_re_read_never_overwrites_a_newer_change() {
-        // Arrange: two keys due for a re-read.
+    fn only_keys_the_store_shows_unchanged_are_renewed() {
+        // Arrange: five keys due; the store's word on each.
         let cache = KeyCache::new(Duration::from_secs(10));
         let six_s_ago = Instant::now() - Duration::from_secs(6);
-        let (kept, changed) = ([1; 32], [2; 32]);
-        cache.insert(kept, cached("kept", six_s_ago));
-        cache.insert(changed, cached("changed", six_s_ago));
+        let names = ["same", "updated", "revoked", "rotated", "gone"];
+        let digests: Vec<[u8; 32]> = (0..names.len() as u8).map(|n| [n; 32]).collect();
+        let mut versions = HashMap::default();
+        for (digest, name) in digests.iter().zip(names) {
+            let entry = cached(name, six_s_ago);
+            let later = entry.key.updated_at + chrono::TimeDelta::seconds(1);
+            let version = version_of(&entry, |v| match name {
+                "updated" => v.key_updated_at = later,
+                "revoked" => v.key_revoked_at = Some(later),
+                "rotated" => v.valid_until = Some(later),
+                _ => {}
+            });
+            if name != "gone" {
+                versions.insert(version.lookup_id.clone(), version);
+            }
+            cache.insert(*digest, entry);
+        }
         let due = cache.due_for_refresh();
-        assert_eq!(due.len(), 2);
+        assert_eq!(due.len(), 5);
 
-        // Act: while the re-read is out, a change notice marks "changed" stale; then the
-        // re-read (which may predate the change) comes back for both.
-        let changed_id = due
-            .iter()
-            .find(|(d, _)| *d == changed)
-            .map(|(_, e)| e.key.id)
-            .unwrap();
-        cache.mark_stale(changed_id);
-        let fresh = due
-            .iter()
-            .map(|(digest, entry)| (*digest, entry.refreshed_at, renewed(entry, "re-read")))
-            .collect();
-        let replaced = cache.replace_unchanged(fresh);
+        // Act
+        let renewed = cache.renew_unchanged(&due, &versions, Instant::now());
 
-        // Assert: the untouched entry is renewed; the changed one stays stale, so its next
-        // use reads the store.
-        assert_eq!(replaced, 1);
-        assert_eq!(name_of(&cache, &kept), "re-read");
-        assert_eq!(name_of(&cache, &changed), "stale changed");
+        // Assert: only "same" is fresh again; the others expire and their next use reads
+        // the store.
+        assert_eq!(renewed, 1);
+        assert!(age_of(&cache, &digests[0]).unwrap() < Duration::from_secs(1));
+        for digest in &digests[1..] {
+            assert!(age_of(&cache, digest).unwrap() >= Duration::from_secs(6));
+        }
     }
 
     #[test]
-    fn a_re_read_of_a_removed_key_does_not_bring_it_back() {
+    fn a_check_never_overwrites_a_newer_change() {
+        // Arrange: two keys due for a check, both unchanged in the store.
         let cache = KeyCache::new(Duration::from_secs(10));
-        let digest = [7; 32];
-        cache.insert(
-            digest,
-            cached("gone", Instant::now() - Duration::from_secs(6)),
-        );
+        let six_s_ago = Instant::now() - Duration::from_secs(6);
+        let (kept, changed, gone) = ([1; 32], [2; 32], [3; 32]);
+        let mut versions = HashMap::default();
+        let mut changed_id = None;
+        for (digest, name) in [(kept, "kept"), (changed, "changed"), (gone, "gone")] {
+            let entry = cached(name, six_s_ago);
+            if name == "changed" {
+                changed_id = Some(entry.key.id);
+            }
+            let version = version_of(&entry, |_| {});
+            versions.insert(version.lookup_id.clone(), version);
+            cache.insert(digest, entry);
+        }
         let due = cache.due_for_refresh();
-        cache.remove(&digest);
-        let fresh = due
-            .iter()
-            .map(|(d, e)| (*d, e.refreshed_at, renewed(e, "back")))
-            .collect();
-        assert_eq!(cache.replace_unchanged(fresh), 0);
-        assert_eq!(name_of(&cache, &digest), "miss");
+        assert_eq!(due.len(), 3);
+
+        // Act: while the check's read is out, a change notice marks "changed" stale and
+        // "gone" is removed; then the read (which may predate the change) comes back.
+        cache.mark_stale(changed_id.unwrap());
+        cache.remove(&gone);
+        let renewed = cache.renew_unchanged(&due, &versions, Instant::now());
+
+        // Assert: the untouched entry is renewed; the changed one stays stale, so its next
+        // use reads the store; the removed one is not brought back.
+        assert_eq!(renewed, 1);
+        assert!(matches!(cache.get(&kept), Lookup::Fresh { .. }));
+        assert!(matches!(cache.get(&changed), Lookup::Stale(_)));
+        assert!(matches!(cache.get(&gone), Lookup::Miss));
     }
 }

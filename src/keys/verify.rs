@@ -206,33 +206,15 @@ impl KeysService {
         }
         // Taken before the read: what it returns is at least this recent.
         let read_at = Instant::now();
-        let lookup_ids: Vec<&str> = due.iter().map(|(_, e)| e.lookup_id.as_str()).collect();
-        let mut versions: HashMap<String, SecretVersion> = self
+        let lookup_ids: Vec<&str> = due.iter().map(|d| d.lookup_id.as_str()).collect();
+        let versions: foldhash::HashMap<String, SecretVersion> = self
             .store
             .secret_versions(&lookup_ids)
             .await?
             .into_iter()
             .map(|version| (version.lookup_id.clone(), version))
             .collect();
-        let renewed = due
-            .into_iter()
-            .filter_map(|(digest, old)| {
-                let version = versions.remove(&old.lookup_id)?;
-                let unchanged = version.hash == old.hash
-                    && version.valid_until == old.secret_valid_until
-                    && version.key_updated_at == old.key.updated_at
-                    && version.key_revoked_at == old.key.revoked_at;
-                unchanged.then(|| {
-                    let was = old.refreshed_at;
-                    let entry = CachedKey {
-                        refreshed_at: read_at,
-                        ..old
-                    };
-                    (digest, was, entry)
-                })
-            })
-            .collect();
-        Ok(self.cache.replace_unchanged(renewed))
+        Ok(self.cache.renew_unchanged(&due, &versions, read_at))
     }
 
     async fn verify(&self, token: &Token, digest: [u8; 32]) -> Result<CachedKey, AuthError> {

@@ -27,8 +27,8 @@ use uuid::Uuid;
 use super::{
     AlertAttempt, AuditEvent, AuditFilter, BudgetAlert, BudgetAlertId, ConsoleSession, DynStore,
     EventFilter, KeyChanges, LastAdmin, Member, NewBudgetAlert, Page, Paged, RateLimitEvent,
-    SecretRecord, SecretVersion, SpendScope, Store, StoreError, StoreResult, UsageDelta,
-    UsageQuery, UsageRow, UsageTotals, Workspace,
+    SecretRecord, SecretVersion, SpendRange, SpendScope, Store, StoreError, StoreResult,
+    UsageDelta, UsageQuery, UsageRow, UsageTotals, Workspace,
 };
 use crate::domain::ApiKey;
 
@@ -329,12 +329,8 @@ impl Store for GuardedStore {
             .await
     }
 
-    async fn spend_since(
-        &self,
-        scope: SpendScope,
-        accounts: &[(Uuid, DateTime<Utc>)],
-    ) -> StoreResult<Vec<i64>> {
-        self.guard(self.inner.spend_since(scope, accounts)).await
+    async fn spend_in(&self, scope: SpendScope, ranges: &[SpendRange]) -> StoreResult<Vec<i64>> {
+        self.guard(self.inner.spend_in(scope, ranges)).await
     }
 
     async fn add_rate_limit_events(&self, events: &[RateLimitEvent]) -> StoreResult<()> {

@@ -276,7 +276,27 @@ pub struct SecretVersion {
     pub key_revoked_at: Option<DateTime<Utc>>,
 }
 
-/// Whose spend [`Store::spend_since`] sums: keys' own, or every key of workspaces.
+/// Minutes of one key's or workspace's usage: `from` (inclusive) until `until` (exclusive;
+/// `None`: all since `from`), for [`Store::spend_in`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpendRange {
+    pub id: Uuid,
+    pub from: DateTime<Utc>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+impl SpendRange {
+    /// Everything since `from`.
+    pub fn from(id: Uuid, from: DateTime<Utc>) -> Self {
+        SpendRange {
+            id,
+            from,
+            until: None,
+        }
+    }
+}
+
+/// Whose spend [`Store::spend_in`] sums: keys' own, or every key of workspaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpendScope {
     Key,
@@ -657,15 +677,11 @@ pub trait Store: Send + Sync + 'static {
         workspace_id: Uuid,
         since: DateTime<Utc>,
     ) -> StoreResult<UsageTotals>;
-    /// The cost in pico-USD spent by each of `accounts` since its own start (inclusive),
-    /// in their order: keys or workspaces, as `scope` says. The budget ledger re-reads every
-    /// active account after each usage flush, so a store answers many in one statement (a
-    /// statement per account was a round trip each: 10 000 keys in use, 10 000 a flush).
-    async fn spend_since(
-        &self,
-        scope: SpendScope,
-        accounts: &[(Uuid, DateTime<Utc>)],
-    ) -> StoreResult<Vec<i64>>;
+    /// The cost in pico-USD spent in each of `ranges`, in their order: by keys or by
+    /// workspaces, as `scope` says. The budget ledger re-reads every active account after
+    /// each usage flush, so a store answers many in one statement (a statement per account
+    /// was a round trip each: 10 000 keys in use, 10 000 a flush).
+    async fn spend_in(&self, scope: SpendScope, ranges: &[SpendRange]) -> StoreResult<Vec<i64>>;
 
     // --- rate-limit events ---
     /// Inserts the events; an event whose id is stored already is skipped, so a batch

@@ -35,10 +35,12 @@
 //! **Several instances** (without Redis, which keeps budgets exact across instances: see
 //! `limits::redis`). After every usage flush the writer calls
 //! [`BudgetLedger::after_flush`]: what this instance flushed moves from `settled` into the
-//! baseline, and every active account's baseline is re-read from the store, so other
-//! instances' spend counts as soon as they have flushed it. Overshoot bound with N
-//! instances: the single-instance bound above plus what the other instances spent on the
-//! account within about two seconds (their flush interval, then our reload). Accounts idle
+//! baseline, and every active account's baseline is re-read from the store (all in one
+//! batch, and only the recent minutes of each: see [`Reload`]), so other instances' spend
+//! counts as soon as they have flushed it. Overshoot bound with N instances: the
+//! single-instance bound above plus what the other instances spent on the account within
+//! about two seconds (their flush interval, then our reload); spend an instance flushes
+//! late, for minutes more than five minutes old, counts within five minutes. Accounts idle
 //! for a minute with nothing pending are dropped and loaded afresh on their next use.
 //!
 //! **Periods.** Day and month start at UTC calendar boundaries, lifetime at the epoch
@@ -53,7 +55,7 @@ use std::{
 
 use foldhash::HashMap;
 
-use chrono::{DateTime, Datelike, NaiveDate, TimeDelta, Utc};
+use chrono::{DateTime, Datelike, DurationRound, NaiveDate, TimeDelta, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use tokio::sync::OnceCell;
@@ -62,13 +64,20 @@ use uuid::Uuid;
 use crate::{
     keys::model::{ApiKey, BudgetPeriod},
     money::{pico_to_usd, usd_to_pico},
-    store::{DynStore, RateLimitEvent, SpendScope, StoreError, UsageDelta},
+    store::{DynStore, RateLimitEvent, SpendRange, SpendScope, StoreError, UsageDelta},
 };
 
 /// Shards of the account maps, so unrelated keys rarely share a lock.
 const SHARDS: usize = 16;
 /// An account unused this long, with nothing pending, is dropped at the next flush.
 const IDLE_ACCOUNT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Minute rows at least this old are summed only by the full reload (see [`Reload`]): an
+/// instance flushes within a second, or, after a store outage, late.
+const SETTLED_AFTER: TimeDelta = TimeDelta::minutes(5);
+
+/// How often a reload sums an account's whole period again (see [`Reload`]).
+const FULL_RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Why a request was refused with 402 (or, for `Unavailable`, could not be checked).
 #[derive(Debug, thiserror::Error)]
@@ -456,19 +465,12 @@ impl BudgetLedger {
             (&self.inner.keys, SpendScope::Key),
             (&self.inner.workspaces, SpendScope::Workspace),
         ] {
+            let candidates = accounts.reload_candidates();
+            let plan = Reload::plan(&candidates, Utc::now());
             // Every account in one batch (a statement per account on PostgreSQL was one
             // round trip each: 10 000 keys in use made 10 000 reads a flush).
-            let candidates = accounts.reload_candidates();
-            let periods: Vec<(Uuid, DateTime<Utc>)> = candidates
-                .iter()
-                .map(|account| (account.scope.id(), account.period_start))
-                .collect();
-            match self.inner.store.spend_since(scope, &periods).await {
-                Ok(spent) => {
-                    for (account, spent) in candidates.iter().zip(spent) {
-                        account.counters().reloaded = Some(spent);
-                    }
-                }
+            match self.inner.store.spend_in(scope, &plan.ranges).await {
+                Ok(spent) => plan.apply(&candidates, &spent),
                 Err(err) => {
                     tracing::debug!(error = %err, "budget baselines not reloaded; keeping the last ones");
                 }
@@ -583,6 +585,82 @@ impl Scope {
     }
 }
 
+/// What a reload after a flush reads: for most accounts only the recent minutes of the
+/// period, added to the older part read at the last full reload ([`Frozen`]). Summing the
+/// whole period every second would grow with it: a month's budget in steady use has up to
+/// 43 200 minute rows per model by its end, 10 000 such keys 432 million rows a second.
+/// Rows older than [`SETTLED_AFTER`] change only when an instance flushes late (after a
+/// store outage), which the full reload every [`FULL_RELOAD_EVERY`] takes in.
+struct Reload {
+    ranges: Vec<SpendRange>,
+    /// Per candidate: the frozen part it keeps, or the split of the full read it asked.
+    steps: Vec<ReloadStep>,
+}
+
+enum ReloadStep {
+    /// One range from `frozen.until`: the recent part.
+    Recent(Frozen),
+    /// Two ranges: before `split` (frozen from now on), and from `split`.
+    Full { split: DateTime<Utc> },
+}
+
+impl Reload {
+    fn plan(candidates: &[Arc<Account>], now: DateTime<Utc>) -> Reload {
+        let mut ranges = Vec::with_capacity(candidates.len());
+        let mut steps = Vec::with_capacity(candidates.len());
+        for account in candidates {
+            let id = account.scope.id();
+            let frozen = account.counters().frozen;
+            match frozen {
+                Some(frozen) if frozen.read_at.elapsed() < FULL_RELOAD_EVERY => {
+                    ranges.push(SpendRange::from(id, frozen.until));
+                    steps.push(ReloadStep::Recent(frozen));
+                }
+                _ => {
+                    let minute = now.duration_trunc(TimeDelta::minutes(1)).unwrap_or(now);
+                    let split = (minute - SETTLED_AFTER).max(account.period_start);
+                    ranges.push(SpendRange {
+                        id,
+                        from: account.period_start,
+                        until: Some(split),
+                    });
+                    ranges.push(SpendRange::from(id, split));
+                    steps.push(ReloadStep::Full { split });
+                }
+            }
+        }
+        Reload { ranges, steps }
+    }
+
+    /// Sets each candidate's reloaded spend from the answers to `ranges`, in order.
+    fn apply(self, candidates: &[Arc<Account>], spent: &[i64]) {
+        let mut spent = spent.iter().copied();
+        let read_at = std::time::Instant::now();
+        for (account, step) in candidates.iter().zip(self.steps) {
+            let frozen = match step {
+                ReloadStep::Recent(frozen) => frozen,
+                ReloadStep::Full { split } => Frozen {
+                    until: split,
+                    spent: spent.next().unwrap_or_default(),
+                    read_at,
+                },
+            };
+            let recent = spent.next().unwrap_or_default();
+            let mut c = account.counters();
+            c.frozen = Some(frozen);
+            c.reloaded = Some(frozen.spent.saturating_add(recent));
+        }
+    }
+}
+
+/// The stored spend of a period before `until`, as read at `read_at` (see [`Reload`]).
+#[derive(Debug, Clone, Copy)]
+struct Frozen {
+    until: DateTime<Utc>,
+    spent: i64,
+    read_at: std::time::Instant,
+}
+
 /// One key's budget period, or one workspace's credits.
 struct Account {
     scope: Scope,
@@ -607,6 +685,8 @@ struct Counters {
     reloaded: Option<i64>,
     /// When a request last reserved on the account (idle accounts are dropped).
     last_used: Option<std::time::Instant>,
+    /// The older part of the stored spend, read at the last full reload.
+    frozen: Option<Frozen>,
 }
 
 impl Account {

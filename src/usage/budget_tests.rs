@@ -524,3 +524,31 @@ async fn refusal_events_name_the_limit() {
     assert_eq!(event.model.as_deref(), Some("gpt-4o"));
     assert_eq!(event.at, now);
 }
+
+#[tokio::test]
+async fn reloads_read_the_recent_minutes_again_and_the_older_part_at_a_full_reload() {
+    // Arrange: a lifetime budget (no period boundary near the test's clock) with spend
+    // 20 minutes ago and now, loaded by an admission.
+    let (_dir, store) = sqlite_store().await;
+    let now = crate::clock::now();
+    let twenty_min_ago = now - chrono::TimeDelta::minutes(20);
+    let key = insert_key(&store, budget("100", BudgetPeriod::Lifetime)).await;
+    stored_usage(&store, &key, twenty_min_ago, USD).await;
+    stored_usage(&store, &key, now, 2 * USD).await;
+    let ledger = BudgetLedger::new(store.clone());
+    let _hold = ledger.admit(&key, None, 1, now).await.unwrap();
+    ledger.after_flush(&[]).await;
+    assert_eq!(state(&ledger, &key, now).await.spent_usd, usd("3"));
+
+    // Act: another instance flushes spend of the current minute, and one flushes late
+    // (after a store outage) spend of a minute 20 minutes old.
+    stored_usage(&store, &key, now, 4 * USD).await;
+    stored_usage(&store, &key, twenty_min_ago, 8 * USD).await;
+    ledger.after_flush(&[]).await;
+
+    // Assert: the recent minutes are read at every reload; the late spend waits for the
+    // next full reload (here: the account loaded afresh).
+    assert_eq!(state(&ledger, &key, now).await.spent_usd, usd("7"));
+    ledger.forget(key.id);
+    assert_eq!(state(&ledger, &key, now).await.spent_usd, usd("15"));
+}

@@ -5,7 +5,10 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use keygate::{
     keys::model::ApiKey,
-    store::{DynStore, Granularity, SpendScope, UsageDelta, UsageQuery, UsageRow, UsageTotals},
+    store::{
+        DynStore, Granularity, SpendRange, SpendScope, UsageDelta, UsageQuery, UsageRow,
+        UsageTotals,
+    },
 };
 use uuid::Uuid;
 
@@ -310,8 +313,8 @@ pub async fn usage_totals_per_key_and_workspace(store: DynStore) {
     );
 }
 
-pub async fn spend_since_answers_many_accounts_in_order(store: DynStore) {
-    // Arrange: two keys in one workspace, one in another; usage before and after `since`.
+pub async fn spend_in_answers_many_ranges_in_order(store: DynStore) {
+    // Arrange: two keys in one workspace, one in another; usage over a few minutes.
     let ws = default_ws(&store).await;
     let other = create_workspace(&store, "other").await;
     let k1 = new_key(ws, "one", t(0));
@@ -332,45 +335,55 @@ pub async fn spend_since_answers_many_accounts_in_order(store: DynStore) {
         .unwrap();
     let since = at(2025, 3, 10, 0, 0);
     let cost = |n: i64| 1_000_000_007 * n;
+    let range = |id, from, until| SpendRange { id, from, until };
 
-    // Act / Assert: one answer per account, in the order asked, each from its own start;
-    // an account without usage (or unknown) spent 0. More accounts than one PostgreSQL
-    // statement takes (1 000) come back whole.
+    // Act / Assert: one answer per range, in the order asked; `from` inclusive, `until`
+    // exclusive; a range without usage (or an unknown id) spent 0.
     let keys = [
-        (k2.id, since),
-        (k1.id, since),
-        (k1.id, at(2025, 3, 1, 0, 0)),
-        (foreign.id, at(2025, 3, 11, 0, 0)),
-        (Uuid::now_v7(), since),
+        SpendRange::from(k2.id, since),
+        SpendRange::from(k1.id, since),
+        SpendRange::from(k1.id, at(2025, 3, 1, 0, 0)),
+        range(k1.id, at(2025, 3, 1, 0, 0), Some(since)),
+        range(k1.id, since, Some(at(2025, 3, 10, 5, 0))),
+        range(k1.id, since, Some(at(2025, 3, 10, 5, 1))),
+        SpendRange::from(foreign.id, at(2025, 3, 11, 0, 0)),
+        SpendRange::from(Uuid::now_v7(), since),
     ];
     assert_eq!(
-        store.spend_since(SpendScope::Key, &keys).await.unwrap(),
-        vec![cost(8), cost(6), cost(7), 0, 0]
+        store.spend_in(SpendScope::Key, &keys).await.unwrap(),
+        vec![cost(8), cost(6), cost(7), cost(1), cost(2), cost(6), 0, 0]
     );
-    let workspaces = [(other.id, since), (ws, since), (ws, at(2025, 3, 1, 0, 0))];
+    let workspaces = [
+        SpendRange::from(other.id, since),
+        SpendRange::from(ws, since),
+        SpendRange::from(ws, at(2025, 3, 1, 0, 0)),
+        range(ws, since, Some(at(2025, 3, 10, 6, 0))),
+    ];
     assert_eq!(
         store
-            .spend_since(SpendScope::Workspace, &workspaces)
+            .spend_in(SpendScope::Workspace, &workspaces)
             .await
             .unwrap(),
-        vec![cost(16), cost(14), cost(15)]
+        vec![cost(16), cost(14), cost(15), cost(6)]
     );
+
+    // More ranges than one PostgreSQL statement takes (1 000) come back whole, in order.
     let many: Vec<_> = (0..2_500)
         .map(|n| {
-            if n % 1_000 == 999 {
-                (k1.id, since)
+            let id = if n % 1_000 == 999 {
+                k1.id
             } else {
-                (Uuid::now_v7(), since)
-            }
+                Uuid::now_v7()
+            };
+            SpendRange::from(id, since)
         })
         .collect();
-    let spent = store.spend_since(SpendScope::Key, &many).await.unwrap();
+    let spent = store.spend_in(SpendScope::Key, &many).await.unwrap();
     assert_eq!(spent.len(), 2_500);
     assert_eq!(spent.iter().filter(|&&s| s == cost(6)).count(), 2);
-    assert_eq!(spent[999], cost(6));
-    assert_eq!(spent[1_999], cost(6));
+    assert_eq!((spent[999], spent[1_999]), (cost(6), cost(6)));
     assert!(store
-        .spend_since(SpendScope::Key, &[])
+        .spend_in(SpendScope::Key, &[])
         .await
         .unwrap()
         .is_empty());

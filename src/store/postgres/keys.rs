@@ -329,10 +329,14 @@ pub(super) async fn secret_versions(
 ) -> StoreResult<Vec<SecretVersion>> {
     let mut found = Vec::with_capacity(lookup_ids.len());
     for chunk in lookup_ids.chunks(VERSIONS_CHUNK) {
+        // One index probe per id (the lateral join): as a plain join with `= any($1)` the
+        // planner hashed the whole key table for each thousand ids.
         let rows = sqlx::query_as::<_, SecretVersionRow<Pg>>(
-            "select s.lookup_id, s.hash, s.valid_until, k.updated_at, k.revoked_at
-             from api_key_secret s join api_key k on k.id = s.key_id
-             where s.lookup_id = any($1)",
+            "select v.* from unnest($1::text[]) as l(lookup_id)
+             cross join lateral (
+                 select s.lookup_id, s.hash, s.valid_until, k.updated_at, k.revoked_at
+                 from api_key_secret s join api_key k on k.id = s.key_id
+                 where s.lookup_id = l.lookup_id) v",
         )
         .bind(chunk)
         .fetch_all(pool)

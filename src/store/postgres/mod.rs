@@ -43,8 +43,8 @@ use super::{
     codec::{self, Columns},
     AlertAttempt, AuditEvent, AuditFilter, BudgetAlert, BudgetAlertId, ConsoleSession, EventFilter,
     LastAdmin, Member, NewBudgetAlert, Page, Paged, RateLimitEvent, SecretRecord, SecretVersion,
-    SpendScope, Store, StoreError, StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals,
-    Workspace, DEFAULT_WORKSPACE_ID,
+    SpendRange, SpendScope, Store, StoreError, StoreResult, UsageDelta, UsageQuery, UsageRow,
+    UsageTotals, Workspace, DEFAULT_WORKSPACE_ID,
 };
 use crate::domain::ApiKey;
 
@@ -418,12 +418,8 @@ impl Store for PgStore {
         usage::workspace_usage_totals(&self.pool, workspace_id, since).await
     }
 
-    async fn spend_since(
-        &self,
-        scope: SpendScope,
-        accounts: &[(Uuid, DateTime<Utc>)],
-    ) -> StoreResult<Vec<i64>> {
-        usage::spend_since(&self.pool, scope, accounts).await
+    async fn spend_in(&self, scope: SpendScope, ranges: &[SpendRange]) -> StoreResult<Vec<i64>> {
+        usage::spend_in(&self.pool, scope, ranges).await
     }
 
     // --- rate-limit events ---

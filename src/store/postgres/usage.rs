@@ -8,8 +8,8 @@ use super::Pg;
 use crate::store::{
     codec::floor_minute,
     rows::{TotalsRow, UsageBucketRow},
-    Granularity, SpendScope, StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals,
-    USAGE_BATCH_RETENTION,
+    Granularity, SpendRange, SpendScope, StoreResult, UsageDelta, UsageQuery, UsageRow,
+    UsageTotals, USAGE_BATCH_RETENTION,
 };
 
 /// The `date_trunc` field for a granularity.
@@ -174,36 +174,45 @@ pub(super) async fn workspace_usage_totals(
     Ok(row.into())
 }
 
-/// Accounts per statement of [`spend_since`]: bounds one statement's parameters and time.
+/// Ranges per statement of [`spend_in`]: bounds one statement's parameters and time.
 const SPEND_CHUNK: usize = 1_000;
 
-pub(super) async fn spend_since(
+pub(super) async fn spend_in(
     pool: &PgPool,
     scope: SpendScope,
-    accounts: &[(Uuid, DateTime<Utc>)],
+    ranges: &[SpendRange],
 ) -> StoreResult<Vec<i64>> {
-    // Each account is summed by its own index range (the primary key for a key, the
+    // Each range is summed by its own index range (the primary key for a key, the
     // workspace index for a workspace), as the one-account queries do.
     let sql = match scope {
         SpendScope::Key => {
             "select coalesce((select sum(m.cost_pico) from usage_minute m
-                              where m.key_id = a.id and m.minute >= a.since), 0)::bigint
-             from unnest($1::uuid[], $2::timestamptz[]) with ordinality as a(id, since, n)
+                              where m.key_id = a.id and m.minute >= a.since
+                                and m.minute < coalesce(a.until, 'infinity')), 0)::bigint
+             from unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[])
+                  with ordinality as a(id, since, until, n)
              order by a.n"
         }
         SpendScope::Workspace => {
             "select coalesce((select sum(m.cost_pico) from usage_minute m
-                              where m.workspace_id = a.id and m.minute >= a.since), 0)::bigint
-             from unnest($1::uuid[], $2::timestamptz[]) with ordinality as a(id, since, n)
+                              where m.workspace_id = a.id and m.minute >= a.since
+                                and m.minute < coalesce(a.until, 'infinity')), 0)::bigint
+             from unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[])
+                  with ordinality as a(id, since, until, n)
              order by a.n"
         }
     };
-    let mut spent = Vec::with_capacity(accounts.len());
-    for chunk in accounts.chunks(SPEND_CHUNK) {
-        let (ids, sinces): (Vec<Uuid>, Vec<DateTime<Utc>>) = chunk.iter().copied().unzip();
+    // No `until` is `infinity`, so that the bound stays one comparison the index can take:
+    // with `a.until is null or m.minute < a.until` a thousand ranges took 85 ms, not 5.
+    let mut spent = Vec::with_capacity(ranges.len());
+    for chunk in ranges.chunks(SPEND_CHUNK) {
+        let ids: Vec<Uuid> = chunk.iter().map(|r| r.id).collect();
+        let froms: Vec<DateTime<Utc>> = chunk.iter().map(|r| r.from).collect();
+        let untils: Vec<Option<DateTime<Utc>>> = chunk.iter().map(|r| r.until).collect();
         let rows: Vec<i64> = sqlx::query_scalar(sql)
             .bind(ids)
-            .bind(sinces)
+            .bind(froms)
+            .bind(untils)
             .fetch_all(pool)
             .await?;
         spent.extend(rows);

@@ -46,8 +46,8 @@ use super::{
     codec::{self, corrupt, Columns},
     AlertAttempt, AuditEvent, AuditFilter, BudgetAlert, BudgetAlertId, ConsoleSession, EventFilter,
     LastAdmin, Member, NewBudgetAlert, Page, Paged, RateLimitEvent, SecretRecord, SecretVersion,
-    SpendScope, Store, StoreError, StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals,
-    Workspace, DEFAULT_WORKSPACE_ID,
+    SpendRange, SpendScope, Store, StoreError, StoreResult, UsageDelta, UsageQuery, UsageRow,
+    UsageTotals, Workspace, DEFAULT_WORKSPACE_ID,
 };
 use crate::domain::ApiKey;
 
@@ -503,22 +503,8 @@ impl Store for SqliteStore {
         usage::workspace_usage_totals(self, workspace_id, since).await
     }
 
-    async fn spend_since(
-        &self,
-        scope: SpendScope,
-        accounts: &[(Uuid, DateTime<Utc>)],
-    ) -> StoreResult<Vec<i64>> {
-        // One statement per account: SQLite is in process, so a statement is no round trip
-        // and the one-account queries are as cheap as a batched one would be.
-        let mut spent = Vec::with_capacity(accounts.len());
-        for &(id, since) in accounts {
-            let totals = match scope {
-                SpendScope::Key => usage::key_usage_totals(self, id, since, None).await?,
-                SpendScope::Workspace => usage::workspace_usage_totals(self, id, since).await?,
-            };
-            spent.push(totals.cost_pico);
-        }
-        Ok(spent)
+    async fn spend_in(&self, scope: SpendScope, ranges: &[SpendRange]) -> StoreResult<Vec<i64>> {
+        usage::spend_in(self, scope, ranges).await
     }
 
     // --- rate-limit events ---

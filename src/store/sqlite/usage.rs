@@ -7,7 +7,8 @@ use super::{id, micros, Lite, SqliteStore};
 use crate::store::{
     codec::floor_minute,
     rows::{TotalsRow, UsageBucketRow},
-    Granularity, StoreResult, UsageDelta, UsageQuery, UsageRow, UsageTotals, USAGE_BATCH_RETENTION,
+    Granularity, SpendRange, SpendScope, StoreResult, UsageDelta, UsageQuery, UsageRow,
+    UsageTotals, USAGE_BATCH_RETENTION,
 };
 
 /// The length of a granularity's bucket, in the microseconds timestamps are stored in.
@@ -138,4 +139,35 @@ pub(super) async fn workspace_usage_totals(
     .fetch_one(&store.pool)
     .await?;
     Ok(row.into())
+}
+
+/// [`Store::spend_in`](crate::store::Store::spend_in): a statement per range. SQLite is in
+/// process, so a statement is no round trip and one per range costs what a batched one
+/// would.
+pub(super) async fn spend_in(
+    store: &SqliteStore,
+    scope: SpendScope,
+    ranges: &[SpendRange],
+) -> StoreResult<Vec<i64>> {
+    let sql = match scope {
+        SpendScope::Key => {
+            "select coalesce(sum(cost_pico), 0) from usage_minute
+             where key_id = ?1 and minute >= ?2 and (?3 is null or minute < ?3)"
+        }
+        SpendScope::Workspace => {
+            "select coalesce(sum(cost_pico), 0) from usage_minute
+             where workspace_id = ?1 and minute >= ?2 and (?3 is null or minute < ?3)"
+        }
+    };
+    let mut spent = Vec::with_capacity(ranges.len());
+    for range in ranges {
+        let sum: i64 = sqlx::query_scalar(sql)
+            .bind(id(range.id))
+            .bind(micros(range.from))
+            .bind(range.until.map(micros))
+            .fetch_one(&store.pool)
+            .await?;
+        spent.push(sum);
+    }
+    Ok(spent)
 }
