@@ -329,8 +329,9 @@ pub(super) async fn secret_versions(
 ) -> StoreResult<Vec<SecretVersion>> {
     let mut found = Vec::with_capacity(lookup_ids.len());
     for chunk in lookup_ids.chunks(VERSIONS_CHUNK) {
-        // One index probe per id (the lateral join): as a plain join with `= any($1)` the
-        // planner hashed the whole key table for each thousand ids.
+        // One index probe per id (the lateral join); `lookup_id = any($1)` went through a
+        // bitmap of the whole list first: 6.6 ms a thousand ids, against 5.0 (EXPLAIN
+        // ANALYZE, 100 000 keys).
         let rows = sqlx::query_as::<_, SecretVersionRow<Pg>>(
             "select v.* from unnest($1::text[]) as l(lookup_id)
              cross join lateral (

@@ -203,7 +203,8 @@ pub(super) async fn spend_in(
         }
     };
     // No `until` is `infinity`, so that the bound stays one comparison the index can take:
-    // with `a.until is null or m.minute < a.until` a thousand ranges took 85 ms, not 5.
+    // with `a.until is null or m.minute < a.until` a thousand ranges took 226 ms, not 3.8
+    // (EXPLAIN ANALYZE, 10 000 keys with usage).
     let mut spent = Vec::with_capacity(ranges.len());
     for chunk in ranges.chunks(SPEND_CHUNK) {
         let ids: Vec<Uuid> = chunk.iter().map(|r| r.id).collect();
