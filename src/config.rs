@@ -142,7 +142,8 @@ impl Default for Config {
 pub struct KeysConfig {
     /// How long a verified key is trusted before its row is read again: on PostgreSQL the
     /// safety net behind the change notices (`listen_for_changes`), on SQLite the only
-    /// re-read.
+    /// re-read. Keys in use are checked ahead of it in the background, all together, so
+    /// their requests do not wait on the read (docs/decisions.md).
     pub cache_ttl_ms: u64,
     /// PostgreSQL: listen for the key and workspace changes every instance announces and
     /// drop what this instance cached about them at once (DESIGN §7). Off, a change made on
