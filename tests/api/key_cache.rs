@@ -17,7 +17,9 @@ backend_tests! {
     both: [a_key_in_steady_use_is_re_read_ahead_and_still_sees_changes],
 }
 
-const TTL: Duration = Duration::from_millis(400);
+/// Long enough that a loaded machine's stalls fit in the quarter TTL a check has to spare
+/// (a pass every 500 ms renews what is 1 s old, before it expires at 2 s).
+const TTL: Duration = Duration::from_secs(2);
 
 async fn a_key_in_steady_use_is_re_read_ahead_and_still_sees_changes(setup: Setup) {
     // Arrange: no change notices, so only re-reads can see a change made elsewhere; a key
@@ -33,9 +35,9 @@ async fn a_key_in_steady_use_is_re_read_ahead_and_still_sees_changes(setup: Setu
     let cache = app.state.keys.cache();
     let before = cache.stats();
 
-    // Act: ten TTLs of steady use, a request every 40 ms.
+    // Act: three TTLs of steady use, a request every 40 ms.
     let mut sent = 0;
-    let until = Instant::now() + TTL * 10;
+    let until = Instant::now() + TTL * 3;
     while Instant::now() < until {
         assert_eq!(app.chat(&key.secret, &body).await.status(), StatusCode::OK);
         sent += 1;
