@@ -53,10 +53,18 @@ pub struct CachedKey {
 /// once and not again is checked for only a few TTLs.
 pub const IN_USE_TTLS: u32 = 4;
 
-/// A cached key and when it was last looked up (milliseconds since the cache's epoch).
+/// How long checks may renew an entry without its whole row being read again. A change
+/// made past keygate (SQL that moves neither `updated_at` nor `revoked_at`) is invisible
+/// to the checks; this bounds how long a key in steady use can miss one, at the cost of a
+/// store read on a request's path per key in use every five minutes.
+const READ_AGAIN_AFTER: Duration = Duration::from_secs(300);
+
+/// A cached key, when it was last looked up (milliseconds since the cache's epoch), and
+/// when its row was last read whole.
 struct Slot {
     entry: CachedKey,
     last_used_ms: AtomicU64,
+    read_at: Instant,
 }
 
 /// An entry to check ahead of its expiry ([`KeyCache::due_for_refresh`]).
@@ -189,12 +197,13 @@ impl KeyCache {
             let ttl = self.ttl;
             entries.retain(|_, slot| slot.entry.refreshed_at.elapsed() < ttl);
         }
-        let last_used_ms = AtomicU64::new(self.millis(Instant::now()));
+        let now = Instant::now();
         entries.insert(
             digest,
             Slot {
                 entry,
-                last_used_ms,
+                last_used_ms: AtomicU64::new(self.millis(now)),
+                read_at: now,
             },
         );
     }
@@ -209,7 +218,8 @@ impl KeyCache {
     pub fn due_for_refresh(&self) -> Vec<Due> {
         let now = Instant::now();
         let half_ttl = self.ttl / 2;
-        let in_use_ms = u64::try_from((self.ttl * IN_USE_TTLS).as_millis()).unwrap_or(u64::MAX);
+        let in_use = self.ttl.checked_mul(IN_USE_TTLS).unwrap_or(Duration::MAX);
+        let in_use_ms = u64::try_from(in_use.as_millis()).unwrap_or(u64::MAX);
         let now_ms = self.millis(now);
         let entries = self
             .entries
@@ -254,7 +264,8 @@ impl KeyCache {
                 let current = versions
                     .get(&slot.entry.lookup_id)
                     .is_some_and(|version| slot.entry.matches(version));
-                if slot.entry.refreshed_at == due.refreshed_at && current {
+                let read_lately = slot.read_at.elapsed() < READ_AGAIN_AFTER;
+                if slot.entry.refreshed_at == due.refreshed_at && current && read_lately {
                     slot.entry.refreshed_at = read_at;
                     renewed += 1;
                 }
@@ -449,6 +460,32 @@ mod tests {
         for digest in &digests[1..] {
             assert!(age_of(&cache, digest).unwrap() >= Duration::from_secs(6));
         }
+    }
+
+    #[test]
+    fn an_entry_is_read_whole_again_after_five_minutes_of_checks() {
+        // Arrange: an entry due for a check, unchanged in the store, whose row was read
+        // whole more than five minutes ago.
+        let cache = KeyCache::new(Duration::from_secs(10));
+        let digest = [9; 32];
+        let entry = cached("long renewed", Instant::now() - Duration::from_secs(6));
+        let version = version_of(&entry, |_| {});
+        let versions = HashMap::from_iter([(version.lookup_id.clone(), version)]);
+        cache.insert(digest, entry);
+        cache
+            .entries
+            .write()
+            .unwrap()
+            .get_mut(&digest)
+            .unwrap()
+            .read_at = Instant::now() - READ_AGAIN_AFTER;
+
+        // Act
+        let due = cache.due_for_refresh();
+        let renewed = cache.renew_unchanged(&due, &versions, Instant::now());
+
+        // Assert: not renewed; it expires and its next use reads the row.
+        assert_eq!((due.len(), renewed), (1, 0));
     }
 
     #[test]
