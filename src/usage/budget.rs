@@ -470,7 +470,15 @@ impl BudgetLedger {
             // Every account in one batch (a statement per account on PostgreSQL was one
             // round trip each: 10 000 keys in use made 10 000 reads a flush).
             match self.inner.store.spend_in(scope, &plan.ranges).await {
-                Ok(spent) => plan.apply(&candidates, &spent),
+                Ok(spent) if spent.len() == plan.ranges.len() => plan.apply(&candidates, &spent),
+                Ok(spent) => {
+                    // Never read a missing answer as "nothing spent".
+                    tracing::warn!(
+                        asked = plan.ranges.len(),
+                        answered = spent.len(),
+                        "budget baselines not reloaded: the store answered for other ranges than asked"
+                    );
+                }
                 Err(err) => {
                     tracing::debug!(error = %err, "budget baselines not reloaded; keeping the last ones");
                 }
@@ -632,7 +640,8 @@ impl Reload {
         Reload { ranges, steps }
     }
 
-    /// Sets each candidate's reloaded spend from the answers to `ranges`, in order.
+    /// Sets each candidate's reloaded spend from the answers to `ranges`, in order (one
+    /// per range: the caller checks).
     fn apply(self, candidates: &[Arc<Account>], spent: &[i64]) {
         let mut spent = spent.iter().copied();
         let read_at = std::time::Instant::now();
