@@ -347,10 +347,10 @@ fn spawn_background(state: &AppState, mut stop: watch::Receiver<bool>) -> Vec<Jo
     vec![gc, upkeep, refresh]
 }
 
-/// Re-reads the keys in use ahead of their expiry, in one store read each time
-/// (`KeysService::refresh_ahead`). A pass every quarter TTL re-reads what is half a TTL
-/// old, so an entry in use is renewed by three quarters of its TTL, a quarter of it to
-/// spare for a slow read. A failed pass is logged once per failure streak; the entries then
+/// Checks the keys in use ahead of their expiry, in one store read each time
+/// (`KeysService::refresh_ahead`). A pass every quarter TTL checks what is half a TTL old,
+/// so an entry in use is renewed by three quarters of its TTL, a quarter of it to spare
+/// for a slow read. A failed pass is logged once per failure streak; the entries then
 /// expire and their next use reads the store as before.
 fn spawn_key_refresh(keys: KeysService, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
     let every = (keys.cache().ttl() / 4).max(Duration::from_millis(10));
@@ -364,7 +364,7 @@ fn spawn_key_refresh(keys: KeysService, mut stop: watch::Receiver<bool>) -> Join
                     Ok(_) => failing = false,
                     Err(err) if !failing => {
                         failing = true;
-                        tracing::warn!(error = %err, "keys in use not re-read ahead; they will be re-read on their next use");
+                        tracing::warn!(error = %err, "keys in use not checked ahead; they will be re-read on their next use");
                     }
                     Err(_) => {}
                 },
