@@ -165,6 +165,40 @@ pub struct ApiKey {
     pub fit_max_tokens: bool,
 }
 
+#[cfg(test)]
+impl ApiKey {
+    /// A live inference key named `name` in `workspace_id`, with no limits, budget or
+    /// rules: the in-crate tests' fixture.
+    pub(crate) fn for_tests(workspace_id: Uuid, name: &str) -> ApiKey {
+        let now = crate::clock::now();
+        ApiKey {
+            id: Uuid::now_v7(),
+            workspace_id,
+            name: name.into(),
+            kind: KeyKind::Inference,
+            partial_key: "kg_test…abcd".into(),
+            last6: "abcdef".into(),
+            created_by: "test".into(),
+            created_at: now,
+            updated_at: now,
+            expires_at: None,
+            last_used_at: None,
+            revoked_at: None,
+            metadata: serde_json::Map::new(),
+            allowed_models: None,
+            budget: None,
+            limits: Limits::default(),
+            model_limits: Vec::new(),
+            max_parallel: None,
+            ip_allowlist: None,
+            alert_thresholds: None,
+            compat: CompatFields::default(),
+            wallet_address: None,
+            fit_max_tokens: false,
+        }
+    }
+}
+
 impl ApiKey {
     pub fn status_at(&self, now: DateTime<Utc>) -> KeyStatus {
         if self.revoked_at.is_some() {

@@ -329,35 +329,9 @@ impl KeyCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::model::{CompatFields, KeyKind, Limits};
 
     fn cached(name: &str, refreshed_at: Instant) -> CachedKey {
-        let now = Utc::now();
-        let key = ApiKey {
-            id: Uuid::now_v7(),
-            workspace_id: Uuid::now_v7(),
-            name: name.into(),
-            kind: KeyKind::Inference,
-            partial_key: "kg_test…abcd".into(),
-            last6: "abcdef".into(),
-            created_by: "test".into(),
-            created_at: now,
-            updated_at: now,
-            expires_at: None,
-            last_used_at: None,
-            revoked_at: None,
-            metadata: serde_json::Map::new(),
-            allowed_models: None,
-            budget: None,
-            limits: Limits::default(),
-            model_limits: Vec::new(),
-            max_parallel: None,
-            ip_allowlist: None,
-            alert_thresholds: None,
-            compat: CompatFields::default(),
-            wallet_address: None,
-            fit_max_tokens: false,
-        };
+        let key = ApiKey::for_tests(Uuid::now_v7(), name);
         CachedKey {
             key: Arc::new(key),
             lookup_id: format!("lookup-{name}"),

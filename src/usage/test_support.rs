@@ -7,7 +7,7 @@ use rust_decimal::Decimal;
 use uuid::Uuid;
 
 use crate::{
-    keys::model::{ApiKey, Budget, BudgetPeriod, CompatFields, KeyKind, Limits},
+    keys::model::{ApiKey, Budget, BudgetPeriod},
     store::{AuditEvent, DynStore, SecretRecord, UsageDelta},
 };
 
@@ -37,33 +37,11 @@ pub(crate) fn budget(limit: &str, period: BudgetPeriod) -> Option<Budget> {
 /// Inserts a live inference key in the default workspace.
 pub(crate) async fn insert_key(store: &DynStore, budget: Option<Budget>) -> ApiKey {
     let workspace = store.default_workspace().await.unwrap();
-    let now = crate::clock::now();
-    let id = Uuid::now_v7();
     let key = ApiKey {
-        id,
-        workspace_id: workspace.id,
-        name: "test".into(),
-        kind: KeyKind::Inference,
-        partial_key: "kg_test…abcd".into(),
-        last6: "abcdef".into(),
-        created_by: "test".into(),
-        created_at: now,
-        updated_at: now,
-        expires_at: None,
-        last_used_at: None,
-        revoked_at: None,
-        metadata: serde_json::Map::new(),
-        allowed_models: None,
         budget,
-        limits: Limits::default(),
-        model_limits: Vec::new(),
-        max_parallel: None,
-        ip_allowlist: None,
-        alert_thresholds: None,
-        compat: CompatFields::default(),
-        wallet_address: None,
-        fit_max_tokens: false,
+        ..ApiKey::for_tests(workspace.id, "test")
     };
+    let (id, now) = (key.id, key.created_at);
     let secret = SecretRecord {
         lookup_id: id.simple().to_string(),
         key_id: id,
