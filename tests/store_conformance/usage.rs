@@ -7,7 +7,7 @@ use keygate::{
     keys::model::ApiKey,
     store::{
         DynStore, Granularity, SpendRange, SpendScope, UsageDelta, UsageQuery, UsageRow,
-        UsageTotals,
+        UsageTotals, Workspace,
     },
 };
 use uuid::Uuid;
@@ -241,35 +241,70 @@ pub async fn usage_aggregates_by_granularity_and_filters(store: DynStore) {
     assert_eq!(window_day, vec![row(at(2025, 3, 10, 0, 0), "a", 48)]);
 }
 
-pub async fn usage_totals_per_key_and_workspace(store: DynStore) {
-    let ws = default_ws(&store).await;
-    let other = create_workspace(&store, "other").await;
-    let k1 = new_key(ws, "one", t(0));
-    let k2 = new_key(ws, "two", t(0));
-    let foreign = new_key(other.id, "foreign", t(0));
-    for k in [&k1, &k2, &foreign] {
-        insert(&store, k).await;
+/// Two keys in the default workspace and one in another, for the totals and spend tests.
+struct Spenders {
+    ws: Uuid,
+    other: Workspace,
+    k1: ApiKey,
+    k2: ApiKey,
+    foreign: ApiKey,
+}
+
+impl Spenders {
+    async fn insert(store: &DynStore) -> Spenders {
+        let ws = default_ws(store).await;
+        let other = create_workspace(store, "other").await;
+        let k1 = new_key(ws, "one", t(0));
+        let k2 = new_key(ws, "two", t(0));
+        let foreign = new_key(other.id, "foreign", t(0));
+        for k in [&k1, &k2, &foreign] {
+            insert(store, k).await;
+        }
+        Spenders {
+            ws,
+            other,
+            k1,
+            k2,
+            foreign,
+        }
     }
+
+    /// k1: 1 just before 2025-03-10 00:00, 2 exactly at it, 4 at 05:00 (model "b"); k2: 8
+    /// at 06:00; foreign: 16 at 06:00.
+    async fn add_usage(&self, store: &DynStore) {
+        store
+            .add_usage(&[
+                delta(&self.k1, "a", at(2025, 3, 9, 23, 59), 1),
+                delta(&self.k1, "a", at(2025, 3, 10, 0, 0), 2),
+                delta(&self.k1, "b", at(2025, 3, 10, 5, 0), 4),
+                delta(&self.k2, "a", at(2025, 3, 10, 6, 0), 8),
+                delta(&self.foreign, "a", at(2025, 3, 10, 6, 0), 16),
+            ])
+            .await
+            .unwrap();
+    }
+}
+
+pub async fn usage_totals_per_key_and_workspace(store: DynStore) {
+    let spenders = Spenders::insert(&store).await;
     let since = at(2025, 3, 10, 0, 0);
     assert_eq!(
-        store.key_usage_totals(k1.id, since, None).await.unwrap(),
+        store
+            .key_usage_totals(spenders.k1.id, since, None)
+            .await
+            .unwrap(),
         UsageTotals::default()
     );
     assert_eq!(
-        store.workspace_usage_totals(ws, since).await.unwrap(),
+        store
+            .workspace_usage_totals(spenders.ws, since)
+            .await
+            .unwrap(),
         UsageTotals::default()
     );
 
-    store
-        .add_usage(&[
-            delta(&k1, "a", at(2025, 3, 9, 23, 59), 1), // before `since`
-            delta(&k1, "a", at(2025, 3, 10, 0, 0), 2),  // exactly at `since`
-            delta(&k1, "b", at(2025, 3, 10, 5, 0), 4),
-            delta(&k2, "a", at(2025, 3, 10, 6, 0), 8),
-            delta(&foreign, "a", at(2025, 3, 10, 6, 0), 16),
-        ])
-        .await
-        .unwrap();
+    spenders.add_usage(&store).await;
+    let Spenders { ws, other, k1, .. } = spenders;
 
     assert_eq!(
         store.key_usage_totals(k1.id, since, None).await.unwrap(),
@@ -315,24 +350,15 @@ pub async fn usage_totals_per_key_and_workspace(store: DynStore) {
 
 pub async fn spend_in_answers_many_ranges_in_order(store: DynStore) {
     // Arrange: two keys in one workspace, one in another; usage over a few minutes.
-    let ws = default_ws(&store).await;
-    let other = create_workspace(&store, "other").await;
-    let k1 = new_key(ws, "one", t(0));
-    let k2 = new_key(ws, "two", t(0));
-    let foreign = new_key(other.id, "foreign", t(0));
-    for k in [&k1, &k2, &foreign] {
-        insert(&store, k).await;
-    }
-    store
-        .add_usage(&[
-            delta(&k1, "a", at(2025, 3, 9, 23, 59), 1),
-            delta(&k1, "a", at(2025, 3, 10, 0, 0), 2),
-            delta(&k1, "b", at(2025, 3, 10, 5, 0), 4),
-            delta(&k2, "a", at(2025, 3, 10, 6, 0), 8),
-            delta(&foreign, "a", at(2025, 3, 10, 6, 0), 16),
-        ])
-        .await
-        .unwrap();
+    let spenders = Spenders::insert(&store).await;
+    spenders.add_usage(&store).await;
+    let Spenders {
+        ws,
+        other,
+        k1,
+        k2,
+        foreign,
+    } = spenders;
     let since = at(2025, 3, 10, 0, 0);
     let cost = |n: i64| 1_000_000_007 * n;
     let range = |id, from, until| SpendRange { id, from, until };
